@@ -1,0 +1,49 @@
+"""`python -m profiler COMMAND ...`: one module per command, imported only when that command runs."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("profiler.run_command", "measure one config for real (CUDA or CPU) and append a result line"),
+    "simulate": ("profiler.simulate", "run the same harness on fake tensors: any model size, no GPU"),
+    "estimate": ("profiler.estimate", "predict memory with the named formulas; fit check, max batch/seq"),
+    "compare": ("profiler.report", "measured vs every estimator: tables and plots"),
+    "sweep": ("profiler.sweep", "run a grid of configs, each in its own subprocess; resumable"),
+    "calibrate": ("profiler.calibrate", "fit correction factors from result lines"),
+    "env": ("profiler.env_command", "print what a result line would record about this machine"),
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags give one line naming the problem (exit 2), not a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: python -m profiler COMMAND [args] (python -m profiler COMMAND --help)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name = argv[0]
+    if name not in COMMANDS:
+        hint = difflib.get_close_matches(name, COMMANDS, n=1)
+        print(f"error: unknown command {name!r}; allowed: {', '.join(COMMANDS)}"
+              + (f"; did you mean {hint[0]!r}?" if hint else ""), file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = OneLineParser(prog=f"python -m profiler {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    return int(module.main(parser.parse_args(argv[1:])) or 0)

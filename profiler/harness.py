@@ -1,0 +1,215 @@
+"""The measured run: load, then warm-up and measured steps of forward / backward / optimizer_step.
+
+Every phase is wrapped by the same meter on every backend: on CUDA it reads the caching allocator's
+peaks (reset at each phase start) and, when enabled, the tensor tracker's category breakdown; on CPU
+(and under fake tensors) the tracker is the memory source. An OOM is a result, never a crash.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
+from datetime import UTC, datetime
+
+import torch
+
+from profiler.config import ConfigError, RunConfig, parse_bytes
+from profiler.env import collect_env
+from profiler.loading import load_model
+from profiler.model_stats import model_stats
+from profiler.optimizers import make_optimizer
+from profiler.probes.cuda import CudaProbe, free_bytes, memory_stats
+from profiler.probes.nvml import NvmlSampler, pynvml_reader
+from profiler.probes.tracker import TensorTracker, TrackerOutOfMemory
+from profiler.regimes import apply_regime, trainable_parameters
+
+OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError, TrackerOutOfMemory)
+
+
+class PhaseMeter:
+    """One context manager per phase; appends a PhaseRecord dict (also when the phase raised)."""
+
+    def __init__(self, cuda: bool, tracker: TensorTracker | None):
+        self.cuda = CudaProbe() if cuda else None
+        self.tracker = tracker
+        self.records: list[dict] = []
+        self.current: tuple[str, int | None] | None = None
+
+    @contextmanager
+    def phase(self, name: str, step: int | None = None, warmup: bool = False) -> Iterator[None]:
+        self.current = (name, step)
+        rec: dict = {"phase": name, "step": step, "warmup": warmup}
+        t0 = time.perf_counter()
+        try:
+            with ExitStack() as stack:
+                cuda_rec = stack.enter_context(self.cuda.phase()) if self.cuda else None
+                if self.tracker is not None:
+                    stack.enter_context(self.tracker.phase(name, step))
+                yield
+        finally:
+            rec["seconds"] = time.perf_counter() - t0
+            tr = self.tracker.phases[-1] if self.tracker is not None and self.tracker.phases else None
+            if cuda_rec is not None:
+                rec.update(allocated_bytes=cuda_rec.allocated_bytes, peak_allocated_bytes=cuda_rec.peak_allocated_bytes,
+                           reserved_bytes=cuda_rec.reserved_bytes, peak_reserved_bytes=cuda_rec.peak_reserved_bytes)
+            elif tr is not None:
+                rec.update(allocated_bytes=tr.end_bytes, peak_allocated_bytes=tr.peak_bytes)
+            if tr is not None:
+                rec.update(breakdown=dict(tr.breakdown), module_at_peak=tr.module_at_peak)
+            self.records.append(rec)
+
+
+def _autocast(cfg: RunConfig):
+    if cfg.train.autocast == "none":
+        return nullcontext()
+    dtype = torch.bfloat16 if cfg.train.autocast == "bf16" else torch.float16
+    return torch.autocast(device_type=cfg.device, dtype=dtype)
+
+
+def _check_sequence(cfg: RunConfig, hf_config) -> None:
+    """Models with learned position tables (GPT-2) cannot take longer sequences than they have rows."""
+    limit = getattr(hf_config, "n_positions", None)
+    need = cfg.train.seq_len + (cfg.regime.new_tokens if cfg.regime.kind == "inference" else 0)
+    if limit is not None and need > limit:
+        raise ConfigError(f"train.seq_len: {need} tokens exceed this model's {limit} positions; allowed: 1..{limit}")
+
+
+def _peaks(phases: list[dict], last_step: int | None) -> dict:
+    def top(key: str, pred: Callable[[dict], bool] = lambda r: True) -> int | None:
+        vals = [r[key] for r in phases if r.get(key) is not None and pred(r)]
+        return max(vals) if vals else None
+
+    return {
+        "peak_allocated_bytes": top("peak_allocated_bytes") or 0,
+        "peak_reserved_bytes": top("peak_reserved_bytes"),
+        "first_step_peak_allocated_bytes": top("peak_allocated_bytes", lambda r: r["step"] == 0),
+        "steady_peak_allocated_bytes": top("peak_allocated_bytes", lambda r: r["step"] == last_step),
+        "steady_peak_reserved_bytes": top("peak_reserved_bytes", lambda r: r["step"] == last_step),
+    }
+
+
+def run(cfg: RunConfig, *, use_tracker: bool | None = None, snapshot_path: str | None = None,
+        on_step: Callable[[int, int], None] | None = None) -> dict:
+    """Run one config and return its RunRecord dict. ConfigError propagates (nothing is recorded);
+    an OOM gives status 'oom', any other failure status 'error'."""
+    cuda = cfg.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' is not available on this machine; allowed here: cpu")
+    if cfg.max_memory is not None and cuda:
+        raise ConfigError("max_memory: the tracker budget applies to device cpu only; remove it for cuda")
+    use_tracker = (not cuda) if use_tracker is None else use_tracker
+    torch.manual_seed(cfg.seed)
+    record: dict = {
+        "run_id": uuid.uuid4().hex,
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config_hash": cfg.config_hash(),
+        "config": cfg.model_dump(mode="json"),
+        "backend": "cuda" if cuda else "cpu",
+        "status": "ok",
+        "error": None,
+    }
+    sampler = NvmlSampler(pynvml_reader()) if cuda else None
+    if sampler is not None:
+        sampler.__enter__()  # baseline before this process creates its CUDA context
+        torch.cuda.init()
+        if snapshot_path:
+            torch.cuda.memory._record_memory_history(max_entries=200_000)
+    record["env"] = collect_env(cfg.device)
+    budget = parse_bytes(cfg.max_memory) if cfg.max_memory else None
+    tracker = TensorTracker(budget_bytes=budget) if use_tracker else None
+    meter = PhaseMeter(cuda, tracker)
+    model = optimizer = batch = None
+    step_seconds: list[float] = []
+    load_s = 0.0
+    steps_total = cfg.train.warmup_steps + cfg.train.steps
+    training = cfg.regime.kind != "inference"
+    try:
+        with tracker if tracker is not None else nullcontext():
+            t0 = time.perf_counter()
+            with meter.phase("load"):
+                loaded = load_model(cfg)
+                _check_sequence(cfg, loaded.hf_config)
+                model = apply_regime(loaded.model, cfg)
+                if tracker is not None:
+                    tracker.attach(model)
+                if training:
+                    optimizer = make_optimizer(cfg.optimizer, trainable_parameters(model))
+                    if tracker is not None:
+                        tracker.attach(model, optimizer)
+                vocab = loaded.hf_config.get_text_config().vocab_size
+                batch = torch.randint(0, vocab, (cfg.train.batch_size, cfg.train.seq_len), device=cfg.device)
+            load_s = time.perf_counter() - t0
+            record["model"] = model_stats(model, cfg.model.name)
+            record["attention_kernel"] = getattr(loaded.hf_config, "_attn_implementation", None)
+            for step in range(steps_total):
+                warm = step < cfg.train.warmup_steps
+                t_step = time.perf_counter()
+                if training:
+                    _train_step(model, optimizer, batch, cfg, meter, step, warm)
+                else:
+                    _inference_step(model, batch, cfg, meter, step, warm)
+                if not warm:
+                    step_seconds.append(time.perf_counter() - t_step)
+                if on_step:
+                    on_step(step + 1, steps_total)
+    except OOM_ERRORS as exc:
+        record.update(status="oom", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        if meter.current:
+            record["oom_phase"], record["oom_step"] = meter.current
+        record["free_bytes_at_oom"] = free_bytes() if cuda else None
+        exc.__traceback__ = None
+    except ConfigError:
+        raise
+    except Exception as exc:  # recorded, never lost: the line says what broke
+        record.update(status="error", error=f"{type(exc).__name__}: {exc}")
+        exc.__traceback__ = None
+    finally:
+        model = optimizer = batch = None
+        if sampler is not None:
+            sampler.__exit__(None, None, None)
+    record["phases"] = meter.records
+    last = steps_total - 1 if record["status"] == "ok" else None
+    record["peaks"] = _peaks(meter.records, last)
+    record["timings"] = {
+        "load_s": load_s,
+        "median_step_s": statistics.median(step_seconds) if step_seconds else None,
+        "tokens_per_s": (cfg.train.batch_size * cfg.train.seq_len / statistics.median(step_seconds)
+                         if step_seconds else None),
+    }
+    if cuda:
+        res = sampler.result()
+        record["nvml"] = vars(res)
+        record["peaks"]["nvml_peak_bytes"] = res.peak_used_bytes
+        record["memory_stats"] = memory_stats()
+        if snapshot_path:
+            torch.cuda.memory._dump_snapshot(snapshot_path)
+            torch.cuda.memory._record_memory_history(enabled=None)
+        torch.cuda.empty_cache()
+    return record
+
+
+def _train_step(model, optimizer, batch, cfg: RunConfig, meter: PhaseMeter, step: int, warm: bool) -> None:
+    with meter.phase("forward", step, warm):
+        with _autocast(cfg):
+            loss = model(input_ids=batch, labels=batch).loss  # outputs (logits) dropped as HF Trainer does
+    with meter.phase("backward", step, warm):
+        loss.backward()
+        del loss
+    with meter.phase("optimizer_step", step, warm):
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def _inference_step(model, batch, cfg: RunConfig, meter: PhaseMeter, step: int, warm: bool) -> None:
+    with torch.no_grad(), _autocast(cfg):
+        with meter.phase("forward", step, warm):
+            out = model(input_ids=batch)
+            del out
+        if cfg.regime.new_tokens:
+            with meter.phase("generate", step, warm):
+                n = cfg.regime.new_tokens
+                model.generate(input_ids=batch, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                               pad_token_id=0)

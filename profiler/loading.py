@@ -1,0 +1,161 @@
+"""Build the model a run measures: bundled architecture with random weights, local checkpoint, or Hub id.
+
+Memory does not depend on weight values, so bundled architectures get random weights. Unquantized builds
+happen directly on the target device in the target dtype (seconds for 7B on a GPU). Quantized builds go
+through transformers' `BitsAndBytesConfig` + `from_pretrained`, the path users take with real checkpoints:
+the random weights are written once as a safetensors checkpoint to a cache dir, tensor by tensor (never
+the whole model in host memory), and loaded from there, so the measured modules are what a user gets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+from profiler.config import MODELS_DIR, ConfigError, ModelConfig, RunConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SHARD_BYTES = 2 * 2**30
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    hf_config: PretrainedConfig
+    source: str  # "arch:<name>", a path, or "hub:<id>"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LLM_MEMPROF_CACHE", Path.home() / ".cache" / "llm-memprof"))
+
+
+def resolve_hf_config(mc: ModelConfig) -> PretrainedConfig:
+    """The HF config of the model, without loading any weights."""
+    if mc.arch:
+        path = Path(mc.arch) if mc.arch.endswith(".json") else MODELS_DIR / f"{mc.arch}.json"
+        return AutoConfig.from_pretrained(str(path))
+    src = mc.path or mc.hub
+    if mc.path and Path(mc.path).is_file():  # a bare config.json: architecture only
+        return AutoConfig.from_pretrained(mc.path)
+    try:
+        return AutoConfig.from_pretrained(src)
+    except OSError as exc:
+        field = "model.path" if mc.path else "model.hub"
+        raise ConfigError(f"{field}: cannot read a model config from {src!r} ({str(exc).splitlines()[0]})") from None
+
+
+def bnb_config(cfg: RunConfig):
+    """transformers BitsAndBytesConfig for qlora, None otherwise."""
+    rg = cfg.regime
+    if rg.kind != "qlora":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if rg.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=rg.quant_type,
+        bnb_4bit_use_double_quant=rg.double_quant,
+        bnb_4bit_compute_dtype=DTYPES[rg.compute_dtype],
+    )
+
+
+def _init_tensor(name: str, shape: torch.Size, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """Plausible random values: N(0, 0.02) matrices, ones for norm weights, zeros for biases."""
+    if len(shape) == 1 and "norm" in name or name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+        return torch.ones(shape, dtype=dtype, device=device)
+    if name.endswith(".bias") or len(shape) <= 1:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device).normal_(0.0, 0.02)
+
+
+def random_checkpoint(hf_config: PretrainedConfig, dtype: torch.dtype, key: str) -> Path:
+    """Write (once) a safetensors checkpoint with random weights for `hf_config`; return its directory."""
+    from safetensors.torch import save_file
+
+    target = cache_dir() / "checkpoints" / key
+    if (target / "config.json").exists():
+        return target
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    seen: set[int] = set()
+    entries = []
+    for name, t in meta.state_dict(keep_vars=True).items():
+        if id(t) in seen:  # tied weights are stored once, as a real checkpoint does
+            continue
+        seen.add(id(t))
+        entries.append((name, t.shape))
+    del meta
+    gen_device = "cuda" if torch.cuda.is_available() else "cpu"
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    weight_map: dict[str, str] = {}
+    for name, shape in entries:
+        t = _init_tensor(name, shape, dtype, gen_device).cpu()
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > SHARD_BYTES:
+            _write_shard(shards[-1], tmp, len(shards), save_file)
+            shards[-1] = {}
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        weight_map[name] = len(shards)
+        size += nbytes
+    n = len(shards)
+    _write_shard(shards[-1], tmp, n, save_file)
+    names = {i: f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)}
+    for i in range(1, n + 1):
+        (tmp / f"shard-{i}.safetensors").rename(tmp / names[i])
+    index = {"metadata": {}, "weight_map": {k: names[v] for k, v in weight_map.items()}}
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(index))
+    cfg = hf_config.to_dict()
+    cfg["dtype"] = str(dtype).removeprefix("torch.")
+    (tmp / "config.json").write_text(json.dumps(cfg))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def _write_shard(tensors: dict, folder: Path, index: int, save_file) -> None:
+    if tensors:
+        save_file(tensors, str(folder / f"shard-{index}.safetensors"), metadata={"format": "pt"})
+
+
+def load_model(cfg: RunConfig) -> LoadedModel:
+    """Build the run's model on cfg.device, quantized per the regime."""
+    mc = cfg.model
+    hf_config = resolve_hf_config(mc)
+    dtype = DTYPES[mc.dtype]
+    quant = bnb_config(cfg)
+    common = {"dtype": dtype, "attn_implementation": mc.attn_implementation}
+    device_map = {"": 0} if cfg.device == "cuda" else {"": "cpu"}
+    architecture_only = bool(mc.arch or (mc.path and Path(mc.path).is_file()))
+    if architecture_only and quant is None:
+        with torch.device(cfg.device):
+            model = AutoModelForCausalLM.from_config(hf_config, **common)
+        return LoadedModel(model, hf_config, f"arch:{mc.name}")
+    if architecture_only:
+        key = f"{mc.name}-{mc.dtype}-{_config_digest(hf_config)}"
+        src = str(random_checkpoint(hf_config, dtype, key))
+        label = f"arch:{mc.name}"
+    else:
+        src = mc.path or mc.hub
+        label = mc.path or f"hub:{mc.hub}"
+    model = AutoModelForCausalLM.from_pretrained(src, quantization_config=quant, device_map=device_map, **common)
+    return LoadedModel(model, model.config, label)
+
+
+def _config_digest(hf_config: PretrainedConfig) -> str:
+    blob = json.dumps(hf_config.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]

@@ -1,0 +1,94 @@
+"""Parameter counts and weight bytes of a loaded model, quantization state included.
+
+bitsandbytes stores a 4-bit weight as packed uint8 (numel/2 elements) plus its quantization state
+(absmax, code, nested absmax with double quant); an 8-bit weight as int8 plus fp32 row scales (SCB).
+Counting logical parameters and unique storage bytes keeps both truths.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    st = t.untyped_storage()
+    return (str(t.device), st.data_ptr()) if st.data_ptr() else ("id", id(st))
+
+
+def quant_state_tensors(p: torch.Tensor) -> list[torch.Tensor]:
+    """Tensors bitsandbytes keeps beside a quantized weight (Params4bit.quant_state, Int8Params.SCB)."""
+    out: list[torch.Tensor] = []
+    qs = getattr(p, "quant_state", None)
+    while qs is not None:
+        out += [t for t in (getattr(qs, "absmax", None), getattr(qs, "code", None), getattr(qs, "offset", None))
+                if isinstance(t, torch.Tensor)]
+        qs = getattr(qs, "state2", None)
+    for attr in ("SCB", "CB"):
+        t = getattr(p, attr, None)
+        if isinstance(t, torch.Tensor):
+            out.append(t)
+    return out
+
+
+def logical_numel(p: torch.Tensor) -> int:
+    """Unpacked parameter count: a Params4bit of shape [n/2, 1] holds n parameters."""
+    qs = getattr(p, "quant_state", None)
+    if qs is not None and getattr(qs, "shape", None) is not None:
+        return int(torch.Size(qs.shape).numel())
+    return p.numel()
+
+
+def is_quantized(p: torch.Tensor) -> bool:
+    return type(p).__name__ in ("Params4bit", "Int8Params")
+
+
+def weight_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """Every tensor that is part of the model's weights: params, buffers and quantization state."""
+    out: list[torch.Tensor] = []
+    for p in model.parameters():
+        out.append(p)
+        out += quant_state_tensors(p)
+    out += list(model.buffers())
+    return out
+
+
+def weight_bytes_by_dtype(model: nn.Module) -> dict[str, int]:
+    """Unique storage bytes per dtype (tied and aliased storages counted once)."""
+    seen: set = set()
+    by: dict[str, int] = defaultdict(int)
+    for t in weight_tensors(model):
+        if t.device.type == "meta":
+            continue
+        key = _storage_key(t)
+        if key in seen:
+            continue
+        seen.add(key)
+        by[str(t.dtype).removeprefix("torch.")] += t.untyped_storage().nbytes()
+    return dict(sorted(by.items()))
+
+
+def model_stats(model: nn.Module, name: str) -> dict:
+    """The ModelStats dict of profiler.schema."""
+    cfg = getattr(model, "config", None)
+    total = trainable = quantized = 0
+    for p in model.parameters():
+        n = logical_numel(p)
+        total += n
+        trainable += n if p.requires_grad else 0
+        quantized += n if is_quantized(p) else 0
+    by = weight_bytes_by_dtype(model)
+    return {
+        "name": name,
+        "model_type": getattr(cfg, "model_type", type(model).__name__),
+        "total_params": total,
+        "trainable_params": trainable,
+        "quantized_params": quantized,
+        "weight_bytes": sum(by.values()),
+        "weight_bytes_by_dtype": by,
+        "num_layers": getattr(cfg, "num_hidden_layers", None),
+        "hidden_size": getattr(cfg, "hidden_size", None),
+        "vocab_size": getattr(cfg, "vocab_size", None),
+    }

@@ -1,0 +1,87 @@
+"""Regimes: which parameters train (full | freeze | lora | qlora | inference), as users set them up with peft."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from profiler.config import ConfigError, RunConfig
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The repeated transformer blocks (model.layers for Llama-likes, transformer.h for GPT-2)."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for _, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (n is None or len(mod) == n):
+            return mod
+    raise ConfigError("regime.freeze: cannot find the decoder layers of this model to freeze")
+
+
+def _apply_freeze(model: nn.Module, cfg: RunConfig) -> None:
+    fz = cfg.regime.freeze
+    model.requires_grad_(False)
+    layers = decoder_layers(model)
+    if fz.trainable_layers > len(layers):
+        raise ConfigError(f"regime.freeze.trainable_layers: {fz.trainable_layers} exceeds the model's "
+                          f"{len(layers)} layers; allowed: 0..{len(layers)}")
+    for layer in list(layers)[len(layers) - fz.trainable_layers:]:
+        layer.requires_grad_(True)
+    names = dict(model.named_modules())
+    for wanted in fz.trainable_modules:
+        hits = [m for n, m in names.items() if n == wanted or n.endswith("." + wanted)]
+        if not hits:
+            raise ConfigError(f"regime.freeze.trainable_modules: {wanted!r} is not a module of this model "
+                              f"(e.g. {', '.join(list(names)[1:4])})")
+        for m in hits:
+            m.requires_grad_(True)
+    if fz.trainable_layers == 0 and not fz.trainable_modules:
+        raise ConfigError("regime.freeze: nothing would train; set trainable_layers > 0 or trainable_modules")
+
+
+def _apply_lora(model: nn.Module, cfg: RunConfig) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    lc = cfg.regime.lora
+    targets = lc.target_modules
+    if targets != "all-linear":
+        present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+        missing = [t for t in targets if t not in present]
+        if missing:
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                             if isinstance(m, nn.Linear) and "lm_head" not in n})
+            raise ConfigError(f"regime.lora.target_modules: {', '.join(map(repr, missing))} not in the model; "
+                              f"allowed: all-linear or any of {', '.join(linear)}")
+    peft_cfg = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
+                          task_type="CAUSAL_LM")
+    return get_peft_model(model, peft_cfg)
+
+
+def apply_regime(model: nn.Module, cfg: RunConfig) -> nn.Module:
+    """Set requires_grad / wrap with peft; enable gradient checkpointing the way HF Trainer does."""
+    kind = cfg.regime.kind
+    ckpt = cfg.train.gradient_checkpointing and kind != "inference"
+    if kind == "inference":
+        model.requires_grad_(False)
+        model.eval()
+        return model
+    if kind == "qlora" and cfg.regime.prepare_kbit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=ckpt, gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if kind == "full":
+        model.requires_grad_(True)
+    elif kind == "freeze":
+        _apply_freeze(model, cfg)
+    else:  # lora, qlora
+        if kind == "qlora" and not cfg.regime.prepare_kbit:
+            model.requires_grad_(False)
+        model = _apply_lora(model, cfg)
+    model.train()
+    return model
+
+
+def trainable_parameters(model: nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,68 @@
+"""`python -m profiler run CONFIG [key=value ...]`: measure one config and append its result line.
+
+Exit codes: 0 ok or oom (an OOM is a result), 1 error (still recorded), 2 bad input (nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from profiler.config import ConfigError, load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="run config YAML (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=4 device=cpu")
+    parser.add_argument("--output", help="JSONL file to append to (default: results/runs/<device>.jsonl)")
+    parser.add_argument("--memory-snapshot", metavar="FILE",
+                        help="CUDA: dump torch.cuda.memory._snapshot() (open in pytorch.org/memory_viz)")
+    parser.add_argument("--no-tracker", action="store_true", help="CUDA: skip the per-category breakdown")
+    parser.add_argument("--tracker", action="store_true", help="CUDA: force the per-category breakdown on")
+    parser.add_argument("--quiet", action="store_true", help="no table, no progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    from profiler.quiet import quiet_libraries
+
+    quiet_libraries()
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.output:
+            cfg.output = args.output
+        if args.memory_snapshot and cfg.device != "cuda":
+            raise ConfigError("--memory-snapshot: needs device cuda")
+        use_tracker = False if args.no_tracker else (True if args.tracker else None)
+        record = _run_with_progress(cfg, use_tracker, args.memory_snapshot, quiet=args.quiet)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from profiler.results import append_record, default_output
+    from profiler.schema import RunRecord
+
+    RunRecord.model_validate(record)  # a schema drift fails here, before a bad line is written
+    out = cfg.output or str(default_output(record["env"]["device_slug"]))
+    append_record(out, record)
+    if not args.quiet:
+        from profiler.summary import print_summary
+
+        print_summary(record, out)
+    return 0 if record["status"] in ("ok", "oom") else 1
+
+
+def _run_with_progress(cfg, use_tracker, snapshot, quiet: bool) -> dict:
+    from profiler.harness import run
+
+    if quiet:
+        return run(cfg, use_tracker=use_tracker, snapshot_path=snapshot)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task(f"{cfg.model.name} {cfg.regime.label}: loading", total=None)
+
+        def on_step(done: int, total: int) -> None:
+            progress.update(task, description=f"{cfg.model.name} {cfg.regime.label}: steps", completed=done,
+                            total=total)
+
+        return run(cfg, use_tracker=use_tracker, snapshot_path=snapshot, on_step=on_step)

@@ -1,0 +1,72 @@
+"""The table a person reads after a run (rich); the JSON line is what programs read."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from profiler.categories import TRACKED, fmt_gib
+
+
+def print_summary(record: dict, output: str | None, console: Console | None = None) -> None:
+    console = console or Console()
+    cfg = record["config"]
+    rg = cfg["regime"]
+    regime = f"qlora{rg['bits']}" if rg["kind"] == "qlora" else rg["kind"]
+    title = (f"{cfg['model'].get('arch') or cfg['model'].get('path') or cfg['model'].get('hub')} · {regime} · "
+             f"{cfg['optimizer']['name']} · batch {cfg['train']['batch_size']} × seq {cfg['train']['seq_len']} · "
+             f"{record['env']['device_name']} ({record['backend']})")
+    phases = record.get("phases", [])
+    steps = sorted({p["step"] for p in phases if p["step"] is not None})
+    shown = {None} | ({steps[0], steps[-1]} if steps else set())
+    has_reserved = any(p.get("reserved_bytes") is not None for p in phases)
+    has_breakdown = any(p.get("breakdown") for p in phases)
+    t = Table(title=title, title_justify="left")
+    t.add_column("step")
+    t.add_column("phase")
+    t.add_column("peak alloc", justify="right")
+    t.add_column("end alloc", justify="right")
+    if has_reserved:
+        t.add_column("peak reserved", justify="right")
+    if has_breakdown:
+        for c in TRACKED:
+            t.add_column(c.value[:5], justify="right")
+    t.add_column("s", justify="right")
+    for p in phases:
+        if p["step"] not in shown:
+            continue
+        label = "-" if p["step"] is None else ("first" if p["step"] == steps[0] else "steady")
+        row = [label, p["phase"], fmt_gib(p["peak_allocated_bytes"]), fmt_gib(p["allocated_bytes"])]
+        if has_reserved:
+            row.append(fmt_gib(p.get("peak_reserved_bytes")))
+        if has_breakdown:
+            bd = p.get("breakdown") or {}
+            row += [fmt_gib(bd.get(c.value)) for c in TRACKED]
+        row.append(f"{p['seconds']:.2f}")
+        t.add_row(*row)
+    console.print(t)
+    pk = record.get("peaks") or {}
+    m = record.get("model") or {}
+    status = record["status"]
+    style = {"ok": "green", "oom": "yellow"}.get(status, "red")
+    parts = [f"status [{style}]{status}[/{style}]"]
+    if status != "ok":
+        parts.append(f"in {record.get('oom_phase') or '?'} (step {record.get('oom_step')})" if status == "oom"
+                     else "")
+    parts.append(f"peak allocated {fmt_gib(pk.get('peak_allocated_bytes'))}")
+    if pk.get("peak_reserved_bytes") is not None:
+        parts.append(f"peak reserved {fmt_gib(pk['peak_reserved_bytes'])}")
+    if pk.get("nvml_peak_bytes") is not None:
+        parts.append(f"NVML peak {fmt_gib(pk['nvml_peak_bytes'])}")
+    console.print(" · ".join(p for p in parts if p))
+    if m:
+        console.print(f"params {m['total_params']:,} (trainable {m['trainable_params']:,}, quantized "
+                      f"{m['quantized_params']:,}) · weights {fmt_gib(m['weight_bytes'])}")
+    tm = record.get("timings") or {}
+    if tm.get("median_step_s"):
+        console.print(f"load {tm['load_s']:.1f} s · median step {tm['median_step_s']:.3f} s · "
+                      f"{tm['tokens_per_s']:.0f} tokens/s")
+    if record.get("error"):
+        console.print(f"[{style}]{record['error']}[/{style}]")
+    if output:
+        console.print(f"result line appended to {output}")

@@ -11,20 +11,31 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from datetime import UTC, datetime
+from typing import Protocol
 
 import torch
 
 from profiler.config import ConfigError, RunConfig, parse_bytes
 from profiler.env import collect_env
-from profiler.loading import load_model
+from profiler.loading import LoadedModel, load_model
 from profiler.model_stats import model_stats
 from profiler.optimizers import make_optimizer
 from profiler.probes.cuda import CudaProbe, free_bytes, memory_stats
 from profiler.probes.nvml import NvmlSampler, pynvml_reader
 from profiler.probes.tracker import TensorTracker, TrackerOutOfMemory
 from profiler.regimes import apply_regime, trainable_parameters
+
+class FakeBackend(Protocol):
+    """What profiler.simulate supplies to run the harness on fake tensors."""
+
+    def mode(self) -> AbstractContextManager: ...  # e.g. a FakeTensorMode, entered around the whole run
+
+    def load_model(self, cfg: RunConfig) -> LoadedModel: ...  # build the model under that mode
+
+    def attention_kernel(self, cfg: RunConfig, loaded: LoadedModel) -> str: ...  # the kernel a CUDA run picks
+
 
 OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError, TrackerOutOfMemory)
 
@@ -92,22 +103,23 @@ def _peaks(phases: list[dict], last_step: int | None) -> dict:
 
 
 def run(cfg: RunConfig, *, use_tracker: bool | None = None, snapshot_path: str | None = None,
-        on_step: Callable[[int, int], None] | None = None) -> dict:
+        on_step: Callable[[int, int], None] | None = None, fake: FakeBackend | None = None) -> dict:
     """Run one config and return its RunRecord dict. ConfigError propagates (nothing is recorded);
-    an OOM gives status 'oom', any other failure status 'error'."""
-    cuda = cfg.device == "cuda"
+    an OOM gives status 'oom', any other failure status 'error'. With `fake`, the same loop runs on fake
+    tensors (profiler.simulate): no device memory, the tracker is the only probe."""
+    cuda = cfg.device == "cuda" and fake is None
     if cuda and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' is not available on this machine; allowed here: cpu")
     if cfg.max_memory is not None and cuda:
         raise ConfigError("max_memory: the tracker budget applies to device cpu only; remove it for cuda")
-    use_tracker = (not cuda) if use_tracker is None else use_tracker
+    use_tracker = (not cuda) if use_tracker is None else use_tracker or fake is not None
     torch.manual_seed(cfg.seed)
     record: dict = {
         "run_id": uuid.uuid4().hex,
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "config_hash": cfg.config_hash(),
         "config": cfg.model_dump(mode="json"),
-        "backend": "cuda" if cuda else "cpu",
+        "backend": "fake" if fake else ("cuda" if cuda else "cpu"),
         "status": "ok",
         "error": None,
     }
@@ -117,7 +129,7 @@ def run(cfg: RunConfig, *, use_tracker: bool | None = None, snapshot_path: str |
         torch.cuda.init()
         if snapshot_path:
             torch.cuda.memory._record_memory_history(max_entries=200_000)
-    record["env"] = collect_env(cfg.device)
+    record["env"] = collect_env("cpu" if fake else cfg.device)
     budget = parse_bytes(cfg.max_memory) if cfg.max_memory else None
     tracker = TensorTracker(budget_bytes=budget) if use_tracker else None
     meter = PhaseMeter(cuda, tracker)
@@ -127,10 +139,14 @@ def run(cfg: RunConfig, *, use_tracker: bool | None = None, snapshot_path: str |
     steps_total = cfg.train.warmup_steps + cfg.train.steps
     training = cfg.regime.kind != "inference"
     try:
-        with tracker if tracker is not None else nullcontext():
+        with ExitStack() as modes:
+            if fake is not None:
+                modes.enter_context(fake.mode())
+            if tracker is not None:
+                modes.enter_context(tracker)
             t0 = time.perf_counter()
             with meter.phase("load"):
-                loaded = load_model(cfg)
+                loaded = fake.load_model(cfg) if fake is not None else load_model(cfg)
                 _check_sequence(cfg, loaded.hf_config)
                 model = apply_regime(loaded.model, cfg)
                 if tracker is not None:
@@ -143,7 +159,8 @@ def run(cfg: RunConfig, *, use_tracker: bool | None = None, snapshot_path: str |
                 batch = torch.randint(0, vocab, (cfg.train.batch_size, cfg.train.seq_len), device=cfg.device)
             load_s = time.perf_counter() - t0
             record["model"] = model_stats(model, cfg.model.name)
-            record["attention_kernel"] = getattr(loaded.hf_config, "_attn_implementation", None)
+            record["attention_kernel"] = (fake.attention_kernel(cfg, loaded) if fake is not None
+                                          else getattr(loaded.hf_config, "_attn_implementation", None))
             for step in range(steps_total):
                 warm = step < cfg.train.warmup_steps
                 t_step = time.perf_counter()

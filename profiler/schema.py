@@ -25,15 +25,15 @@ class EnvInfo(_Rec):
     """Where and with what the run happened."""
 
     hostname: str
-    python: str
-    torch: str
+    python: str = Field(description="Python version")
+    torch: str = Field(description="torch version")
     cuda: str | None = Field(None, description="CUDA runtime torch was built with")
     driver: str | None = Field(None, description="NVIDIA driver version (NVML)")
     transformers: str | None = None
     peft: str | None = None
     bitsandbytes: str | None = None
     accelerate: str | None = None
-    git_revision: str | None = None
+    git_revision: str | None = Field(None, description="HEAD of this checkout (-dirty with local changes)")
     device_name: str = Field(description="GPU name, or 'cpu'")
     device_total_bytes: int | None = Field(None, description="GPU total memory (torch), or host RAM")
     device_slug: str = Field(description="file-name form of device_name, e.g. nvidia-h100-80gb-hbm3")
@@ -42,10 +42,10 @@ class EnvInfo(_Rec):
 class ModelStats(_Rec):
     """Parameter counts and weight bytes as loaded (after quantization and peft wrapping)."""
 
-    name: str
-    model_type: str
+    name: str = Field(description="bundled architecture name, checkpoint path or hub id")
+    model_type: str = Field(description="HF model_type (llama, mistral, qwen2, gpt2)")
     total_params: int = Field(description="logical parameters (a 4-bit weight counts its unpacked numel)")
-    trainable_params: int
+    trainable_params: int = Field(description="parameters with requires_grad (LoRA: adapters only)")
     quantized_params: int = Field(description="logical parameters stored by bitsandbytes in 4/8 bit")
     weight_bytes: int = Field(description="unique storage bytes of params + buffers + quantization state")
     weight_bytes_by_dtype: dict[str, int] = Field(description="dtype name -> bytes (uint8/int8 = quantized)")
@@ -59,24 +59,24 @@ class PhaseRecord(_Rec):
 
     phase: PhaseName
     step: int | None = Field(description="step index (0 = first, warm-up); None for load")
-    warmup: bool = False
+    warmup: bool = Field(False, description="true for warm-up steps (not in timings)")
     allocated_bytes: int = Field(description="allocated at the phase end")
     peak_allocated_bytes: int = Field(description="peak during the phase (peak reset at its start)")
     reserved_bytes: int | None = Field(None, description="CUDA: reserved at the phase end")
-    peak_reserved_bytes: int | None = None
-    seconds: float
+    peak_reserved_bytes: int | None = Field(None, description="CUDA: peak reserved during the phase")
+    seconds: float = Field(description="wall time of the phase")
     breakdown: dict[str, int] | None = Field(None, description="category -> bytes at the phase peak (tracker)")
-    module_at_peak: str | None = None
+    module_at_peak: str | None = Field(None, description="module running at the phase peak (tracker)")
 
 
 class Peaks(_Rec):
     """Whole-run peaks. steady_* come from the last step only (optimizer state already exists)."""
 
-    peak_allocated_bytes: int
-    peak_reserved_bytes: int | None = None
-    first_step_peak_allocated_bytes: int | None = None
-    steady_peak_allocated_bytes: int | None = None
-    steady_peak_reserved_bytes: int | None = None
+    peak_allocated_bytes: int = Field(description="max over all phases (torch.cuda.max_memory_allocated / tracker)")
+    peak_reserved_bytes: int | None = Field(None, description="CUDA: max over all phases of max_memory_reserved")
+    first_step_peak_allocated_bytes: int | None = Field(None, description="peak of step 0 (allocates optimizer state)")
+    steady_peak_allocated_bytes: int | None = Field(None, description="peak of the last step")
+    steady_peak_reserved_bytes: int | None = Field(None, description="CUDA: reserved peak of the last step")
     nvml_peak_bytes: int | None = Field(None, description="highest device-used memory seen by NVML")
 
 
@@ -84,31 +84,33 @@ class NvmlInfo(_Rec):
     """NVML sampler figures (device-wide and, where visible, this process)."""
 
     baseline_used_bytes: int = Field(description="device used before this process initialised CUDA")
-    peak_used_bytes: int
+    peak_used_bytes: int = Field(description="highest device used memory sampled (all processes)")
     peak_process_bytes: int | None = Field(None, description="None where per-process figures are hidden")
-    samples: int
-    interval_s: float
+    samples: int = Field(description="number of NVML reads")
+    interval_s: float = Field(description="sampling period")
 
 
 class Timings(_Rec):
-    load_s: float
-    median_step_s: float | None = None
-    tokens_per_s: float | None = None
+    """Wall-clock times (the tracker slows CPU runs; compare timings only between like runs)."""
+
+    load_s: float = Field(description="model build/load + regime setup")
+    median_step_s: float | None = Field(None, description="median wall time of the measured steps")
+    tokens_per_s: float | None = Field(None, description="batch x seq_len / median_step_s")
 
 
 class RunRecord(_Rec):
     """One measured (or simulated) run."""
 
-    schema_version: int = SCHEMA_VERSION
-    run_id: str
+    schema_version: int = Field(SCHEMA_VERSION, description="bumped when a key changes meaning")
+    run_id: str = Field(description="random hex id of this run")
     timestamp: str = Field(description="UTC ISO-8601 time the run started")
     config_hash: str = Field(description="RunConfig.config_hash(): identity for resume/dedup")
     config: dict = Field(description="the full validated RunConfig as a dict")
-    status: Status
-    error: str | None = None
+    status: Status = Field(description="ok | oom (a result, not a failure) | error | timeout (sweep)")
+    error: str | None = Field(None, description="exception type and message when status is not ok")
     oom_phase: str | None = Field(None, description="phase where the OOM struck (status oom)")
-    oom_step: int | None = None
-    backend: Backend
+    oom_step: int | None = Field(None, description="step index where the OOM struck")
+    backend: Backend = Field(description="cuda (measured), cpu (tracker-measured), fake (simulated)")
     env: EnvInfo
     model: ModelStats | None = None
     phases: list[PhaseRecord] = Field(default_factory=list)
@@ -116,5 +118,5 @@ class RunRecord(_Rec):
     nvml: NvmlInfo | None = None
     timings: Timings | None = None
     memory_stats: dict[str, int] | None = Field(None, description="CUDA: torch.cuda.memory_stats() at the end")
-    free_bytes_at_oom: int | None = None
+    free_bytes_at_oom: int | None = Field(None, description="CUDA: free device memory right after the OOM")
     attention_kernel: str | None = Field(None, description="SDPA backend the run used or would use")

@@ -1,0 +1,29 @@
+"""CUDA runs (marked gpu, skipped without CUDA). CPU siblings: tests/test_run.py runs the same harness,
+regimes and result path on the tiny model; tests/test_nvml.py drives the sampler with a synthetic reader."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import CONFIGS, gpu
+from profiler.config import load_config
+from profiler.harness import run
+from profiler.schema import RunRecord
+
+REGIMES = ["full", "freeze", "lora", "qlora8", "qlora4", "inference"]
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("regime", REGIMES)
+def test_cuda_run_orders_nvml_reserved_allocated_weights(regime):
+    cfg = load_config(CONFIGS / f"llama7b_{regime}.yaml",
+                      ["model.arch=qwen2.5-0.5b", "train.seq_len=256", "train.steps=2"])
+    rec = run(cfg)
+    RunRecord.model_validate(rec)
+    assert rec["status"] == "ok", rec["error"]
+    pk = rec["peaks"]
+    assert pk["nvml_peak_bytes"] >= pk["peak_reserved_bytes"] >= pk["peak_allocated_bytes"]
+    assert pk["peak_allocated_bytes"] >= rec["model"]["weight_bytes"]
+    assert rec["env"]["driver"] and rec["env"]["cuda"]
+    assert rec["nvml"]["samples"] > 0

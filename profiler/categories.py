@@ -39,3 +39,27 @@ def fmt_gib(n_bytes: int | float | None) -> str:
     if n_bytes is None:
         return "-"
     return f"{n_bytes / GiB:.2f} GiB"
+
+
+_BINARY = (("B", 1), ("KiB", 2**10), ("MiB", 2**20), ("GiB", 2**30), ("TiB", 2**40))
+
+
+def pick_unit(max_bytes: int | float) -> tuple[str, int]:
+    """One binary unit for a whole table, so its columns compare at a glance."""
+    name, div = _BINARY[0]
+    for name_, div_ in _BINARY:
+        if max_bytes >= div_:
+            name, div = name_, div_
+    return name, div
+
+
+def fmt_in(n_bytes: int | float | None, div: int) -> str:
+    return "-" if n_bytes is None else f"{n_bytes / div:,.2f}"
+
+
+def fmt_auto(n_bytes: int | float | None) -> str:
+    """Bytes with the largest binary unit that keeps the number >= 1 (display only)."""
+    if n_bytes is None:
+        return "-"
+    name, div = pick_unit(n_bytes)
+    return f"{n_bytes / div:,.2f} {name}"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "configs" / "models"
@@ -44,20 +44,34 @@ class ModelConfig(_Strict):
     dtype: Dtype = "bfloat16"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
 
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str | None) -> str | None:
+        if arch is None:
+            return arch
+        if arch.endswith(".json"):
+            if not Path(arch).is_file():
+                raise ValueError(f"file {arch!r} does not exist")
+            return arch
+        allowed = bundled_architectures()
+        if arch not in allowed:
+            hint = difflib.get_close_matches(arch, allowed, n=1)
+            msg = f"{arch!r} is not a bundled architecture; allowed: {', '.join(allowed)} or a config.json path"
+            raise ValueError(msg + (f"; did you mean {hint[0]!r}?" if hint else ""))
+        return arch
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, path: str | None) -> str | None:
+        if path is not None and not Path(path).exists():
+            raise ValueError(f"{path!r} does not exist")
+        return path
+
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
         given = [k for k in ("arch", "path", "hub") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError(f"give exactly one of arch, path, hub (got {', '.join(given) or 'none'})")
-        if self.arch and not Path(self.arch).suffix == ".json" and self.arch not in bundled_architectures():
-            allowed = bundled_architectures()
-            hint = difflib.get_close_matches(self.arch, allowed, n=1)
-            msg = f"arch {self.arch!r} is not a bundled architecture; allowed: {', '.join(allowed)}"
-            raise ValueError(msg + (f"; did you mean {hint[0]!r}?" if hint else ""))
-        if self.arch and Path(self.arch).suffix == ".json" and not Path(self.arch).is_file():
-            raise ValueError(f"arch file {self.arch!r} does not exist")
-        if self.path and not Path(self.path).exists():
-            raise ValueError(f"path {self.path!r} does not exist")
         return self
 
     @property

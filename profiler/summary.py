@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from profiler.categories import TRACKED, fmt_gib
+from profiler.categories import TRACKED, fmt_auto, fmt_in, pick_unit
 
 
 def print_summary(record: dict, output: str | None, console: Console | None = None) -> None:
@@ -21,27 +21,33 @@ def print_summary(record: dict, output: str | None, console: Console | None = No
     shown = {None} | ({steps[0], steps[-1]} if steps else set())
     has_reserved = any(p.get("reserved_bytes") is not None for p in phases)
     has_breakdown = any(p.get("breakdown") for p in phases)
-    t = Table(title=title, title_justify="left")
+    unit, div = pick_unit(max([p["peak_allocated_bytes"] for p in phases] + [p.get("peak_reserved_bytes") or 0
+                                                                          for p in phases] + [1]))
+    t = Table(title=title, title_justify="left", caption=f"bytes in {unit} (2^{div.bit_length() - 1})"
+              + ("; categories at the phase peak" if has_breakdown else ""), caption_justify="left")
     t.add_column("step")
     t.add_column("phase")
-    t.add_column("peak alloc", justify="right")
-    t.add_column("end alloc", justify="right")
+    t.add_column("peak", justify="right")
+    t.add_column("end", justify="right")
     if has_reserved:
-        t.add_column("peak reserved", justify="right")
+        t.add_column("reserved", justify="right")
     if has_breakdown:
         for c in TRACKED:
-            t.add_column(c.value[:5], justify="right")
+            t.add_column({"gradients": "grads", "optimizer": "optim", "activations": "activ",
+                          "temporaries": "temp"}.get(c.value, c.value),
+                         justify="right")
     t.add_column("s", justify="right")
     for p in phases:
         if p["step"] not in shown:
             continue
         label = "-" if p["step"] is None else ("first" if p["step"] == steps[0] else "steady")
-        row = [label, p["phase"], fmt_gib(p["peak_allocated_bytes"]), fmt_gib(p["allocated_bytes"])]
+        phase = {"optimizer_step": "optim step"}.get(p["phase"], p["phase"])
+        row = [label, phase, fmt_in(p["peak_allocated_bytes"], div), fmt_in(p["allocated_bytes"], div)]
         if has_reserved:
-            row.append(fmt_gib(p.get("peak_reserved_bytes")))
+            row.append(fmt_in(p.get("peak_reserved_bytes"), div))
         if has_breakdown:
             bd = p.get("breakdown") or {}
-            row += [fmt_gib(bd.get(c.value)) for c in TRACKED]
+            row += [fmt_in(bd.get(c.value), div) for c in TRACKED]
         row.append(f"{p['seconds']:.2f}")
         t.add_row(*row)
     console.print(t)
@@ -53,15 +59,15 @@ def print_summary(record: dict, output: str | None, console: Console | None = No
     if status != "ok":
         parts.append(f"in {record.get('oom_phase') or '?'} (step {record.get('oom_step')})" if status == "oom"
                      else "")
-    parts.append(f"peak allocated {fmt_gib(pk.get('peak_allocated_bytes'))}")
+    parts.append(f"peak allocated {fmt_auto(pk.get('peak_allocated_bytes'))}")
     if pk.get("peak_reserved_bytes") is not None:
-        parts.append(f"peak reserved {fmt_gib(pk['peak_reserved_bytes'])}")
+        parts.append(f"peak reserved {fmt_auto(pk['peak_reserved_bytes'])}")
     if pk.get("nvml_peak_bytes") is not None:
-        parts.append(f"NVML peak {fmt_gib(pk['nvml_peak_bytes'])}")
+        parts.append(f"NVML peak {fmt_auto(pk['nvml_peak_bytes'])}")
     console.print(" · ".join(p for p in parts if p))
     if m:
         console.print(f"params {m['total_params']:,} (trainable {m['trainable_params']:,}, quantized "
-                      f"{m['quantized_params']:,}) · weights {fmt_gib(m['weight_bytes'])}")
+                      f"{m['quantized_params']:,}) · weights {fmt_auto(m['weight_bytes'])}")
     tm = record.get("timings") or {}
     if tm.get("median_step_s"):
         console.print(f"load {tm['load_s']:.1f} s · median step {tm['median_step_s']:.3f} s · "

@@ -153,3 +153,16 @@ def test_larger_batch_needs_more_memory():
     small = run(tiny("lora", "train.batch_size=1"))
     big = run(tiny("lora", "train.batch_size=4"))
     assert big["peaks"]["steady_peak_allocated_bytes"] > small["peaks"]["steady_peak_allocated_bytes"]
+
+
+def test_local_checkpoint_path_loads_real_weights(tmp_path):
+    """Users with a real checkpoint point model.path at it; the quantized path goes through from_pretrained too."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(CONFIGS / "models" / "tiny-llama.json"))
+    model.save_pretrained(tmp_path / "ckpt")
+    for regime in ("lora", "qlora4"):
+        rec = run(tiny(regime, "model.arch=null", f"model.path={tmp_path / 'ckpt'}"))
+        assert rec["status"] == "ok", rec["error"]
+        assert rec["model"]["trainable_params"] == expected_trainable(regime, tiny(regime))
+    assert rec["model"]["quantized_params"] == L * sum(i * o for i, o in LINEARS)

@@ -30,7 +30,6 @@ import numpy as np
 
 from profiler.categories import TRACKED
 from profiler.config import REPO_ROOT, RunConfig
-from profiler.sweep import model_id
 
 COMPONENTS = tuple(c.value for c in TRACKED)  # weights, gradients, optimizer, activations, temporaries
 TOTALS = ("peak_allocated", "peak_reserved", "nvml_peak")
@@ -206,10 +205,10 @@ def to_samples(records: list[dict], estimator: str = "components", estimate_fn: 
         predicted = {k: float(v) for k, v in est.components.items() if k in COMPONENTS}
         predicted.update({t: float(est.total) for t in TOTALS})
         gc = " gc" if cfg.train.gradient_checkpointing else ""
-        label = (f"{model_id(cfg)} {cfg.regime.label} {cfg.optimizer.name} b{cfg.train.batch_size} "
+        label = (f"{cfg.model.name} {cfg.regime.label} {cfg.optimizer.name} b{cfg.train.batch_size} "
                  f"s{cfg.train.seq_len}{gc}")
         samples.append(Sample(rec["env"]["device_slug"], rec["env"]["device_name"], cfg.regime.label,
-                              model_id(cfg), cfg.train.seq_len, label, predicted, measured_targets(rec)))
+                              cfg.model.name, cfg.train.seq_len, label, predicted, measured_targets(rec)))
     return samples, skipped
 
 

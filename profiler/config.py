@@ -77,8 +77,11 @@ class ModelConfig(_Strict):
     @property
     def name(self) -> str:
         """A short display name for tables and file names."""
-        src = self.arch or self.path or self.hub or "?"
-        return Path(src).stem if (self.arch or self.path) else src
+        if self.arch and not self.arch.endswith(".json"):
+            return self.arch  # bundled names contain dots (qwen2.5-0.5b): never strip a "suffix"
+        if self.arch:
+            return Path(self.arch).parent.name or Path(self.arch).stem
+        return Path(self.path).name if self.path else str(self.hub)
 
 
 class LoraSettings(_Strict):

@@ -69,7 +69,7 @@ class Entry:
     def label(self) -> str:
         c = self.config
         gc = " gc" if c.train.gradient_checkpointing else ""
-        return (f"{model_id(c)} {c.regime.label} {c.optimizer.name} "
+        return (f"{c.model.name} {c.regime.label} {c.optimizer.name} "
                 f"b{c.train.batch_size} s{c.train.seq_len}{gc}")
 
 
@@ -81,15 +81,6 @@ class Plan:
     output: Path | None  # None: resolved from the device at run time
     duplicates: int = 0  # grid points that collapsed onto an earlier entry's hash
     refused: list[tuple[Entry, str]] = field(default_factory=list)
-
-
-def model_id(cfg: RunConfig) -> str:
-    """Display and grouping name of the model: the bundled arch name, checkpoint dir name or Hub id
-    (ModelConfig.name uses Path.stem, which cuts 'qwen2.5-0.5b' to 'qwen2.5-0')."""
-    m = cfg.model
-    if m.arch:
-        return m.arch[:-5] if m.arch.endswith(".json") else m.arch
-    return Path(m.path).name if m.path else (m.hub or m.name)
 
 
 # ---------------------------------------------------------------- plan: expand and validate the grid

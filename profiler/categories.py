@@ -10,14 +10,16 @@ from enum import Enum
 
 
 class Category(str, Enum):
-    """Where a live byte belongs. The first five are seen by the tensor tracker; the last two
-    exist only on CUDA (caching-allocator slack and memory outside PyTorch's allocator)."""
+    """Where a live byte belongs. The first five are seen by the tensor tracker; the last three exist
+    only on CUDA: allocated bytes the tracker missed (cuBLAS workspaces, rounding), caching-allocator
+    slack (reserved - allocated) and memory outside PyTorch's allocator (context, paged state)."""
 
     WEIGHTS = "weights"
     GRADIENTS = "gradients"
     OPTIMIZER = "optimizer"
     ACTIVATIONS = "activations"
     TEMPORARIES = "temporaries"
+    UNTRACKED = "untracked"
     ALLOCATOR = "allocator"
     CONTEXT = "context"
 

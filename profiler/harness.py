@@ -43,9 +43,10 @@ OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError, Trac
 class PhaseMeter:
     """One context manager per phase; appends a PhaseRecord dict (also when the phase raised)."""
 
-    def __init__(self, cuda: bool, tracker: TensorTracker | None):
+    def __init__(self, cuda: bool, tracker: TensorTracker | None, nvml: NvmlSampler | None = None):
         self.cuda = CudaProbe() if cuda else None
         self.tracker = tracker
+        self.nvml = nvml
         self.records: list[dict] = []
         self.current: tuple[str, int | None] | None = None
 
@@ -54,6 +55,8 @@ class PhaseMeter:
         self.current = (name, step)
         rec: dict = {"phase": name, "step": step, "warmup": warmup}
         t0 = time.perf_counter()
+        if self.nvml is not None:
+            self.nvml.reset_window()
         try:
             with ExitStack() as stack:
                 cuda_rec = stack.enter_context(self.cuda.phase()) if self.cuda else None
@@ -70,7 +73,25 @@ class PhaseMeter:
                 rec.update(allocated_bytes=tr.end_bytes, peak_allocated_bytes=tr.peak_bytes)
             if tr is not None:
                 rec.update(breakdown=dict(tr.breakdown), module_at_peak=tr.module_at_peak)
+            if self.nvml is not None:
+                rec["nvml_peak_bytes"] = self.nvml.read_window()
+            if cuda_rec is not None and tr is not None:
+                rec["breakdown"].update(cuda_components(rec, tr.peak_bytes, self.nvml))
             self.records.append(rec)
+
+
+def cuda_components(rec: dict, tracker_peak: int, nvml: NvmlSampler | None) -> dict[str, int]:
+    """What the tracker cannot see, so the components add up to the NVML peak of the phase:
+    untracked = peak_allocated - tracker peak (cuBLAS workspaces, 512-byte rounding, non-dispatch allocs),
+    allocator = peak_reserved - peak_allocated (caching-allocator slack),
+    context = NVML peak - this run's baseline - peak_reserved (CUDA context, managed/paged memory)."""
+    out = {
+        "untracked": rec["peak_allocated_bytes"] - tracker_peak,
+        "allocator": rec["peak_reserved_bytes"] - rec["peak_allocated_bytes"],
+    }
+    if nvml is not None and rec.get("nvml_peak_bytes"):
+        out["context"] = rec["nvml_peak_bytes"] - nvml.baseline - rec["peak_reserved_bytes"]
+    return out
 
 
 def _autocast(cfg: RunConfig):
@@ -102,7 +123,7 @@ def _peaks(phases: list[dict], last_step: int | None) -> dict:
     }
 
 
-def run(cfg: RunConfig, *, use_tracker: bool | None = None, snapshot_path: str | None = None,
+def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None = None,
         on_step: Callable[[int, int], None] | None = None, fake: FakeBackend | None = None) -> dict:
     """Run one config and return its RunRecord dict. ConfigError propagates (nothing is recorded);
     an OOM gives status 'oom', any other failure status 'error'. With `fake`, the same loop runs on fake
@@ -112,7 +133,7 @@ def run(cfg: RunConfig, *, use_tracker: bool | None = None, snapshot_path: str |
         raise ConfigError("device: 'cuda' is not available on this machine; allowed here: cpu")
     if cfg.max_memory is not None and cuda:
         raise ConfigError("max_memory: the tracker budget applies to device cpu only; remove it for cuda")
-    use_tracker = (not cuda) if use_tracker is None else use_tracker or fake is not None
+    use_tracker = True if not cuda else bool(use_tracker)  # off CUDA the tracker is the only memory probe
     torch.manual_seed(cfg.seed)
     record: dict = {
         "run_id": uuid.uuid4().hex,
@@ -131,8 +152,8 @@ def run(cfg: RunConfig, *, use_tracker: bool | None = None, snapshot_path: str |
             torch.cuda.memory._record_memory_history(max_entries=200_000)
     record["env"] = collect_env("cpu" if fake else cfg.device)
     budget = parse_bytes(cfg.max_memory) if cfg.max_memory else None
-    tracker = TensorTracker(budget_bytes=budget) if use_tracker else None
-    meter = PhaseMeter(cuda, tracker)
+    tracker = TensorTracker(budget_bytes=budget, devices={"cuda"} if cuda else None) if use_tracker else None
+    meter = PhaseMeter(cuda, tracker, sampler)
     model = optimizer = batch = None
     step_seconds: list[float] = []
     load_s = 0.0

@@ -17,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="JSONL file to append to (default: results/runs/<device>.jsonl)")
     parser.add_argument("--memory-snapshot", metavar="FILE",
                         help="CUDA: dump torch.cuda.memory._snapshot() (open in pytorch.org/memory_viz)")
-    parser.add_argument("--no-tracker", action="store_true", help="CUDA: skip the per-category breakdown")
-    parser.add_argument("--tracker", action="store_true", help="CUDA: force the per-category breakdown on")
+    parser.add_argument("--no-tracker", action="store_true",
+                        help="CUDA: skip the per-category breakdown (the tracker adds per-op Python overhead)")
     parser.add_argument("--quiet", action="store_true", help="no table, no progress bar")
 
 
@@ -32,7 +32,7 @@ def main(args: argparse.Namespace) -> int:
             cfg.output = args.output
         if args.memory_snapshot and cfg.device != "cuda":
             raise ConfigError("--memory-snapshot: needs device cuda")
-        use_tracker = False if args.no_tracker else (True if args.tracker else None)
+        use_tracker = not args.no_tracker
         record = _run_with_progress(cfg, use_tracker, args.memory_snapshot, quiet=args.quiet)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

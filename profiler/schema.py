@@ -65,7 +65,10 @@ class PhaseRecord(_Rec):
     reserved_bytes: int | None = Field(None, description="CUDA: reserved at the phase end")
     peak_reserved_bytes: int | None = Field(None, description="CUDA: peak reserved during the phase")
     seconds: float = Field(description="wall time of the phase")
-    breakdown: dict[str, int] | None = Field(None, description="category -> bytes at the phase peak (tracker)")
+    nvml_peak_bytes: int | None = Field(None, description="CUDA: NVML device-used peak during the phase")
+    breakdown: dict[str, int] | None = Field(
+        None, description="category -> bytes at the phase peak: weights, gradients, optimizer, activations, "
+        "temporaries (tracker); CUDA adds untracked, allocator, context (sum = NVML peak - baseline)")
     module_at_peak: str | None = Field(None, description="module running at the phase peak (tracker)")
 
 

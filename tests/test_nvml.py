@@ -58,3 +58,23 @@ def test_sampler_survives_a_failing_reader():
 def test_sampler_interval_is_bounded():
     with pytest.raises(ValueError, match="interval_s"):
         NvmlSampler(lambda: (0, None), interval_s=0.05)
+
+
+def test_phase_windows_reset_and_components_add_up_to_nvml():
+    from profiler.harness import cuda_components
+
+    device = {"used": 1000}  # the background thread may read at any time: it sees the same values
+    with NvmlSampler(lambda: (device["used"], None), interval_s=0.005) as s:
+        s.reset_window()
+        for used in (5000, 7000, 3000):
+            device["used"] = used
+            s._sample()
+        first = s.read_window()
+        s.reset_window()
+        second = s.read_window()
+    assert first == 7000
+    assert second == 3000
+    rec = {"peak_allocated_bytes": 4000, "peak_reserved_bytes": 5000, "nvml_peak_bytes": first}
+    parts = cuda_components(rec, tracker_peak=3500, nvml=s)
+    assert parts == {"untracked": 500, "allocator": 1000, "context": 7000 - 1000 - 5000}
+    assert 3500 + sum(parts.values()) == first - s.baseline

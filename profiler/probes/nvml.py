@@ -37,6 +37,7 @@ class NvmlSampler:
         self.peak_used = 0
         self.peak_process: int | None = None
         self.samples = 0
+        self.window_peak = 0  # peak since the last reset_window(): per-phase NVML peaks
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -46,6 +47,7 @@ class NvmlSampler:
         with self._lock:
             self.samples += 1
             self.peak_used = max(self.peak_used, used)
+            self.window_peak = max(self.window_peak, used)
             if proc is not None:
                 self.peak_process = max(self.peak_process or 0, proc)
 
@@ -69,6 +71,18 @@ class NvmlSampler:
         if self._thread is not None:
             self._thread.join(timeout=1.0)
         self._sample()  # one last read so a short run still sees its end state
+
+    def reset_window(self) -> None:
+        """Start a new per-phase window (the harness calls this at each phase start)."""
+        with self._lock:
+            self.window_peak = 0
+        self._sample()
+
+    def read_window(self) -> int:
+        """Peak device-used bytes since reset_window(), including a read taken now."""
+        self._sample()
+        with self._lock:
+            return self.window_peak
 
     def result(self) -> NvmlResult:
         with self._lock:

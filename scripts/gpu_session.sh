@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# GPU measurements in few, full device calls (the lent H100 costs time while idle). Run from the repo root
+# on the GPU machine; results and the logs that prove them land under $DEST (default results/), which a
+# session copies back from the device tool's $OUT and commits.
+#
+#   scripts/gpu_session.sh measure   # env + GPU tests + the six llama7b_* configs + their simulations (~8 min)
+#   scripts/gpu_session.sh sweep     # configs/sweeps/nightly.yaml, resumable: call again to continue
+#
+# Carry bitsandbytes (and what the image lacks) as wheels: ../shared/gpu/prepare-wheels.sh pydantic==2.14.3 \
+#   pydantic-core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 rich==15.0.0 markdown-it-py==4.3.0 \
+#   mdurl==0.1.2 pygments==2.21.0 ; then run(carry=[".whl"], command="bash scripts/gpu_session.sh measure")
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DEST="${DEST:-${OUT:-results}}"
+stage="${1:-measure}"
+stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$DEST/runs" "$DEST/logs" "$DEST/simulated"
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site .whl/*.whl
+  export PYTHONPATH="$PWD/.site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+log="$DEST/logs/$stamp-$stage.txt"
+{
+  echo "# $stage at $stamp on $(hostname)"; nvidia-smi; python3 -m profiler env --device cuda
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda); print(torch.cuda.memory_stats())"
+} >"$log" 2>&1
+slug="$(python3 -c 'import torch; from profiler.env import slugify; print(slugify(torch.cuda.get_device_name(0)))')"
+runs="$DEST/runs/$slug.jsonl"
+
+case "$stage" in
+  measure)
+    python3 -m pytest -q -m gpu tests/test_gpu.py >>"$log" 2>&1; echo "gpu tests exit $?" >>"$log"
+    for cfg in configs/llama7b_{inference,qlora4,qlora8,lora,freeze,full}.yaml; do
+      echo "== run $cfg" >>"$log"
+      timeout 420 python3 -m profiler run "$cfg" --output "$runs" >>"$log" 2>&1; echo "exit $?" >>"$log"
+      echo "== simulate $cfg" >>"$log"
+      timeout 120 python3 -m profiler simulate "$cfg" --output "$DEST/simulated/$slug.jsonl" >>"$log" 2>&1
+      echo "exit $?" >>"$log"
+    done
+    ;;
+  sweep)
+    timeout 560 python3 -m profiler sweep configs/sweeps/nightly.yaml --output "$runs" >>"$log" 2>&1
+    echo "sweep exit $?" >>"$log"
+    ;;
+  *) echo "gpu_session.sh: unknown stage $stage (measure | sweep)" >&2; exit 2 ;;
+esac
+tail -40 "$log"

@@ -6,10 +6,10 @@ Keeping a single enum lets calibration fit a factor per category without string 
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Category(str, Enum):
+class Category(StrEnum):
     """Where a live byte belongs. The first five are seen by the tensor tracker; the last three exist
     only on CUDA: allocated bytes the tracker missed (cuBLAS workspaces, rounding), caching-allocator
     slack (reserved - allocated) and memory outside PyTorch's allocator (context, paged state)."""

@@ -27,6 +27,7 @@ from profiler.probes.nvml import NvmlSampler, pynvml_reader
 from profiler.probes.tracker import TensorTracker, TrackerOutOfMemory
 from profiler.regimes import apply_regime, trainable_parameters
 
+
 class FakeBackend(Protocol):
     """What profiler.simulate supplies to run the harness on fake tensors."""
 

@@ -11,10 +11,13 @@ from collections import defaultdict
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 
 def _storage_key(t: torch.Tensor) -> tuple:
     st = t.untyped_storage()
+    if isinstance(t, FakeTensor):  # fake (profiler.simulate): no data pointer; the storage object is stable
+        return ("id", id(st))
     return (str(t.device), st.data_ptr()) if st.data_ptr() else ("id", id(st))
 
 
@@ -42,7 +45,8 @@ def logical_numel(p: torch.Tensor) -> int:
 
 
 def is_quantized(p: torch.Tensor) -> bool:
-    return type(p).__name__ in ("Params4bit", "Int8Params")
+    # memprof_quantized: profiler.fake_bnb stand-ins (plain fake tensors in place of the bnb subclasses)
+    return type(p).__name__ in ("Params4bit", "Int8Params") or getattr(p, "memprof_quantized", False)
 
 
 def weight_tensors(model: nn.Module) -> list[torch.Tensor]:

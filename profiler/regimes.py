@@ -70,8 +70,10 @@ def apply_regime(model: nn.Module, cfg: RunConfig) -> nn.Module:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=ckpt, gradient_checkpointing_kwargs={"use_reentrant": False})
     elif ckpt:  # transformers 5 renamed gradient_checkpointing_enable (kept as a deprecated alias)
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if kind == "full":
         model.requires_grad_(True)
     elif kind == "freeze":

@@ -40,7 +40,7 @@ def estimate_fn():
     return estimate
 
 
-MODELS = ["tiny-llama", "gpt2", "qwen2.5-0.5b", "llama-2-7b"]
+MODELS = ["mistral-7b", "gpt2", "qwen2.5-0.5b", "llama-2-7b"]  # realistic sizes: b is fitted in bytes
 SEQ_LENS = [128, 512, 1024, 2048]
 TRUE = {"full": {"peak_allocated": (1.3, 300 * 2**20), "activations": (0.8, 2**20)},
         "lora": {"peak_allocated": (1.1, 50 * 2**20), "activations": (1.5, 0)}}

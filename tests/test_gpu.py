@@ -4,8 +4,8 @@ regimes and result path on the tiny model; tests/test_nvml.py drives the sampler
 from __future__ import annotations
 
 import pytest
-
 from conftest import CONFIGS, gpu
+
 from profiler.config import load_config
 from profiler.harness import run
 from profiler.schema import RunRecord

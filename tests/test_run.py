@@ -7,17 +7,17 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import CONFIGS, tiny
+
 from profiler.cli import main
 from profiler.harness import run
 from profiler.schema import RunRecord
 
 ARCH = json.loads((CONFIGS / "models" / "tiny-llama.json").read_text())
-H, I, L, V = ARCH["hidden_size"], ARCH["intermediate_size"], ARCH["num_hidden_layers"], ARCH["vocab_size"]
+H, FF, L, V = ARCH["hidden_size"], ARCH["intermediate_size"], ARCH["num_hidden_layers"], ARCH["vocab_size"]
 KV = ARCH["num_key_value_heads"] * (H // ARCH["num_attention_heads"])
 # (in, out) of every linear layer in one decoder layer: q, k, v, o, gate, up, down
-LINEARS = [(H, H), (H, KV), (H, KV), (H, H), (H, I), (H, I), (I, H)]
+LINEARS = [(H, H), (H, KV), (H, KV), (H, H), (H, FF), (H, FF), (FF, H)]
 LAYER_NUMEL = sum(i * o for i, o in LINEARS) + 2 * H  # + input/post-attention RMSNorm weights
 TOTAL = 2 * V * H + L * LAYER_NUMEL + H  # untied embedding + lm_head, layers, final norm
 REGIMES = ["full", "freeze", "lora", "qlora8", "qlora4", "inference"]

@@ -1,0 +1,148 @@
+"""`python -m profiler estimate CONFIG [key=value ...] [--gpu-memory 80GiB] [--estimator NAME|all]`
+
+Prints each estimator's components and total and whether it fits the GPU; `--max-batch` / `--max-seq`
+solve for the largest train.batch_size / train.seq_len that fits under each estimator. Bytes stay ints;
+the table shows GiB (2^30) or GB (10^9), as `--unit` says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from profiler.config import ConfigError, RunConfig, load_config, parse_bytes
+from profiler.formulas import COMPONENTS, ESTIMATORS, Estimate, NotApplicable, estimate
+
+UNITS = {"GiB": 2**30, "GB": 10**9}
+SEARCH_CAP = 1 << 20
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="run config YAML (model.arch may be any HF config.json path)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=4")
+    parser.add_argument(
+        "--gpu-memory", default="80GiB", help="memory to fit in, e.g. 80GiB, 24GB (default 80GiB)"
+    )
+    parser.add_argument("--estimator", default="all", help=f"one of {', '.join(ESTIMATORS)} or all (default)")
+    parser.add_argument("--max-batch", action="store_true", help="largest train.batch_size that fits")
+    parser.add_argument("--max-seq", action="store_true", help="largest train.seq_len that fits")
+    parser.add_argument(
+        "--unit", choices=list(UNITS), default="GiB", help="display unit (GiB = 2^30, GB = 10^9)"
+    )
+
+
+def with_train(cfg: RunConfig, **train: int) -> RunConfig:
+    """A copy of cfg with train fields replaced (validated)."""
+    data = cfg.model_dump()
+    data["train"].update(train)
+    return RunConfig.model_validate(data)
+
+
+def solve_max(cfg: RunConfig, name: str, field: str, budget: int, cap: int = SEARCH_CAP) -> int | None:
+    """Largest value of train.<field> (batch_size or seq_len) whose estimate fits `budget` bytes.
+
+    0 when even 1 does not fit; None when `cap` still fits (the estimator does not grow with it)."""
+
+    def fits(v: int) -> bool:
+        return estimate(name, with_train(cfg, **{field: v})).total <= budget
+
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while fits(hi):
+        lo, hi = hi, hi * 2
+        if hi > cap:
+            return None
+    while hi - lo > 1:  # invariant: fits(lo), not fits(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def _fmt(n: int, unit: str) -> str:
+    return f"{n / UNITS[unit]:.2f}"
+
+
+def render(
+    ests: list[Estimate], budget: int, unit: str, extra: dict[str, dict[str, str]] | None = None
+) -> Table:
+    table = Table(
+        title=f"predicted memory ({unit}; {unit} = {'2^30' if unit == 'GiB' else '10^9'} bytes), "
+        f"budget {_fmt(budget, unit)} {unit}"
+    )
+    table.add_column("estimator")
+    for c in COMPONENTS:
+        table.add_column(c, justify="right")
+    table.add_column("total", justify="right")
+    table.add_column("fits", justify="center")
+    extra_cols = sorted({k for v in (extra or {}).values() for k in v})
+    for k in extra_cols:
+        table.add_column(k, justify="right")
+    for e in ests:
+        row = [
+            e.estimator,
+            *(_fmt(e.get(c), unit) for c in COMPONENTS),
+            _fmt(e.total, unit),
+            "yes" if e.total <= budget else "NO",
+        ]
+        row += [(extra or {}).get(e.estimator, {}).get(k, "") for k in extra_cols]
+        table.add_row(*row)
+    return table
+
+
+def main(args: argparse.Namespace) -> int:
+    err = Console(stderr=True)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        budget = parse_bytes(args.gpu_memory)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"error: --gpu-memory: {exc}", file=sys.stderr)
+        return 2
+    names = list(ESTIMATORS) if args.estimator == "all" else [args.estimator]
+    if any(n not in ESTIMATORS for n in names):
+        print(
+            f"error: --estimator {args.estimator!r} unknown; allowed: {', '.join(ESTIMATORS)}, all",
+            file=sys.stderr,
+        )
+        return 2
+    ests: list[Estimate] = []
+    skipped: list[str] = []
+    try:
+        for n in names:
+            try:
+                ests.append(estimate(n, cfg))
+            except NotApplicable as exc:
+                skipped.append(str(exc))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    extra: dict[str, dict[str, str]] = {}
+    for flag, field, col in (
+        (args.max_batch, "batch_size", "max batch"),
+        (args.max_seq, "seq_len", "max seq"),
+    ):
+        if not flag:
+            continue
+        for e in ests:
+            v = solve_max(cfg, e.estimator, field, budget)
+            extra.setdefault(e.estimator, {})[col] = "any" if v is None else str(v)
+    console = Console(width=200)
+    t = cfg.train
+    console.print(
+        f"{cfg.model.name} | {cfg.regime.label} | {cfg.optimizer.name} | {cfg.model.dtype} | "
+        f"batch {t.batch_size} x seq {t.seq_len} | checkpointing {t.gradient_checkpointing} | "
+        f"{cfg.device}"
+    )
+    console.print(render(ests, budget, args.unit, extra))
+    for e in ests:
+        if e.notes:
+            console.print(f"  {e.estimator}: {e.notes}")
+    for s in skipped:
+        err.print(f"  skipped: {s}")
+    return 0 if ests else 1

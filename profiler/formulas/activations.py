@@ -1,0 +1,124 @@
+"""Saved activations of one training forward, per decoder layer, for the HF implementation.
+
+Start: Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models"
+(https://arxiv.org/abs/2205.05198), sbh(34 + 5as/h) bytes per layer for GPT-3 style layers in fp16 with
+dropout and eager attention. Adapted here to what HF transformers 5 Llama-style layers save (checked
+tensor by tensor with `torch.autograd.graph.saved_tensors_hooks` on CPU), with `a` = activation bytes:
+- RMSNorm upcasts to fp32: pow saves the fp32 input (4 bsh) and an fp32 rsqrt (4 bs); `weight * y` saves y
+  (a bsh) only when the norm weight trains. With a == 4 the upcast is a no-op (input saved, 4 bsh).
+- a linear saves its input only when its weight trains (q/k/v share one input, gate/up share one).
+- SwiGLU: gate output, silu output and up output are saved (3 a bsi), the product (a bsi) by down_proj.
+- attention kernel: flash / mem-efficient (CUDA SDPA, and CPU SDPA's flash kernel) save q, k, v (GQA:
+  k/v at kv heads), the output (laid out b,s,h,d so o_proj's input shares it) and an fp32 logsumexp
+  (b x heads x s); the math / eager paths save the s x s probabilities (eager: fp32 softmax + a copy) and
+  repeat k/v to all heads; no dropout in Llama.
+- LoRA (peft): each targeted linear casts its input to the fp32 adapter dtype and applies dropout: CPU
+  dropout saves an fp32 noise tensor and the dropped input (8 b s in), CUDA's fused dropout a bool mask
+  and the dropped input (5 b s in); with dropout 0 the fp32 cast alone (shared when already fp32);
+  lora_A saves its output (4 b s r) for lora_B.
+- nothing is saved before the first trainable parameter (frozen embeddings: layer 0's first norm and the
+  first adapters' inputs of a LoRA model save less; frozen layers of `freeze` save nothing).
+- gradient checkpointing (non-reentrant, per decoder layer) keeps each layer's input (a bsh); one layer's
+  activations are recomputed at a time during backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KERNELS = ("flash", "efficient", "math", "eager")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Sizes that activations scale with (all ints)."""
+
+    b: int
+    s: int
+    h: int
+    kv: int  # kv heads x head_dim
+    i: int  # MLP intermediate
+    heads: int
+    head_dim: int
+    vocab: int
+    a: int  # bytes of an activation element
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Which parts of one decoder layer train (drives what autograd saves)."""
+
+    grad_in: bool  # the layer input requires grad (something before it trains)
+    norms_train: bool = False
+    linears_train: bool = False  # base q/k/v/o/gate/up/down weights train
+    lora_qkv: int = 0  # LoRA-targeted linears among q, k, v (input h wide, shared)
+    lora_o: int = 0
+    lora_gate_up: int = 0
+    lora_down: int = 0  # input i wide
+    lora_r: int = 0
+    lora_dropout: bool = False
+    gated: bool = True
+
+
+def norm_bytes(sh: Shape, grad_in: bool, weight_trains: bool) -> int:
+    bsh = sh.b * sh.s * sh.h
+    if not grad_in and not weight_trains:
+        return 0
+    out = 0
+    if grad_in:
+        out += 4 * bsh + 4 * sh.b * sh.s  # fp32 input of pow (the input itself when a == 4) + rsqrt
+    if weight_trains:
+        out += sh.a * bsh if sh.a < 4 else 4 * bsh  # y = normalized, saved for the weight's gradient
+    return out
+
+
+def attention_bytes(sh: Shape, kernel: str, o_proj_saves: bool) -> int:
+    """q, k, v, output/probabilities saved by the attention kernel (and o_proj's input where distinct)."""
+    bsh, a = sh.b * sh.s * sh.h, sh.a
+    bsk = sh.b * sh.s * sh.kv
+    if kernel in ("flash", "efficient"):
+        s_lse = sh.s if kernel == "flash" else -(-sh.s // 32) * 32
+        return a * bsh + 2 * a * bsk + a * bsh + 4 * sh.b * sh.heads * s_lse
+    probs = sh.b * sh.heads * sh.s * sh.s
+    qkv = 3 * a * bsh  # k/v repeated to all heads (repeat_kv / GQA expansion)
+    out = a * bsh if o_proj_saves else 0  # transpose(1, 2).contiguous() copy fed to o_proj
+    if kernel == "math":
+        return qkv + a * probs + out
+    return qkv + (4 + (a if a < 4 else 0)) * probs + out  # eager: fp32 softmax + cast copy
+
+
+def lora_bytes(sh: Shape, n_linears: int, width: int, lp: LayerPlan, device: str, no_grad: int = 0) -> int:
+    """Inputs saved by the LoRA branch of n_linears adapters whose input is `width` wide."""
+    if n_linears == 0:
+        return 0
+    bsw = sh.b * sh.s * width
+    if lp.lora_dropout:
+        mask = 4 * bsw if device == "cpu" else bsw  # CPU: fp32 noise tensor; CUDA: bool mask
+        per = 4 * bsw + mask
+        total = n_linears * per - no_grad * mask  # no mask saved where the input does not require grad
+    else:
+        shared = sh.a == 4  # cast is a no-op: the adapter shares the (already fp32) input
+        total = (1 if shared else n_linears) * 4 * bsw
+    return total + n_linears * 4 * sh.b * sh.s * lp.lora_r  # lora_A outputs
+
+
+def layer_bytes(sh: Shape, lp: LayerPlan, kernel: str, device: str) -> int:
+    """Bytes autograd saves for one decoder layer."""
+    bsh, bsi, a = sh.b * sh.s * sh.h, sh.b * sh.s * sh.i, sh.a
+    tr = lp.linears_train
+    total = norm_bytes(sh, lp.grad_in, lp.norms_train)  # input norm
+    total += a * bsh if tr else 0  # q/k/v input (the normed hidden)
+    total += lora_bytes(sh, lp.lora_qkv, sh.h, lp, device, 0 if lp.grad_in or lp.norms_train else lp.lora_qkv)
+    grad_attn = lp.grad_in or tr or lp.lora_qkv > 0 or lp.norms_train
+    if grad_attn:
+        total += attention_bytes(sh, kernel, tr)
+    total += lora_bytes(sh, lp.lora_o, sh.h, lp, device, 0 if grad_attn else lp.lora_o)
+    grad_mlp = grad_attn or lp.lora_o > 0
+    total += norm_bytes(sh, grad_mlp, lp.norms_train)  # post-attention norm
+    total += a * bsh if tr else 0  # gate/up input
+    total += lora_bytes(sh, lp.lora_gate_up, sh.h, lp, device, 0 if grad_mlp else lp.lora_gate_up)
+    if grad_mlp or lp.lora_gate_up:
+        total += (3 if lp.gated else 1) * a * bsi  # gate out, silu out, up out (GELU MLP: fc out)
+        total += a * bsi if tr else 0  # down_proj input
+    total += lora_bytes(sh, lp.lora_down, sh.i, lp, device)
+    return total

@@ -1,0 +1,159 @@
+"""Architecture facts for estimators, read off a meta-device instance of the real HF model.
+
+No hand-typed sizes: every parameter count comes from `AutoModelForCausalLM.from_config` built on the
+`meta` device (no memory, no weights, seconds even for 70B), so tied embeddings, biases, GQA projections
+and norms are counted exactly as transformers builds them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from profiler.config import RunConfig
+
+
+@dataclass(frozen=True)
+class Linear:
+    """One matmul weight (nn.Linear or GPT-2's Conv1D)."""
+
+    name: str
+    in_features: int
+    out_features: int
+    has_bias: bool
+    layer: int | None  # decoder-layer index, None outside the repeated blocks
+    is_head: bool  # the output projection (lm_head); never quantized, never a LoRA target
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    numel: int
+    layer: int | None
+    owner: str  # qualified name of the owning module
+
+
+@dataclass(frozen=True)
+class Arch:
+    """What the estimators need to know about a model, all counts exact."""
+
+    model_type: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied: bool
+    gated_mlp: bool  # SwiGLU-style (gate, up, down) vs two-matrix MLP
+    rms_norm: bool
+    params: tuple[Param, ...]  # unique parameters (tied weights once)
+    linears: tuple[Linear, ...]
+    buffers: tuple[tuple[str, int, int], ...]  # (name, numel, itemsize in the built dtype)
+    layer_prefix: str  # e.g. "model.layers"
+    base_prefix: str  # the AutoModel part, e.g. "model"
+
+    @property
+    def total_params(self) -> int:
+        return sum(p.numel for p in self.params)
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+
+def hf_config_of(cfg: RunConfig):
+    from profiler.loading import resolve_hf_config
+
+    return resolve_hf_config(cfg.model)
+
+
+def arch_of(cfg: RunConfig) -> Arch:
+    """The Arch of cfg.model (cached per architecture)."""
+    hf = hf_config_of(cfg)
+    return _arch_cached(json.dumps(hf.to_dict(), sort_keys=True, default=str))
+
+
+def meta_model(hf_config, dtype: torch.dtype = torch.float32) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+
+
+def _layer_list(model: nn.Module, n: int) -> str:
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == n:
+            return name
+    raise ValueError(f"cannot find the {n} decoder layers of {type(model).__name__}")
+
+
+@lru_cache(maxsize=32)
+def _arch_cached(hf_json: str) -> Arch:
+    from transformers import AutoConfig
+
+    d = json.loads(hf_json)
+    hf = AutoConfig.for_model(d.pop("model_type"), **d)
+    model = meta_model(hf, torch.float32)
+    text = hf.get_text_config() if hasattr(hf, "get_text_config") else hf
+    n_layers = text.num_hidden_layers
+    prefix = _layer_list(model, n_layers)
+    heads = text.num_attention_heads
+    hidden = text.hidden_size
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    inter = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden
+    act = str(getattr(text, "hidden_act", None) or getattr(text, "activation_function", "gelu"))
+    head = model.get_output_embeddings()
+
+    def layer_of(name: str) -> int | None:
+        if name.startswith(prefix + "."):
+            return int(name[len(prefix) + 1 :].split(".")[0])
+        return None
+
+    seen: set[int] = set()
+    params = []
+    for mod_name, mod in model.named_modules():
+        for pname, p in mod.named_parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            full = f"{mod_name}.{pname}" if mod_name else pname
+            params.append(Param(full, p.numel(), layer_of(full), mod_name))
+    linears = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            linears.append(
+                Linear(
+                    name, mod.in_features, mod.out_features, mod.bias is not None, layer_of(name), mod is head
+                )
+            )
+        elif type(mod).__name__ == "Conv1D":  # GPT-2: weight is [in, out]
+            fin, fout = mod.weight.shape
+            linears.append(Linear(name, fin, fout, mod.bias is not None, layer_of(name), mod is head))
+    bufs = tuple((n, b.numel(), b.element_size()) for n, b in model.named_buffers())
+    base = getattr(model, "base_model_prefix", "model")
+    norm_names = {type(m).__name__.lower() for m in model.modules()}
+    return Arch(
+        model_type=hf.model_type,
+        hidden=hidden,
+        layers=n_layers,
+        heads=heads,
+        kv_heads=kv,
+        head_dim=head_dim,
+        intermediate=inter,
+        vocab=text.vocab_size,
+        tied=bool(getattr(hf, "tie_word_embeddings", False)),
+        gated_mlp=any(lin.name.endswith("gate_proj") for lin in linears) or act in ("silu", "swiglu"),
+        rms_norm=any("rmsnorm" in n for n in norm_names),
+        params=tuple(params),
+        linears=tuple(linears),
+        buffers=bufs,
+        layer_prefix=prefix,
+        base_prefix=base,
+    )

@@ -1,0 +1,276 @@
+"""`components`: our first-principles model, built on a meta-device instance of the real model.
+
+Weights, gradients and optimizer state are exact byte counts (params.py); activations follow
+activations.py; the logits/loss buffers and the optimizer's temporaries are modelled per phase; the CUDA
+context and allocator slack are named constants. The reported components are those of the phase with the
+highest predicted peak (forward, backward or optimizer step of a steady-state step, where gradients from
+the previous step are already freed by zero_grad(set_to_none=True)); every phase's peak is in `details`.
+"""
+
+from __future__ import annotations
+
+from profiler.config import RunConfig
+from profiler.formulas import Estimate, make_estimate, register
+from profiler.formulas.activations import KERNELS, LayerPlan, Shape, layer_bytes, norm_bytes
+from profiler.formulas.arch import Arch
+from profiler.formulas.params import DTYPE_BYTES, ParamPlan, lora_targets, param_plan
+
+CUDA_CONTEXT_BYTES = 512 * 2**20  # CUDA context + torch/cuBLAS kernels (lazy loading): outside the allocator
+ALLOCATOR_SLACK = 0.03  # caching-allocator reserve beyond the allocated peak (block rounding, fragmentation)
+BNB_8BIT_MIN_SIZE = 4096  # bitsandbytes min_8bit_size: smaller tensors keep fp32 optimizer state
+BNB_8BIT_BLOCK = 256  # bitsandbytes 8-bit optimizer: one fp32 absmax per 256-block per state
+BNB_QMAP_BYTES = 2 * 256 * 4  # "dynamic" + "udynamic" fp32 maps, allocated once
+SOURCE = (
+    "this repository (docs/estimators.md); activations adapted from Korthikanti et al. 2022, "
+    "https://arxiv.org/abs/2205.05198"
+)
+
+_QKV = ("q_proj", "k_proj", "v_proj", "c_attn", "query_key_value", "qkv_proj", "Wqkv")
+_O = ("o_proj", "attn.c_proj", "attention.dense", "out_proj")
+_GATE_UP = ("gate_proj", "up_proj", "c_fc", "fc1", "gate_up_proj", "dense_h_to_4h")
+_DOWN = ("down_proj", "mlp.c_proj", "fc2", "dense_4h_to_h")
+
+
+def activation_bytes_per_element(cfg: RunConfig) -> int:
+    if cfg.regime.kind == "qlora" and cfg.regime.prepare_kbit:
+        return 4  # prepare_model_for_kbit_training makes embeddings/norms fp32: the hidden stream is fp32
+    if cfg.train.autocast != "none":
+        return 2
+    return DTYPE_BYTES[cfg.model.dtype]
+
+
+def default_kernel(cfg: RunConfig, a: int | None = None) -> str:
+    """The attention path a run takes: eager; flash for flash_attention_2; SDPA picks flash for 16-bit on
+    CUDA, mem-efficient for fp32 on CUDA, and its flash kernel on CPU."""
+    impl = cfg.model.attn_implementation
+    if impl == "eager":
+        return "eager"
+    if impl == "flash_attention_2" or cfg.device == "cpu":
+        return "flash"
+    a = a or activation_bytes_per_element(cfg)
+    return "flash" if a == 2 else "efficient"
+
+
+def _match(name: str, keys: tuple[str, ...]) -> bool:
+    return any(name == k or name.endswith("." + k) for k in keys)
+
+
+def shape_of(arch: Arch, cfg: RunConfig, b: int | None = None, s: int | None = None) -> Shape:
+    return Shape(
+        b=b or cfg.train.batch_size,
+        s=s or cfg.train.seq_len,
+        h=arch.hidden,
+        kv=arch.kv_dim,
+        i=arch.intermediate,
+        heads=arch.heads,
+        head_dim=arch.head_dim,
+        vocab=arch.vocab,
+        a=activation_bytes_per_element(cfg),
+    )
+
+
+def layer_plans(plan: ParamPlan, cfg: RunConfig) -> tuple[list[LayerPlan], dict[str, bool]]:
+    """Per-layer training plan plus flags for the parts outside the layers (embed, final norm, head)."""
+    arch, rg = plan.arch, cfg.regime
+    trainable = {t.name for t in plan.trainable}
+    layer_train = [False] * arch.layers
+    outside = {"embed": False, "final_norm": False, "head": False}
+    head_names = {lin.name + ".weight" for lin in arch.linears if lin.is_head}
+    for p in arch.params:
+        if p.name not in trainable:
+            continue
+        if p.layer is not None:
+            layer_train[p.layer] = True
+        elif p.name in head_names:
+            outside["head"] = True
+        elif p.numel == arch.hidden or "norm" in p.name or "ln_f" in p.name:
+            outside["final_norm"] = True
+        else:
+            outside["embed"] = True
+    targets = lora_targets(arch, cfg) if rg.kind in ("lora", "qlora") else []
+    per_layer: list[dict[str, int]] = [{"qkv": 0, "o": 0, "gu": 0, "down": 0} for _ in range(arch.layers)]
+    for lin in targets:
+        if lin.layer is None:
+            continue
+        short = lin.name.split(".", 3)[-1] if lin.name.count(".") >= 3 else lin.name
+        for key, names in (("qkv", _QKV), ("o", _O), ("gu", _GATE_UP), ("down", _DOWN)):
+            if _match(short, names) or _match(lin.name, names):
+                per_layer[lin.layer][key] += 1
+                break
+    plans = []
+    grad = outside["embed"]
+    for li in range(arch.layers):
+        lt = layer_train[li]
+        q = per_layer[li]
+        plans.append(
+            LayerPlan(
+                grad_in=grad,
+                norms_train=lt,
+                linears_train=lt,
+                lora_qkv=q["qkv"],
+                lora_o=q["o"],
+                lora_gate_up=q["gu"],
+                lora_down=q["down"],
+                lora_r=rg.lora.r,
+                lora_dropout=rg.lora.dropout > 0,
+                gated=arch.gated_mlp,
+            )
+        )
+        grad = grad or lt or any(q.values())
+    outside["grad_at_end"] = grad
+    return plans, outside
+
+
+def activations(
+    cfg: RunConfig, b: int | None = None, s: int | None = None, kernel: str | None = None
+) -> dict[str, int]:
+    """Saved-activation bytes at the end of the forward, by part (layers, tail, logits), plus the
+    recompute transient of one layer under gradient checkpointing."""
+    plan = param_plan(cfg)
+    arch = plan.arch
+    sh = shape_of(arch, cfg, b, s)
+    kernel = kernel or default_kernel(cfg, sh.a)
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel {kernel!r}; allowed: {', '.join(KERNELS)}")
+    plans, out = layer_plans(plan, cfg)
+    per_layer = [layer_bytes(sh, lp, kernel, cfg.device) for lp in plans]
+    bs, bsh = sh.b * sh.s, sh.b * sh.s * sh.h
+    ckpt = cfg.train.gradient_checkpointing
+    layers = arch.layers * sh.a * bsh if ckpt else sum(per_layer)
+    any_grad = out["grad_at_end"]
+    tail = 0
+    if any_grad:
+        tail += 2 * sh.s * sh.head_dim * sh.a if arch.gated_mlp else 0  # RoPE cos/sin, shared by layers
+        tail += norm_bytes(sh, any_grad, out["final_norm"])
+        tail += sh.a * bsh if out["head"] else 0  # lm_head input
+        tail += 8 * bs if out["embed"] else 0  # input ids saved by the embedding
+    logits = (4 * bs * sh.vocab + 2 * 8 * bs) if any_grad else 0  # fp32 log_softmax output + labels
+    return {
+        "layers": layers,
+        "tail": tail,
+        "logits": logits,
+        "recompute": max(per_layer) if ckpt and per_layer else 0,
+        "kernel_index": KERNELS.index(kernel),
+    }
+
+
+def optimizer_bytes(plan: ParamPlan, cfg: RunConfig) -> tuple[int, int]:
+    """(state bytes, step temporaries) for the trainable tensors."""
+    name = cfg.optimizer.name
+    ts = plan.trainable
+    if not ts or name == "sgd":
+        return 0, 0
+    if name == "sgd_momentum":
+        return sum(t.numel * t.itemsize for t in ts), 0
+    if name in ("adam", "adamw"):
+        state = sum(2 * t.numel * t.itemsize for t in ts)
+        if cfg.device == "cpu":
+            state += 4 * len(ts)  # fp32 `step` tensors live on the param's device only on CPU
+            temp = 2 * max(t.numel * t.itemsize for t in ts)  # single-tensor path: sqrt + div per param
+        else:
+            temp = sum(t.numel * t.itemsize for t in ts)  # foreach path: _foreach_sqrt of all exp_avg_sq
+        return state, temp
+    state = 0
+    eight_bit = False
+    for t in ts:
+        if t.numel < BNB_8BIT_MIN_SIZE:
+            state += 2 * 4 * t.numel
+        else:
+            eight_bit = True
+            state += 2 * t.numel + 2 * 4 * (-(-t.numel // BNB_8BIT_BLOCK))
+    return state + (BNB_QMAP_BYTES if eight_bit else 0), 0
+
+
+def inference_bytes(
+    plan: ParamPlan, cfg: RunConfig, b: int | None = None, s: int | None = None
+) -> dict[str, int]:
+    """KV cache and forward transients of a no-grad forward (+ generate)."""
+    arch = plan.arch
+    sh = shape_of(arch, cfg, b, s)
+    n = cfg.regime.new_tokens
+    kv_per_token = 2 * arch.layers * sh.kv * sh.a * sh.b
+    layer_tmp = (3 if arch.gated_mlp else 2) * sh.a * sh.b * sh.s * sh.i + 2 * sh.a * sh.b * sh.s * sh.h
+    logits = sh.a * sh.b * sh.s * sh.vocab
+    fwd = kv_per_token * sh.s + max(layer_tmp, logits)
+    gen = kv_per_token * (sh.s + n) + layer_tmp if n else 0
+    return {
+        "kv_cache": kv_per_token * (sh.s + n if n and gen >= fwd else sh.s),
+        "temporaries": max(fwd, gen) - kv_per_token * (sh.s + n if n and gen >= fwd else sh.s),
+    }
+
+
+def overhead_bytes(cfg: RunConfig, allocated: int) -> int:
+    return CUDA_CONTEXT_BYTES + int(ALLOCATOR_SLACK * allocated) if cfg.device == "cuda" else 0
+
+
+def components_estimate(
+    cfg: RunConfig, b: int | None = None, s: int | None = None, kernel: str | None = None
+) -> Estimate:
+    plan = param_plan(cfg)
+    W = plan.weight_bytes
+    if cfg.regime.kind == "inference":
+        inf = inference_bytes(plan, cfg, b, s)
+        alloc = W + inf["kv_cache"] + inf["temporaries"]
+        return make_estimate(
+            "components",
+            {
+                "weights": W,
+                "activations": inf["kv_cache"],
+                "temporaries": inf["temporaries"],
+                "overhead": overhead_bytes(cfg, alloc),
+            },
+            SOURCE,
+            "inference: activations = KV cache",
+            details=inf,
+        )
+    G = plan.trainable_bytes
+    Opt, opt_tmp = optimizer_bytes(plan, cfg)
+    act = activations(cfg, b, s, kernel)
+    A = act["layers"] + act["tail"] + act["logits"]
+    sh = shape_of(plan.arch, cfg, b, s)
+    bsv = sh.b * sh.s * sh.vocab
+    fwd_tmp = sh.a * bsv + (4 * bsv if sh.a < 4 else 0)  # logits + their fp32 upcast during the loss
+    bwd_start_tmp = 8 * bsv + act["recompute"]  # nll grad + log_softmax grad (+ one recomputed layer)
+    bwd_end_tmp = 2 * sh.a * sh.b * sh.s * sh.h + act["recompute"]  # hidden-state gradients in flight
+    phases = {
+        "forward": {"weights": W, "optimizer": Opt, "activations": A, "temporaries": fwd_tmp},
+        "backward": max(
+            (
+                {"weights": W, "optimizer": Opt, "activations": A, "temporaries": bwd_start_tmp},
+                {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": bwd_end_tmp},
+            ),
+            key=lambda c: sum(c.values()),
+        ),
+        "optimizer_step": {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": opt_tmp},
+    }
+    peak_phase = max(phases, key=lambda k: sum(phases[k].values()))
+    comps = dict(phases[peak_phase])
+    comps["overhead"] = overhead_bytes(cfg, sum(comps.values()))
+    details = {f"peak_{k}": sum(v.values()) for k, v in phases.items()}
+    details |= {f"{ph}:{c}": v for ph, cs in phases.items() for c, v in cs.items()}  # phase:component
+    details |= {
+        "weights": W,
+        "gradients": G,
+        "optimizer_state": Opt,
+        "activations_saved": A,
+        "activations_layers": act["layers"],
+        "activations_logits": act["logits"],
+        "optimizer_temporaries": opt_tmp,
+    }
+    kern = KERNELS[act["kernel_index"]]
+    return make_estimate(
+        "components", comps, SOURCE, f"peak in {peak_phase}; attention kernel {kern}", details=details
+    )
+
+
+@register("components")
+def components(cfg: RunConfig) -> Estimate:
+    """Our component model: exact weights (bitsandbytes quantization state, modules left unquantized,
+    fp32 upcasts of prepare_model_for_kbit_training, fp32 LoRA adapters), gradients of trainable
+    parameters, optimizer state per optimizer (bitsandbytes 8-bit blocks), activations per layer for the
+    HF implementation and attention kernel, fp32 logits/loss buffers, and CUDA context + allocator slack.
+
+    Source: this repository (docs/estimators.md); activations adapted from Korthikanti et al. 2022,
+    "Reducing Activation Recomputation in Large Transformer Models", https://arxiv.org/abs/2205.05198
+    """
+    return components_estimate(cfg)

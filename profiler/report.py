@@ -1,0 +1,290 @@
+"""`python -m profiler compare RESULTS.jsonl ... [--out DIR] [--against auto|allocated|reserved|nvml]`
+
+For every measured run: peak_allocated, peak_reserved, nvml_peak and each estimator's prediction with its
+signed error % against the chosen measurement; a summary per estimator x regime (MAPE, worst case); the
+per-component comparison where the run recorded a breakdown; markdown + CSV; matplotlib PNGs.
+
+Measurement compared against (`--against auto`): NVML peak minus the pre-run baseline where recorded
+(what a user sees, CUDA context included), else peak_reserved, else peak_allocated (CPU tracker runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from profiler.categories import TRACKED, GiB
+from profiler.config import RunConfig
+from profiler.formulas import ESTIMATORS, NotApplicable
+from profiler.formulas.components import components_estimate
+from profiler.schema import RunRecord
+
+PHASES = ("forward", "backward", "optimizer_step")
+AGAINST = ("auto", "allocated", "reserved", "nvml")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", nargs="+", help="result JSONL files (results/runs/*.jsonl)")
+    parser.add_argument(
+        "--out", default="results/figures/compare", help="output folder (default %(default)s)"
+    )
+    parser.add_argument(
+        "--against", choices=AGAINST, default="auto", help="measurement errors are taken against"
+    )
+    parser.add_argument("--no-plots", action="store_true", help="tables only")
+
+
+def read_records(paths: list[str | Path]) -> list[RunRecord]:
+    """Validated RunRecords from JSONL files; a bad line raises ValueError naming file and line."""
+    out = []
+    for path in paths:
+        for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(RunRecord.model_validate_json(line))
+            except ValidationError as exc:
+                raise ValueError(f"{path}:{n}: not a result line ({exc.errors()[0]['msg']})") from None
+    return out
+
+
+def kernel_of(rec: RunRecord) -> str | None:
+    """Our kernel name for the run's recorded attention kernel (None: let the estimator decide)."""
+    k = (rec.attention_kernel or "").lower()
+    for name, keys in (
+        ("flash", ("flash",)),
+        ("efficient", ("efficient", "mem_eff")),
+        ("math", ("math",)),
+        ("eager", ("eager",)),
+    ):
+        if any(x in k for x in keys):
+            return name
+    return None
+
+
+def measured(rec: RunRecord, against: str) -> tuple[int | None, str]:
+    p, nv = rec.peaks, rec.nvml
+    nvml = nv.peak_used_bytes - nv.baseline_used_bytes if nv else None
+    reserved = p.peak_reserved_bytes if p else None
+    allocated = p.peak_allocated_bytes if p else None
+    if against == "nvml":
+        return nvml, "nvml"
+    if against == "reserved":
+        return reserved, "reserved"
+    if against == "allocated":
+        return allocated, "allocated"
+    for v, name in ((nvml, "nvml"), (reserved, "reserved"), (allocated, "allocated")):
+        if v is not None:
+            return v, name
+    return None, "-"
+
+
+def predictions(rec: RunRecord) -> dict[str, object]:
+    """estimator -> Estimate (or None where not applicable) for the run's config."""
+    cfg = RunConfig.model_validate(rec.config)
+    out: dict[str, object] = {}
+    for name, fn in ESTIMATORS.items():
+        try:
+            out[name] = components_estimate(cfg, kernel=kernel_of(rec)) if name == "components" else fn(cfg)
+        except NotApplicable:
+            out[name] = None
+    return out
+
+
+def err_pct(pred: int, meas: int) -> float:
+    return 100.0 * (pred - meas) / meas
+
+
+def compare_tables(records: list[RunRecord], against: str = "auto") -> dict[str, pd.DataFrame]:
+    """runs (one row per ok run), summary (estimator x regime) and components (per category)."""
+    rows, comp_rows = [], []
+    for rec in records:
+        if rec.status != "ok" or rec.peaks is None:
+            continue
+        cfg = RunConfig.model_validate(rec.config)
+        target, target_name = measured(rec, against)
+        row = {
+            "run_id": rec.run_id,
+            "model": cfg.model.name,
+            "regime": cfg.regime.label,
+            "optimizer": cfg.optimizer.name,
+            "dtype": cfg.model.dtype,
+            "batch": cfg.train.batch_size,
+            "seq_len": cfg.train.seq_len,
+            "ckpt": cfg.train.gradient_checkpointing,
+            "backend": rec.backend,
+            "peak_allocated": rec.peaks.peak_allocated_bytes,
+            "peak_reserved": rec.peaks.peak_reserved_bytes,
+            "nvml_peak": rec.peaks.nvml_peak_bytes,
+            "against": target_name,
+            "measured": target,
+        }
+        preds = predictions(rec)
+        for name, est in preds.items():
+            row[f"{name}"] = est.total if est is not None else None
+            row[f"{name}_err_pct"] = (
+                round(err_pct(est.total, target), 2) if est is not None and target else None
+            )
+        rows.append(row)
+        comp = preds.get("components")
+        phases = [ph for ph in rec.phases if ph.breakdown and not ph.warmup]
+        if comp is not None and phases:
+            top = max(phases, key=lambda ph: ph.peak_allocated_bytes)
+            for cat in TRACKED:
+                m = top.breakdown.get(cat.value)
+                if m is None:
+                    continue
+                pr = (
+                    comp.details.get(f"{top.phase}:{cat.value}", 0)
+                    if top.phase in PHASES
+                    else comp.get(cat.value)
+                )
+                comp_rows.append(
+                    {
+                        "run_id": rec.run_id,
+                        "phase": top.phase,
+                        "category": cat.value,
+                        "measured": m,
+                        "predicted": pr,
+                        "err_pct": round(err_pct(pr, m), 2) if m else None,
+                    }
+                )
+    runs = pd.DataFrame(rows)
+    summary_rows = []
+    if not runs.empty:
+        for name in ESTIMATORS:
+            col = f"{name}_err_pct"
+            for regime, grp in runs.groupby("regime", sort=True):
+                errs = grp[col].dropna()
+                if errs.empty:
+                    continue
+                worst = errs.iloc[errs.abs().argmax()]
+                summary_rows.append(
+                    {
+                        "estimator": name,
+                        "regime": regime,
+                        "runs": len(errs),
+                        "mape": round(errs.abs().mean(), 2),
+                        "mean_signed": round(errs.mean(), 2),
+                        "worst": round(float(worst), 2),
+                    }
+                )
+    return {"runs": runs, "summary": pd.DataFrame(summary_rows), "components": pd.DataFrame(comp_rows)}
+
+
+def _md(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "(none)\n"
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += [
+        "| " + " | ".join("" if pd.isna(v) else str(v) for v in r) + " |" for r in df.itertuples(index=False)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(
+    tables: dict[str, pd.DataFrame], out: Path, records: list[RunRecord], plots: bool = True
+) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, df in tables.items():
+        p = out / f"{name}.csv"
+        df.to_csv(p, index=False)
+        written.append(p)
+    md = [
+        "# Measured vs estimated memory",
+        "",
+        "Bytes are integers; errors are signed % of the measurement named in `against`.",
+        "",
+    ]
+    for name in ("summary", "runs", "components"):
+        md += [f"## {name}", "", _md(tables[name])]
+    p = out / "compare.md"
+    p.write_text("\n".join(md))
+    written.append(p)
+    if plots and not tables["runs"].empty:
+        written += plot(tables["runs"], records, out)
+    return written
+
+
+def plot(runs: pd.DataFrame, records: list[RunRecord], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name in ESTIMATORS:
+        sub = runs.dropna(subset=[name, "measured"])
+        if sub.empty:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 5))
+        for regime, grp in sub.groupby("regime"):
+            ax.scatter(grp["measured"] / GiB, grp[name] / GiB, label=regime)
+        hi = max(sub["measured"].max(), sub[name].max()) / GiB * 1.05
+        ax.plot([0, hi], [0, hi], "k--", lw=1)
+        ax.set(xlabel="measured (GiB)", ylabel=f"{name} (GiB)", title=f"{name}: predicted vs measured")
+        ax.legend()
+        p = out / f"scatter_{name}.png"
+        fig.savefig(p, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        written.append(p)
+    by_id = {r.run_id: r for r in records}
+    keys = ["model", "regime", "optimizer", "dtype", "ckpt"]
+    for axis, other in (("seq_len", "batch"), ("batch", "seq_len")):
+        for gkey, grp in runs.groupby(keys + [other]):
+            if grp[axis].nunique() < 2:
+                continue
+            grp = grp.sort_values(axis)
+            fig, ax = plt.subplots(figsize=(6, 4))
+            ax.plot(grp[axis], grp["measured"] / GiB, "ko", label="measured")
+            base = RunConfig.model_validate(by_id[grp["run_id"].iloc[0]].config)
+            xs = sorted(set(grp[axis]))
+            for name, fn in ESTIMATORS.items():
+                ys = []
+                for x in xs:
+                    d = base.model_dump()
+                    d["train"]["batch_size" if axis == "batch" else "seq_len"] = int(x)
+                    try:
+                        ys.append(fn(RunConfig.model_validate(d)).total / GiB)
+                    except NotApplicable:
+                        break
+                if len(ys) == len(xs):
+                    ax.plot(xs, ys, "-", label=name)
+            ax.set(xlabel=axis, ylabel="GiB", title=" ".join(map(str, gkey)))
+            ax.legend(fontsize=7)
+            slug = "-".join(str(k) for k in gkey).replace("/", "_")
+            p = out / f"vs_{axis}_{slug}.png"
+            fig.savefig(p, dpi=100, bbox_inches="tight")
+            plt.close(fig)
+            written.append(p)
+    return written
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        records = read_records(args.results)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    tables = compare_tables(records, args.against)
+    if tables["runs"].empty:
+        print("error: no ok runs with peaks in the given results", file=sys.stderr)
+        return 1
+    written = write_outputs(tables, Path(args.out), records, plots=not args.no_plots)
+    console = Console(width=160)
+    t = Table(title="estimator x regime: signed error % vs measured (MAPE = mean |error|)")
+    for c in tables["summary"].columns:
+        t.add_column(str(c), justify="right")
+    for r in tables["summary"].itertuples(index=False):
+        t.add_row(*map(str, r))
+    console.print(t)
+    console.print(f"wrote {len(written)} files to {args.out}")
+    return 0

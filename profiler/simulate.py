@@ -1,0 +1,292 @@
+"""`python -m profiler simulate CONFIG [key=value ...]`: the measured run's harness on fake tensors.
+
+No GPU and no weight bytes: the model is built under `FakeTensorMode` (every tensor has shape, dtype and
+storage size, no data), so any model size simulates on a laptop CPU; the tensor tracker counts live bytes
+by category exactly as it does on a real CPU run. The result line has the run schema with `backend: fake`
+and goes to results/simulated/<device>.jsonl (never mixed with measured lines in results/runs/).
+
+What a `device: cuda` config simulates, and how:
+- Tensors are fake *CPU* tensors: a CPU-only torch can create fake CUDA tensors, but autograd aborts on
+  them (no CUDA device guard), so the run uses CPU fake tensors and picks kernels as CUDA would.
+- Attention (`attn_implementation: sdpa`): `F.scaled_dot_product_attention` is replaced, inside the mode
+  only, by the kernel CUDA's dispatcher would pick (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp:
+  flash > memory-efficient > math) with the tensors that kernel allocates and saves; see `CudaSdpa`.
+  The record's `attention_kernel` names the kernel(s) used.
+- bitsandbytes layers become stand-ins with identical storage and transient buffers (profiler.fake_bnb).
+- Autocast follows the CPU autocast op lists (fake tensors are CPU tensors): a known gap for autocast runs.
+Where an op cannot run on fake tensors (data-dependent control flow, `.item()`, ops without a meta
+kernel) the run fails with status error naming the op; no number is written for it.
+
+Exit codes: 0 ok or oom (a simulated OOM with max_memory), 1 error (recorded), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensorMode,
+    UnsupportedOperatorException,
+)
+
+from profiler.config import REPO_ROOT, ConfigError, RunConfig, load_config
+from profiler.loading import DTYPES, LoadedModel, bnb_config, resolve_hf_config
+
+SIMULATED_DIR = REPO_ROOT / "results" / "simulated"
+_HALF = (torch.float16, torch.bfloat16)
+
+
+class UntraceableOp(RuntimeError):
+    """An op that cannot run on fake tensors; the message names it."""
+
+
+class _Mode(FakeTensorMode):
+    """FakeTensorMode whose failures name the op (the harness records the message as status error)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        try:
+            return super().__torch_dispatch__(func, types, args, kwargs)
+        except (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException) as exc:
+            why = {DataDependentOutputException: "its result depends on tensor values",
+                   DynamicOutputShapeException: "its output shape depends on tensor values",
+                   UnsupportedOperatorException: "it has no fake/meta kernel"}[type(exc)]
+            raise UntraceableOp(f"op {func} cannot run on fake tensors ({why}); this model cannot be simulated, "
+                                f"measure it with `python -m profiler run`") from None
+
+
+def _round_up(n: int, m: int) -> int:
+    return (n + m - 1) // m * m
+
+
+def cuda_sdpa_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+                     is_causal: bool) -> str:
+    """The SDPA backend CUDA's dispatcher picks on an sm80+ GPU (torch sdp_utils.cpp, default priority
+    flash > efficient > math; cuDNN, preferred on some Hopper setups, saves the same out + stats as flash)."""
+    d, dv = q.shape[-1], v.shape[-1]
+    same = q.dtype == k.dtype == v.dtype
+    square = q.shape[-2] == k.shape[-2]
+    if same and q.dtype in _HALF and attn_mask is None and d == dv and d <= 256 and (square or not is_causal):
+        return "flash"
+    align = 4 if q.dtype == torch.float32 else 8
+    if same and q.dtype in (*_HALF, torch.float32) and d % align == 0 and dv % align == 0:
+        return "efficient"
+    return "math"
+
+
+class _FlashAttention(torch.autograd.Function):
+    """What aten._scaled_dot_product_flash_attention allocates on CUDA (flash-attn 2, flash_api.cpp):
+    forward out (b, s, h, d)-contiguous viewed as (b, h, s, d) + logsumexp (b, h, s) fp32, both saved with
+    q, k, v; backward dq/dk/dv, softmax_d (b, h, s128) fp32, dq_accum (b, s128, h, d32) fp32, and with
+    grouped-query attention dk/dv expanded to all query heads before the reduction."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, is_causal, scale):
+        b, h, s, _ = q.shape
+        out = torch.empty((b, s, h, v.shape[-1]), dtype=q.dtype, device=q.device).transpose(1, 2)
+        lse = torch.empty((b, h, s), dtype=torch.float32, device=q.device)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        b, h, s, d = q.shape
+        hk, sk = k.shape[1], k.shape[2]
+        dev = q.device
+        dq = torch.empty((b, s, h, d), dtype=q.dtype, device=dev).transpose(1, 2)
+        dk = torch.empty((b, sk, hk, d), dtype=k.dtype, device=dev).transpose(1, 2)
+        dv = torch.empty((b, sk, hk, v.shape[-1]), dtype=v.dtype, device=dev).transpose(1, 2)
+        softmax_d = torch.empty((b, h, _round_up(s, 128)), dtype=torch.float32, device=dev)
+        dq_accum = torch.empty((b, _round_up(s, 128), h, _round_up(d, 32 if d <= 128 else 64)),
+                               dtype=torch.float32, device=dev)
+        expanded = []
+        if hk != h:
+            expanded = [torch.empty((b, sk, h, d), dtype=k.dtype, device=dev),
+                        torch.empty((b, sk, h, v.shape[-1]), dtype=v.dtype, device=dev)]
+        del softmax_d, dq_accum, expanded
+        return dq, dk, dv, None, None
+
+
+class _EfficientAttention(torch.autograd.Function):
+    """aten._scaled_dot_product_efficient_attention on CUDA (cutlass mem-efficient): out (b, s, h, d) viewed
+    as (b, h, s, d) + logsumexp (b, h, s32) fp32 saved with q, k, v and the additive mask; backward grads +
+    delta (b, h, s) fp32."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, is_causal, scale):
+        b, h, s, _ = q.shape
+        out = torch.empty((b, s, h, v.shape[-1]), dtype=q.dtype, device=q.device).transpose(1, 2)
+        lse = torch.empty((b, h, _round_up(s, 32)), dtype=torch.float32, device=q.device)
+        ctx.save_for_backward(q, k, v, out, lse, bias)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse, bias = ctx.saved_tensors
+        b, h, s, _ = q.shape
+        delta = torch.empty((b, h, s), dtype=torch.float32, device=q.device)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        del delta
+        return dq, dk, dv, None, None, None
+
+
+class CudaSdpa:
+    """Stand-in for F.scaled_dot_product_attention that allocates what the CUDA kernel would; counts kernels."""
+
+    def __init__(self, native):
+        self.native = native
+        self.used: Counter[str] = Counter()
+
+    def __call__(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                 enable_gqa=False):
+        kernel = cuda_sdpa_kernel(query, key, value, attn_mask, is_causal)
+        self.used[kernel] += 1
+        if kernel == "flash":
+            return _FlashAttention.apply(query, key, value, is_causal, scale)
+        if kernel == "efficient":
+            bias = attn_mask
+            if bias is not None and bias.dtype == torch.bool:  # attention.cpp convert_boolean_attn_mask
+                bias = torch.zeros(bias.shape, dtype=query.dtype, device=query.device)
+            return _EfficientAttention.apply(query, key, value, bias, is_causal, scale)
+        return torch.ops.aten._scaled_dot_product_attention_math(
+            query, key, value, attn_mask, dropout_p, is_causal, None, scale=scale, enable_gqa=enable_gqa)[0]
+
+
+class CpuSdpa:
+    """Pass-through on CPU targets (the fake run dispatches to the CPU kernels already); labels the kernel."""
+
+    def __init__(self, native):
+        self.native = native
+        self.used: Counter[str] = Counter()
+
+    def __call__(self, query, key, value, *args, **kwargs):
+        dense = query.dtype in (*_HALF, torch.float32) and query.shape[-1] == value.shape[-1]
+        self.used["flash_cpu" if dense else "math"] += 1
+        return self.native(query, key, value, *args, **kwargs)
+
+
+class Simulation:
+    """The FakeBackend of profiler.harness: fake mode, fake model, the attention kernel a run would pick."""
+
+    def __init__(self, target_device: str):
+        self.target = target_device
+        self.fake_mode = _Mode(allow_non_fake_inputs=True)
+        self.sdpa: CudaSdpa | CpuSdpa | None = None
+
+    @contextmanager
+    def mode(self) -> Iterator[None]:
+        native, swap = torch.nn.functional.scaled_dot_product_attention, torch.utils.swap_tensors
+        self.sdpa = CudaSdpa(native) if self.target == "cuda" else CpuSdpa(native)
+        memo = self.fake_mode.fake_tensor_converter.tensor_memo
+
+        def swap_fake(t1, t2):
+            # Module.to() swaps fake parameters, which fails while the converter's memo holds weakrefs to
+            # them; the memo only caches real->fake conversions, so dropping it is safe.
+            memo.clear()
+            return swap(t1, t2)
+
+        torch.nn.functional.scaled_dot_product_attention = self.sdpa
+        torch.utils.swap_tensors = swap_fake
+        try:
+            with self.fake_mode:
+                yield
+        finally:
+            torch.nn.functional.scaled_dot_product_attention = native
+            torch.utils.swap_tensors = swap
+
+    def load_model(self, cfg: RunConfig) -> LoadedModel:
+        from transformers import AutoModelForCausalLM
+
+        mc = cfg.model
+        hf_config = resolve_hf_config(mc)
+        attn = "sdpa" if mc.attn_implementation == "flash_attention_2" else mc.attn_implementation
+        with torch.device("cpu"):
+            model = AutoModelForCausalLM.from_config(hf_config, dtype=DTYPES[mc.dtype], attn_implementation=attn)
+        quant = bnb_config(cfg)
+        if quant is not None:
+            from profiler.fake_bnb import replace_linear_layers
+
+            replace_linear_layers(model, quant, cuda=self.target == "cuda")
+        return LoadedModel(model, hf_config, f"fake:{mc.name}")
+
+    def attention_kernel(self, cfg: RunConfig, loaded: LoadedModel) -> str:
+        """Before the run: the prediction from the config (the record gets the kernels actually used)."""
+        impl = cfg.model.attn_implementation
+        if impl != "sdpa":
+            return impl
+        if self.target != "cuda":
+            return "flash_cpu"
+        text = loaded.hf_config.get_text_config()
+        heads = getattr(text, "num_attention_heads", 1)
+        d = getattr(text, "head_dim", None) or text.hidden_size // heads
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.autocast, DTYPES[cfg.model.dtype])
+        with torch.device("meta"):
+            q = torch.empty((1, 1, 2, d), dtype=dtype)
+        return cuda_sdpa_kernel(q, q, q, None, True)
+
+    def kernels_used(self) -> str | None:
+        if self.sdpa is None or not self.sdpa.used:
+            return None
+        return "+".join(k for k, _ in self.sdpa.used.most_common())
+
+
+def simulate(cfg: RunConfig, on_step=None) -> dict:
+    """Run `cfg` on fake tensors through profiler.harness.run; returns the RunRecord dict (backend fake)."""
+    from profiler.harness import run
+
+    target = cfg.device
+    sim = Simulation(target)
+    # The harness places the batch and autocast on cfg.device; fake tensors here are CPU tensors.
+    record = run(cfg.model_copy(update={"device": "cpu"}), fake=sim, on_step=on_step)
+    record["config"] = cfg.model_dump(mode="json")
+    record["config_hash"] = cfg.config_hash()
+    if cfg.model.attn_implementation == "flash_attention_2":
+        record["attention_kernel"] = "flash_attention_2"
+    elif cfg.model.attn_implementation == "sdpa":
+        record["attention_kernel"] = sim.kernels_used() or record.get("attention_kernel")
+    record["simulated_device"] = target
+    return record
+
+
+def default_output(cfg: RunConfig) -> Path:
+    return SIMULATED_DIR / f"{cfg.device}.jsonl"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="run config YAML (see configs/); device cuda simulates a CUDA run")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.seq_len=4096 max_memory=80GiB")
+    parser.add_argument("--output", help="JSONL file to append to (default: results/simulated/<device>.jsonl)")
+    parser.add_argument("--quiet", action="store_true", help="no table")
+
+
+def main(args: argparse.Namespace) -> int:
+    from profiler.quiet import quiet_libraries
+
+    quiet_libraries()
+    try:
+        cfg = load_config(args.config, args.overrides)
+        record = simulate(cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from profiler.results import append_record
+    from profiler.schema import RunRecord
+
+    RunRecord.model_validate(record)
+    out = args.output or str(default_output(cfg))  # cfg.output names measured files: not used here
+    append_record(out, record)
+    if not args.quiet:
+        from profiler.summary import print_summary
+
+        print_summary(record, out)
+    elif record["status"] == "error":
+        print(f"error: {record['error']}", file=sys.stderr)
+    return 0 if record["status"] in ("ok", "oom") else 1

@@ -1,0 +1,90 @@
+"""`profiler compare` on a small synthetic result set (tests/data/synthetic_runs.jsonl, hand-built)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from profiler.config import RunConfig
+from profiler.formulas import estimate
+from profiler.report import add_arguments, compare_tables, main, read_records
+
+DATA = Path(__file__).parent / "data" / "synthetic_runs.jsonl"
+P7 = 6_738_415_616
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return compare_tables(read_records([DATA]))
+
+
+def test_runs_table_values(tables):
+    runs = tables["runs"].set_index("run_id")
+    assert list(runs.index) == [
+        "cpu-full",
+        "cpu-lora",
+        "h100-full-512",
+        "h100-full-1024",
+        "h100-qlora4",
+    ]  # no oom
+    r = runs.loc["h100-full-512"]
+    assert (r["against"], r["measured"]) == ("nvml", 63_000_000_000)  # NVML peak - baseline
+    assert r["adam_8_bytes"] == 8 * P7
+    assert r["adam_8_bytes_err_pct"] == round(100 * (8 * P7 - 63e9) / 63e9, 2) == -14.43
+    assert runs.loc["h100-qlora4", "against"] == "reserved"
+    assert runs.loc["cpu-full", "against"] == "allocated"
+    assert runs.loc["cpu-full", "rule_1p2x_err_pct"] == -83.25  # 335,001 B vs 2,000,000 B
+    assert pd.isna(runs.loc["cpu-lora", "accelerate"])  # not applicable to lora
+
+
+def test_summary_mape_and_worst(tables):
+    s = tables["summary"].set_index(["estimator", "regime"])
+    full = s.loc[("adam_8_bytes", "full")]
+    errs = [-44.17, -14.43, -15.77]  # cpu-full, h100-full-512, h100-full-1024
+    assert full["runs"] == 3
+    assert full["mape"] == pytest.approx(sum(map(abs, errs)) / 3, abs=0.01)
+    assert full["worst"] == -44.17
+    assert ("accelerate", "lora") not in s.index
+
+
+def test_component_comparison_uses_the_measured_phase(tables):
+    c = tables["components"].set_index("category")
+    assert set(c["phase"]) == {"optimizer_step"}
+    rec = next(r for r in read_records([DATA]) if r.run_id == "cpu-full")
+    est = estimate("components", RunConfig.model_validate(rec.config))
+    assert (
+        c.loc["weights", "predicted"] == est.details["optimizer_step:weights"] == c.loc["weights", "measured"]
+    )
+    assert (
+        c.loc["gradients", "predicted"]
+        == est.details["gradients"]
+        == 279_168
+        == c.loc["gradients", "measured"]
+    )
+
+
+def test_cli_writes_markdown_csv_and_plots(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert main(parser.parse_args([str(DATA), "--out", str(tmp_path)])) == 0
+    md = (tmp_path / "compare.md").read_text()
+    assert "| adam_8_bytes | full | 3 |" in md
+    assert (
+        pd.read_csv(tmp_path / "runs.csv").set_index("run_id").loc["h100-full-512", "measured"]
+        == 63_000_000_000
+    )
+    assert (tmp_path / "scatter_components.png").stat().st_size > 1000
+    assert list(tmp_path.glob("vs_seq_len_*.png"))  # the two llama-2-7b full runs at seq 512 and 1024
+    assert "MAPE" in capsys.readouterr().out
+
+
+def test_bad_line_is_an_error(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"run_id": 1}\n')
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert main(parser.parse_args([str(bad), "--out", str(tmp_path)])) == 2
+    assert "bad.jsonl:1" in capsys.readouterr().err

@@ -32,6 +32,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--unit", choices=list(UNITS), default="GiB", help="display unit (GiB = 2^30, GB = 10^9)"
     )
+    parser.add_argument("--gpu", help="GPU slug whose calibration table to use, e.g. nvidia-h100-80gb-hbm3 "
+                        "(default: this machine's CUDA device)")
+    parser.add_argument("--calibration", metavar="FILE",
+                        help="calibration table (default: results/calibration/<gpu-slug>.csv if it exists)")
+
+
+def _gpu_slug(arg: str | None) -> str | None:
+    if arg:
+        return arg
+    import torch
+
+    if torch.cuda.is_available():
+        from profiler.env import slugify
+
+        return slugify(torch.cuda.get_device_name(0))
+    return None
+
+
+def calibration_line(cfg: RunConfig, args: argparse.Namespace, unit: str) -> str:
+    """One line saying what the calibrated `components` estimate is and what it rests on, or that
+    there is no calibration (never silently uncalibrated)."""
+    from profiler.calibrate import default_calibration_path, load_calibration
+
+    slug = _gpu_slug(args.gpu)
+    path = args.calibration or (default_calibration_path(slug) if slug else None)
+    if path is None:
+        where = f"for GPU {slug}" if slug else "(no GPU here; pass --gpu SLUG or --calibration FILE)"
+        return f"uncalibrated: no calibration table {where} in results/calibration/"
+    cal = load_calibration(path)
+    res = cal.apply(estimate(cal.estimator, cfg), cfg.regime.label)
+    if not res["calibrated"]:
+        return f"uncalibrated: {res['note']}"
+    return (f"calibrated {cal.estimator} ({res['total_target']}): {_fmt(res['total'], unit)} {unit} — table "
+            f"{res['table']}, {res['n_runs']} runs of regime {cfg.regime.label} on {cal.device_name}")
 
 
 def with_train(cfg: RunConfig, **train: int) -> RunConfig:
@@ -104,6 +138,12 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: --gpu-memory: {exc}", file=sys.stderr)
         return 2
+    if args.calibration:
+        from pathlib import Path
+
+        if not Path(args.calibration).is_file():
+            print(f"error: --calibration: table {args.calibration!r} does not exist", file=sys.stderr)
+            return 2
     names = list(ESTIMATORS) if args.estimator == "all" else [args.estimator]
     if any(n not in ESTIMATORS for n in names):
         print(
@@ -145,4 +185,9 @@ def main(args: argparse.Namespace) -> int:
             console.print(f"  {e.estimator}: {e.notes}")
     for s in skipped:
         err.print(f"  skipped: {s}")
+    try:
+        console.print(calibration_line(cfg, args, args.unit))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: --calibration: {exc}", file=sys.stderr)
+        return 2
     return 0 if ests else 1

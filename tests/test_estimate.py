@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,19 @@ def test_config_errors_exit_2(capsys):
     assert rc == 2 and "did you mean 'batch_size'" in err
     rc, _, err = run(capsys, LLAMA7B_FULL, "--estimator", "nope")
     assert rc == 2 and "allowed" in err
+
+
+def test_estimate_says_which_calibration_table_and_how_many_runs(tmp_path, capsys):
+    from profiler.cli import main as cli
+
+    fixture = Path(__file__).parent / "data" / "synthetic_runs.jsonl"
+    assert cli(["calibrate", str(fixture), "--out", str(tmp_path)]) == 0
+    table = tmp_path / "nvidia-h100-80gb-hbm3.csv"
+    assert table.is_file()
+    capsys.readouterr()
+    assert cli(["estimate", "configs/llama7b_full.yaml", "--estimator", "components", "--calibration", str(table)]) == 0
+    out = capsys.readouterr().out
+    assert f"table {table}" in out.replace("\n", "")
+    assert "2 runs of regime full" in out.replace("\n", " ")
+    assert cli(["estimate", "configs/llama7b_full.yaml", "--estimator", "components", "--gpu", "no-such-gpu"]) == 0
+    assert "uncalibrated: no calibration table for GPU no-such-gpu" in capsys.readouterr().out.replace("\n", " ")

@@ -57,8 +57,8 @@ def quant_state_4bit(shape: tuple[int, int], dtype: torch.dtype, quant_type: str
     state2 = QuantState(absmax=torch.empty(_blocks(nb, NESTED_BLOCKSIZE), dtype=torch.float32, device=device),
                         code=torch.empty(256, dtype=torch.float32, device=device), blocksize=NESTED_BLOCKSIZE,
                         dtype=torch.float32)
-    return QuantState(absmax=torch.empty(nb, dtype=torch.uint8, device=device), shape=torch.Size(shape), code=code,
-                      blocksize=BLOCKSIZE_4BIT, quant_type=quant_type, dtype=dtype,
+    return QuantState(absmax=torch.empty(nb, dtype=torch.uint8, device=device), shape=torch.Size(shape),
+                      code=code, blocksize=BLOCKSIZE_4BIT, quant_type=quant_type, dtype=dtype,
                       offset=torch.empty((), dtype=torch.float32, device=device), state2=state2)
 
 
@@ -123,7 +123,8 @@ class FakeLinear4bit(bnb.nn.Linear4bit):
         self.in_features, self.out_features = in_features, out_features
         n = in_features * out_features
         qs = quant_state_4bit((out_features, in_features), weight_dtype, quant_type, double_quant, device)
-        weight = nn.Parameter(torch.empty(((n + 1) // 2, 1), dtype=torch.uint8, device=device), requires_grad=False)
+        packed = torch.empty(((n + 1) // 2, 1), dtype=torch.uint8, device=device)
+        weight = nn.Parameter(packed, requires_grad=False)
         weight.quant_state = qs
         weight.blocksize = BLOCKSIZE_4BIT
         weight.compress_statistics = double_quant
@@ -150,7 +151,8 @@ class FakeLinear4bit(bnb.nn.Linear4bit):
             if bias.dtype != x.dtype:
                 bias.data = bias.data.to(x.dtype)
             bias = bias.to(self.compute_dtype)
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
+        bias_grad = bias is not None and bias.requires_grad
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or bias_grad)
         if needs_grad:
             out = _MatMul4Bit.apply(x, self.weight, bias, qs, self.cuda_kernels)
         else:
@@ -262,16 +264,18 @@ class FakeLinear8bitLt(bnb.nn.Linear8bitLt):
         return _MatMul8bitLt.apply(x, self.weight, self.bias, self.state)
 
 
-def replace_linear_layers(model: nn.Module, quant_config, cuda: bool) -> int:
+def replace_linear_layers(model: nn.Module, quant_config, cuda: bool, device: str | None = None) -> int:
     """Swap every nn.Linear / Conv1D that transformers' bnb quantizer would convert for a stand-in, the way
-    `replace_with_bnb_linear` chooses them (lm_head, tied and fp32-kept modules stay). Returns the count."""
+    `replace_with_bnb_linear` chooses them (lm_head, tied and fp32-kept modules stay). Returns the count.
+    `device` places the stand-ins (default: where the replaced layer's weight is, e.g. meta)."""
     from transformers.pytorch_utils import Conv1D
     from transformers.quantizers.base import HfQuantizer
     from transformers.quantizers.quantizers_utils import should_convert_module
 
     skip = HfQuantizer.get_modules_to_not_convert(model, quant_config.llm_int8_skip_modules,
                                                   getattr(model, "_keep_in_fp32_modules", None))
-    eight_bit = quant_config.load_in_8bit
+    qc = quant_config
+    eight_bit = qc.load_in_8bit
     replaced = 0
     for name, module in list(model.named_modules()):
         if not should_convert_module(name, skip):
@@ -283,13 +287,12 @@ def replace_linear_layers(model: nn.Module, quant_config, cuda: bool) -> int:
         else:
             in_f, out_f = module.in_features, module.out_features
         has_bias = module.bias is not None
-        dtype, device = module.weight.dtype, module.weight.device
+        dtype, where = module.weight.dtype, device or module.weight.device
         if eight_bit:
-            new = FakeLinear8bitLt(in_f, out_f, has_bias, quant_config.llm_int8_threshold, dtype, cuda, device)
+            new = FakeLinear8bitLt(in_f, out_f, has_bias, qc.llm_int8_threshold, dtype, cuda, where)
         else:
-            new = FakeLinear4bit(in_f, out_f, has_bias, quant_config.bnb_4bit_compute_dtype,
-                                 quant_config.bnb_4bit_quant_type, quant_config.bnb_4bit_use_double_quant, dtype,
-                                 cuda, device)
+            new = FakeLinear4bit(in_f, out_f, has_bias, qc.bnb_4bit_compute_dtype, qc.bnb_4bit_quant_type,
+                                 qc.bnb_4bit_use_double_quant, dtype, cuda, where)
         new.source_cls = type(module)
         new.requires_grad_(False)
         new.train(module.training)
@@ -297,3 +300,19 @@ def replace_linear_layers(model: nn.Module, quant_config, cuda: bool) -> int:
         replaced += 1
     setattr(model, "is_loaded_in_8bit" if eight_bit else "is_loaded_in_4bit", True)
     return replaced
+
+
+def materialize_meta(model: nn.Module, device: str = "cpu") -> None:
+    """Give every parameter and buffer still on meta an empty tensor on `device` (fake under FakeTensorMode),
+    keeping ties and requires_grad. With the quantized layers already swapped in, the bf16 weights they
+    replace are never allocated, as transformers' quantizing loader never holds them all at once."""
+    memo: dict[int, torch.Tensor] = {}
+    for mod in model.modules():
+        for table, wrap in ((mod._parameters, True), (mod._buffers, False)):
+            for name, t in list(table.items()):
+                if t is None or t.device.type != "meta":
+                    continue
+                if id(t) not in memo:
+                    new = torch.empty_like(t, device=device)
+                    memo[id(t)] = nn.Parameter(new, requires_grad=t.requires_grad) if wrap else new
+                table[name] = memo[id(t)]

@@ -115,12 +115,13 @@ def _peaks(phases: list[dict], last_step: int | None) -> dict:
         vals = [r[key] for r in phases if r.get(key) is not None and pred(r)]
         return max(vals) if vals else None
 
+    steady = (lambda r: r["step"] == last_step) if last_step is not None else (lambda r: False)
     return {
         "peak_allocated_bytes": top("peak_allocated_bytes") or 0,
         "peak_reserved_bytes": top("peak_reserved_bytes"),
         "first_step_peak_allocated_bytes": top("peak_allocated_bytes", lambda r: r["step"] == 0),
-        "steady_peak_allocated_bytes": top("peak_allocated_bytes", lambda r: r["step"] == last_step),
-        "steady_peak_reserved_bytes": top("peak_reserved_bytes", lambda r: r["step"] == last_step),
+        "steady_peak_allocated_bytes": top("peak_allocated_bytes", steady),  # None for a failed run
+        "steady_peak_reserved_bytes": top("peak_reserved_bytes", steady),
     }
 
 
@@ -216,7 +217,7 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
         "load_s": load_s,
         "median_step_s": statistics.median(step_seconds) if step_seconds else None,
         "tokens_per_s": (cfg.train.batch_size * cfg.train.seq_len / statistics.median(step_seconds)
-                         if step_seconds else None),
+                         if step_seconds and fake is None else None),  # a fake step's speed means nothing
     }
     if cuda:
         res = sampler.result()

@@ -48,18 +48,21 @@ class UntraceableOp(RuntimeError):
     """An op that cannot run on fake tensors; the message names it."""
 
 
+_UNTRACEABLE = {DataDependentOutputException: "its result depends on tensor values",
+                DynamicOutputShapeException: "its output shape depends on tensor values",
+                UnsupportedOperatorException: "it has no fake/meta kernel"}
+
+
 class _Mode(FakeTensorMode):
     """FakeTensorMode whose failures name the op (the harness records the message as status error)."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         try:
             return super().__torch_dispatch__(func, types, args, kwargs)
-        except (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException) as exc:
-            why = {DataDependentOutputException: "its result depends on tensor values",
-                   DynamicOutputShapeException: "its output shape depends on tensor values",
-                   UnsupportedOperatorException: "it has no fake/meta kernel"}[type(exc)]
-            raise UntraceableOp(f"op {func} cannot run on fake tensors ({why}); this model cannot be simulated, "
-                                f"measure it with `python -m profiler run`") from None
+        except tuple(_UNTRACEABLE) as exc:
+            why = _UNTRACEABLE[type(exc)]
+            raise UntraceableOp(f"op {func} cannot run on fake tensors ({why}); this model cannot be "
+                                f"simulated, measure it with `python -m profiler run`") from None
 
 
 def _round_up(n: int, m: int) -> int:
@@ -139,7 +142,7 @@ class _EfficientAttention(torch.autograd.Function):
 
 
 class CudaSdpa:
-    """Stand-in for F.scaled_dot_product_attention that allocates what the CUDA kernel would; counts kernels."""
+    """Stands in for F.scaled_dot_product_attention: allocates what the CUDA kernel would; counts kernels."""
 
     def __init__(self, native):
         self.native = native
@@ -173,6 +176,27 @@ class CpuSdpa:
         return self.native(query, key, value, *args, **kwargs)
 
 
+def _optim_modules() -> list:
+    import importlib
+
+    names = ("optimizer", "adam", "adamw", "sgd", "adagrad", "rmsprop", "adamax", "nadam", "radam", "asgd",
+             "adadelta", "rprop")
+    mods = []
+    for n in names:
+        try:
+            mods.append(importlib.import_module(f"torch.optim.{n}"))
+        except ImportError:
+            continue
+    return [m for m in mods if hasattr(m, "_default_to_fused_or_foreach")]
+
+
+def _cuda_foreach_default(params, differentiable: bool, use_fused: bool = False) -> tuple[bool, bool]:
+    """torch.optim.optimizer._default_to_fused_or_foreach as it answers for CUDA parameters: foreach."""
+    if torch.jit.is_scripting() or differentiable:
+        return False, False
+    return bool(use_fused), not use_fused
+
+
 class Simulation:
     """The FakeBackend of profiler.harness: fake mode, fake model, the attention kernel a run would pick."""
 
@@ -183,8 +207,9 @@ class Simulation:
 
     @contextmanager
     def mode(self) -> Iterator[None]:
-        native, swap = torch.nn.functional.scaled_dot_product_attention, torch.utils.swap_tensors
+        native = torch.nn.functional.scaled_dot_product_attention
         self.sdpa = CudaSdpa(native) if self.target == "cuda" else CpuSdpa(native)
+        swap = torch.utils.swap_tensors
         memo = self.fake_mode.fake_tensor_converter.tensor_memo
 
         def swap_fake(t1, t2):
@@ -193,14 +218,21 @@ class Simulation:
             memo.clear()
             return swap(t1, t2)
 
-        torch.nn.functional.scaled_dot_product_attention = self.sdpa
-        torch.utils.swap_tensors = swap_fake
+        patches: list[tuple[object, str, object]] = [
+            (torch.nn.functional, "scaled_dot_product_attention", self.sdpa),
+            (torch.utils, "swap_tensors", swap_fake),
+        ]
+        if self.target == "cuda":  # torch.optim picks foreach kernels for CUDA params (not for fake ones)
+            patches += [(m, "_default_to_fused_or_foreach", _cuda_foreach_default) for m in _optim_modules()]
+        saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+        for obj, name, value in patches:
+            setattr(obj, name, value)
         try:
             with self.fake_mode:
                 yield
         finally:
-            torch.nn.functional.scaled_dot_product_attention = native
-            torch.utils.swap_tensors = swap
+            for obj, name, value in saved:
+                setattr(obj, name, value)
 
     def load_model(self, cfg: RunConfig) -> LoadedModel:
         from transformers import AutoModelForCausalLM
@@ -208,13 +240,17 @@ class Simulation:
         mc = cfg.model
         hf_config = resolve_hf_config(mc)
         attn = "sdpa" if mc.attn_implementation == "flash_attention_2" else mc.attn_implementation
-        with torch.device("cpu"):
-            model = AutoModelForCausalLM.from_config(hf_config, dtype=DTYPES[mc.dtype], attn_implementation=attn)
         quant = bnb_config(cfg)
+        # quantized: build on meta, swap in the stand-ins, then materialise the rest, so the load peak is the
+        # quantized weights (transformers quantizes tensor by tensor while loading), not a bf16 model
+        with torch.device("meta" if quant is not None else "cpu"):
+            model = AutoModelForCausalLM.from_config(hf_config, dtype=DTYPES[mc.dtype],
+                                                     attn_implementation=attn)
         if quant is not None:
-            from profiler.fake_bnb import replace_linear_layers
+            from profiler.fake_bnb import materialize_meta, replace_linear_layers
 
-            replace_linear_layers(model, quant, cuda=self.target == "cuda")
+            replace_linear_layers(model, quant, cuda=self.target == "cuda", device="cpu")
+            materialize_meta(model, "cpu")
         return LoadedModel(model, hf_config, f"fake:{mc.name}")
 
     def attention_kernel(self, cfg: RunConfig, loaded: LoadedModel) -> str:
@@ -227,7 +263,8 @@ class Simulation:
         text = loaded.hf_config.get_text_config()
         heads = getattr(text, "num_attention_heads", 1)
         d = getattr(text, "head_dim", None) or text.hidden_size // heads
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.autocast, DTYPES[cfg.model.dtype])
+        autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}
+        dtype = autocast.get(cfg.train.autocast, DTYPES[cfg.model.dtype])
         with torch.device("meta"):
             q = torch.empty((1, 1, 2, d), dtype=dtype)
         return cuda_sdpa_kernel(q, q, q, None, True)
@@ -262,8 +299,8 @@ def default_output(cfg: RunConfig) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="run config YAML (see configs/); device cuda simulates a CUDA run")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.seq_len=4096 max_memory=80GiB")
-    parser.add_argument("--output", help="JSONL file to append to (default: results/simulated/<device>.jsonl)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.seq_len=4096")
+    parser.add_argument("--output", help="JSONL file to append to (default results/simulated/<device>.jsonl)")
     parser.add_argument("--quiet", action="store_true", help="no table")
 
 

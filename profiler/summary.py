@@ -9,13 +9,17 @@ from profiler.categories import TRACKED, fmt_auto, fmt_in, pick_unit
 
 
 def print_summary(record: dict, output: str | None, console: Console | None = None) -> None:
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped to a file or CI log: don't wrap the table at 80 columns
+            console = Console(width=140)
     cfg = record["config"]
     rg = cfg["regime"]
     regime = f"qlora{rg['bits']}" if rg["kind"] == "qlora" else rg["kind"]
     title = (f"{cfg['model'].get('arch') or cfg['model'].get('path') or cfg['model'].get('hub')} · {regime} · "
              f"{cfg['optimizer']['name']} · batch {cfg['train']['batch_size']} × seq {cfg['train']['seq_len']} · "
-             f"{record['env']['device_name']} ({record['backend']})")
+             + (f"simulated {record.get('simulated_device') or cfg['device']} on fake tensors"
+                if record["backend"] == "fake" else f"{record['env']['device_name']} ({record['backend']})"))
     phases = record.get("phases", [])
     steps = sorted({p["step"] for p in phases if p["step"] is not None})
     shown = {None} | ({steps[0], steps[-1]} if steps else set())
@@ -41,7 +45,8 @@ def print_summary(record: dict, output: str | None, console: Console | None = No
         if p["step"] not in shown:
             continue
         label = "-" if p["step"] is None else ("first" if p["step"] == steps[0] else "steady")
-        phase = {"optimizer_step": "optim step"}.get(p["phase"], p["phase"])
+        phase = {"optimizer_step": "optim", "forward": "fwd", "backward": "bwd", "generate": "gen"}.get(
+            p["phase"], p["phase"])
         row = [label, phase, fmt_in(p["peak_allocated_bytes"], div), fmt_in(p["allocated_bytes"], div)]
         if has_reserved:
             row.append(fmt_in(p.get("peak_reserved_bytes"), div))
@@ -69,7 +74,7 @@ def print_summary(record: dict, output: str | None, console: Console | None = No
         console.print(f"params {m['total_params']:,} (trainable {m['trainable_params']:,}, quantized "
                       f"{m['quantized_params']:,}) · weights {fmt_auto(m['weight_bytes'])}")
     tm = record.get("timings") or {}
-    if tm.get("median_step_s"):
+    if tm.get("median_step_s") and tm.get("tokens_per_s"):
         console.print(f"load {tm['load_s']:.1f} s · median step {tm['median_step_s']:.3f} s · "
                       f"{tm['tokens_per_s']:.0f} tokens/s")
     if record.get("error"):

@@ -125,6 +125,7 @@ def test_oom_under_cpu_budget_is_a_result(tmp_path, capsys):
     assert rec["status"] == "oom"
     assert rec["oom_phase"] in ("forward", "backward", "optimizer_step")
     assert 0 < rec["peaks"]["peak_allocated_bytes"] <= 400 * 1024
+    assert rec["peaks"]["steady_peak_allocated_bytes"] is None  # no steady state in a failed run
     assert "oom" in capsys.readouterr().out
 
 

@@ -38,6 +38,8 @@ ACTIVATIONS, TEMPORARIES = Category.ACTIVATIONS, Category.TEMPORARIES
 # A storage seen in two roles keeps the stronger one: a saved tensor that is a weight stays a weight.
 _RANK = {WEIGHTS: 0, OPTIMIZER: 1, GRADIENTS: 2, ACTIVATIONS: 3, TEMPORARIES: 4}
 
+_PRIM_DEVICE = torch.ops.prim.device.default
+
 
 class TrackerOutOfMemory(MemoryError):
     """An allocation would push live tracked bytes above the budget (a simulated CUDA OOM)."""
@@ -279,6 +281,8 @@ class TensorTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is _PRIM_DEVICE:  # most frequent op of all (autograd engine), allocates nothing
+            return func(*args, **kwargs)
         for t in _iter_tensors((args, kwargs)):  # inputs created before we looked: count them from now on
             for st, dev in self._storages(t):
                 if id(st) not in self._by_sid:

@@ -1,0 +1,89 @@
+"""Benchmark `profiler simulate`: wall time and max RSS per model, each in a fresh process on 2 CPU cores.
+
+    python scripts/bench_simulate.py [--cores 2] [CONFIG ...]
+
+Default configs: Llama-2-7B and Llama-2-70B, full bf16 AdamW, batch 1, seq 4096 (warm-up + 1 measured step).
+Targets (issue): 70B <= 20 s and <= 4 GiB RSS; 7B <= 5 s. `process s` includes Python/torch/transformers
+imports; `simulate s` is the `profiler.simulate.simulate()` call alone. A table, not a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT = ["configs/llama7b_full_seq4096.yaml", "configs/llama70b_full.yaml"]
+TARGET_S = {"llama-2-7b": 5.0, "llama-2-70b": 20.0}
+TARGET_RSS_GIB = {"llama-2-70b": 4.0}
+
+
+def child(config: str) -> None:
+    t0 = time.perf_counter()
+    from profiler.config import load_config
+    from profiler.quiet import quiet_libraries
+    from profiler.simulate import simulate
+
+    quiet_libraries()
+    cfg = load_config(config)
+    t1 = time.perf_counter()
+    rec = simulate(cfg)
+    t2 = time.perf_counter()
+    print(json.dumps({"model": cfg.model.name, "status": rec["status"], "error": rec["error"],
+                      "import_s": t1 - t0, "simulate_s": t2 - t1, "kernel": rec.get("attention_kernel"),
+                      "peak": rec["peaks"]["peak_allocated_bytes"]}))
+
+
+def measure(config: str, cores: int) -> dict:
+    cpus = sorted(os.sched_getaffinity(0))[:cores]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, "--child", config], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    lines = out.decode().strip().splitlines()
+    if status != 0 or not lines:
+        return {"model": Path(config).stem, "status": f"exit {status}", "process_s": wall,
+                "rss_gib": usage.ru_maxrss / 2**20}
+    res = json.loads(lines[-1])
+    res.update(process_s=wall, rss_gib=usage.ru_maxrss / 2**20, cores=len(cpus))  # ru_maxrss: KiB on Linux
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("configs", nargs="*", default=DEFAULT)
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child)
+        return 0
+    rows = [measure(c, args.cores) for c in args.configs]
+    head = f"{'model':<14}{'status':<8}{'cores':>6}{'process s':>11}{'simulate s':>12}{'max RSS GiB':>13}" \
+           f"{'peak GiB':>10}  {'kernel':<10}target"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        m = r["model"]
+        ok_t = r["process_s"] <= TARGET_S.get(m, float("inf"))
+        ok_m = r["rss_gib"] <= TARGET_RSS_GIB.get(m, float("inf"))
+        goal = " ".join(filter(None, [f"<= {TARGET_S[m]:.0f} s" if m in TARGET_S else "",
+                                      f"<= {TARGET_RSS_GIB[m]:.0f} GiB" if m in TARGET_RSS_GIB else ""]))
+        verdict = ("met" if ok_t and ok_m else "MISSED") if goal else ""
+        peak = f"{r['peak'] / 2**30:.1f}" if "peak" in r else "-"
+        print(f"{m:<14}{r['status']:<8}{r.get('cores', '-'):>6}{r['process_s']:>11.2f}"
+              f"{r.get('simulate_s', float('nan')):>12.2f}{r['rss_gib']:>13.2f}{peak:>10}  "
+              f"{str(r.get('kernel')):<10}{goal} {verdict}".rstrip())
+    print("process s: fresh interpreter incl. imports; peak: simulated peak allocated (GiB = 2^30)")
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ import torch
 
 from profiler.config import ConfigError, RunConfig, parse_bytes
 from profiler.env import collect_env
-from profiler.loading import LoadedModel, load_model
+from profiler.loading import LoadedModel, load_model, prepare_source
 from profiler.model_stats import model_stats
 from profiler.optimizers import make_optimizer
 from profiler.probes.cuda import CudaProbe, free_bytes, memory_stats
@@ -79,6 +80,36 @@ class PhaseMeter:
             if cuda_rec is not None and tr is not None:
                 rec["breakdown"].update(cuda_components(rec, tr.peak_bytes, self.nvml))
             self.records.append(rec)
+
+
+class PagedStateTooLarge(RuntimeError):
+    """Refusal: paged (CUDA managed) optimizer state larger than free GPU memory can hang the GPU."""
+
+
+def paged_state_bytes(params: list[torch.Tensor]) -> int:
+    """bitsandbytes 8-bit paged AdamW: two uint8 states per element (+ fp32 absmax per 256-block); tensors
+    under 4096 elements keep two fp32 states."""
+    total = 0
+    for p in params:
+        n = p.numel()
+        total += 2 * n + 2 * 4 * -(-n // 256) if n >= 4096 else 8 * n
+    return total
+
+
+def check_paged_state_fits(params: list[torch.Tensor], free: int, margin: float = 0.9) -> None:
+    need = paged_state_bytes(params)
+    if need > margin * free:
+        raise PagedStateTooLarge(f"refused: paged optimizer state of {need:,} bytes does not fit in "
+                                 f"{margin:.0%} of the {free:,} free GPU bytes (managed memory could hang the GPU)")
+
+
+def _nvml_sampler() -> NvmlSampler | None:
+    """The NVML sampler, or None where NVML cannot be read (the record then has no nvml figures)."""
+    try:
+        return NvmlSampler(pynvml_reader())
+    except Exception as exc:  # missing library, no permission, driver mismatch
+        warnings.warn(f"NVML unavailable, no nvml_peak will be recorded: {exc}", stacklevel=2)
+        return None
 
 
 def cuda_components(rec: dict, tracker_peak: int, nvml: NvmlSampler | None) -> dict[str, int]:
@@ -146,9 +177,12 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
         "status": "ok",
         "error": None,
     }
-    sampler = NvmlSampler(pynvml_reader()) if cuda else None
-    if sampler is not None:
-        sampler.__enter__()  # baseline before this process creates its CUDA context
+    if fake is None:
+        prepare_source(cfg)
+    sampler = _nvml_sampler() if cuda else None
+    if cuda:
+        if sampler is not None:
+            sampler.__enter__()  # baseline before this process creates its CUDA context
         torch.cuda.init()
         if snapshot_path:
             torch.cuda.memory._record_memory_history(max_entries=200_000)
@@ -175,6 +209,8 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
                 if tracker is not None:
                     tracker.attach(model)
                 if training:
+                    if cuda and cfg.optimizer.name.startswith("paged"):
+                        check_paged_state_fits(trainable_parameters(model), free_bytes() or 0)
                     optimizer = make_optimizer(cfg.optimizer, trainable_parameters(model))
                     if tracker is not None:
                         tracker.attach(model, optimizer)
@@ -219,10 +255,11 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
         "tokens_per_s": (cfg.train.batch_size * cfg.train.seq_len / statistics.median(step_seconds)
                          if step_seconds and fake is None else None),  # a fake step's speed means nothing
     }
-    if cuda:
+    if sampler is not None:
         res = sampler.result()
         record["nvml"] = vars(res)
         record["peaks"]["nvml_peak_bytes"] = res.peak_used_bytes
+    if cuda:
         record["memory_stats"] = memory_stats()
         if snapshot_path:
             torch.cuda.memory._dump_snapshot(snapshot_path)

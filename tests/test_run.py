@@ -167,3 +167,16 @@ def test_local_checkpoint_path_loads_real_weights(tmp_path):
         assert rec["status"] == "ok", rec["error"]
         assert rec["model"]["trainable_params"] == expected_trainable(regime, tiny(regime))
     assert rec["model"]["quantized_params"] == L * sum(i * o for i, o in LINEARS)
+
+
+def test_paged_optimizer_is_refused_when_its_state_would_not_fit():
+    """CPU sibling of the CUDA-only guard: the same check with a synthetic free-memory figure."""
+    import torch
+
+    from profiler.harness import PagedStateTooLarge, check_paged_state_fits, paged_state_bytes
+
+    params = [torch.zeros(1000, 1000), torch.zeros(100)]
+    assert paged_state_bytes(params) == 2 * 1_000_000 + 8 * -(-1_000_000 // 256) + 8 * 100
+    check_paged_state_fits(params, free=10_000_000)
+    with pytest.raises(PagedStateTooLarge, match="refused"):
+        check_paged_state_fits(params, free=2_000_000)

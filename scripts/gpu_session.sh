@@ -40,6 +40,8 @@ case "$stage" in
       timeout 120 python3 -m profiler simulate "$cfg" --output "$DEST/simulated/$slug.jsonl" >>"$log" 2>&1
       echo "exit $?" >>"$log"
     done
+    python3 scripts/simulate_vs_cuda.py --measured "$DEST/runs" --simulated "$DEST/simulated" \
+      --out "$DEST/simulate_vs_cuda.md" >>"$log" 2>&1
     ;;
   sweep)
     timeout 560 python3 -m profiler sweep configs/sweeps/nightly.yaml --output "$runs" >>"$log" 2>&1

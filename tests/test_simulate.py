@@ -13,7 +13,7 @@ from conftest import CONFIGS, tiny
 from torch.profiler import ProfilerActivity, profile
 
 from profiler.cli import main
-from profiler.config import load_config
+from profiler.config import REPO_ROOT, load_config
 from profiler.harness import run
 from profiler.model_stats import model_stats, weight_bytes_by_dtype
 from profiler.probes.tracker import TensorTracker
@@ -175,3 +175,22 @@ def test_model_stats_counts_fake_stand_ins_as_quantized():
     stats = model_stats(layer, "x")
     assert stats["quantized_params"] == 64 * 64
     assert stats["weight_bytes_by_dtype"]["uint8"] == 64 * 64 // 2 + 64  # packed weight + 8-bit absmax
+
+
+def test_simulate_vs_measured_script_pairs_by_config_hash(tmp_path):
+    """The script behind results/simulate_vs_cuda.md, on a CPU pair: a CPU simulation is exact."""
+    import importlib.util
+
+    from profiler.harness import run as measured_run
+
+    spec = importlib.util.spec_from_file_location("svc", REPO_ROOT / "scripts" / "simulate_vs_cuda.py")
+    svc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(svc)
+    cfg = load_config(REPO_ROOT / "configs" / "tiny_full.yaml", ["train.steps=1"])
+    real, fake = measured_run(cfg), simulate(cfg)
+    other = simulate(load_config(REPO_ROOT / "configs" / "tiny_full.yaml", ["train.steps=1", "train.seq_len=32"]))
+    rows = svc.pair_rows([real], [fake, other])
+    assert len(rows) == 1
+    assert rows[0]["error_pct"] == 0.0
+    assert rows[0]["measured"] == real["peaks"]["peak_allocated_bytes"] > 0
+    assert "| tiny-llama full adamw b2 s64 | cpu | ok |" in svc.markdown(rows)

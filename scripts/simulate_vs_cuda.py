@@ -1,0 +1,82 @@
+"""Simulated vs measured peaks, matched by config hash (same config => same hash): how far is `simulate`
+from the real run? Prints a markdown table and, with --out, writes it (results/simulate_vs_cuda.md).
+
+Run: python scripts/simulate_vs_cuda.py [--measured results/runs] [--simulated results/simulated] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from profiler.config import REPO_ROOT
+from profiler.results import read_records
+
+GiB = 2**30
+
+
+def _files(path: Path) -> list[Path]:
+    return sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+
+
+def _label(cfg: dict) -> str:
+    rg, tr = cfg["regime"], cfg["train"]
+    regime = f"qlora{rg['bits']}" if rg["kind"] == "qlora" else rg["kind"]
+    model = cfg["model"].get("arch") or cfg["model"].get("path") or cfg["model"].get("hub")
+    ckpt = " ckpt" if tr["gradient_checkpointing"] else ""
+    return f"{model} {regime} {cfg['optimizer']['name']} b{tr['batch_size']} s{tr['seq_len']}{ckpt}"
+
+
+def pair_rows(measured: list[dict], simulated: list[dict]) -> list[dict]:
+    """One row per measured run (latest per config hash and device) that has a simulation."""
+    sims = {r["config_hash"]: r for r in simulated if r["backend"] == "fake" and r["status"] == "ok"}
+    latest: dict[tuple[str, str], dict] = {}
+    for r in measured:
+        if r["backend"] != "fake":
+            latest[(r["config_hash"], r["env"]["device_slug"])] = r
+    rows = []
+    for (h, device), m in sorted(latest.items(), key=lambda kv: _label(kv[1]["config"])):
+        s = sims.get(h)
+        if s is None:
+            continue
+        sim_peak = s["peaks"]["peak_allocated_bytes"]
+        meas_peak = m["peaks"]["peak_allocated_bytes"]
+        rows.append({
+            "config": _label(m["config"]), "device": device, "status": m["status"],
+            "simulated": sim_peak, "measured": meas_peak,
+            "error_pct": 100.0 * (sim_peak - meas_peak) / meas_peak if m["status"] == "ok" and meas_peak else None,
+            "kernel": s.get("attention_kernel") or "-",
+        })
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| config | device | measured status | simulated peak GiB | measured peak_allocated GiB | error % | "
+             "attention (sim) |", "|---|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        err = "-" if r["error_pct"] is None else f"{r['error_pct']:+.1f}"
+        lines.append(f"| {r['config']} | {r['device']} | {r['status']} | {r['simulated'] / GiB:.2f} | "
+                     f"{r['measured'] / GiB:.2f} | {err} | {r['kernel']} |")
+    ok = [abs(r["error_pct"]) for r in rows if r["error_pct"] is not None]
+    if ok:
+        lines.append(f"\nMAPE {sum(ok) / len(ok):.1f}% over {len(ok)} runs; worst {max(ok):.1f}%. GiB = 2^30. "
+                     "An OOM run's measured figure is its peak up to the OOM, so it has no error %.")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--measured", type=Path, default=REPO_ROOT / "results" / "runs")
+    ap.add_argument("--simulated", type=Path, default=REPO_ROOT / "results" / "simulated")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    rows = pair_rows(read_records(_files(args.measured)), read_records(_files(args.simulated)))
+    text = markdown(rows) if rows else "no measured run has a simulation with the same config hash"
+    print(text)
+    if args.out and rows:
+        args.out.write_text("# Simulated vs measured peak allocated\n\n" + text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

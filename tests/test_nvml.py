@@ -78,3 +78,58 @@ def test_phase_windows_reset_and_components_add_up_to_nvml():
     parts = cuda_components(rec, tracker_peak=3500, nvml=s)
     assert parts == {"untracked": 500, "allocator": 1000, "context": 7000 - 1000 - 5000}
     assert 3500 + sum(parts.values()) == first - s.baseline
+
+
+class FakeCudaAllocator:
+    """Stands in for torch.cuda's allocator counters so the CUDA branch of the meter runs on the CPU."""
+
+    def __init__(self):
+        self.allocated = self.reserved = self.peak_alloc = self.peak_res = 0
+
+    def alloc(self, n, reserve):
+        self.allocated += n
+        self.reserved = max(self.reserved, reserve)
+        self.peak_alloc = max(self.peak_alloc, self.allocated)
+        self.peak_res = max(self.peak_res, self.reserved)
+
+    def install(self, monkeypatch):
+        import profiler.probes.cuda as probe
+
+        def reset():
+            self.peak_alloc, self.peak_res = self.allocated, self.reserved
+
+        fns = {"synchronize": lambda: None, "reset_peak_memory_stats": reset,
+               "memory_allocated": lambda: self.allocated, "max_memory_allocated": lambda: self.peak_alloc,
+               "memory_reserved": lambda: self.reserved, "max_memory_reserved": lambda: self.peak_res}
+        for name, fn in fns.items():
+            monkeypatch.setattr(probe.torch.cuda, name, fn)
+
+
+def test_cuda_meter_records_allocator_figures_and_components(monkeypatch):
+    """CPU sibling of the gpu tests: the CUDA branch of PhaseMeter with fake allocator and NVML readers."""
+    import torch
+
+    from profiler.harness import PhaseMeter
+    from profiler.probes.tracker import TensorTracker
+
+    alloc = FakeCudaAllocator()
+    alloc.install(monkeypatch)
+    device = {"used": 1_000_000}
+    sampler = NvmlSampler(lambda: (device["used"], None), interval_s=0.005).__enter__()
+    tracker = TensorTracker()
+    meter = PhaseMeter(cuda=True, tracker=tracker, nvml=sampler)
+    with tracker:
+        with meter.phase("forward", step=0):
+            kept = torch.empty(1000, dtype=torch.float32)  # 4000 tracked bytes
+            alloc.alloc(4096, reserve=8192)  # what the allocator saw: rounded up, plus a reserved block
+            device["used"] = 1_000_000 + 8192 + 3000  # + context
+    sampler.__exit__(None, None, None)
+    (rec,) = meter.records
+    assert (rec["allocated_bytes"], rec["peak_allocated_bytes"]) == (4096, 4096)
+    assert (rec["reserved_bytes"], rec["peak_reserved_bytes"]) == (8192, 8192)
+    bd = rec["breakdown"]
+    assert bd["temporaries"] + bd["activations"] == 4000
+    assert (bd["untracked"], bd["allocator"], bd["context"]) == (96, 4096, 3000)
+    tracked = sum(bd[k] for k in ("weights", "gradients", "optimizer", "activations", "temporaries"))
+    assert tracked + bd["untracked"] + bd["allocator"] + bd["context"] == rec["nvml_peak_bytes"] - 1_000_000
+    del kept

@@ -7,6 +7,7 @@ peaks (reset at each phase start) and, when enabled, the tensor tracker's catego
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 import uuid
@@ -103,6 +104,16 @@ def check_paged_state_fits(params: list[torch.Tensor], free: int, margin: float 
                                  f"{margin:.0%} of the {free:,} free GPU bytes (managed memory could hang the GPU)")
 
 
+def _import_libraries(cfg: RunConfig) -> None:
+    """Import peft / bitsandbytes before the measured phases. Their first import is slow, may touch CUDA,
+    and bitsandbytes keeps the traceback of an optional kernel it failed to import, which would pin the
+    frames (and the model) of whatever first imported it."""
+    if cfg.regime.kind in ("lora", "qlora"):
+        import peft  # noqa: F401
+    if cfg.regime.kind == "qlora" or cfg.optimizer.name.endswith("8bit"):
+        import bitsandbytes  # noqa: F401
+
+
 def _nvml_sampler() -> NvmlSampler | None:
     """The NVML sampler, or None where NVML cannot be read (the record then has no nvml figures)."""
     try:
@@ -186,11 +197,12 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
         torch.cuda.init()
         if snapshot_path:
             torch.cuda.memory._record_memory_history(max_entries=200_000)
+    _import_libraries(cfg)
     record["env"] = collect_env("cpu" if fake else cfg.device)
     budget = parse_bytes(cfg.max_memory) if cfg.max_memory else None
     tracker = TensorTracker(budget_bytes=budget, devices={"cuda"} if cuda else None) if use_tracker else None
     meter = PhaseMeter(cuda, tracker, sampler)
-    model = optimizer = batch = None
+    model = optimizer = batch = loaded = None
     step_seconds: list[float] = []
     load_s = 0.0
     steps_total = cfg.train.warmup_steps + cfg.train.steps
@@ -243,9 +255,12 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
         record.update(status="error", error=f"{type(exc).__name__}: {exc}")
         exc.__traceback__ = None
     finally:
-        model = optimizer = batch = None
+        model = optimizer = batch = loaded = None  # noqa: F841 - drop every reference to device memory
+        if tracker is not None:
+            tracker.close()  # its grad/optimizer hooks would otherwise keep the model alive
         if sampler is not None:
             sampler.__exit__(None, None, None)
+        gc.collect()
     record["phases"] = meter.records
     last = steps_total - 1 if record["status"] == "ok" else None
     record["peaks"] = _peaks(meter.records, last)
@@ -264,7 +279,7 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
         if snapshot_path:
             torch.cuda.memory._dump_snapshot(snapshot_path)
             torch.cuda.memory._record_memory_history(enabled=None)
-        torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # the next run in this process starts from an empty cache
     return record
 
 

@@ -180,3 +180,16 @@ def test_paged_optimizer_is_refused_when_its_state_would_not_fit():
     check_paged_state_fits(params, free=10_000_000)
     with pytest.raises(PagedStateTooLarge, match="refused"):
         check_paged_state_fits(params, free=2_000_000)
+
+
+@pytest.mark.filterwarnings("ignore")  # pytest's record of a library warning would keep its frame alive
+def test_run_releases_the_model():
+    """A GPU test process runs many configs: nothing of a finished run may stay alive (the next run's
+    reserved peak would include it)."""
+    import gc
+
+    from transformers import PreTrainedModel
+
+    run(tiny("lora"))
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, PreTrainedModel)]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import types
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -197,6 +198,21 @@ def _cuda_foreach_default(params, differentiable: bool, use_fused: bool = False)
     return bool(use_fused), not use_fused
 
 
+def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, **_: object) -> torch.Tensor:
+    """HF `generate` (greedy, no early stop) as a plain decode loop: generate's stopping checks call
+    `.item()`, which fake tensors cannot answer. Same tensors as generate: a prefill that keeps only the
+    last position's logits (`logits_to_keep=1`), then one token at a time on the growing DynamicCache.
+    tests/test_simulate.py checks the tokens and the CPU peak against the real `generate`."""
+    out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+    past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    sequence = torch.cat([input_ids, token], dim=-1)
+    for _ in range(max_new_tokens - 1):
+        out = model(input_ids=token, past_key_values=past, use_cache=True)
+        past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        sequence = torch.cat([sequence, token], dim=-1)
+    return sequence
+
+
 class Simulation:
     """The FakeBackend of profiler.harness: fake mode, fake model, the attention kernel a run would pick."""
 
@@ -251,6 +267,7 @@ class Simulation:
 
             replace_linear_layers(model, quant, cuda=self.target == "cuda", device="cpu")
             materialize_meta(model, "cpu")
+        model.generate = types.MethodType(greedy_generate, model)
         return LoadedModel(model, hf_config, f"fake:{mc.name}")
 
     def attention_kernel(self, cfg: RunConfig, loaded: LoadedModel) -> str:

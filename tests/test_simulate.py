@@ -194,3 +194,22 @@ def test_simulate_vs_measured_script_pairs_by_config_hash(tmp_path):
     assert rows[0]["error_pct"] == 0.0
     assert rows[0]["measured"] == real["peaks"]["peak_allocated_bytes"] > 0
     assert "| tiny-llama full adamw b2 s64 | cpu | ok |" in svc.markdown(rows)
+
+
+def test_generate_is_simulated_with_the_same_tokens_and_peak():
+    """Inference with new_tokens: the fake decode loop stands in for HF generate (which calls .item())."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from profiler.simulate import greedy_generate
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(CONFIGS / "models" / "tiny-llama.json"))
+    x = torch.randint(0, 512, (2, 16))
+    with torch.no_grad():
+        ours = greedy_generate(model, x, max_new_tokens=6)
+        theirs = model.generate(input_ids=x, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours, theirs)
+    cfg = tiny("inference", "train.steps=1")
+    real, fake = run(cfg), simulate(cfg)
+    assert fake["status"] == "ok", fake["error"]
+    gen = [[p for p in r["phases"] if p["phase"] == "generate"][-1] for r in (real, fake)]
+    assert gen[1]["peak_allocated_bytes"] == pytest.approx(gen[0]["peak_allocated_bytes"], rel=0.02)

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--against", choices=AGAINST, default="auto", help="measurement errors are taken against"
     )
     parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument("--simulated", nargs="+", metavar="FILE",
+                        help="simulate result lines (results/simulated/*.jsonl): put `simulate` on trial too, "
+                        "matched to measured runs by config hash")
 
 
 def read_records(paths: list[str | Path]) -> list[RunRecord]:
@@ -101,12 +104,20 @@ def err_pct(pred: int, meas: int) -> float:
     return 100.0 * (pred - meas) / meas
 
 
-def compare_tables(records: list[RunRecord], against: str = "auto") -> dict[str, pd.DataFrame]:
-    """runs (one row per ok run), summary (estimator x regime) and components (per category)."""
+def simulated_peaks(records: list[RunRecord]) -> dict[str, int]:
+    """config hash -> simulated peak_allocated of the ok fake runs (the last one per hash wins)."""
+    return {r.config_hash: r.peaks.peak_allocated_bytes for r in records
+            if r.backend == "fake" and r.status == "ok" and r.peaks is not None}
+
+
+def compare_tables(records: list[RunRecord], against: str = "auto",
+                   simulated: dict[str, int] | None = None) -> dict[str, pd.DataFrame]:
+    """runs (one row per ok measured run), summary (estimator x regime) and components (per category).
+    With `simulated` (config hash -> simulated peak), `simulate` is judged like an estimator."""
     rows, comp_rows = [], []
     for rec in records:
-        if rec.status != "ok" or rec.peaks is None:
-            continue
+        if rec.status != "ok" or rec.peaks is None or rec.backend == "fake":
+            continue  # a simulation is a prediction, never a measurement
         cfg = RunConfig.model_validate(rec.config)
         target, target_name = measured(rec, against)
         row = {
@@ -131,6 +142,10 @@ def compare_tables(records: list[RunRecord], against: str = "auto") -> dict[str,
             row[f"{name}_err_pct"] = (
                 round(err_pct(est.total, target), 2) if est is not None and target else None
             )
+        if simulated is not None:
+            sim = simulated.get(rec.config_hash)
+            row["simulate"] = sim
+            row["simulate_err_pct"] = round(err_pct(sim, target), 2) if sim is not None and target else None
         rows.append(row)
         comp = preds.get("components")
         phases = [ph for ph in rec.phases if ph.breakdown and not ph.warmup]
@@ -158,7 +173,7 @@ def compare_tables(records: list[RunRecord], against: str = "auto") -> dict[str,
     runs = pd.DataFrame(rows)
     summary_rows = []
     if not runs.empty:
-        for name in ESTIMATORS:
+        for name in judged(runs):
             col = f"{name}_err_pct"
             for regime, grp in runs.groupby("regime", sort=True):
                 errs = grp[col].dropna()
@@ -176,6 +191,11 @@ def compare_tables(records: list[RunRecord], against: str = "auto") -> dict[str,
                     }
                 )
     return {"runs": runs, "summary": pd.DataFrame(summary_rows), "components": pd.DataFrame(comp_rows)}
+
+
+def judged(runs: pd.DataFrame) -> list[str]:
+    """The estimators with a column in `runs` (simulate only when simulated lines were given)."""
+    return [n for n in (*ESTIMATORS, "simulate") if n in runs.columns]
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -221,7 +241,7 @@ def plot(runs: pd.DataFrame, records: list[RunRecord], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    for name in ESTIMATORS:
+    for name in judged(runs):
         sub = runs.dropna(subset=[name, "measured"])
         if sub.empty:
             continue
@@ -274,7 +294,14 @@ def main(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    tables = compare_tables(records, args.against)
+    simulated = None
+    if args.simulated:
+        try:
+            simulated = simulated_peaks(read_records(args.simulated))
+        except (OSError, ValueError) as exc:
+            print(f"error: --simulated: {exc}", file=sys.stderr)
+            return 2
+    tables = compare_tables(records, args.against, simulated)
     if tables["runs"].empty:
         print("error: no ok runs with peaks in the given results", file=sys.stderr)
         return 1

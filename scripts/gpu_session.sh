@@ -42,6 +42,8 @@ case "$stage" in
     done
     python3 scripts/simulate_vs_cuda.py --measured "$DEST/runs" --simulated "$DEST/simulated" \
       --out "$DEST/simulate_vs_cuda.md" >>"$log" 2>&1
+    python3 -m profiler compare "$runs" --simulated "$DEST/simulated/$slug.jsonl" --out "$DEST/figures/compare" \
+      >>"$log" 2>&1
     ;;
   sweep)
     timeout 560 python3 -m profiler sweep configs/sweeps/nightly.yaml --output "$runs" >>"$log" 2>&1

@@ -88,3 +88,27 @@ def test_bad_line_is_an_error(tmp_path, capsys):
     add_arguments(parser)
     assert main(parser.parse_args([str(bad), "--out", str(tmp_path)])) == 2
     assert "bad.jsonl:1" in capsys.readouterr().err
+
+
+def test_simulate_is_judged_like_an_estimator_and_never_as_a_measurement(tmp_path):
+    """A fake line for the h100-full-512 config: it joins by config hash, and on its own is no measurement."""
+    import json
+
+    from profiler.report import simulated_peaks
+
+    recs = read_records([DATA])
+    measured = next(r for r in recs if r.run_id == "h100-full-512")
+    fake = json.loads(measured.model_dump_json())
+    fake.update(run_id="sim-full-512", backend="fake", nvml=None)
+    fake["peaks"] = {"peak_allocated_bytes": 60_000_000_000}
+    sim_file = tmp_path / "sim.jsonl"
+    sim_file.write_text(json.dumps(fake) + "\n")
+    sims = simulated_peaks(read_records([sim_file]))
+    assert sims == {measured.config_hash: 60_000_000_000}
+    runs = compare_tables(recs + read_records([sim_file]), simulated=sims)["runs"].set_index("run_id")
+    assert "sim-full-512" not in runs.index
+    assert runs.loc["h100-full-512", "simulate"] == 60_000_000_000
+    assert runs.loc["h100-full-512", "simulate_err_pct"] == round(100 * (60e9 - 63e9) / 63e9, 2)
+    assert pd.isna(runs.loc["h100-qlora4", "simulate"])
+    summary = compare_tables(recs, simulated=sims)["summary"].set_index(["estimator", "regime"])
+    assert summary.loc[("simulate", "full"), "runs"] == 1

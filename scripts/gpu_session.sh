@@ -6,9 +6,10 @@
 #   scripts/gpu_session.sh measure   # env + GPU tests + the six llama7b_* configs + their simulations (~8 min)
 #   scripts/gpu_session.sh sweep     # configs/sweeps/nightly.yaml, resumable: call again to continue
 #
-# Carry bitsandbytes (and what the image lacks) as wheels: ../shared/gpu/prepare-wheels.sh pydantic==2.14.3 \
-#   pydantic-core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 rich==15.0.0 markdown-it-py==4.3.0 \
-#   mdurl==0.1.2 pygments==2.21.0 ; then run(carry=[".whl"], command="bash scripts/gpu_session.sh measure")
+# The device image (Python 3.12, torch 2.11+cu130, transformers 5.17, peft, accelerate, rich, pandas, pyyaml,
+# nvidia-ml-py, pytest) lacks bitsandbytes and pydantic. Carry them as wheels, prepared here with
+#   ../shared/gpu/prepare-wheels.sh pydantic==2.14.3 pydantic-core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5
+# then run(carry=[".whl"], command="bash scripts/gpu_session.sh measure") and copy $OUT back under results/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST="${DEST:-${OUT:-results}}"

@@ -9,10 +9,12 @@
 # The device image (Python 3.12, torch 2.11+cu130, transformers 5.17, peft, accelerate, rich, pandas, pyyaml,
 # nvidia-ml-py, pytest) lacks bitsandbytes and pydantic. Carry them as wheels, prepared here with
 #   ../shared/gpu/prepare-wheels.sh pydantic==2.14.3 pydantic-core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5
-# then run(carry=[".whl"], command="bash scripts/gpu_session.sh measure") and copy $OUT back under results/.
+# then run(carry=[".whl"], command="bash scripts/gpu_session.sh measure") and unpack the returned
+# results-*.tgz over results/ (tar xzf FILE -C results).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-DEST="${DEST:-${OUT:-results}}"
+# The device tool brings back at most 8 files from $OUT: write into a work dir and pack it there.
+if [ -n "${OUT:-}" ]; then DEST="${DEST:-/tmp/memprof-session}"; else DEST="${DEST:-results}"; fi
 stage="${1:-measure}"
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$DEST/runs" "$DEST/logs" "$DEST/simulated"
@@ -52,4 +54,8 @@ case "$stage" in
     ;;
   *) echo "gpu_session.sh: unknown stage $stage (measure | sweep)" >&2; exit 2 ;;
 esac
+if [ -n "${OUT:-}" ]; then
+  tar czf "$OUT/results-$stage-$stamp.tgz" -C "$DEST" . && cp "$log" "$OUT/"
+  echo "packed $DEST into \$OUT/results-$stage-$stamp.tgz: unpack it over results/ and commit"
+fi
 tail -40 "$log"

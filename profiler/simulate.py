@@ -299,7 +299,10 @@ def simulate(cfg: RunConfig, on_step=None) -> dict:
     target = cfg.device
     sim = Simulation(target)
     # The harness places the batch and autocast on cfg.device; fake tensors here are CPU tensors.
-    record = run(cfg.model_copy(update={"device": "cpu"}), fake=sim, on_step=on_step)
+    # A fake step is deterministic: after the first measured step, more steps repeat it exactly.
+    train = cfg.train.model_copy(update={"steps": 1})
+    record = run(cfg.model_copy(update={"device": "cpu", "train": train}), fake=sim, on_step=on_step)
+    record["simulated_steps"] = cfg.train.warmup_steps + 1
     record["config"] = cfg.model_dump(mode="json")
     record["config_hash"] = cfg.config_hash()
     if cfg.model.attn_implementation == "flash_attention_2":

@@ -30,7 +30,7 @@ def _peaks(record: dict) -> list[tuple]:
 
 
 def test_cpu_target_reproduces_real_cpu_run_exactly():
-    cfg = tiny("full")
+    cfg = tiny("full", "train.steps=1")
     real, fake = run(cfg), simulate(cfg)
     RunRecord.model_validate(fake)
     assert (fake["backend"], fake["status"], real["status"]) == ("fake", "ok", "ok")
@@ -41,7 +41,7 @@ def test_cpu_target_reproduces_real_cpu_run_exactly():
 
 @pytest.mark.parametrize("regime", ["qlora4", "qlora8"])
 def test_fake_qlora_weights_equal_real_bitsandbytes_model(regime):
-    cfg = tiny(regime)
+    cfg = tiny(regime, "train.steps=1")
     real, fake = run(cfg), simulate(cfg)
     assert fake["status"] == "ok", fake["error"]
     assert fake["model"] == real["model"]  # bytes by dtype, logical/trainable/quantized params
@@ -213,3 +213,11 @@ def test_generate_is_simulated_with_the_same_tokens_and_peak():
     assert fake["status"] == "ok", fake["error"]
     gen = [[p for p in r["phases"] if p["phase"] == "generate"][-1] for r in (real, fake)]
     assert gen[1]["peak_allocated_bytes"] == pytest.approx(gen[0]["peak_allocated_bytes"], rel=0.02)
+
+
+def test_simulate_runs_one_measured_step_but_keeps_the_config():
+    cfg = tiny("lora", "train.steps=3")
+    fake = simulate(cfg)
+    assert fake["simulated_steps"] == cfg.train.warmup_steps + 1
+    assert sorted({p["step"] for p in fake["phases"] if p["step"] is not None}) == [0, 1]
+    assert fake["config"]["train"]["steps"] == 3 and fake["config_hash"] == cfg.config_hash()

@@ -301,18 +301,3 @@ def replace_linear_layers(model: nn.Module, quant_config, cuda: bool, device: st
     setattr(model, "is_loaded_in_8bit" if eight_bit else "is_loaded_in_4bit", True)
     return replaced
 
-
-def materialize_meta(model: nn.Module, device: str = "cpu") -> None:
-    """Give every parameter and buffer still on meta an empty tensor on `device` (fake under FakeTensorMode),
-    keeping ties and requires_grad. With the quantized layers already swapped in, the bf16 weights they
-    replace are never allocated, as transformers' quantizing loader never holds them all at once."""
-    memo: dict[int, torch.Tensor] = {}
-    for mod in model.modules():
-        for table, wrap in ((mod._parameters, True), (mod._buffers, False)):
-            for name, t in list(table.items()):
-                if t is None or t.device.type != "meta":
-                    continue
-                if id(t) not in memo:
-                    new = torch.empty_like(t, device=device)
-                    memo[id(t)] = nn.Parameter(new, requires_grad=t.requires_grad) if wrap else new
-                table[name] = memo[id(t)]

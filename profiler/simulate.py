@@ -39,6 +39,7 @@ from torch._subclasses.fake_tensor import (
 )
 
 from profiler.config import REPO_ROOT, ConfigError, RunConfig, load_config
+from profiler.harness import run
 from profiler.loading import DTYPES, LoadedModel, bnb_config, resolve_hf_config
 
 SIMULATED_DIR = REPO_ROOT / "results" / "simulated"
@@ -198,6 +199,22 @@ def _cuda_foreach_default(params, differentiable: bool, use_fused: bool = False)
     return bool(use_fused), not use_fused
 
 
+def materialize_meta(model: torch.nn.Module, device: str = "cpu") -> None:
+    """Give every parameter and buffer still on meta an empty tensor on `device` (fake under FakeTensorMode),
+    keeping ties and requires_grad. With the quantized layers already swapped in, the bf16 weights they
+    replace are never allocated, as transformers' quantizing loader never holds them all at once."""
+    memo: dict[int, torch.Tensor] = {}
+    for mod in model.modules():
+        for table, wrap in ((mod._parameters, True), (mod._buffers, False)):
+            for name, t in list(table.items()):
+                if t is None or t.device.type != "meta":
+                    continue
+                if id(t) not in memo:
+                    new = torch.empty_like(t, device=device)
+                    memo[id(t)] = torch.nn.Parameter(new, requires_grad=t.requires_grad) if wrap else new
+                table[name] = memo[id(t)]
+
+
 def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, **_: object) -> torch.Tensor:
     """HF `generate` (greedy, no early stop) as a plain decode loop: generate's stopping checks call
     `.item()`, which fake tensors cannot answer. Same tensors as generate: a prefill that keeps only the
@@ -259,14 +276,15 @@ class Simulation:
         quant = bnb_config(cfg)
         # quantized: build on meta, swap in the stand-ins, then materialise the rest, so the load peak is the
         # quantized weights (transformers quantizes tensor by tensor while loading), not a bf16 model
-        with torch.device("meta" if quant is not None else "cpu"):
+        # (unquantized too: materialising skips the init kernels, which cost time and change no byte)
+        with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(hf_config, dtype=DTYPES[mc.dtype],
                                                      attn_implementation=attn)
         if quant is not None:
-            from profiler.fake_bnb import materialize_meta, replace_linear_layers
+            from profiler.fake_bnb import replace_linear_layers
 
             replace_linear_layers(model, quant, cuda=self.target == "cuda", device="cpu")
-            materialize_meta(model, "cpu")
+        materialize_meta(model, "cpu")
         model.generate = types.MethodType(greedy_generate, model)
         return LoadedModel(model, hf_config, f"fake:{mc.name}")
 
@@ -294,8 +312,6 @@ class Simulation:
 
 def simulate(cfg: RunConfig, on_step=None) -> dict:
     """Run `cfg` on fake tensors through profiler.harness.run; returns the RunRecord dict (backend fake)."""
-    from profiler.harness import run
-
     target = cfg.device
     sim = Simulation(target)
     # The harness places the batch and autocast on cfg.device; fake tensors here are CPU tensors.

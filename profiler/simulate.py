@@ -165,6 +165,14 @@ class CudaSdpa:
             query, key, value, attn_mask, dropout_p, is_causal, None, scale=scale, enable_gqa=enable_gqa)[0]
 
 
+def cuda_dropout(input, p: float = 0.5, training: bool = True, inplace: bool = False):
+    """F.dropout as a CUDA run executes it: the fused `aten.native_dropout`, which saves a bool mask (one
+    byte per element) for backward, where the CPU path multiplies by a noise tensor of the input's dtype."""
+    if not training or p == 0.0:
+        return input
+    return torch.ops.aten.native_dropout(input, p, True)[0]
+
+
 class CpuSdpa:
     """Pass-through on CPU targets (the fake run dispatches to the CPU kernels already); labels the kernel."""
 
@@ -257,6 +265,7 @@ class Simulation:
         ]
         if self.target == "cuda":  # torch.optim picks foreach kernels for CUDA params (not for fake ones)
             patches += [(m, "_default_to_fused_or_foreach", _cuda_foreach_default) for m in _optim_modules()]
+            patches.append((torch.nn.functional, "dropout", cuda_dropout))
         saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
         for obj, name, value in patches:
             setattr(obj, name, value)

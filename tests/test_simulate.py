@@ -221,3 +221,18 @@ def test_simulate_runs_one_measured_step_but_keeps_the_config():
     assert fake["simulated_steps"] == cfg.train.warmup_steps + 1
     assert sorted({p["step"] for p in fake["phases"] if p["step"] is not None}) == [0, 1]
     assert fake["config"]["train"]["steps"] == 3 and fake["config_hash"] == cfg.config_hash()
+
+
+def test_cuda_target_dropout_saves_a_one_byte_mask():
+    """CUDA's fused dropout keeps a bool mask for backward; the CPU path keeps a noise tensor of the
+    input's dtype. The LoRA dropout of a cuda-target simulation must take the CUDA form."""
+    from profiler.probes.tracker import TensorTracker
+    from profiler.simulate import cuda_dropout
+
+    with torch._subclasses.fake_tensor.FakeTensorMode(), TensorTracker() as tr:
+        x = torch.empty(1000, 1000, requires_grad=True)
+        with tr.phase("forward"):
+            y = cuda_dropout(x, 0.1, True)
+    saved = tr.phases[-1].end_breakdown["activations"] + tr.phases[-1].end_breakdown["temporaries"]
+    assert y.shape == x.shape
+    assert saved == 1000 * 1000 * (4 + 4 + 1)  # x and the output (fp32) + a bool mask, no fp32 noise

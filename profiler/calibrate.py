@@ -473,8 +473,10 @@ def main(args: argparse.Namespace) -> int:
     if len(skipped) > 5:
         console.print(f"[yellow]skipped[/yellow] {len(skipped) - 5} more", highlight=False)
     if not samples:
-        console.print(f"[red]error:[/red] no status-ok runs to fit among {len(records)} lines in "
-                      f"{len(files)} file(s)", highlight=False)
+        fake = sum(1 for r in records if r.get("backend") == "fake")
+        why = f" ({fake} are simulated: add --include-fake to fit them)" if fake and not args.include_fake else ""
+        console.print(f"[red]error:[/red] no measured status-ok runs to fit among {len(records)} lines in "
+                      f"{len(files)} file(s){why}", highlight=False)
         return 1
     rows = fit_rows(samples, args.estimator)
     written = write_tables(rows, Path(args.out), [str(p) for p in files])

@@ -22,6 +22,7 @@ class OneLineParser(argparse.ArgumentParser):
     """Bad flags give one line naming the problem (exit 2), not a usage dump."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        message = message.replace("config, overrides", "config")  # argparse lists the optional nargs="*" too
         self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
 
@@ -46,4 +47,5 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     parser = OneLineParser(prog=f"python -m profiler {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
-    return int(module.main(parser.parse_args(argv[1:])) or 0)
+    # intermixed: `run CFG --output x.jsonl train.batch_size=4` works like `run CFG train.batch_size=4 --output ...`
+    return int(module.main(parser.parse_intermixed_args(argv[1:])) or 0)

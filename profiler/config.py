@@ -26,7 +26,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: `true` is no batch size, "4" no integer; YAML and dotted overrides already give typed values
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 def bundled_architectures() -> list[str]:
@@ -79,8 +80,9 @@ class ModelConfig(_Strict):
         """A short display name for tables and file names."""
         if self.arch and not self.arch.endswith(".json"):
             return self.arch  # bundled names contain dots (qwen2.5-0.5b): never strip a "suffix"
-        if self.arch:
-            return Path(self.arch).parent.name or Path(self.arch).stem
+        if self.arch:  # .../NAME/config.json (a checkpoint's layout) or .../NAME.json
+            p = Path(self.arch)
+            return p.parent.name if p.name == "config.json" and p.parent.name else p.stem
         return Path(self.path).name if self.path else str(self.hub)
 
 
@@ -146,14 +148,17 @@ class RunConfig(_Strict):
     device: Literal["cuda", "cpu"] = "cuda"
     seed: int = 0
     output: str | None = None  # JSONL file; default results/runs/<device-slug>.jsonl
-    max_memory: str | None = None  # CPU only: tracker budget like "2GiB"; exceeding it records an oom
+    max_memory: str | int | None = None  # CPU only: tracker budget like "2GiB"; exceeding it records an oom
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
         if self.max_memory is not None:
-            parse_bytes(self.max_memory)  # raises ValueError with the allowed form
+            try:
+                parse_bytes(str(self.max_memory))  # a bare YAML number has no unit: rejected too
+            except ValueError as exc:
+                raise ValueError(f"max_memory: {exc}") from None
         if self.optimizer.name.startswith("paged") and self.device != "cuda":
-            raise ValueError("optimizer.name paged_adamw_8bit needs device: cuda (CUDA managed memory)")
+            raise ValueError("optimizer.name: paged_adamw_8bit needs device: cuda (CUDA managed memory)")
         return self
 
     def config_hash(self) -> str:
@@ -178,7 +183,7 @@ def parse_bytes(text: str | int) -> int:
         value = float(num)
     except ValueError:
         value = -1.0
-    if unit not in _UNITS or value < 0:
+    if unit not in _UNITS or unit == "" or value < 0:  # a bare number is ambiguous (bytes? GiB? GB?)
         raise ValueError(f"{text!r} is not a size; use a number with a unit like 512MiB, 2GiB, 80GB")
     return int(value * _UNITS[unit])
 
@@ -202,7 +207,7 @@ def _format_error(err: ValidationError, data: dict) -> str:
         return f"{key}: {value!r} is not allowed; allowed: {allowed}"
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "value_error":
-        return f"{key}: {msg}"
+        return msg if not loc else f"{key}: {msg}"  # whole-config checks name their own key
     return f"{key}: {value!r} is invalid: {msg}"
 
 

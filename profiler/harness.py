@@ -199,7 +199,7 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
             torch.cuda.memory._record_memory_history(max_entries=200_000)
     _import_libraries(cfg)
     record["env"] = collect_env("cpu" if fake else cfg.device)
-    budget = parse_bytes(cfg.max_memory) if cfg.max_memory else None
+    budget = parse_bytes(str(cfg.max_memory)) if cfg.max_memory else None
     tracker = TensorTracker(budget_bytes=budget, devices={"cuda"} if cuda else None) if use_tracker else None
     meter = PhaseMeter(cuda, tracker, sampler)
     model = optimizer = batch = loaded = None

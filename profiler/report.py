@@ -289,6 +289,10 @@ def plot(runs: pd.DataFrame, records: list[RunRecord], out: Path) -> list[Path]:
 
 
 def main(args: argparse.Namespace) -> int:
+    missing = [p for p in args.results if not Path(p).is_file()]
+    if missing:
+        print(f"error: result file {missing[0]!r} does not exist", file=sys.stderr)
+        return 2
     try:
         records = read_records(args.results)
     except (OSError, ValueError) as exc:
@@ -304,6 +308,10 @@ def main(args: argparse.Namespace) -> int:
     tables = compare_tables(records, args.against, simulated)
     if tables["runs"].empty:
         print("error: no ok runs with peaks in the given results", file=sys.stderr)
+        return 1
+    if tables["summary"].empty:
+        print(f"error: no ok run has a {args.against} figure to compare against (CPU and simulated runs have "
+              "no NVML or reserved figures; try --against allocated)", file=sys.stderr)
         return 1
     written = write_outputs(tables, Path(args.out), records, plots=not args.no_plots)
     console = Console(width=160)

@@ -88,6 +88,8 @@ class Plan:
 
 def _grids(raw: Any, where: str) -> list[dict[str, list]]:
     grids = raw if isinstance(raw, list) else [raw]
+    if not grids:
+        raise SweepError(f"{where}: grid is empty; give dotted keys to lists of values")
     out = []
     for i, g in enumerate(grids):
         name = f"{where}: grid" + (f"[{i}]" if isinstance(raw, list) else "")
@@ -121,6 +123,12 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         raise SweepError(f"{path}: unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(SWEEP_KEYS))}")
     if "grid" not in doc:
         raise SweepError(f"{path}: 'grid' is missing (dotted keys to lists of values)")
+    for key in ("base_config", "output"):
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            raise SweepError(f"{path}: {key} must be a file path, got {doc[key]!r}")
+    raw_timeout = doc.get("timeout_s", DEFAULT_TIMEOUT_S)
+    if isinstance(raw_timeout, bool) or not isinstance(raw_timeout, int | float):
+        raise SweepError(f"{path}: timeout_s must be a number of seconds > 0, got {raw_timeout!r}")
     base: dict = {}
     if doc.get("base_config"):
         bc = Path(doc["base_config"])
@@ -132,7 +140,7 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         if not isinstance(doc["base"], dict):
             raise SweepError(f"{path}: base must be a mapping (a run config)")
         base = _merge(base, doc["base"])
-    timeout = float(timeout_s if timeout_s is not None else doc.get("timeout_s", DEFAULT_TIMEOUT_S))
+    timeout = float(timeout_s if timeout_s is not None else raw_timeout)
     if timeout <= 0:
         raise SweepError(f"{path}: timeout_s must be > 0, got {timeout}")
 

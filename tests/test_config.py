@@ -47,8 +47,9 @@ def test_parse_bytes_units():
     assert parse_bytes("80GiB") == 80 * 2**30
     assert parse_bytes("1.5GB") == 1_500_000_000
     assert parse_bytes("512MiB") == 512 * 2**20
-    with pytest.raises(ValueError, match="not a size"):
-        parse_bytes("lots")
+    for bad in ("lots", "24", "-1GiB", "2XB"):
+        with pytest.raises(ValueError, match="not a size"):
+            parse_bytes(bad)
 
 
 BAD = [
@@ -61,7 +62,9 @@ BAD = [
     (["model.arch=llama-2-7"], "model.arch", "did you mean 'llama-2-7b'"),
     (["model.arch=null", "model.path=/nonexistent/ckpt"], "model.path", "does not exist"),
     (["model.hub=meta-llama/Llama-2-7b-hf"], "model", "exactly one of arch, path, hub"),
-    (["max_memory=lots"], "config", "not a size"),
+    (["max_memory=lots"], "max_memory", "not a size"),
+    (["max_memory=24"], "max_memory", "with a unit"),
+    (["train.batch_size=true"], "train.batch_size", "integer"),
     (["device=tpu"], "device", "allowed: 'cuda' or 'cpu'"),
     (["train.autocast=fp8"], "train.autocast", "allowed"),
     (["regime.quant_type=nf3"], "regime.quant_type", "nf4"),

@@ -106,6 +106,15 @@ def test_plan_expands_grids_validates_and_merges_duplicates(tmp_path):
     with pytest.raises(sweep.SweepError, match="unknown key 'bogus'"):
         sweep.load_sweep(path)
 
+    for extra, word in (("timeout_s: abc", "timeout_s must be a number"), ("timeout_s: true", "timeout_s"),
+                        ("output: [a]", "output must be a file path"), ("base_config: 5", "base_config must be")):
+        path.write_text(f"base: {{device: cpu, model: {{arch: tiny-llama}}}}\ngrid: {{train.seq_len: [32]}}\n{extra}\n")
+        with pytest.raises(sweep.SweepError, match=word):
+            sweep.load_sweep(path)
+    path.write_text("base: {device: cpu, model: {arch: tiny-llama}}\ngrid: []\n")
+    with pytest.raises(sweep.SweepError, match="grid is empty"):
+        sweep.load_sweep(path)
+
 
 def test_bad_entry_exits_2_and_runs_nothing(tmp_path, fake_runner):
     path = write_sweep(tmp_path, [32, -1])

@@ -16,8 +16,9 @@ def print_summary(record: dict, output: str | None, console: Console | None = No
     cfg = record["config"]
     rg = cfg["regime"]
     regime = f"qlora{rg['bits']}" if rg["kind"] == "qlora" else rg["kind"]
+    optimizer = "" if rg["kind"] == "inference" else f"{cfg['optimizer']['name']} · "
     title = (f"{cfg['model'].get('arch') or cfg['model'].get('path') or cfg['model'].get('hub')} · {regime} · "
-             f"{cfg['optimizer']['name']} · batch {cfg['train']['batch_size']} × seq {cfg['train']['seq_len']} · "
+             f"{optimizer}batch {cfg['train']['batch_size']} × seq {cfg['train']['seq_len']} · "
              + (f"simulated {record.get('simulated_device') or cfg['device']} on fake tensors"
                 if record["backend"] == "fake" else f"{record['env']['device_name']} ({record['backend']})"))
     phases = record.get("phases", [])

@@ -475,7 +475,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _lock_output(output: Path):
     output.parent.mkdir(parents=True, exist_ok=True)
-    f = open(output.with_name(output.name + ".sweep.lock"), "w")  # noqa: SIM115 - held until exit
+    f = open(output.with_name(f".{output.name}.sweep.lock"), "w")  # noqa: SIM115 - held until exit
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

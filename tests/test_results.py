@@ -44,3 +44,12 @@ def test_reader_skips_a_foreign_broken_tail(tmp_path):
     path.write_text('{"a": 1}\n{"a": 2, "trunc')
     append_record(path, {"a": 3})
     assert [r["a"] for r in read_records([path], validate=False)] == [1, 3]
+
+
+def test_results_file_is_readable_like_any_other_file(tmp_path):
+    import os
+
+    path = append_record(tmp_path / "r.jsonl", {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

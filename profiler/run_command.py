@@ -53,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
 def _run_with_progress(cfg, use_tracker, snapshot, quiet: bool) -> dict:
     from profiler.harness import run
 
-    if quiet:
+    if quiet or not sys.stdout.isatty():  # a progress bar only where a person watches a terminal
         return run(cfg, use_tracker=use_tracker, snapshot_path=snapshot)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -145,3 +145,11 @@ def test_readme_schema_table_is_current():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.markdown() in (REPO_ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_validates_every_entry(path, tmp_path):
+    from profiler.sweep import load_sweep
+
+    plan = load_sweep(path, output=tmp_path / "o.jsonl")
+    assert plan.entries and all(e.config_hash == e.config.config_hash() for e in plan.entries)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "configs" / "models"
@@ -26,8 +26,7 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    # strict: `true` is no batch size, "4" no integer; YAML and dotted overrides already give typed values
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 def bundled_architectures() -> list[str]:
@@ -89,8 +88,8 @@ class ModelConfig(_Strict):
 class LoraSettings(_Strict):
     """peft LoRA adapter; target_modules 'all-linear' targets every linear layer but the output head."""
 
-    r: int = Field(16, gt=0)
-    alpha: int = Field(32, gt=0)
+    r: StrictInt = Field(16, gt=0)
+    alpha: StrictInt = Field(32, gt=0)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: Literal["all-linear"] | list[str] = "all-linear"
 
@@ -98,7 +97,7 @@ class LoraSettings(_Strict):
 class FreezeSettings(_Strict):
     """Which parameters train under regime 'freeze': the last N decoder layers and/or named modules."""
 
-    trainable_layers: int = Field(2, ge=0)
+    trainable_layers: StrictInt = Field(2, ge=0)
     trainable_modules: list[str] = Field(default_factory=list)
 
 
@@ -113,7 +112,7 @@ class RegimeConfig(_Strict):
     prepare_kbit: bool = True  # qlora: peft.prepare_model_for_kbit_training (upcasts norms/head to fp32)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     freeze: FreezeSettings = Field(default_factory=FreezeSettings)
-    new_tokens: int = Field(0, ge=0)  # inference: >0 runs generate() with a KV cache of this many tokens
+    new_tokens: StrictInt = Field(0, ge=0)  # inference: >0 runs generate() with a KV cache of this many tokens
 
     @property
     def label(self) -> str:
@@ -130,10 +129,10 @@ class OptimizerConfig(_Strict):
 class TrainConfig(_Strict):
     """Batch shape and step loop."""
 
-    batch_size: int = Field(1, gt=0)
-    seq_len: int = Field(512, gt=0)
-    steps: int = Field(3, gt=0)  # measured steps after warm-up; the last one is the steady state
-    warmup_steps: int = Field(1, ge=0)  # the first step allocates optimizer state lazily
+    batch_size: StrictInt = Field(1, gt=0)
+    seq_len: StrictInt = Field(512, gt=0)
+    steps: StrictInt = Field(3, gt=0)  # measured steps after warm-up; the last one is the steady state
+    warmup_steps: StrictInt = Field(1, ge=0)  # the first step allocates optimizer state lazily
     gradient_checkpointing: bool = False  # trades compute for activation memory
     autocast: Literal["none", "bf16", "fp16"] = "none"
 
@@ -146,7 +145,7 @@ class RunConfig(_Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     device: Literal["cuda", "cpu"] = "cuda"
-    seed: int = 0
+    seed: StrictInt = 0
     output: str | None = None  # JSONL file; default results/runs/<device-slug>.jsonl
     max_memory: str | int | None = None  # CPU only: tracker budget like "2GiB"; exceeding it records an oom
 

@@ -30,7 +30,8 @@ def test_shipped_llama7b_configs_have_tiny_twins():
 def test_overrides_are_typed_and_applied():
     cfg = load_config(REPO_ROOT / "configs/tiny_lora.yaml",
                       ["train.batch_size=4", "regime.lora.target_modules=[q_proj,v_proj]",
-                       "train.gradient_checkpointing=true"])
+                       "train.gradient_checkpointing=true", "optimizer.lr=1e-4"])
+    assert cfg.optimizer.lr == 1e-4  # YAML reads 1e-4 as a string; a float field still takes it
     assert cfg.train.batch_size == 4
     assert cfg.regime.lora.target_modules == ["q_proj", "v_proj"]
     assert cfg.train.gradient_checkpointing is True

@@ -171,6 +171,9 @@ def compare_tables(records: list[RunRecord], against: str = "auto",
                     }
                 )
     runs = pd.DataFrame(rows)
+    for col in ("peak_allocated", "peak_reserved", "nvml_peak", "measured", *judged(runs)):
+        if col in runs.columns:  # bytes stay integers, also in columns with gaps (nullable Int64)
+            runs[col] = runs[col].astype("Int64")
     summary_rows = []
     if not runs.empty:
         for name in judged(runs):

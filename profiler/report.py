@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -23,6 +22,7 @@ from profiler.categories import TRACKED, GiB
 from profiler.config import RunConfig
 from profiler.formulas import ESTIMATORS, NotApplicable
 from profiler.formulas.components import components_estimate
+from profiler.results import read_run_records as read_records
 from profiler.schema import RunRecord
 
 PHASES = ("forward", "backward", "optimizer_step")
@@ -41,20 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--simulated", nargs="+", metavar="FILE",
                         help="simulate result lines (results/simulated/*.jsonl): put `simulate` on trial too, "
                         "matched to measured runs by config hash")
-
-
-def read_records(paths: list[str | Path]) -> list[RunRecord]:
-    """Validated RunRecords from JSONL files; a bad line raises ValueError naming file and line."""
-    out = []
-    for path in paths:
-        for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(RunRecord.model_validate_json(line))
-            except ValidationError as exc:
-                raise ValueError(f"{path}:{n}: not a result line ({exc.errors()[0]['msg']})") from None
-    return out
 
 
 def kernel_of(rec: RunRecord) -> str | None:

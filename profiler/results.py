@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from profiler.config import REPO_ROOT
 from profiler.schema import RunRecord
 
@@ -47,22 +49,31 @@ def append_record(path: str | Path, record: dict) -> Path:
     return path
 
 
-def read_records(paths: Iterable[str | Path], validate: bool = True) -> list[dict]:
-    """All parseable lines of the given JSONL files (broken lines are skipped, never fatal)."""
+def read_records(paths: Iterable[str | Path], validate: bool = True, strict: bool = False) -> list[dict]:
+    """All lines of the given JSONL files as dicts. Broken lines (an interrupted foreign writer) are skipped,
+    or, with `strict`, raise ValueError naming file and line; `validate` checks each against RunRecord."""
     out: list[dict] = []
     for p in paths:
         p = Path(p)
         if not p.exists():
             continue
-        for raw in p.read_text().splitlines():
+        for n, raw in enumerate(p.read_text().splitlines(), 1):
             raw = raw.strip()
             if not raw:
                 continue
             try:
                 rec = json.loads(raw)
-            except json.JSONDecodeError:
+                if validate:
+                    rec = RunRecord.model_validate(rec).model_dump(mode="json")
+            except (json.JSONDecodeError, ValidationError) as exc:
+                if strict:
+                    why = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else "not JSON"
+                    raise ValueError(f"{p}:{n}: not a result line ({why})") from None
                 continue
-            if validate:
-                rec = RunRecord.model_validate(rec).model_dump(mode="json")
             out.append(rec)
     return out
+
+
+def read_run_records(paths: Iterable[str | Path]) -> list[RunRecord]:
+    """Validated RunRecord objects; any bad line is an error naming file and line (compare's input)."""
+    return [RunRecord.model_validate(r) for r in read_records(paths, strict=True)]

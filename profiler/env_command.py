@@ -16,6 +16,11 @@ def main(args: argparse.Namespace) -> int:
 
     from profiler.env import collect_env
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        import sys
+
+        print("error: --device: 'cuda' is not available on this machine; allowed here: cpu", file=sys.stderr)
+        return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     print(json.dumps(collect_env(device), indent=2))
     return 0

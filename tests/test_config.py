@@ -154,3 +154,16 @@ def test_every_shipped_sweep_validates_every_entry(path, tmp_path):
 
     plan = load_sweep(path, output=tmp_path / "o.jsonl")
     assert plan.entries and all(e.config_hash == e.config.config_hash() for e in plan.entries)
+
+
+def test_env_command_reports_this_machine(capsys):
+    import json
+
+    import torch
+
+    assert main(["env", "--device", "cpu"]) == 0
+    env = json.loads(capsys.readouterr().out)
+    assert env["device_name"] == "cpu" and env["torch"] == torch.__version__
+    if not torch.cuda.is_available():
+        assert main(["env", "--device", "cuda"]) == 2
+        assert "not available" in capsys.readouterr().err

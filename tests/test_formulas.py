@@ -221,5 +221,7 @@ def test_components_grows_with_batch_and_checkpointing_saves():
 def test_components_inference_has_kv_cache():
     cfg = arch_cfg("llama-2-7b", "regime.kind=inference", "train.seq_len=1000")
     est = estimate("components", cfg)
-    assert est.components["activations"] == 2 * 32 * 4096 * 2 * 1000  # K and V, 32 layers, bf16
+    assert est.details["kv_cache"] == 2 * 32 * 4096 * 2 * 1000  # K and V, 32 layers, bf16
+    assert est.get("activations") == 0  # nothing is saved for backward under no_grad
+    assert est.components["temporaries"] >= est.details["kv_cache"]
     assert est.get("gradients") == est.get("optimizer") == 0

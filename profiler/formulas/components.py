@@ -215,12 +215,12 @@ def components_estimate(
             "components",
             {
                 "weights": W,
-                "activations": inf["kv_cache"],
-                "temporaries": inf["temporaries"],
+                # no_grad saves nothing for backward: the KV cache is a temporary, as the tracker files it
+                "temporaries": inf["kv_cache"] + inf["temporaries"],
                 "overhead": overhead_bytes(cfg, alloc),
             },
             SOURCE,
-            "inference: activations = KV cache",
+            "inference: temporaries include the KV cache (details: kv_cache)",
             details=inf,
         )
     G = plan.trainable_bytes

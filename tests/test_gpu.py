@@ -13,13 +13,18 @@ from profiler.schema import RunRecord
 REGIMES = ["full", "freeze", "lora", "qlora8", "qlora4", "inference"]
 
 
+def small_cuda_run(regime: str, steps: int) -> dict:
+    """A shipped llama7b_<regime> config on qwen2.5-0.5b: every regime in seconds on one GPU."""
+    cfg = load_config(CONFIGS / f"llama7b_{regime}.yaml",
+                      ["model.arch=qwen2.5-0.5b", "train.seq_len=256", f"train.steps={steps}"])
+    return run(cfg, use_tracker=True)
+
+
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("regime", REGIMES)
 def test_cuda_run_orders_nvml_reserved_allocated_weights(regime):
-    cfg = load_config(CONFIGS / f"llama7b_{regime}.yaml",
-                      ["model.arch=qwen2.5-0.5b", "train.seq_len=256", "train.steps=2"])
-    rec = run(cfg)
+    rec = small_cuda_run(regime, steps=2)
     RunRecord.model_validate(rec)
     assert rec["status"] == "ok", rec["error"]
     pk = rec["peaks"]
@@ -34,9 +39,7 @@ def test_cuda_run_orders_nvml_reserved_allocated_weights(regime):
 @pytest.mark.parametrize("regime", REGIMES)
 def test_tracker_peak_within_2_percent_of_max_memory_allocated(regime):
     """CPU sibling: tests/test_tracker.py checks the same tracker against an independent count."""
-    cfg = load_config(CONFIGS / f"llama7b_{regime}.yaml",
-                      ["model.arch=qwen2.5-0.5b", "train.seq_len=256", "train.steps=1"])
-    rec = run(cfg, use_tracker=True)
+    rec = small_cuda_run(regime, steps=1)
     assert rec["status"] == "ok", rec["error"]
     for p in rec["phases"]:
         if p["phase"] == "load":

@@ -8,13 +8,13 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("profiler.run_command", "measure one config for real (CUDA or CPU) and append a result line"),
-    "simulate": ("profiler.simulate", "run the same harness on fake tensors: any model size, no GPU"),
-    "estimate": ("profiler.estimate", "predict memory with the named formulas; fit check, max batch/seq"),
-    "compare": ("profiler.report", "measured vs every estimator: tables and plots"),
-    "sweep": ("profiler.sweep", "run a grid of configs, each in its own subprocess; resumable"),
-    "calibrate": ("profiler.calibrate", "fit correction factors from result lines"),
-    "env": ("profiler.env_command", "print what a result line would record about this machine"),
+    "run": ("profiler.commands.run", "measure one config for real (CUDA or CPU) and append a result line"),
+    "simulate": ("profiler.commands.simulate", "run the same harness on fake tensors: any model size, no GPU"),
+    "estimate": ("profiler.commands.estimate", "predict memory with the named formulas; fit check, max batch/seq"),
+    "compare": ("profiler.commands.compare", "measured vs every estimator: tables and plots"),
+    "sweep": ("profiler.commands.sweep", "run a grid of configs, each in its own subprocess; resumable"),
+    "calibrate": ("profiler.commands.calibrate", "fit correction factors from result lines"),
+    "env": ("profiler.commands.env", "print what a result line would record about this machine"),
 }
 
 

@@ -26,8 +26,8 @@ TARGET_RSS_GIB = {"llama-2-70b": 4.0}
 def child(config: str) -> None:
     t0 = time.perf_counter()
     from profiler.config import load_config
-    from profiler.quiet import quiet_libraries
-    from profiler.simulate import simulate
+    from profiler.measure.quiet import quiet_libraries
+    from profiler.simulate.backend import simulate
 
     quiet_libraries()
     cfg = load_config(config)

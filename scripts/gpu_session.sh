@@ -30,12 +30,12 @@ log="$DEST/logs/$stamp-$stage.txt"
   echo "# $stage at $stamp on $(hostname)"; nvidia-smi; python3 -m profiler env --device cuda
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda); print(torch.cuda.memory_stats())"
 } >"$log" 2>&1
-slug="$(python3 -c 'import torch; from profiler.env import slugify; print(slugify(torch.cuda.get_device_name(0)))')"
+slug="$(python3 -c 'import torch; from profiler.measure.env import slugify; print(slugify(torch.cuda.get_device_name(0)))')"
 runs="$DEST/runs/$slug.jsonl"
 
 case "$stage" in
   measure)
-    python3 -m pytest -q -m gpu tests/test_gpu.py >>"$log" 2>&1; echo "gpu tests exit $?" >>"$log"
+    python3 -m pytest -q -m gpu tests/measure/test_gpu.py >>"$log" 2>&1; echo "gpu tests exit $?" >>"$log"
     for cfg in configs/llama7b_{inference,qlora4,qlora8,lora,freeze,full}.yaml; do
       echo "== run $cfg" >>"$log"
       timeout 420 python3 -m profiler run "$cfg" --output "$runs" >>"$log" 2>&1; echo "exit $?" >>"$log"

@@ -52,7 +52,7 @@ if ! "$PY" -m profiler calibrate "${CAL_INPUT[@]}" --out "$CAL" --figures "$FIG"
   echo "nightly: calibrate failed" >&2; failed=1
 fi
 
-# compare (measured vs every estimator) comes from profiler/report.py; skip with a note until it exists.
+# compare (measured vs every estimator: profiler/commands/compare.py, logic in profiler/learn/compare.py)
 if "$PY" -m profiler compare --help >/dev/null 2>&1; then
   help="$("$PY" -m profiler compare --help 2>&1)"
   if grep -q -- "--figures" <<<"$help"; then cmp_args=(--figures "$FIG"); else cmp_args=(--out "$FIG"); fi

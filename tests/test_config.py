@@ -150,7 +150,7 @@ def test_readme_schema_table_is_current():
 
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_sweep_validates_every_entry(path, tmp_path):
-    from profiler.sweep import load_sweep
+    from profiler.commands.sweep import load_sweep
 
     plan = load_sweep(path, output=tmp_path / "o.jsonl")
     assert plan.entries and all(e.config_hash == e.config.config_hash() for e in plan.entries)

@@ -68,7 +68,7 @@ class Arch:
 
 
 def hf_config_of(cfg: RunConfig):
-    from profiler.loading import resolve_hf_config
+    from profiler.measure.loading import resolve_hf_config
 
     return resolve_hf_config(cfg.model)
 

@@ -21,7 +21,7 @@ BNB_8BIT_MIN_SIZE = 4096  # bitsandbytes min_8bit_size: smaller tensors keep fp3
 BNB_8BIT_BLOCK = 256  # bitsandbytes 8-bit optimizer: one fp32 absmax per 256-block per state
 BNB_QMAP_BYTES = 2 * 256 * 4  # "dynamic" + "udynamic" fp32 maps, allocated once
 SOURCE = (
-    "this repository (docs/estimators.md); activations adapted from Korthikanti et al. 2022, "
+    "this repository (README, section Estimators); activations adapted from Korthikanti et al. 2022, "
     "https://arxiv.org/abs/2205.05198"
 )
 
@@ -270,7 +270,7 @@ def components(cfg: RunConfig) -> Estimate:
     parameters, optimizer state per optimizer (bitsandbytes 8-bit blocks), activations per layer for the
     HF implementation and attention kernel, fp32 logits/loss buffers, and CUDA context + allocator slack.
 
-    Source: this repository (docs/estimators.md); activations adapted from Korthikanti et al. 2022,
+    Source: this repository (README, section Estimators); activations adapted from Korthikanti et al. 2022,
     "Reducing Activation Recomputation in Large Transformer Models", https://arxiv.org/abs/2205.05198
     """
     return components_estimate(cfg)

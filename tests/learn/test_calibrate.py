@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from profiler import calibrate
 from profiler.config import load_config
+from profiler.learn import calibrate
 
 
 @dataclass

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from profiler.env import collect_env
+    from profiler.measure.env import collect_env
 
     if args.device == "cuda" and not torch.cuda.is_available():
         import sys

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from profiler import sweep
+from profiler.commands import sweep
 from profiler.config import REPO_ROOT
 from profiler.schema import RunRecord
 
@@ -161,7 +161,7 @@ def test_resume_after_killed_sweep_runs_each_entry_exactly_once(tmp_path, fake_r
     path = write_sweep(tmp_path, [16, 32, 48, 64, 80])
     out = tmp_path / "runs.jsonl"
     env = dict(os.environ, FAKE_BEHAVIOR=json.dumps({"48": "hang"}), PYTHONPATH=str(REPO_ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "profiler.sweep", str(path), "--output", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "profiler.commands.sweep", str(path), "--output", str(out),
                              "--runner", fake_runner], env=env, cwd=REPO_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = tmp_path / "hanging.pid"
@@ -229,7 +229,7 @@ def _missing(*modules: str) -> str | None:
 
 
 def test_end_to_end_tiny_sweep_then_calibrate(tmp_path):
-    missing = _missing("profiler.harness", "profiler.run_command")
+    missing = _missing("profiler.measure.harness", "profiler.commands.run")
     if missing:
         pytest.skip(missing)
 
@@ -244,12 +244,13 @@ def test_end_to_end_tiny_sweep_then_calibrate(tmp_path):
     missing = _missing("profiler.formulas")
     if missing:
         pytest.skip(f"sweep part passed; calibrate part needs the estimator: {missing}")
-    from profiler import calibrate
+    from profiler.commands.calibrate import main as calibrate_main
+    from profiler.learn import calibrate
 
     cal_dir = tmp_path / "cal"
     ns = argparse.Namespace(results=[str(out.parent)], out=str(cal_dir), figures=None, estimator="components",
                             include_fake=False)
-    assert calibrate.main(ns) == 0
+    assert calibrate_main(ns) == 0
     table = calibrate.load_calibration(cal_dir / "cpu.csv")
     assert table.n_runs("full") == 3
     assert ("full", "peak_allocated") in table.rows

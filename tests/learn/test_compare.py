@@ -8,11 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from profiler.commands.compare import add_arguments, main
 from profiler.config import RunConfig
 from profiler.formulas import estimate
-from profiler.report import add_arguments, compare_tables, main, read_records
+from profiler.learn.compare import compare_tables
+from profiler.results import read_run_records as read_records
 
-DATA = Path(__file__).parent / "data" / "synthetic_runs.jsonl"
+DATA = Path(__file__).parents[1] / "data" / "synthetic_runs.jsonl"
 P7 = 6_738_415_616
 
 
@@ -94,7 +96,7 @@ def test_simulate_is_judged_like_an_estimator_and_never_as_a_measurement(tmp_pat
     """A fake line for the h100-full-512 config: it joins by config hash, and on its own is no measurement."""
     import json
 
-    from profiler.report import simulated_peaks
+    from profiler.learn.compare import simulated_peaks
 
     recs = read_records([DATA])
     measured = next(r for r in recs if r.run_id == "h100-full-512")

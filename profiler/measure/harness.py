@@ -20,18 +20,18 @@ from typing import Protocol
 import torch
 
 from profiler.config import ConfigError, RunConfig, parse_bytes
-from profiler.env import collect_env
-from profiler.loading import LoadedModel, load_model, prepare_source
-from profiler.model_stats import model_stats
-from profiler.optimizers import make_optimizer
-from profiler.probes.cuda import CudaProbe, free_bytes, memory_stats
-from profiler.probes.nvml import NvmlSampler, pynvml_reader
-from profiler.probes.tracker import TensorTracker, TrackerOutOfMemory
-from profiler.regimes import apply_regime, trainable_parameters
+from profiler.measure.env import collect_env
+from profiler.measure.loading import LoadedModel, load_model, prepare_source
+from profiler.measure.model_stats import model_stats
+from profiler.measure.optimizers import make_optimizer
+from profiler.measure.probes.cuda import CudaProbe, free_bytes, memory_stats
+from profiler.measure.probes.nvml import NvmlSampler, pynvml_reader
+from profiler.measure.probes.tracker import TensorTracker, TrackerOutOfMemory
+from profiler.measure.regimes import apply_regime, trainable_parameters
 
 
 class FakeBackend(Protocol):
-    """What profiler.simulate supplies to run the harness on fake tensors."""
+    """What profiler.simulate.backend supplies to run the harness on fake tensors."""
 
     def mode(self) -> AbstractContextManager: ...  # e.g. a FakeTensorMode, entered around the whole run
 
@@ -171,7 +171,7 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
         on_step: Callable[[int, int], None] | None = None, fake: FakeBackend | None = None) -> dict:
     """Run one config and return its RunRecord dict. ConfigError propagates (nothing is recorded);
     an OOM gives status 'oom', any other failure status 'error'. With `fake`, the same loop runs on fake
-    tensors (profiler.simulate): no device memory, the tracker is the only probe."""
+    tensors (profiler.simulate.backend): no device memory, the tracker is the only probe."""
     cuda = cfg.device == "cuda" and fake is None
     if cuda and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' is not available on this machine; allowed here: cpu")

@@ -1,5 +1,5 @@
-"""CUDA runs (marked gpu, skipped without CUDA). CPU siblings: tests/test_run.py runs the same harness,
-regimes and result path on the tiny model; tests/test_nvml.py drives the sampler with a synthetic reader."""
+"""CUDA runs (marked gpu, skipped without CUDA). CPU siblings: tests/measure/test_run.py runs the same harness,
+regimes and result path on the tiny model; tests/measure/test_nvml.py drives the sampler with a synthetic reader."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from conftest import CONFIGS, gpu
 
 from profiler.config import load_config
-from profiler.harness import run
+from profiler.measure.harness import run
 from profiler.schema import RunRecord
 
 REGIMES = ["full", "freeze", "lora", "qlora8", "qlora4", "inference"]
@@ -38,7 +38,7 @@ def test_cuda_run_orders_nvml_reserved_allocated_weights(regime):
 @pytest.mark.gpu
 @pytest.mark.parametrize("regime", REGIMES)
 def test_tracker_peak_within_2_percent_of_max_memory_allocated(regime):
-    """CPU sibling: tests/test_tracker.py checks the same tracker against an independent count."""
+    """CPU sibling: tests/measure/test_tracker.py checks the same tracker against an independent count."""
     rec = small_cuda_run(regime, steps=1)
     assert rec["status"] == "ok", rec["error"]
     for p in rec["phases"]:

@@ -44,7 +44,7 @@ def _gpu_slug(arg: str | None) -> str | None:
     import torch
 
     if torch.cuda.is_available():
-        from profiler.env import slugify
+        from profiler.measure.env import slugify
 
         return slugify(torch.cuda.get_device_name(0))
     return None
@@ -53,7 +53,7 @@ def _gpu_slug(arg: str | None) -> str | None:
 def calibration_line(cfg: RunConfig, args: argparse.Namespace, unit: str) -> str:
     """One line saying what the calibrated `components` estimate is and what it rests on, or that
     there is no calibration (never silently uncalibrated)."""
-    from profiler.calibrate import default_calibration_path, load_calibration
+    from profiler.learn.calibrate import default_calibration_path, load_calibration
 
     slug = _gpu_slug(args.gpu)
     path = args.calibration or (default_calibration_path(slug) if slug else None)

@@ -1,4 +1,4 @@
-"""`python -m profiler compare RESULTS.jsonl ... [--out DIR] [--against auto|allocated|reserved|nvml]`
+"""Measured vs every estimator (the `compare` command's tables and plots).
 
 For every measured run: peak_allocated, peak_reserved, nvml_peak and each estimator's prediction with its
 signed error % against the chosen measurement; a summary per estimator x regime (MAPE, worst case); the
@@ -10,37 +10,18 @@ Measurement compared against (`--against auto`): NVML peak minus the pre-run bas
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
-from rich.console import Console
-from rich.table import Table
 
 from profiler.categories import TRACKED, GiB
 from profiler.config import RunConfig
 from profiler.formulas import ESTIMATORS, NotApplicable
 from profiler.formulas.components import components_estimate
-from profiler.results import read_run_records as read_records
 from profiler.schema import RunRecord
 
 PHASES = ("forward", "backward", "optimizer_step")
 AGAINST = ("auto", "allocated", "reserved", "nvml")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results", nargs="+", help="result JSONL files (results/runs/*.jsonl)")
-    parser.add_argument(
-        "--out", default="results/figures/compare", help="output folder (default %(default)s)"
-    )
-    parser.add_argument(
-        "--against", choices=AGAINST, default="auto", help="measurement errors are taken against"
-    )
-    parser.add_argument("--no-plots", action="store_true", help="tables only")
-    parser.add_argument("--simulated", nargs="+", metavar="FILE",
-                        help="simulate result lines (results/simulated/*.jsonl): put `simulate` on trial too, "
-                        "matched to measured runs by config hash")
 
 
 def kernel_of(rec: RunRecord) -> str | None:
@@ -275,40 +256,3 @@ def plot(runs: pd.DataFrame, records: list[RunRecord], out: Path) -> list[Path]:
             plt.close(fig)
             written.append(p)
     return written
-
-
-def main(args: argparse.Namespace) -> int:
-    missing = [p for p in args.results if not Path(p).is_file()]
-    if missing:
-        print(f"error: result file {missing[0]!r} does not exist", file=sys.stderr)
-        return 2
-    try:
-        records = read_records(args.results)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    simulated = None
-    if args.simulated:
-        try:
-            simulated = simulated_peaks(read_records(args.simulated))
-        except (OSError, ValueError) as exc:
-            print(f"error: --simulated: {exc}", file=sys.stderr)
-            return 2
-    tables = compare_tables(records, args.against, simulated)
-    if tables["runs"].empty:
-        print("error: no ok runs with peaks in the given results", file=sys.stderr)
-        return 1
-    if tables["summary"].empty:
-        print(f"error: no ok run has a {args.against} figure to compare against (CPU and simulated runs have "
-              "no NVML or reserved figures; try --against allocated)", file=sys.stderr)
-        return 1
-    written = write_outputs(tables, Path(args.out), records, plots=not args.no_plots)
-    console = Console(width=160)
-    t = Table(title="estimator x regime: signed error % vs measured (MAPE = mean |error|)")
-    for c in tables["summary"].columns:
-        t.add_column(str(c), justify="right")
-    for r in tables["summary"].itertuples(index=False):
-        t.add_row(*map(str, r))
-    console.print(t)
-    console.print(f"wrote {len(written)} files to {args.out}")
-    return 0

@@ -10,7 +10,7 @@ import pytest
 from conftest import CONFIGS, tiny
 
 from profiler.cli import main
-from profiler.harness import run
+from profiler.measure.harness import run
 from profiler.schema import RunRecord
 
 ARCH = json.loads((CONFIGS / "models" / "tiny-llama.json").read_text())
@@ -130,7 +130,7 @@ def test_oom_under_cpu_budget_is_a_result(tmp_path, capsys):
 
 
 def test_other_failures_are_recorded_with_exit_1(tmp_path, monkeypatch):
-    import profiler.harness as harness
+    import profiler.measure.harness as harness
 
     def broken(*a, **k):
         raise RuntimeError("optimizer exploded")
@@ -173,7 +173,7 @@ def test_paged_optimizer_is_refused_when_its_state_would_not_fit():
     """CPU sibling of the CUDA-only guard: the same check with a synthetic free-memory figure."""
     import torch
 
-    from profiler.harness import PagedStateTooLarge, check_paged_state_fits, paged_state_bytes
+    from profiler.measure.harness import PagedStateTooLarge, check_paged_state_fits, paged_state_bytes
 
     params = [torch.zeros(1000, 1000), torch.zeros(100)]
     assert paged_state_bytes(params) == 2 * 1_000_000 + 8 * -(-1_000_000 // 256) + 8 * 100

@@ -1,6 +1,6 @@
-"""Tests for profiler.probes.tracker: exact byte counts on CPU, fake tensors and bitsandbytes 4-bit.
+"""Tests for profiler.measure.probes.tracker: exact byte counts on CPU, fake tensors and bitsandbytes 4-bit.
 
-Run: `python -m pytest tests/test_tracker.py -q`.
+Run: `python -m pytest tests/measure/test_tracker.py -q`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from profiler.categories import TRACKED
-from profiler.probes.tracker import PhaseMemory, TensorTracker, TrackerOutOfMemory
+from profiler.measure.probes.tracker import PhaseMemory, TensorTracker, TrackerOutOfMemory
 
 transformers = pytest.importorskip("transformers")
 

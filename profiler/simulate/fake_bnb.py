@@ -1,4 +1,4 @@
-"""bitsandbytes stand-ins for fake-tensor runs (profiler.simulate).
+"""bitsandbytes stand-ins for fake-tensor runs (profiler.simulate.backend).
 
 A `Params4bit` / `Int8Params` is a tensor subclass whose construction quantizes real data, so it cannot
 hold a fake tensor. The stand-ins below subclass `bnb.nn.Linear4bit` / `bnb.nn.Linear8bitLt` (so peft's
@@ -38,7 +38,7 @@ from torch import nn
 BLOCKSIZE_4BIT = 64  # bnb Params4bit default (transformers keeps it)
 NESTED_BLOCKSIZE = 256  # compress_statistics: absmax quantized in blocks of 256
 FUSED_4BIT_MAX_ROWS = 4  # bnb backends/cuda/ops.py _GEMM_4BIT_CUSTOM_FLOOR_M: fused kernel, no dequant
-QUANTIZED_MARK = "memprof_quantized"  # read by profiler.model_stats.is_quantized
+QUANTIZED_MARK = "memprof_quantized"  # read by profiler.measure.model_stats.is_quantized
 
 
 def _blocks(n: int, size: int) -> int:

@@ -2,7 +2,7 @@
 
     python -m profiler sweep configs/sweeps/nightly.yaml [key.sub=value ...] [--output FILE.jsonl]
 
-A sweep file (documented in docs/sweep_calibrate.md)::
+A sweep file (documented in the README, "Sweeps, calibration and the nightly job")::
 
     base: {device: cuda, model: {arch: qwen2.5-0.5b}}   # or base_config: configs/x.yaml (or both)
     grid:                                               # a mapping, or a list of mappings (union)
@@ -210,7 +210,7 @@ def device_name(device: str) -> str | None:
 
 
 def slugify(name: str) -> str:
-    from profiler.env import slugify as _slugify  # imports torch; only needed here
+    from profiler.measure.env import slugify as _slugify  # imports torch; only needed here
 
     return _slugify(name)
 

@@ -1,4 +1,4 @@
-"""`python -m profiler simulate CONFIG [key=value ...]`: the measured run's harness on fake tensors.
+"""The fake-tensor backend: the measured run's harness on fake tensors (`simulate` command in commands/).
 
 No GPU and no weight bytes: the model is built under `FakeTensorMode` (every tensor has shape, dtype and
 storage size, no data), so any model size simulates on a laptop CPU; the tensor tracker counts live bytes
@@ -12,23 +12,19 @@ What a `device: cuda` config simulates, and how:
   only, by the kernel CUDA's dispatcher would pick (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp:
   flash > memory-efficient > math) with the tensors that kernel allocates and saves; see `CudaSdpa`.
   The record's `attention_kernel` names the kernel(s) used.
-- bitsandbytes layers become stand-ins with identical storage and transient buffers (profiler.fake_bnb).
+- bitsandbytes layers become stand-ins with identical storage and transient buffers (profiler.simulate.fake_bnb).
 - Autocast follows the CPU autocast op lists (fake tensors are CPU tensors): a known gap for autocast runs.
 Where an op cannot run on fake tensors (data-dependent control flow, `.item()`, ops without a meta
 kernel) the run fails with status error naming the op; no number is written for it.
 
-Exit codes: 0 ok or oom (a simulated OOM with max_memory), 1 error (recorded), 2 bad input.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import types
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from torch._subclasses.fake_tensor import (
@@ -38,11 +34,10 @@ from torch._subclasses.fake_tensor import (
     UnsupportedOperatorException,
 )
 
-from profiler.config import REPO_ROOT, ConfigError, RunConfig, load_config
-from profiler.harness import run
-from profiler.loading import DTYPES, LoadedModel, bnb_config, resolve_hf_config
+from profiler.config import RunConfig
+from profiler.measure.harness import run
+from profiler.measure.loading import DTYPES, LoadedModel, bnb_config, resolve_hf_config
 
-SIMULATED_DIR = REPO_ROOT / "results" / "simulated"
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -239,7 +234,7 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, **_: ob
 
 
 class Simulation:
-    """The FakeBackend of profiler.harness: fake mode, fake model, the attention kernel a run would pick."""
+    """The FakeBackend of profiler.measure.harness: fake mode, fake model, the attention kernel a run would pick."""
 
     def __init__(self, target_device: str):
         self.target = target_device
@@ -290,7 +285,7 @@ class Simulation:
             model = AutoModelForCausalLM.from_config(hf_config, dtype=DTYPES[mc.dtype],
                                                      attn_implementation=attn)
         if quant is not None:
-            from profiler.fake_bnb import replace_linear_layers
+            from profiler.simulate.fake_bnb import replace_linear_layers
 
             replace_linear_layers(model, quant, cuda=self.target == "cuda", device="cpu")
         materialize_meta(model, "cpu")
@@ -320,7 +315,7 @@ class Simulation:
 
 
 def simulate(cfg: RunConfig, on_step=None) -> dict:
-    """Run `cfg` on fake tensors through profiler.harness.run; returns the RunRecord dict (backend fake)."""
+    """Run `cfg` on fake tensors through profiler.measure.harness.run; returns the RunRecord dict (backend fake)."""
     target = cfg.device
     sim = Simulation(target)
     # The harness places the batch and autocast on cfg.device; fake tensors here are CPU tensors.
@@ -336,39 +331,3 @@ def simulate(cfg: RunConfig, on_step=None) -> dict:
         record["attention_kernel"] = sim.kernels_used() or record.get("attention_kernel")
     record["simulated_device"] = target
     return record
-
-
-def default_output(cfg: RunConfig) -> Path:
-    return SIMULATED_DIR / f"{cfg.device}.jsonl"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="run config YAML (see configs/); device cuda simulates a CUDA run")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.seq_len=4096")
-    parser.add_argument("--output", help="JSONL file to append to (default results/simulated/<device>.jsonl)")
-    parser.add_argument("--quiet", action="store_true", help="no table")
-
-
-def main(args: argparse.Namespace) -> int:
-    from profiler.quiet import quiet_libraries
-
-    quiet_libraries()
-    try:
-        cfg = load_config(args.config, args.overrides)
-        record = simulate(cfg)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from profiler.results import append_record
-    from profiler.schema import RunRecord
-
-    RunRecord.model_validate(record)
-    out = args.output or str(default_output(cfg))  # cfg.output names measured files: not used here
-    append_record(out, record)
-    if not args.quiet:
-        from profiler.summary import print_summary
-
-        print_summary(record, out)
-    elif record["status"] == "error":
-        print(f"error: {record['error']}", file=sys.stderr)
-    return 0 if record["status"] in ("ok", "oom") else 1

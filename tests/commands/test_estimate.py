@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from profiler.commands.estimate import add_arguments, main, solve_max, with_train
 from profiler.config import MODELS_DIR, REPO_ROOT, load_config, parse_bytes
-from profiler.estimate import add_arguments, main, solve_max, with_train
 from profiler.formulas import ESTIMATORS, estimate
 
 LLAMA7B_FULL = str(REPO_ROOT / "configs" / "llama7b_full.yaml")
@@ -90,7 +90,7 @@ def test_config_errors_exit_2(capsys):
 def test_estimate_says_which_calibration_table_and_how_many_runs(tmp_path, capsys):
     from profiler.cli import main as cli
 
-    fixture = Path(__file__).parent / "data" / "synthetic_runs.jsonl"
+    fixture = Path(__file__).parents[1] / "data" / "synthetic_runs.jsonl"
     assert cli(["calibrate", str(fixture), "--out", str(tmp_path)]) == 0
     table = tmp_path / "nvidia-h100-80gb-hbm3.csv"
     assert table.is_file()

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from profiler.quiet import quiet_libraries
+    from profiler.measure.quiet import quiet_libraries
 
     quiet_libraries()
     try:
@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run_with_progress(cfg, use_tracker, snapshot, quiet: bool) -> dict:
-    from profiler.harness import run
+    from profiler.measure.harness import run
 
     if quiet or not sys.stdout.isatty():  # a progress bar only where a person watches a terminal
         return run(cfg, use_tracker=use_tracker, snapshot_path=snapshot)

@@ -1,7 +1,7 @@
 """`profiler simulate`: the harness on fake tensors. A CPU-target simulation must reproduce the real CPU run
 byte for byte; bnb stand-ins must hold and allocate what real bitsandbytes layers do; CUDA attention
 kernels are modelled; an untraceable op fails naming the op.
-Run: `python -m pytest tests/test_simulate.py`."""
+Run: `python -m pytest tests/simulate/test_simulate.py`."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from torch.profiler import ProfilerActivity, profile
 
 from profiler.cli import main
 from profiler.config import REPO_ROOT, load_config
-from profiler.harness import run
-from profiler.model_stats import model_stats, weight_bytes_by_dtype
-from profiler.probes.tracker import TensorTracker
+from profiler.measure.harness import run
+from profiler.measure.model_stats import model_stats, weight_bytes_by_dtype
+from profiler.measure.probes.tracker import TensorTracker
 from profiler.schema import RunRecord
-from profiler.simulate import Simulation, simulate
+from profiler.simulate.backend import Simulation, simulate
 
 bnb = pytest.importorskip("bitsandbytes")
-fake_bnb = pytest.importorskip("profiler.fake_bnb")
+fake_bnb = pytest.importorskip("profiler.simulate.fake_bnb")
 
 
 def _peaks(record: dict) -> list[tuple]:
@@ -181,7 +181,7 @@ def test_simulate_vs_measured_script_pairs_by_config_hash(tmp_path):
     """The script behind results/simulate_vs_cuda.md, on a CPU pair: a CPU simulation is exact."""
     import importlib.util
 
-    from profiler.harness import run as measured_run
+    from profiler.measure.harness import run as measured_run
 
     spec = importlib.util.spec_from_file_location("svc", REPO_ROOT / "scripts" / "simulate_vs_cuda.py")
     svc = importlib.util.module_from_spec(spec)
@@ -200,7 +200,7 @@ def test_generate_is_simulated_with_the_same_tokens_and_peak():
     """Inference with new_tokens: the fake decode loop stands in for HF generate (which calls .item())."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from profiler.simulate import greedy_generate
+    from profiler.simulate.backend import greedy_generate
 
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(CONFIGS / "models" / "tiny-llama.json"))
     x = torch.randint(0, 512, (2, 16))
@@ -226,8 +226,8 @@ def test_simulate_runs_one_measured_step_but_keeps_the_config():
 def test_cuda_target_dropout_saves_a_one_byte_mask():
     """CUDA's fused dropout keeps a bool mask for backward; the CPU path keeps a noise tensor of the
     input's dtype. The LoRA dropout of a cuda-target simulation must take the CUDA form."""
-    from profiler.probes.tracker import TensorTracker
-    from profiler.simulate import cuda_dropout
+    from profiler.measure.probes.tracker import TensorTracker
+    from profiler.simulate.backend import cuda_dropout
 
     with torch._subclasses.fake_tensor.FakeTensorMode(), TensorTracker() as tr:
         x = torch.empty(1000, 1000, requires_grad=True)

@@ -1,6 +1,4 @@
-"""Calibration: fit measured ≈ a · predicted + b for the `components` estimator, per GPU and regime.
-
-    python -m profiler calibrate results/runs/*.jsonl --out results/calibration/ [--figures results/figures/]
+"""Calibration (the logic of `calibrate`): fit measured ≈ a · predicted + b per GPU, regime and target.
 
 Targets: each tracked component (weights, gradients, optimizer, activations, temporaries: the tracker's
 breakdown at the steady-state peak, i.e. the highest phase of the last step) against the estimator's
@@ -16,10 +14,8 @@ This is the only place where measurements flow back into predictions.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -295,7 +291,7 @@ def write_tables(rows: list[Row], out_dir: Path, sources: Sequence[str] = ()) ->
     return written
 
 
-def _pct(v: float) -> str:
+def fmt_pct(v: float) -> str:
     return "n/a" if math.isnan(v) else f"{v:.1f}%"
 
 
@@ -317,9 +313,9 @@ def markdown(rows: list[Row], sources: Sequence[str] = ()) -> str:
                   "| LOSO | note |", "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"]
         for r in mine:
             r2 = "n/a" if math.isnan(r.r2) else f"{r.r2:.3f}"
-            cells = [r.target, str(r.n_runs), f"{r.a:.4g}", f"{r.b / 2**20:.1f}", r2, _pct(r.mape_pct),
-                     _pct(r.worst_pct), r.worst_run, _pct(r.raw_mape_pct), _pct(r.lomo_mape_pct),
-                     _pct(r.loso_mape_pct), r.note]
+            cells = [r.target, str(r.n_runs), f"{r.a:.4g}", f"{r.b / 2**20:.1f}", r2, fmt_pct(r.mape_pct),
+                     fmt_pct(r.worst_pct), r.worst_run, fmt_pct(r.raw_mape_pct), fmt_pct(r.lomo_mape_pct),
+                     fmt_pct(r.loso_mape_pct), r.note]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -434,64 +430,3 @@ def default_calibration_path(gpu_slug: str) -> Path | None:
     """results/calibration/<gpu-slug>.csv where it exists, else None (the estimate is uncalibrated)."""
     path = CALIBRATION_DIR / f"{gpu_slug}.csv"
     return path if path.is_file() else None
-
-
-# ---------------------------------------------------------------- the command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results", nargs="+", help="result JSONL files or directories of them")
-    parser.add_argument("--out", default=str(CALIBRATION_DIR), help="output directory (default: %(default)s)")
-    parser.add_argument("--figures", help="also write measured-vs-predicted PNGs into this directory")
-    parser.add_argument("--estimator", default="components",
-                        help="estimator to calibrate (default: %(default)s)")
-    parser.add_argument("--include-fake", action="store_true", help="also fit simulated (backend fake) runs")
-
-
-def _expand(paths: Sequence[str]) -> list[Path]:
-    out: list[Path] = []
-    for p in map(Path, paths):
-        out += sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
-    return out
-
-
-def main(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from profiler.results import read_records
-
-    console = Console(stderr=True, soft_wrap=True)
-    files = _expand(args.results)
-    missing = [str(p) for p in files if not p.is_file()]
-    if missing:
-        console.print(f"[red]error:[/red] no such results file: {missing[0]}", highlight=False)
-        return 2
-    records = read_records(files, validate=False)
-    samples, skipped = to_samples(records, args.estimator, include_fake=args.include_fake)
-    for why in skipped[:5]:
-        console.print(f"[yellow]skipped[/yellow] {why}", highlight=False)
-    if len(skipped) > 5:
-        console.print(f"[yellow]skipped[/yellow] {len(skipped) - 5} more", highlight=False)
-    if not samples:
-        fake = sum(1 for r in records if r.get("backend") == "fake")
-        why = f" ({fake} are simulated: add --include-fake to fit them)" if fake and not args.include_fake else ""
-        console.print(f"[red]error:[/red] no measured status-ok runs to fit among {len(records)} lines in "
-                      f"{len(files)} file(s){why}", highlight=False)
-        return 1
-    rows = fit_rows(samples, args.estimator)
-    written = write_tables(rows, Path(args.out), [str(p) for p in files])
-    if args.figures:
-        written += write_figures(rows, Path(args.figures))
-    for r in rows:
-        if r.target in ("peak_allocated", "nvml_peak"):
-            console.print(f"{r.device_slug} {r.regime:8s} {r.target:15s} n={r.n_runs:<3d} a={r.a:.3f} "
-                          f"b={r.b / 2**20:.1f} MiB  MAPE {_pct(r.mape_pct)} (raw {_pct(r.raw_mape_pct)}, "
-                          f"LOMO {_pct(r.lomo_mape_pct)}, LOSO {_pct(r.loso_mape_pct)})", highlight=False)
-    console.print(f"{len(samples)} runs -> " + ", ".join(map(str, written)), highlight=False)
-    return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m profiler calibrate", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    sys.exit(main(parser.parse_args()))

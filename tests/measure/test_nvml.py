@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from profiler.probes.nvml import NvmlSampler
+from profiler.measure.probes.nvml import NvmlSampler
 
 
 class Ramp:
@@ -61,7 +61,7 @@ def test_sampler_interval_is_bounded():
 
 
 def test_phase_windows_reset_and_components_add_up_to_nvml():
-    from profiler.harness import cuda_components
+    from profiler.measure.harness import cuda_components
 
     device = {"used": 1000}  # the background thread may read at any time: it sees the same values
     with NvmlSampler(lambda: (device["used"], None), interval_s=0.005) as s:
@@ -93,7 +93,7 @@ class FakeCudaAllocator:
         self.peak_res = max(self.peak_res, self.reserved)
 
     def install(self, monkeypatch):
-        import profiler.probes.cuda as probe
+        import profiler.measure.probes.cuda as probe
 
         def reset():
             self.peak_alloc, self.peak_res = self.allocated, self.reserved
@@ -109,8 +109,8 @@ def test_cuda_meter_records_allocator_figures_and_components(monkeypatch):
     """CPU sibling of the gpu tests: the CUDA branch of PhaseMeter with fake allocator and NVML readers."""
     import torch
 
-    from profiler.harness import PhaseMeter
-    from profiler.probes.tracker import TensorTracker
+    from profiler.measure.harness import PhaseMeter
+    from profiler.measure.probes.tracker import TensorTracker
 
     alloc = FakeCudaAllocator()
     alloc.install(monkeypatch)

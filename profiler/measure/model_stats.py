@@ -16,7 +16,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 def _storage_key(t: torch.Tensor) -> tuple:
     st = t.untyped_storage()
-    if isinstance(t, FakeTensor):  # fake (profiler.simulate): no data pointer; the storage object is stable
+    if isinstance(t, FakeTensor):  # fake (profiler.simulate.backend): no data pointer; the storage object is stable
         return ("id", id(st))
     return (str(t.device), st.data_ptr()) if st.data_ptr() else ("id", id(st))
 
@@ -45,7 +45,7 @@ def logical_numel(p: torch.Tensor) -> int:
 
 
 def is_quantized(p: torch.Tensor) -> bool:
-    # memprof_quantized: profiler.fake_bnb stand-ins (plain fake tensors in place of the bnb subclasses)
+    # memprof_quantized: profiler.simulate.fake_bnb stand-ins (plain fake tensors in place of the bnb subclasses)
     return type(p).__name__ in ("Params4bit", "Int8Params") or getattr(p, "memprof_quantized", False)
 
 

@@ -109,10 +109,10 @@ def _storage_bytes(tensors) -> int:
 
 def _real_step(cfg):
     """Build the real model with the regime applied, run one step; count weights/grads/optimizer bytes."""
-    from profiler.loading import load_model
-    from profiler.model_stats import weight_tensors
-    from profiler.optimizers import make_optimizer
-    from profiler.regimes import apply_regime, trainable_parameters
+    from profiler.measure.loading import load_model
+    from profiler.measure.model_stats import weight_tensors
+    from profiler.measure.optimizers import make_optimizer
+    from profiler.measure.regimes import apply_regime, trainable_parameters
 
     loaded = load_model(cfg)
     model = apply_regime(loaded.model, cfg)
@@ -157,9 +157,9 @@ def test_components_8bit_optimizer_state_exact():
 
 def _saved_activation_bytes(cfg) -> int:
     """Unique storage bytes autograd saves in one forward (parameters and quantization state excluded)."""
-    from profiler.loading import load_model
-    from profiler.model_stats import weight_tensors
-    from profiler.regimes import apply_regime
+    from profiler.measure.loading import load_model
+    from profiler.measure.model_stats import weight_tensors
+    from profiler.measure.regimes import apply_regime
 
     loaded = load_model(cfg)
     model = apply_regime(loaded.model, cfg)
@@ -225,3 +225,20 @@ def test_components_inference_has_kv_cache():
     assert est.get("activations") == 0  # nothing is saved for backward under no_grad
     assert est.components["temporaries"] >= est.details["kv_cache"]
     assert est.get("gradients") == est.get("optimizer") == 0
+
+
+PUBLISHED_PARAMS = {  # parameter counts published on each model's Hub card / safetensors index
+    "gpt2": 124_439_808, "llama-2-7b": 6_738_415_616, "llama-2-13b": 13_015_864_320,
+    "llama-2-70b": 68_976_648_192, "llama-3-8b": 8_030_261_248, "mistral-7b": 7_241_732_096,
+    "qwen2.5-0.5b": 494_032_768, "qwen2.5-7b": 7_615_616_512, "tiny-llama": 139_584,
+}
+
+
+def test_every_bundled_architecture_has_its_published_parameter_count():
+    from profiler.config import bundled_architectures
+    from profiler.formulas.arch import arch_of
+
+    assert set(PUBLISHED_PARAMS) <= set(bundled_architectures())
+    for name, count in PUBLISHED_PARAMS.items():
+        cfg = load_config(None, [], base={"model": {"arch": name}, "device": "cpu"})
+        assert arch_of(cfg).total_params == count, name

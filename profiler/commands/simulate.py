@@ -1,0 +1,52 @@
+"""`python -m profiler simulate CONFIG [key=value ...]`: the measured run's harness on fake tensors.
+
+The result line (backend fake) goes to results/simulated/<device>.jsonl, never beside measured lines.
+Exit codes: 0 ok or oom (a simulated OOM with max_memory), 1 error (recorded), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from profiler.config import REPO_ROOT, ConfigError, RunConfig, load_config
+from profiler.simulate.backend import simulate
+
+SIMULATED_DIR = REPO_ROOT / "results" / "simulated"
+
+
+def default_output(cfg: RunConfig) -> Path:
+    return SIMULATED_DIR / f"{cfg.device}.jsonl"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="run config YAML (see configs/); device cuda simulates a CUDA run")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.seq_len=4096")
+    parser.add_argument("--output", help="JSONL file to append to (default results/simulated/<device>.jsonl)")
+    parser.add_argument("--quiet", action="store_true", help="no table")
+
+
+def main(args: argparse.Namespace) -> int:
+    from profiler.measure.quiet import quiet_libraries
+
+    quiet_libraries()
+    try:
+        cfg = load_config(args.config, args.overrides)
+        record = simulate(cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from profiler.results import append_record
+    from profiler.schema import RunRecord
+
+    RunRecord.model_validate(record)
+    out = args.output or str(default_output(cfg))  # cfg.output names measured files: not used here
+    append_record(out, record)
+    if not args.quiet:
+        from profiler.summary import print_summary
+
+        print_summary(record, out)
+    elif record["status"] == "error":
+        print(f"error: {record['error']}", file=sys.stderr)
+    return 0 if record["status"] in ("ok", "oom") else 1

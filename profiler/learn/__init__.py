@@ -1,0 +1,1 @@
+"""Learning from measurements: compare them with every estimator, and calibrate correction factors."""

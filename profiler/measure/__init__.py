@@ -1,0 +1,1 @@
+"""Real runs: build the model, apply the regime, step it, and measure every phase (probes/)."""

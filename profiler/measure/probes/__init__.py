@@ -1,0 +1,1 @@
+"""Probes: what measures memory during a phase (CUDA allocator, NVML sampler, live-tensor tracker)."""

@@ -1,0 +1,1 @@
+"""The measured harness on fake tensors: any model size, no GPU, no weight bytes."""

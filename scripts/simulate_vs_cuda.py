@@ -2,6 +2,7 @@
 from the real run? Prints a markdown table and, with --out, writes it (results/simulate_vs_cuda.md).
 
 Run: python scripts/simulate_vs_cuda.py [--measured results/runs] [--simulated results/simulated] [--out FILE]
+Damaged result lines are skipped with one warning (profiler.results.read_records).
 """
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from profiler.config import REPO_ROOT
-from profiler.results import read_records
+from profiler.results import RESULTS_DIR, read_records
 
 GiB = 2**30
 
@@ -27,22 +27,31 @@ def _label(cfg: dict) -> str:
     return f"{model} {regime} {cfg['optimizer']['name']} b{tr['batch_size']} s{tr['seq_len']}{ckpt}"
 
 
+def _peak(rec: dict) -> int | None:
+    return (rec.get("peaks") or {}).get("peak_allocated_bytes")
+
+
 def pair_rows(measured: list[dict], simulated: list[dict]) -> list[dict]:
-    """One row per measured run (latest per config hash and device) that has a simulation."""
-    sims = {r["config_hash"]: r for r in simulated if r["backend"] == "fake" and r["status"] == "ok"}
+    """One row per measured run (latest per config hash and device) that has a simulation. Records come
+    from read_records (damaged lines already skipped); runs without a peak or a readable config are left out."""
+    sims = {r["config_hash"]: r for r in simulated
+            if r["backend"] == "fake" and r["status"] == "ok" and _peak(r) is not None}
     latest: dict[tuple[str, str], dict] = {}
     for r in measured:
-        if r["backend"] != "fake":
+        if r["backend"] != "fake" and _peak(r) is not None:
+            try:
+                r = {**r, "label": _label(r["config"])}
+            except (KeyError, TypeError):
+                continue
             latest[(r["config_hash"], r["env"]["device_slug"])] = r
     rows = []
-    for (h, device), m in sorted(latest.items(), key=lambda kv: _label(kv[1]["config"])):
+    for (h, device), m in sorted(latest.items(), key=lambda kv: kv[1]["label"]):
         s = sims.get(h)
         if s is None:
             continue
-        sim_peak = s["peaks"]["peak_allocated_bytes"]
-        meas_peak = m["peaks"]["peak_allocated_bytes"]
+        sim_peak, meas_peak = _peak(s), _peak(m)
         rows.append({
-            "config": _label(m["config"]), "device": device, "status": m["status"],
+            "config": m["label"], "device": device, "status": m["status"],
             "simulated": sim_peak, "measured": meas_peak,
             "error_pct": 100.0 * (sim_peak - meas_peak) / meas_peak if m["status"] == "ok" and meas_peak else None,
             "kernel": s.get("attention_kernel") or "-",
@@ -66,8 +75,8 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--measured", type=Path, default=REPO_ROOT / "results" / "runs")
-    ap.add_argument("--simulated", type=Path, default=REPO_ROOT / "results" / "simulated")
+    ap.add_argument("--measured", type=Path, default=RESULTS_DIR / "runs", help="default: ./%(default)s")
+    ap.add_argument("--simulated", type=Path, default=RESULTS_DIR / "simulated", help="default: ./%(default)s")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     rows = pair_rows(read_records(_files(args.measured)), read_records(_files(args.simulated)))

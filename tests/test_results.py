@@ -1,55 +1,204 @@
-"""Result files: whole lines or nothing, readable after an interrupted append."""
+"""Result files: appended (never rewritten) as whole strict-JSON lines; damaged lines skipped with one warning."""
 
 from __future__ import annotations
 
+import errno
 import json
+import multiprocessing
+import os
 
 import pytest
 
 from profiler import results
-from profiler.results import append_record, read_records
+from profiler.results import (
+    NotJSONError,
+    OutputError,
+    append_record,
+    check_output,
+    read_records,
+    slugify,
+)
+from profiler.schema import SCHEMA_VERSION
+
+
+def record(i: int = 0, **extra) -> dict:
+    """A minimal valid RunRecord dict."""
+    rec = {"run_id": f"r{i}", "timestamp": "2025-01-01T00:00:00+00:00", "config_hash": f"h{i}", "config": {},
+           "status": "ok", "backend": "cpu",
+           "env": {"hostname": "h", "python": "3", "torch": "t", "device_name": "cpu", "device_slug": "cpu"}}
+    rec.update(extra)
+    return rec
+
+
+def ids(path) -> list[str]:
+    return [json.loads(x)["run_id"] for x in path.read_text().splitlines() if x.strip()]
 
 
 def test_append_and_read_back(tmp_path):
     path = tmp_path / "r.jsonl"
-    append_record(path, {"a": 1})
-    append_record(path, {"a": 2})
-    assert [json.loads(x)["a"] for x in path.read_text().splitlines()] == [1, 2]
+    append_record(path, record(1))
+    append_record(path, record(2))
+    assert ids(path) == ["r1", "r2"]
+    assert [r["run_id"] for r in read_records([path])] == ["r1", "r2"]
 
 
-class Killed(BaseException):
-    """Stands for a kill arriving mid-append (BaseException, like KeyboardInterrupt / SystemExit)."""
-
-
-def test_interrupted_append_leaves_no_broken_line(tmp_path, monkeypatch):
+def test_append_is_in_place_never_a_rewrite(tmp_path):
+    """Item 1: the file keeps its inode (O_APPEND, no temp file and rename) and its earlier bytes."""
     path = tmp_path / "r.jsonl"
-    append_record(path, {"a": 1})
+    path.write_text(json.dumps(record(1)) + "\n")
+    before = path.read_bytes()
+    inode = path.stat().st_ino
+    append_record(path, record(2))
+    assert path.stat().st_ino == inode
+    assert path.read_bytes().startswith(before)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_symlinked_output_stays_a_link_and_the_lock_follows_it(tmp_path):
+    real = tmp_path / "real" / "r.jsonl"
+    real.parent.mkdir()
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    append_record(link, record(1))
+    append_record(real, record(2))
+    assert link.is_symlink() and ids(real) == ["r1", "r2"]
+    assert check_output(link) == check_output(real) == real.resolve()
+    assert (real.parent / ".r.jsonl.lock").exists() and not (tmp_path / ".link.jsonl.lock").exists()
+
+
+@pytest.mark.parametrize("kind", ["dev_null", "dev_full", "dev_stdout", "fifo", "directory", "empty"])
+def test_outputs_that_are_not_regular_files_are_refused(tmp_path, kind):
+    """Item 1: /dev/null, /dev/full, /dev/stdout, a FIFO, a directory, '' -> OutputError, nothing touched."""
+    path = {"dev_null": "/dev/null", "dev_full": "/dev/full", "dev_stdout": "/dev/stdout",
+            "fifo": tmp_path / "fifo", "directory": tmp_path, "empty": ""}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    if kind == "dev_stdout" and not os.path.exists("/dev/stdout"):
+        pytest.skip("no /dev/stdout here")
+    with pytest.raises(OutputError) as err:
+        append_record(path, record())
+    assert "\n" not in str(err.value)
+    if kind == "fifo":
+        assert "FIFO" in str(err.value)
+    if kind in ("dev_null", "dev_full"):
+        assert os.path.exists(path) and not os.path.isfile(path)  # still the device
+
+
+def test_unwritable_places_are_refused_before_anything_is_written(tmp_path):
+    """Item 2: a parent that cannot be created (a file in the way), a read-only directory."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="cannot create directory"):
+        check_output(blocker / "sub" / "r.jsonl")
+    if os.path.isdir("/sys") and _read_only("/sys"):  # a read-only directory even for root
+        with pytest.raises(OutputError, match="cannot write in"):
+            check_output("/sys/r.jsonl")
+    if os.geteuid() != 0:  # root writes through mode bits
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        with pytest.raises(OutputError):
+            check_output(ro / "r.jsonl")
+
+
+def _read_only(d: str) -> bool:
+    try:
+        os.close(os.open(os.path.join(d, ".memprof-probe"), os.O_WRONLY | os.O_CREAT))
+    except OSError:
+        return True
+    os.unlink(os.path.join(d, ".memprof-probe"))
+    return False
+
+
+def test_nan_or_infinity_is_an_error_before_writing(tmp_path):
+    """Item 1: strict JSON; the error names the key; the file is not touched."""
+    path = tmp_path / "r.jsonl"
+    append_record(path, record(1))
+    before = path.read_bytes()
+    with pytest.raises(NotJSONError, match=r"record\.config\.optimizer\.lr"):
+        append_record(path, record(2, config={"optimizer": {"lr": float("inf")}}))
+    with pytest.raises(NotJSONError, match=r"record\.phases\[0\]\.x"):
+        append_record(path, record(3, phases=[{"x": float("nan")}]))
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("fail_after", [0, 7])
+def test_full_disk_keeps_every_earlier_line(tmp_path, monkeypatch, fail_after):
+    """Item 2: a write failing (at once, or after part of the line) leaves the file exactly as it was."""
+    path = tmp_path / "r.jsonl"
+    append_record(path, record(1))
     before = path.read_bytes()
 
-    def dying_replace(src, dst):
-        raise Killed("killed between write and rename")
+    def full_disk(fd, data):
+        if fail_after:
+            os.write(fd, bytes(data[:fail_after]))
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(results.os, "replace", dying_replace)
-    with pytest.raises(Killed):
-        append_record(path, {"a": 2, "big": "x" * 100_000})
-    monkeypatch.undo()
+    monkeypatch.setattr(results, "_write_all", full_disk)
+    with pytest.raises(OSError):
+        append_record(path, record(2))
     assert path.read_bytes() == before
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-    append_record(path, {"a": 3})
-    assert [json.loads(x)["a"] for x in path.read_text().splitlines()] == [1, 3]
 
 
-def test_reader_skips_a_foreign_broken_tail(tmp_path):
+def test_a_foreign_broken_tail_does_not_corrupt_our_line(tmp_path, capsys):
     path = tmp_path / "r.jsonl"
-    path.write_text('{"a": 1}\n{"a": 2, "trunc')
-    append_record(path, {"a": 3})
-    assert [r["a"] for r in read_records([path], validate=False)] == [1, 3]
+    path.write_text(json.dumps(record(1)) + '\n{"run_id": "r2", "trunc')
+    append_record(path, record(3))
+    assert [r["run_id"] for r in read_records([path])] == ["r1", "r3"]
+    assert "skipped 1 damaged line" in capsys.readouterr().err
 
 
 def test_results_file_is_readable_like_any_other_file(tmp_path):
-    import os
-
-    path = append_record(tmp_path / "r.jsonl", {"a": 1})
+    path = append_record(tmp_path / "r.jsonl", record())
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def _append_many(path: str, start: int) -> None:
+    for i in range(start, start + 25):
+        append_record(path, record(i, pad="x" * 5000))
+
+
+def test_concurrent_appends_give_whole_lines(tmp_path):
+    path = tmp_path / "r.jsonl"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_append_many, args=(str(path), 100 * k)) for k in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert sorted(ids(path)) == sorted(f"r{100 * k + i}" for k in range(4) for i in range(25))
+
+
+DAMAGED = [b"null", b"[]", b'{"status":"ok"}', b'{"run_id": "\xff\xfe"}',
+           json.dumps(record(9, schema_version=SCHEMA_VERSION + 98)).encode(), b'{"run_id": "trunc']
+
+
+def test_reader_skips_damaged_lines_with_one_counting_warning(tmp_path):
+    """Item 3: valid JSON that is not a record, a non-UTF-8 byte, a newer schema_version, a truncated tail."""
+    path = tmp_path / "r.jsonl"
+    good = [json.dumps(record(i)).encode() for i in (1, 2)]
+    path.write_bytes(b"\n".join([good[0], *DAMAGED[:-1], good[1], DAMAGED[-1]]))
+    warnings: list[str] = []
+    recs = read_records([path], warn=warnings.append)
+    assert [r["run_id"] for r in recs] == ["r1", "r2"]
+    assert len(warnings) == 1
+    msg = warnings[0]
+    assert msg.startswith("skipped 6 damaged lines in ") and "1 not UTF-8" in msg and "3 not a record" in msg
+    assert f"schema_version {SCHEMA_VERSION + 98} newer than {SCHEMA_VERSION}" in msg
+    with pytest.raises(ValueError, match=r"r\.jsonl:2: "):
+        read_records([path], strict=True)
+
+
+def test_reader_offset_reads_only_what_was_appended(tmp_path):
+    path = tmp_path / "r.jsonl"
+    append_record(path, record(1))
+    size = path.stat().st_size
+    append_record(path, record(2))
+    assert [r["run_id"] for r in read_records([path], offset=size)] == ["r2"]
+
+
+def test_slugify_is_a_file_name_never_a_path():
+    assert slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert slugify("../../x") == "x" and slugify("a/b") == "a-b" and slugify("..") == "unknown"
+    assert results.default_output("../../etc/x").as_posix() == "results/runs/etc-x.jsonl"

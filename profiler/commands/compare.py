@@ -1,6 +1,7 @@
 """`python -m profiler compare RESULTS.jsonl ... [--out DIR] [--against auto|allocated|reserved|nvml]`
 
 Tables (markdown, CSV) and plots of measured vs every estimator; the logic is in profiler/learn/compare.py.
+Damaged result lines (not JSON, not UTF-8, not a record, a newer schema_version) are skipped with one warning.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from profiler.learn.compare import AGAINST, compare_tables, simulated_peaks, write_outputs
-from profiler.results import read_run_records as read_records
+from profiler.results import read_run_records
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,21 +31,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "matched to measured runs by config hash")
 
 
-
 def main(args: argparse.Namespace) -> int:
     missing = [p for p in args.results if not Path(p).is_file()]
     if missing:
         print(f"error: result file {missing[0]!r} does not exist", file=sys.stderr)
         return 2
     try:
-        records = read_records(args.results)
+        records = read_run_records(args.results)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     simulated = None
     if args.simulated:
         try:
-            simulated = simulated_peaks(read_records(args.simulated))
+            simulated = simulated_peaks(read_run_records(args.simulated))
         except (OSError, ValueError) as exc:
             print(f"error: --simulated: {exc}", file=sys.stderr)
             return 2

@@ -1,6 +1,7 @@
 """`python -m profiler run CONFIG [key=value ...]`: measure one config and append its result line.
 
-Exit codes: 0 ok or oom (an OOM is a result), 1 error (still recorded), 2 bad input (nothing written).
+Exit codes: 0 ok or oom (an OOM is a result), 1 error (still recorded) or the line could not be written (the
+record is then printed on stderr), 2 bad input or an output that cannot take lines (checked before the run).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from profiler.config import ConfigError, load_config
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="run config YAML (see configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=4 device=cpu")
-    parser.add_argument("--output", help="JSONL file to append to (default: results/runs/<device>.jsonl)")
+    parser.add_argument("--output", help="JSONL file to append to: a regular file or a new path (default: "
+                        "./results/runs/<device>.jsonl)")
     parser.add_argument("--memory-snapshot", metavar="FILE",
                         help="CUDA: dump torch.cuda.memory._snapshot() (open in pytorch.org/memory_viz)")
     parser.add_argument("--no-tracker", action="store_true",
@@ -24,25 +26,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from profiler.measure.quiet import quiet_libraries
+    from profiler.results import RUNS_DIR, OutputError, check_directory, check_output
 
     quiet_libraries()
     try:
         cfg = load_config(args.config, args.overrides)
-        if args.output:
+        if args.output is not None:
             cfg.output = args.output
+        if cfg.output is not None:  # checked before the run: a measured record is never lost at the end
+            check_output(cfg.output, "--output" if args.output is not None else "output")
+        else:  # the file name needs the device slug (known after the run): check its directory now
+            check_directory(RUNS_DIR, "default output directory")
         if args.memory_snapshot and cfg.device != "cuda":
             raise ConfigError("--memory-snapshot: needs device cuda")
         use_tracker = not args.no_tracker
         record = _run_with_progress(cfg, use_tracker, args.memory_snapshot, quiet=args.quiet)
-    except ConfigError as exc:
+    except (ConfigError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from profiler.results import append_record, default_output
+    from profiler.results import append_or_report, default_output
     from profiler.schema import RunRecord
 
     RunRecord.model_validate(record)  # a schema drift fails here, before a bad line is written
     out = cfg.output or str(default_output(record["env"]["device_slug"]))
-    append_record(out, record)
+    if not append_or_report(out, record):
+        return 1
     if not args.quiet:
         from profiler.summary import print_summary
 

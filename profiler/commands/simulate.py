@@ -1,7 +1,8 @@
 """`python -m profiler simulate CONFIG [key=value ...]`: the measured run's harness on fake tensors.
 
-The result line (backend fake) goes to results/simulated/<device>.jsonl, never beside measured lines.
-Exit codes: 0 ok or oom (a simulated OOM with max_memory), 1 error (recorded), 2 bad input.
+The result line (backend fake) goes to ./results/simulated/<device>.jsonl, never beside measured lines.
+Exit codes: 0 ok or oom (a simulated OOM with max_memory), 1 error (recorded) or the line could not be
+written (printed on stderr), 2 bad input or an unusable --output (checked before the run).
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from profiler.config import REPO_ROOT, ConfigError, RunConfig, load_config
+from profiler.config import ConfigError, RunConfig, load_config
+from profiler.results import RESULTS_DIR, OutputError, check_output
 from profiler.simulate.backend import simulate
 
-SIMULATED_DIR = REPO_ROOT / "results" / "simulated"
+SIMULATED_DIR = RESULTS_DIR / "simulated"  # under the working directory
 
 
 def default_output(cfg: RunConfig) -> Path:
@@ -23,7 +25,7 @@ def default_output(cfg: RunConfig) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="run config YAML (see configs/); device cuda simulates a CUDA run")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.seq_len=4096")
-    parser.add_argument("--output", help="JSONL file to append to (default results/simulated/<device>.jsonl)")
+    parser.add_argument("--output", help="JSONL file to append to (default ./results/simulated/<device>.jsonl)")
     parser.add_argument("--quiet", action="store_true", help="no table")
 
 
@@ -33,16 +35,19 @@ def main(args: argparse.Namespace) -> int:
     quiet_libraries()
     try:
         cfg = load_config(args.config, args.overrides)
+        # cfg.output names measured files: not used here
+        out = args.output if args.output is not None else str(default_output(cfg))
+        check_output(out, "--output")  # before the run
         record = simulate(cfg)
-    except ConfigError as exc:
+    except (ConfigError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from profiler.results import append_record
+    from profiler.results import append_or_report
     from profiler.schema import RunRecord
 
     RunRecord.model_validate(record)
-    out = args.output or str(default_output(cfg))  # cfg.output names measured files: not used here
-    append_record(out, record)
+    if not append_or_report(out, record):
+        return 1
     if not args.quiet:
         from profiler.summary import print_summary
 

@@ -9,7 +9,11 @@ A sweep file (documented in the README, "Sweeps, calibration and the nightly job
       regime.kind: [full, lora]
       train.seq_len: [512, 2048]
     timeout_s: 900                                      # per entry; a timeout is recorded as status timeout
-    output: results/runs/nightly.jsonl                  # optional; default results/runs/<device-slug>.jsonl
+    output: results/runs/nightly.jsonl                  # optional; default ./results/runs/<device-slug>.jsonl
+
+Relative paths (--output, output:, base_config, a model.arch config.json, model.path) are resolved against
+the caller's working directory before any runner sees them (base_config falls back to the project's
+shipped configs/); the output is checked before anything runs.
 
 Every entry is validated before anything runs (one bad entry: a one-line error naming it, exit 2).
 Entries with the same config hash are one entry; entries whose hash is already in the output are skipped,
@@ -25,9 +29,11 @@ import copy
 import fcntl
 import itertools
 import json
+import math
 import os
 import platform
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,11 +50,13 @@ from typing import Any
 import yaml
 
 from profiler.config import REPO_ROOT, ConfigError, RunConfig, load_config
+from profiler.results import OutputError, check_output, lock_path, read_records, slugify
 from profiler.schema import RunRecord
 
 RUNNER_ENV = "MEMPROF_SWEEP_RUNNER"  # shlex-split command prefix replacing `python -m profiler run`
 SWEEP_KEYS = {"base", "base_config", "grid", "timeout_s", "output"}
 DEFAULT_TIMEOUT_S = 900.0
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: past that, a "timeout" is a typo (and inf overflows the wait)
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -112,10 +120,7 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"sweep file {str(path)!r} does not exist")
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SweepError(f"{path}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
+    doc = _read_yaml(path, "sweep file")
     if not isinstance(doc, dict):
         raise SweepError(f"{path}: top level must be a mapping with keys {', '.join(sorted(SWEEP_KEYS))}")
     unknown = sorted(set(doc) - SWEEP_KEYS)
@@ -129,20 +134,21 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     raw_timeout = doc.get("timeout_s", DEFAULT_TIMEOUT_S)
     if isinstance(raw_timeout, bool) or not isinstance(raw_timeout, int | float):
         raise SweepError(f"{path}: timeout_s must be a number of seconds > 0, got {raw_timeout!r}")
+    timeout = _check_timeout(timeout_s if timeout_s is not None else raw_timeout,
+                             "--timeout" if timeout_s is not None else f"{path}: timeout_s")
     base: dict = {}
     if doc.get("base_config"):
-        bc = Path(doc["base_config"])
-        bc = bc if bc.is_absolute() or bc.exists() else REPO_ROOT / bc
-        if not bc.is_file():
-            raise SweepError(f"{path}: base_config {str(doc['base_config'])!r} does not exist")
-        base = yaml.safe_load(bc.read_text()) or {}
+        bc = _find_base_config(doc["base_config"])
+        if bc is None:
+            raise SweepError(f"{path}: base_config {doc['base_config']!r} does not exist (relative paths: "
+                             f"the working directory {os.getcwd()!r}, then {str(REPO_ROOT)!r})")
+        base = _read_yaml(bc, f"{path}: base_config") or {}
+        if not isinstance(base, dict):
+            raise SweepError(f"{path}: base_config {str(bc)!r}: top level must be a mapping (a run config)")
     if doc.get("base") is not None:
         if not isinstance(doc["base"], dict):
             raise SweepError(f"{path}: base must be a mapping (a run config)")
         base = _merge(base, doc["base"])
-    timeout = float(timeout_s if timeout_s is not None else raw_timeout)
-    if timeout <= 0:
-        raise SweepError(f"{path}: timeout_s must be > 0, got {timeout}")
 
     entries: list[Entry] = []
     seen: set[str] = set()
@@ -160,6 +166,7 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
             except ConfigError as err:
                 shown = ", ".join(f"{k}={v}" for k, v in chosen.items())
                 raise SweepError(f"{path}: entry {points} ({shown}): {err}") from None
+            cfg = absolute_paths(cfg)  # the runner's working directory is not the caller's
             h = cfg.config_hash()
             if h in seen:
                 duplicates += 1
@@ -173,7 +180,61 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     if out is None:
         outs = {e.config.output for e in entries}
         out = outs.pop() if len(outs) == 1 else None
-    return Plan(path, entries, timeout, Path(out) if out else None, duplicates)
+    if out is not None:
+        what = "--output" if output is not None else f"{path}: output"
+        try:  # resolved against the caller's working directory, symlinks followed; nothing created yet
+            out = check_output(out, what, create=False)
+        except OutputError as exc:
+            raise SweepError(str(exc)) from None
+    return Plan(path, entries, timeout, out, duplicates)
+
+
+def _read_yaml(path: Path, what: str) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SweepError(f"{what} {str(path)!r}: not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SweepError(f"{what} {str(path)!r}: malformed YAML{where}: {getattr(exc, 'problem', exc)}"
+                         ) from None
+    except OSError as exc:
+        raise SweepError(f"{what} {str(path)!r}: cannot be read ({exc.strerror})") from None
+
+
+def _find_base_config(name: str) -> Path | None:
+    """A relative base_config: the caller's working directory first, then the project's shipped files."""
+    p = Path(name).expanduser()
+    for candidate in ([p] if p.is_absolute() else [Path.cwd() / p, REPO_ROOT / p]):
+        if candidate.is_file():
+            return candidate.absolute()
+    return None
+
+
+def _check_timeout(value: float, what: str) -> float:
+    try:
+        t = float(value)
+    except (TypeError, ValueError, OverflowError):
+        t = math.nan
+    if not math.isfinite(t) or t <= 0 or t > MAX_TIMEOUT_S:
+        raise SweepError(f"{what}: {value!r} is not allowed; give seconds > 0 and <= {MAX_TIMEOUT_S:g} (a week)")
+    return t
+
+
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """The config with every local path absolute (against the caller's working directory): an entry's
+    runner runs elsewhere, and the config hash must not depend on where the sweep was started."""
+    m = cfg.model
+    model = {}
+    if m.arch and m.arch.endswith(".json"):
+        model["arch"] = str(Path(m.arch).expanduser().absolute())
+    if m.path:
+        model["path"] = str(Path(m.path).expanduser().absolute())
+    update: dict[str, Any] = {"model": m.model_copy(update=model)} if model else {}
+    if cfg.output:
+        update["output"] = str(Path(cfg.output).expanduser().absolute())
+    return cfg.model_copy(update=update) if update else cfg
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -209,12 +270,6 @@ def device_name(device: str) -> str | None:
     return gpu[0] if gpu else None
 
 
-def slugify(name: str) -> str:
-    from profiler.measure.env import slugify as _slugify  # imports torch; only needed here
-
-    return _slugify(name)
-
-
 def resolve_output(plan: Plan) -> Path:
     """The JSONL file the sweep resumes from and every entry appends to."""
     if plan.output is not None:
@@ -228,7 +283,7 @@ def resolve_output(plan: Plan) -> Path:
                          "give output: or --output")
     from profiler.results import default_output
 
-    return default_output(slugify(name))
+    return default_output(slugify(name)).absolute()
 
 
 def refuse_unsafe(plan: Plan, free_bytes: int | None, estimate_fn=None) -> None:
@@ -266,13 +321,8 @@ def done_hashes(output: Path, retry_errors: bool = False) -> dict[str, str]:
     """config_hash -> last status found in the output. With retry_errors, hashes whose every line is
     status error are left out (they run again)."""
     status: dict[str, list[str]] = {}
-    if output.exists():
-        for raw in output.read_text().splitlines():
-            try:
-                rec = json.loads(raw)
-                status.setdefault(rec["config_hash"], []).append(rec["status"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a foreign broken line never blocks a resume
+    for rec in read_records([output]):  # a damaged line never blocks a resume: skipped with one warning
+        status.setdefault(rec["config_hash"], []).append(rec["status"])
     return {h: s[-1] for h, s in status.items() if not (retry_errors and set(s) == {"error"})}
 
 
@@ -309,20 +359,27 @@ def sweep_record(entry: Entry, status: str, error: str, started: float,
 
 
 def append_line(output: Path, record: dict) -> None:
-    from profiler.results import append_record
+    from profiler.results import append_or_report
 
-    append_record(output, record)
+    append_or_report(output, record)  # a failed write prints the line on stderr: never lost silently
 
 
 # ---------------------------------------------------------------- running one entry
 
 
 def runner_command(runner: list[str] | None = None) -> list[str]:
-    if runner:
-        return list(runner)
-    if os.environ.get(RUNNER_ENV):
-        return shlex.split(os.environ[RUNNER_ENV])
-    return [sys.executable, "-m", "profiler", "run", "--quiet"]
+    """The runner's argv prefix; SweepError when its program cannot be found or run."""
+    what = "--runner"
+    if not runner and os.environ.get(RUNNER_ENV):
+        runner, what = shlex.split(os.environ[RUNNER_ENV]), f"${RUNNER_ENV}"
+    if not runner:
+        return [sys.executable, "-m", "profiler", "run", "--quiet"]
+    prog = runner[0]
+    found = shutil.which(prog)
+    if found is None:
+        raise SweepError(f"{what}: program {prog!r} not found or not executable (give a command such as "
+                         f"'{sys.executable} -m profiler run --quiet')")
+    return [str(Path(found).absolute()) if os.sep in prog else prog, *runner[1:]]
 
 
 _LIBC = None
@@ -358,17 +415,13 @@ class Outcome:
     detail: str = ""
 
 
-def _lines(output: Path) -> list[str]:
-    return output.read_text().splitlines() if output.exists() else []
-
-
 def run_entry(entry: Entry, output: Path, timeout_s: float, runner: list[str],
               gpu: tuple[str, int, int] | None = None) -> Outcome:
     """Run one entry in a subprocess; make sure exactly one line for it ends up in `output`."""
     started = time.time()
     data = entry.config.model_dump(mode="json")
     data["output"] = str(output)
-    n_before = len(_lines(output))
+    size_before = output.stat().st_size if output.exists() else 0
     with tempfile.TemporaryDirectory(prefix="memprof-sweep-") as tmp:
         cfg_path = Path(tmp) / f"entry-{entry.index:04d}-{entry.config_hash}.yaml"
         header = f"# sweep entry {entry.index}: {entry.label}\n"
@@ -390,12 +443,7 @@ def run_entry(entry: Entry, output: Path, timeout_s: float, runner: list[str],
             proc.wait()
             raise
     seconds = time.time() - started
-    new = []
-    for raw in _lines(output)[n_before:]:
-        try:
-            new.append(json.loads(raw))
-        except json.JSONDecodeError:
-            continue
+    new = read_records([output], offset=size_before) if output.exists() else []
     mine = [r for r in new if r.get("config_hash") == entry.config_hash]
     if mine:
         return Outcome(str(mine[-1].get("status")), seconds, "runner")
@@ -431,7 +479,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="applied to every entry, after the grid (e.g. train.steps=2)")
     parser.add_argument("--output", help="JSONL results file (default: the sweep's output:, else "
-                                         "results/runs/<device-slug>.jsonl)")
+                                         "./results/runs/<device-slug>.jsonl)")
     parser.add_argument("--timeout", type=float, help="per-entry timeout in seconds (default: timeout_s)")
     parser.add_argument("--retry-errors", action="store_true",
                         help="run again entries whose lines are all status error")
@@ -445,8 +493,9 @@ def main(args: argparse.Namespace) -> int:
     console = Console(stderr=True, soft_wrap=True)
     try:
         plan = load_sweep(args.sweep, args.overrides, args.output, args.timeout)
-        output = resolve_output(plan)
-    except ConfigError as err:
+        output = check_output(resolve_output(plan), "output", create=not args.dry_run)
+        runner = runner_command(shlex.split(args.runner) if args.runner else None)
+    except (ConfigError, OutputError) as err:
         console.print(f"[red]error:[/red] {err}", highlight=False)
         return EXIT_CONFIG
     gpu = gpu_memory() if any(e.config.device == "cuda" for e in plan.entries) else None
@@ -469,13 +518,13 @@ def main(args: argparse.Namespace) -> int:
     if lock is None:
         console.print(f"[red]error:[/red] another sweep is writing {output}", highlight=False)
         return EXIT_CONFIG
-    runner = runner_command(shlex.split(args.runner) if args.runner else None)
     return _run_all(todo, output, plan.timeout_s, runner, gpu, console)
 
 
 def _lock_output(output: Path):
-    output.parent.mkdir(parents=True, exist_ok=True)
-    f = open(output.with_name(f".{output.name}.sweep.lock"), "w")  # noqa: SIM115 - held until exit
+    """Held for the sweep's life; beside the resolved file, so a sweep through a symlink and one through
+    the real name exclude each other."""
+    f = open(lock_path(output, "sweep.lock"), "a")  # noqa: SIM115 - held until exit
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -8,7 +8,8 @@ of GiB; relative error is what users read), by iteratively reweighted least squa
 
 Honest generalisation: besides the in-sample R², MAPE and worst error, every row carries the error of
 leave-one-model-out and leave-one-seq-len-out cross-validation (each fold fitted without the held-out
-group). Writes results/calibration/<gpu-slug>.csv (read back by `load_calibration`) and <gpu-slug>.md.
+group). Writes results/calibration/<gpu-slug>.csv (read back by `load_calibration`) and <gpu-slug>.md, named
+from a sanitised slug (a crafted device_slug cannot name a path), with Markdown in strings escaped.
 This is the only place where measurements flow back into predictions.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,12 +27,13 @@ from typing import Any
 import numpy as np
 
 from profiler.categories import TRACKED
-from profiler.config import REPO_ROOT, RunConfig
+from profiler.config import RunConfig
+from profiler.results import RESULTS_DIR, slugify
 
 COMPONENTS = tuple(c.value for c in TRACKED)  # weights, gradients, optimizer, activations, temporaries
 TOTALS = ("peak_allocated", "peak_reserved", "nvml_peak")
 TARGETS = COMPONENTS + TOTALS
-CALIBRATION_DIR = REPO_ROOT / "results" / "calibration"
+CALIBRATION_DIR = RESULTS_DIR / "calibration"  # relative: under the working directory
 CSV_FIELDS = ("device_slug", "device_name", "regime", "target", "estimator", "n_runs", "n_models",
               "n_seq_lens", "a", "b", "r2", "mape_pct", "worst_pct", "worst_run", "raw_mape_pct",
               "lomo_mape_pct", "loso_mape_pct", "note")
@@ -187,7 +190,7 @@ def to_samples(records: list[dict], estimator: str = "components", estimate_fn: 
     for rec in records:
         if rec.get("status") != "ok" or (rec.get("backend") == "fake" and not include_fake):
             continue
-        key = (rec["env"]["device_slug"], rec["config_hash"])
+        key = (slugify(rec["env"]["device_slug"]), rec["config_hash"])
         if key not in latest or str(rec.get("timestamp", "")) >= str(latest[key].get("timestamp", "")):
             latest[key] = rec
     samples = []
@@ -203,7 +206,7 @@ def to_samples(records: list[dict], estimator: str = "components", estimate_fn: 
         gc = " gc" if cfg.train.gradient_checkpointing else ""
         label = (f"{cfg.model.name} {cfg.regime.label} {cfg.optimizer.name} b{cfg.train.batch_size} "
                  f"s{cfg.train.seq_len}{gc}")
-        samples.append(Sample(rec["env"]["device_slug"], rec["env"]["device_name"], cfg.regime.label,
+        samples.append(Sample(slugify(rec["env"]["device_slug"]), rec["env"]["device_name"], cfg.regime.label,
                               cfg.model.name, cfg.train.seq_len, label, predicted, measured_targets(rec)))
     return samples, skipped
 
@@ -275,7 +278,7 @@ def write_tables(rows: list[Row], out_dir: Path, sources: Sequence[str] = ()) ->
     written = []
     for slug in sorted({r.device_slug for r in rows}):
         mine = [r for r in rows if r.device_slug == slug]
-        csv_path = out_dir / f"{slug}.csv"
+        csv_path = out_dir / f"{slugify(slug)}.csv"  # never a path, whatever the results lines say
         with csv_path.open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(CSV_FIELDS)
@@ -285,10 +288,19 @@ def write_tables(rows: list[Row], out_dir: Path, sources: Sequence[str] = ()) ->
                             _num(r.mape_pct),
                             _num(r.worst_pct), r.worst_run, _num(r.raw_mape_pct), _num(r.lomo_mape_pct),
                             _num(r.loso_mape_pct), r.note])
-        md_path = out_dir / f"{slug}.md"
+        md_path = out_dir / f"{slugify(slug)}.md"
         md_path.write_text(markdown(mine, sources))
         written += [csv_path, md_path]
     return written
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|#!])")
+
+
+def md_escape(text: object) -> str:
+    """A string from a results line made inert in Markdown: one line, no table breaks, links, HTML, code."""
+    one_line = " ".join(str(text).split())
+    return _MD_SPECIAL.sub(r"\\\1", one_line.replace("&", "&amp;"))
 
 
 def fmt_pct(v: float) -> str:
@@ -297,10 +309,10 @@ def fmt_pct(v: float) -> str:
 
 def markdown(rows: list[Row], sources: Sequence[str] = ()) -> str:
     r0 = rows[0]
-    lines = [f"# Calibration: {r0.device_name} (`{r0.device_slug}`)", "",
+    lines = [f"# Calibration: {md_escape(r0.device_name)} (`{slugify(r0.device_slug)}`)", "",
              f"Estimator `{r0.estimator}`; fit measured ≈ a · predicted + b (Huber, relative residuals); "
              f"generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}"
-             + (f" from {', '.join(sources)}" if sources else "") + ".", "",
+             + (f" from {md_escape(', '.join(sources))}" if sources else "") + ".", "",
              "MAPE = mean |calibrated − measured| / measured; *raw* = the uncalibrated estimator; *LOMO* / "
              "*LOSO* = leave-one-model-out / leave-one-seq-len-out cross-validated MAPE (n/a with one "
              "model / one seq_len). b in MiB (2^20 bytes). nvml_peak is measured minus the pre-run NVML "
@@ -308,14 +320,14 @@ def markdown(rows: list[Row], sources: Sequence[str] = ()) -> str:
     for regime in sorted({r.regime for r in rows}):
         mine = [r for r in rows if r.regime == regime]
         n = max(r.n_runs for r in mine)
-        lines += [f"## {regime} ({n} runs)", "",
+        lines += [f"## {md_escape(regime)} ({n} runs)", "",
                   "| target | n runs | a | b (MiB) | R² | MAPE | worst error | worst run | raw MAPE | LOMO "
                   "| LOSO | note |", "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"]
         for r in mine:
             r2 = "n/a" if math.isnan(r.r2) else f"{r.r2:.3f}"
             cells = [r.target, str(r.n_runs), f"{r.a:.4g}", f"{r.b / 2**20:.1f}", r2, fmt_pct(r.mape_pct),
-                     fmt_pct(r.worst_pct), r.worst_run, fmt_pct(r.raw_mape_pct), fmt_pct(r.lomo_mape_pct),
-                     fmt_pct(r.loso_mape_pct), r.note]
+                     fmt_pct(r.worst_pct), md_escape(r.worst_run), fmt_pct(r.raw_mape_pct),
+                     fmt_pct(r.lomo_mape_pct), fmt_pct(r.loso_mape_pct), md_escape(r.note)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -344,9 +356,10 @@ def write_figures(rows: list[Row], fig_dir: Path) -> list[Path]:
             ax.plot([0, max(lim)], [0, max(lim)], "k--", lw=0.8)
             ax.set(title=t, xlabel="predicted (GiB)", ylabel="measured (GiB)")
         axes[0][0].legend(fontsize=6)
-        fig.suptitle(f"{mine[0].device_name}: measured vs components estimate")
+        name = str(mine[0].device_name).replace("$", r"\$")  # no mathtext from a results line
+        fig.suptitle(f"{name}: measured vs components estimate")
         fig.tight_layout()
-        path = fig_dir / f"calibration-{slug}.png"
+        path = fig_dir / f"calibration-{slugify(slug)}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         out.append(path)
@@ -428,5 +441,5 @@ def load_calibration(path: str | Path) -> Calibration:
 
 def default_calibration_path(gpu_slug: str) -> Path | None:
     """results/calibration/<gpu-slug>.csv where it exists, else None (the estimate is uncalibrated)."""
-    path = CALIBRATION_DIR / f"{gpu_slug}.csv"
+    path = CALIBRATION_DIR / f"{slugify(gpu_slug)}.csv"
     return path if path.is_file() else None

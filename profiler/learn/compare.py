@@ -10,9 +10,11 @@ Measurement compared against (`--against auto`): NVML peak minus the pre-run bas
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
+from pydantic import ValidationError
 
 from profiler.categories import TRACKED, GiB
 from profiler.config import RunConfig
@@ -82,10 +84,15 @@ def compare_tables(records: list[RunRecord], against: str = "auto",
     """runs (one row per ok measured run), summary (estimator x regime) and components (per category).
     With `simulated` (config hash -> simulated peak), `simulate` is judged like an estimator."""
     rows, comp_rows = [], []
+    unreadable = 0
     for rec in records:
         if rec.status != "ok" or rec.peaks is None or rec.backend == "fake":
             continue  # a simulation is a prediction, never a measurement
-        cfg = RunConfig.model_validate(rec.config)
+        try:
+            cfg = RunConfig.model_validate(rec.config)
+        except ValidationError:  # a line whose config this version cannot read: skipped, counted below
+            unreadable += 1
+            continue
         target, target_name = measured(rec, against)
         row = {
             "run_id": rec.run_id,
@@ -137,6 +144,8 @@ def compare_tables(records: list[RunRecord], against: str = "auto",
                         "err_pct": round(err_pct(pr, m), 2) if m else None,
                     }
                 )
+    if unreadable:
+        print(f"warning: skipped {unreadable} run(s) whose config this version cannot read", file=sys.stderr)
     runs = pd.DataFrame(rows)
     for col in ("peak_allocated", "peak_reserved", "nvml_peak", "measured", *judged(runs)):
         if col in runs.columns:  # bytes stay integers, also in columns with gaps (nullable Int64)

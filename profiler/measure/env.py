@@ -5,13 +5,13 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import re
 import socket
 import subprocess
 
 import torch
 
 from profiler.config import REPO_ROOT
+from profiler.results import slugify  # the package's one slug (torch-free; re-exported here)
 
 
 def _version(dist: str) -> str | None:
@@ -31,11 +31,6 @@ def git_revision() -> str | None:
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def slugify(name: str) -> str:
-    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3' (file names of results/runs)."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
 
 
 def nvidia_driver() -> str | None:

@@ -29,6 +29,8 @@ sys.path.insert(0, os.environ["REPO_ROOT"])
 from profiler.config import load_config
 from profiler.results import append_record
 
+if os.environ.get("FAKE_RAN"):
+    open(os.environ["FAKE_RAN"], "a").close()
 cfg_path, out = sys.argv[1], sys.argv[sys.argv.index("--output") + 1]
 cfg = load_config(cfg_path)
 behavior = json.loads(os.environ.get("FAKE_BEHAVIOR", "{}")).get(str(cfg.train.seq_len), "ok")
@@ -69,8 +71,9 @@ def write_sweep(tmp_path: Path, seq_lens: list[int], extra: str = "") -> Path:
     return path
 
 
-def args_for(path: Path, output: Path, runner: str | None = None, **kw) -> argparse.Namespace:
-    ns = dict(sweep=str(path), overrides=[], output=str(output), timeout=None, retry_errors=False,
+def args_for(path: Path, output: Path | str | None, runner: str | None = None, **kw) -> argparse.Namespace:
+    ns = dict(sweep=str(path), overrides=[], output=None if output is None else str(output), timeout=None,
+              retry_errors=False,
               dry_run=False, runner=runner)
     ns.update(kw)
     return argparse.Namespace(**ns)
@@ -183,14 +186,115 @@ def test_resume_after_killed_sweep_runs_each_entry_exactly_once(tmp_path, fake_r
     assert len(read_lines(out)) == 5
 
 
-def test_retry_errors_reruns_only_error_entries(tmp_path):
+def test_retry_errors_reruns_only_error_entries(tmp_path, capsys):
+    """Resume reads the output with the one reader: damaged lines (a non-UTF-8 byte, not JSON, not a
+    record) are skipped with one warning and never stop it (item 3/6)."""
     path = write_sweep(tmp_path, [32, 64])
     plan = sweep.load_sweep(path)
     out = tmp_path / "runs.jsonl"
-    out.write_text("\n".join(json.dumps({"config_hash": e.config_hash, "status": s})
-                             for e, s in zip(plan.entries, ["oom", "error"], strict=True)) + "\n{broken\n")
+    lines = [json.dumps(sweep.sweep_record(e, s, "x", 0.0, None)).encode()
+             for e, s in zip(plan.entries, ["oom", "error"], strict=True)]
+    out.write_bytes(b"\n".join([lines[0], b'{"config_hash": "\xff\xfe"}', b"null", lines[1], b"{broken"]))
     assert set(sweep.done_hashes(out)) == {e.config_hash for e in plan.entries}
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "skipped 3 damaged lines" in err and "not UTF-8" in err
     assert set(sweep.done_hashes(out, retry_errors=True)) == {plan.entries[0].config_hash}
+
+
+def test_sweep_from_another_directory_resolves_relative_paths_there(tmp_path, fake_runner, monkeypatch):
+    """Item 4: started outside the repo root with a relative output:, --output, model.arch config.json and
+    base_config, every path means the caller's directory; the runner (started in the repo root) writes the
+    real line into the caller's file, and a resume skips it."""
+    here = tmp_path / "elsewhere"
+    (here / "arch").mkdir(parents=True)
+    (here / "arch" / "config.json").write_text((REPO_ROOT / "configs/models/tiny-llama.json").read_text())
+    (here / "base.yaml").write_text("device: cpu\nmodel: {arch: arch/config.json}\ntrain: {steps: 1}\n")
+    (here / "s.yaml").write_text("base_config: base.yaml\ngrid: {train.seq_len: [16, 32]}\n"
+                                 "output: out/runs.jsonl\n")
+    monkeypatch.chdir(here)
+    assert sweep.main(args_for(Path("s.yaml"), None, fake_runner)) == 0
+    lines = read_lines(here / "out" / "runs.jsonl")
+    assert [r["status"] for r in lines] == ["ok", "ok"]
+    assert all(r.get("written_by") != "sweep" for r in lines)  # the runner's own lines
+    assert lines[0]["config"]["model"]["arch"] == str(here / "arch" / "config.json")
+    assert not (REPO_ROOT / "out").exists()
+    assert sweep.main(args_for(Path("s.yaml"), Path("out/runs.jsonl"), fake_runner)) == 0  # resume: nothing
+    assert len(read_lines(here / "out" / "runs.jsonl")) == 2
+    assert sweep.main(args_for(Path("s.yaml"), Path("other.jsonl"), fake_runner, dry_run=True)) == 0
+    assert not (here / "other.jsonl").exists()
+
+
+def test_a_sweep_through_a_symlink_and_one_through_the_real_name_exclude_each_other(tmp_path, fake_runner,
+                                                                                    capsys):
+    """Item 1: the sweep lock follows the resolved output."""
+    from profiler.results import check_output
+
+    path = write_sweep(tmp_path, [32])
+    real = tmp_path / "real.jsonl"
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    held = sweep._lock_output(check_output(real))
+    try:
+        assert sweep.main(args_for(path, link, fake_runner)) == 2
+    finally:
+        held.close()
+    assert "another sweep is writing" in capsys.readouterr().err and not real.exists()
+    assert sweep.main(args_for(path, link, fake_runner)) == 0
+    assert link.is_symlink() and len(read_lines(real)) == 1
+
+
+def _one_line_exit_2(capsys, ns, out: Path) -> str:
+    assert sweep.main(ns) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not out.exists() or out.is_dir() or out.stat().st_size == 0
+    return err
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), float("nan"), -1.0, 0.0, 1e30])
+def test_hostile_timeout_is_one_line_exit_2(tmp_path, fake_runner, capsys, timeout):
+    """Item 6: --timeout inf / nan / negative: one line naming --timeout, exit 2, nothing run."""
+    out = tmp_path / "runs.jsonl"
+    err = _one_line_exit_2(capsys, args_for(write_sweep(tmp_path, [32]), out, fake_runner, timeout=timeout), out)
+    assert "--timeout" in err
+
+
+@pytest.mark.parametrize("base", ["missing", "malformed", "not_utf8", "a_list", "a_directory"])
+def test_hostile_base_config_is_one_line_exit_2(tmp_path, fake_runner, capsys, base):
+    """Item 6: a malformed, non-UTF-8, non-mapping or missing base_config."""
+    bc = tmp_path / "base.yaml"
+    if base == "malformed":
+        bc.write_text("model: {arch: tiny-llama\n  bad: [")
+    elif base == "not_utf8":
+        bc.write_bytes(b"device: cpu\nmodel: {arch: tiny-\xff}\n")
+    elif base == "a_list":
+        bc.write_text("- 1\n- 2\n")
+    elif base == "a_directory":
+        bc.mkdir()
+    path = tmp_path / "s.yaml"
+    path.write_text(f"base_config: {bc}\ngrid: {{train.seq_len: [32]}}\n")
+    out = tmp_path / "runs.jsonl"
+    assert "base_config" in _one_line_exit_2(capsys, args_for(path, out, fake_runner), out)
+
+
+@pytest.mark.parametrize("output", ["directory", "/dev/null", "", "read_only"])
+def test_unusable_output_is_refused_before_anything_runs(tmp_path, fake_runner, capsys, monkeypatch, output):
+    """Items 1-2: a directory, a device, '' or a read-only place as output: one line, exit 2, nothing run."""
+    out = {"directory": tmp_path, "read_only": Path("/sys/memprof/runs.jsonl")}.get(output, output)
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("FAKE_RAN", str(marker))
+    _one_line_exit_2(capsys, args_for(write_sweep(tmp_path, [32]), out, fake_runner),
+                     Path(str(out) or "/nonexistent"))
+    assert not marker.exists()
+
+
+def test_missing_runner_program_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    """Item 6: --runner (or $MEMPROF_SWEEP_RUNNER) naming a program that does not exist."""
+    out = tmp_path / "runs.jsonl"
+    err = _one_line_exit_2(capsys, args_for(write_sweep(tmp_path, [32]), out, "/no/such/runner --x"), out)
+    assert "--runner" in err and "/no/such/runner" in err
+    monkeypatch.setenv(sweep.RUNNER_ENV, "no-such-memprof-runner")
+    assert "MEMPROF_SWEEP_RUNNER" in _one_line_exit_2(capsys, args_for(write_sweep(tmp_path, [32]), out), out)
 
 
 class _Est:

@@ -186,3 +186,78 @@ def test_only_ok_and_latest_runs_are_fitted():
     assert len(samples) == 3
     assert all(s.measured["peak_allocated"] > 1 for s in samples)
     assert not math.isnan(calibrate.fit_rows(samples)[0].a)
+
+
+def _calibrate(results: list, out, capsys, **kw) -> tuple[int, str]:
+    import argparse
+
+    from profiler.commands.calibrate import main
+
+    ns = argparse.Namespace(results=[str(p) for p in results], out=str(out), figures=kw.get("figures"),
+                            estimator="components", include_fake=False)
+    rc = main(ns)
+    return rc, capsys.readouterr().err
+
+
+def test_crafted_slug_and_name_cannot_write_outside_out_or_inject_markdown(tmp_path, capsys):
+    """Item 5: env.device_slug '../../x' names x.csv inside --out; device_name's Markdown is escaped."""
+    import json
+
+    recs = synthetic_records()[:8]
+    for r in recs:
+        r["env"].update(device_slug="../../pwned/x", device_name="GPU | evil [link](http://e) <img src=x>\n# H")
+    runs = tmp_path / "in" / "runs.jsonl"
+    runs.parent.mkdir()
+    runs.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "deep" / "er" / "cal"
+    rc, _ = _calibrate([runs], out, capsys, figures=str(tmp_path / "deep" / "er" / "fig"))
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["pwned-x.csv", "pwned-x.md"]
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "deep" / "pwned").exists()
+    assert [p.name for p in (tmp_path / "deep" / "er" / "fig").iterdir()] == ["calibration-pwned-x.png"]
+    md = (out / "pwned-x.md").read_text()
+    title = md.splitlines()[0]
+    assert title == r"# Calibration: GPU \| evil \[link\](http://e) \<img src=x\> \# H (`pwned-x`)"
+    assert "<img" not in md.replace(r"\<img", "") and "](http" not in md.replace(r"\](http", "")
+    table = calibrate.load_calibration(out / "pwned-x.csv")
+    assert table.device_slug == "pwned-x"  # the table round-trips with the sanitised slug
+
+
+def test_calibrate_skips_damaged_lines_with_one_warning(tmp_path, capsys):
+    """Item 3: `null`, `[]`, `{"status":"ok"}`, a non-UTF-8 byte, a newer schema_version, a truncated tail
+    used to be tracebacks; now they are skipped and counted in one warning."""
+    import json
+
+    recs = synthetic_records()[:8]
+    newer = dict(recs[0], schema_version=99)
+    runs = tmp_path / "runs.jsonl"
+    runs.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in recs)
+                     + b'null\n[]\n{"status":"ok"}\n{"run_id": "\xff"}\n' + json.dumps(newer).encode()
+                     + b'\n{"run_id": "trunc')
+    rc, err = _calibrate([runs], tmp_path / "cal", capsys)
+    assert rc == 0 and "Traceback" not in err
+    assert err.count("warning") == 1 and "skipped 6 damaged lines" in err and "schema_version 99" in err
+    assert calibrate.load_calibration(tmp_path / "cal" / "nvidia-h100-80gb-hbm3.csv").n_runs("full") == 8
+
+
+def test_calibrate_defaults_under_the_working_directory_and_help_shows_no_checkout_path(capsys):
+    """Issue 11 item 3: default outputs are ./results/... of the working directory, not the source tree."""
+    from profiler.cli import main
+    from profiler.config import REPO_ROOT
+
+    assert not calibrate.CALIBRATION_DIR.is_absolute()
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--help"])
+    text = capsys.readouterr().out
+    assert "results/calibration" in text and str(REPO_ROOT) not in text
+
+
+def test_unwritable_out_is_one_line_exit_2(tmp_path, capsys):
+    import json
+
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text("".join(json.dumps(r) + "\n" for r in synthetic_records()[:2]))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc, err = _calibrate([runs], blocker / "cal", capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "--out" in err

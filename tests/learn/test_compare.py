@@ -83,13 +83,23 @@ def test_cli_writes_markdown_csv_and_plots(tmp_path, capsys):
     assert "MAPE" in capsys.readouterr().out
 
 
-def test_bad_line_is_an_error(tmp_path, capsys):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"run_id": 1}\n')
+def test_damaged_lines_are_skipped_with_one_warning(tmp_path, capsys):
+    """Item 3: a truncated last line, valid JSON that is not a record, a non-UTF-8 byte, a newer
+    schema_version: compare skips them (one warning that counts them) and compares the rest."""
+    damaged = tmp_path / "runs.jsonl"
+    newer = DATA.read_text().splitlines()[0].replace('"schema_version": 1', '"schema_version": 99')
+    damaged.write_bytes(DATA.read_bytes() + b'null\n{"status": "ok"}\n{"run_id": "\xff"}\n'
+                        + newer.encode() + b'\n{"run_id": "trunc')
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    assert main(parser.parse_args([str(bad), "--out", str(tmp_path)])) == 2
-    assert "bad.jsonl:1" in capsys.readouterr().err
+    assert main(parser.parse_args([str(damaged), "--out", str(tmp_path / "out"), "--no-plots"])) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "skipped 5 damaged lines" in err and "schema_version 99" in err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"run_id": 1}\n')
+    assert main(parser.parse_args([str(bad), "--out", str(tmp_path / "out")])) == 1
+    err = capsys.readouterr().err
+    assert "skipped 1 damaged line" in err and "no ok runs" in err
 
 
 def test_simulate_is_judged_like_an_estimator_and_never_as_a_measurement(tmp_path):

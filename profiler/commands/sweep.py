@@ -489,14 +489,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(stderr=True, soft_wrap=True)
     try:
         plan = load_sweep(args.sweep, args.overrides, args.output, args.timeout)
-        output = check_output(resolve_output(plan), "output", create=not args.dry_run)
         runner = runner_command(shlex.split(args.runner) if args.runner else None)
+        output = check_output(resolve_output(plan), "output", create=False)  # kind only: nothing made yet
     except (ConfigError, OutputError) as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
         return EXIT_CONFIG
     gpu = gpu_memory() if any(e.config.device == "cuda" for e in plan.entries) else None
     refuse_unsafe(plan, gpu[2] if gpu else None)
@@ -514,6 +515,11 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not todo:
         return EXIT_OK
+    try:  # before the first entry: the directory is made and a write is tried
+        output = check_output(output, "output")
+    except OutputError as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
+        return EXIT_CONFIG
     lock = _lock_output(output)
     if lock is None:
         console.print(f"[red]error:[/red] another sweep is writing {output}", highlight=False)

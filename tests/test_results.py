@@ -66,22 +66,42 @@ def test_symlinked_output_stays_a_link_and_the_lock_follows_it(tmp_path):
     assert (real.parent / ".r.jsonl.lock").exists() and not (tmp_path / ".link.jsonl.lock").exists()
 
 
-@pytest.mark.parametrize("kind", ["dev_null", "dev_full", "dev_stdout", "fifo", "directory", "empty"])
+def device_copy(tmp_path, name: str) -> str:
+    """A private copy of /dev/null or /dev/full (mknod, as the issue did): a regression must never clobber
+    the machine's real device (as root, the old rewrite-and-rename did). Without mknod rights (not root)
+    the real device is used: then it cannot be replaced anyway."""
+    import stat
+
+    minor = {"null": 3, "full": 7}[name]
+    path = tmp_path / f"dev-{name}"
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, minor))
+    except OSError:
+        return f"/dev/{name}"
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["dev_null", "dev_full", "dev_stdout_pipe", "fifo", "directory", "empty"])
 def test_outputs_that_are_not_regular_files_are_refused(tmp_path, kind):
-    """Item 1: /dev/null, /dev/full, /dev/stdout, a FIFO, a directory, '' -> OutputError, nothing touched."""
-    path = {"dev_null": "/dev/null", "dev_full": "/dev/full", "dev_stdout": "/dev/stdout",
-            "fifo": tmp_path / "fifo", "directory": tmp_path, "empty": ""}[kind]
+    """Item 1: /dev/null, /dev/full, /dev/stdout into a pipe, a FIFO, a directory, '' -> OutputError."""
+    r, w = os.pipe()
+    path = {"dev_null": device_copy(tmp_path, "null"), "dev_full": device_copy(tmp_path, "full"),
+            "dev_stdout_pipe": f"/proc/self/fd/{w}", "fifo": tmp_path / "fifo", "directory": tmp_path,
+            "empty": ""}[kind]
     if kind == "fifo":
         os.mkfifo(path)
-    if kind == "dev_stdout" and not os.path.exists("/dev/stdout"):
-        pytest.skip("no /dev/stdout here")
-    with pytest.raises(OutputError) as err:
-        append_record(path, record())
+    try:
+        with pytest.raises(OutputError) as err:
+            append_record(path, record())
+    finally:
+        os.close(r)
+        os.close(w)
     assert "\n" not in str(err.value)
-    if kind == "fifo":
+    if kind in ("fifo", "dev_stdout_pipe"):
         assert "FIFO" in str(err.value)
     if kind in ("dev_null", "dev_full"):
         assert os.path.exists(path) and not os.path.isfile(path)  # still the device
+        assert not os.path.exists(os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock"))
 
 
 def test_unwritable_places_are_refused_before_anything_is_written(tmp_path):

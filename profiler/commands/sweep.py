@@ -495,7 +495,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         plan = load_sweep(args.sweep, args.overrides, args.output, args.timeout)
         runner = runner_command(shlex.split(args.runner) if args.runner else None)
-        output = check_output(resolve_output(plan), "output", create=False)  # kind only: nothing made yet
+        output = check_output(resolve_output(plan), "output", create=not args.dry_run)  # after the runner
     except (ConfigError, OutputError) as err:
         console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
         return EXIT_CONFIG
@@ -515,11 +515,6 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not todo:
         return EXIT_OK
-    try:  # before the first entry: the directory is made and a write is tried
-        output = check_output(output, "output")
-    except OutputError as err:
-        console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
-        return EXIT_CONFIG
     lock = _lock_output(output)
     if lock is None:
         console.print(f"[red]error:[/red] another sweep is writing {output}", highlight=False)

@@ -277,10 +277,14 @@ def test_hostile_base_config_is_one_line_exit_2(tmp_path, fake_runner, capsys, b
     assert "base_config" in _one_line_exit_2(capsys, args_for(path, out, fake_runner), out)
 
 
-@pytest.mark.parametrize("output", ["directory", "/dev/null", "", "read_only"])
+@pytest.mark.parametrize("output", ["directory", "dev_null", "", "read_only"])
 def test_unusable_output_is_refused_before_anything_runs(tmp_path, fake_runner, capsys, monkeypatch, output):
     """Items 1-2: a directory, a device, '' or a read-only place as output: one line, exit 2, nothing run."""
     out = {"directory": tmp_path, "read_only": Path("/sys/memprof/runs.jsonl")}.get(output, output)
+    if output == "dev_null":
+        from test_results import device_copy
+
+        out = Path(device_copy(tmp_path, "null"))
     marker = tmp_path / "ran"
     monkeypatch.setenv("FAKE_RAN", str(marker))
     _one_line_exit_2(capsys, args_for(write_sweep(tmp_path, [32]), out, fake_runner),

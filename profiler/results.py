@@ -206,12 +206,13 @@ def _why_not_record(obj) -> str | None:
 
 
 def read_records(paths: Iterable[str | Path], strict: bool = False, offset: int = 0,
-                 warn: Callable[[str], None] | None = _stderr_warning) -> list[dict]:
-    """Every record in the given JSONL files, validated by RunRecord (as JSON-ready dicts). A missing file
-    is empty. Damaged lines (not UTF-8, not JSON, valid JSON that is not a record, a truncated tail, a
-    schema_version newer than ours) are skipped and counted in ONE `warn` call, or, with `strict`, raise
-    ValueError naming file and line. `offset`: start each file at this byte (what was appended since)."""
-    out: list[dict] = []
+                 warn: Callable[[str], None] | None = _stderr_warning, as_models: bool = False) -> list:
+    """Every record in the given JSONL files, validated by RunRecord: the lines' own dicts (or, with
+    `as_models`, RunRecord objects). A missing file is empty. Damaged lines (not UTF-8, not JSON, valid
+    JSON that is not a record, a truncated tail, a schema_version newer than ours) are skipped and counted
+    in ONE `warn` call, or, with `strict`, raise ValueError naming file and line. `offset`: start each file
+    at this byte (what was appended since)."""
+    out: list = []
     skipped: Counter[str] = Counter()
     where: list[str] = []
     for p in map(Path, paths):
@@ -230,7 +231,7 @@ def read_records(paths: Iterable[str | Path], strict: bool = False, offset: int 
                     obj = json.loads(raw.decode("utf-8"))
                     why = _why_not_record(obj)
                     if why is None:
-                        rec = RunRecord.model_validate(obj).model_dump(mode="json")
+                        model = RunRecord.model_validate(obj)
                 except UnicodeDecodeError:
                     why = "not UTF-8"
                 except json.JSONDecodeError:
@@ -244,7 +245,7 @@ def read_records(paths: Iterable[str | Path], strict: bool = False, offset: int 
                         raise ValueError(f"{p}:{n}: skipped line: {why}")
                     skipped[why] += 1
                     continue
-                out.append(rec)
+                out.append(model if as_models else obj)
         if sum(skipped.values()) > before:
             where.append(str(p))
     total = sum(skipped.values())
@@ -257,4 +258,4 @@ def read_records(paths: Iterable[str | Path], strict: bool = False, offset: int 
 def read_run_records(paths: Iterable[str | Path], strict: bool = False,
                      warn: Callable[[str], None] | None = _stderr_warning) -> list[RunRecord]:
     """read_records as RunRecord objects (compare's input)."""
-    return [RunRecord.model_validate(r) for r in read_records(paths, strict=strict, warn=warn)]
+    return read_records(paths, strict=strict, warn=warn, as_models=True)

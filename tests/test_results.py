@@ -222,3 +222,28 @@ def test_slugify_is_a_file_name_never_a_path():
     assert slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
     assert slugify("../../x") == "x" and slugify("a/b") == "a-b" and slugify("..") == "unknown"
     assert results.default_output("../../etc/x").as_posix() == "results/runs/etc-x.jsonl"
+
+
+def test_simulate_vs_cuda_script_reads_damaged_files_from_the_working_directory(tmp_path):
+    """Item 3 (scripts/simulate_vs_cuda.py): defaults are ./results/{runs,simulated} of the cwd; a
+    non-UTF-8 byte and a non-record line are skipped with one warning, the pair is still made."""
+    import subprocess
+    import sys
+
+    from profiler.config import REPO_ROOT
+
+    cfg = {"model": {"arch": "tiny-llama"}, "regime": {"kind": "full"}, "optimizer": {"name": "adamw"},
+           "train": {"batch_size": 1, "seq_len": 8, "gradient_checkpointing": False}}
+    runs, sims = tmp_path / "results" / "runs", tmp_path / "results" / "simulated"
+    runs.mkdir(parents=True)
+    sims.mkdir()
+    measured = record(1, config=cfg, peaks={"peak_allocated_bytes": 1000})
+    fake = record(2, config=cfg, backend="fake", peaks={"peak_allocated_bytes": 1100}, config_hash="h1")
+    (runs / "cpu.jsonl").write_bytes(json.dumps(measured).encode() + b'\n{"x": "\xff"}\n[]\n')
+    (sims / "cpu.jsonl").write_text(json.dumps(fake) + "\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "simulate_vs_cuda.py")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("warning") == 1 and "skipped 2 damaged lines" in proc.stderr
+    assert "| tiny-llama full adamw b1 s8 | cpu | ok |" in proc.stdout and "+10.0" in proc.stdout

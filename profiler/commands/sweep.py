@@ -43,7 +43,7 @@ from typing import Any
 
 import yaml
 
-from profiler.config import REPO_ROOT, ConfigError, RunConfig, load_config
+from profiler.config import REPO_ROOT, ConfigError, RunConfig, load_config, read_yaml
 from profiler.schema import RunRecord
 
 RUNNER_ENV = "MEMPROF_SWEEP_RUNNER"  # shlex-split command prefix replacing `python -m profiler run`
@@ -113,9 +113,9 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     if not path.is_file():
         raise SweepError(f"sweep file {str(path)!r} does not exist")
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SweepError(f"{path}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
+        doc = read_yaml(path) or {}
+    except ConfigError as exc:
+        raise SweepError(str(exc)) from None
     if not isinstance(doc, dict):
         raise SweepError(f"{path}: top level must be a mapping with keys {', '.join(sorted(SWEEP_KEYS))}")
     unknown = sorted(set(doc) - SWEEP_KEYS)
@@ -135,7 +135,9 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         bc = bc if bc.is_absolute() or bc.exists() else REPO_ROOT / bc
         if not bc.is_file():
             raise SweepError(f"{path}: base_config {str(doc['base_config'])!r} does not exist")
-        base = yaml.safe_load(bc.read_text()) or {}
+        base = read_yaml(bc) or {}
+        if not isinstance(base, dict):
+            raise SweepError(f"{path}: base_config {str(doc['base_config'])!r} must hold a mapping (a run config)")
     if doc.get("base") is not None:
         if not isinstance(doc["base"], dict):
             raise SweepError(f"{path}: base must be a mapping (a run config)")
@@ -157,6 +159,10 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
             try:
                 # deep copy: load_config's dotted overrides write into nested dicts of `base`
                 cfg = load_config(None, args, base=copy.deepcopy(base))
+                if cfg.model.user_supplied:  # a broken or non-causal config.json fails here, not in a runner
+                    from profiler.measure.loading import check_model_source  # torch: only when needed
+
+                    check_model_source(cfg.model)
             except ConfigError as err:
                 shown = ", ".join(f"{k}={v}" for k, v in chosen.items())
                 raise SweepError(f"{path}: entry {points} ({shown}): {err}") from None

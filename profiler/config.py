@@ -9,16 +9,45 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "configs" / "models"
 
 Dtype = Literal["float32", "bfloat16", "float16"]
+
+# Every numeric bound a config may reach, in one place (README "Configuration reference" lists them):
+# wide enough for any real run, narrow enough that a typo (10**30, 1e400GiB) is an error, not a hang.
+LIMITS: dict[str, tuple[int, int]] = {
+    "train.batch_size": (1, 65_536),
+    "train.seq_len": (1, 2**24),  # 16M tokens
+    "train.steps": (1, 10_000),
+    "train.warmup_steps": (0, 1_000),
+    "regime.lora.r": (1, 65_536),
+    "regime.lora.alpha": (1, 65_536),
+    "regime.freeze.trainable_layers": (0, 65_536),
+    "regime.new_tokens": (0, 2**20),
+    "seed": (0, 2**63 - 1),
+    "max_memory": (1, 2**50),  # bytes: 1 PiB
+}
+# A CPU `run` without max_memory gets this share of the RAM available when it starts as its tracker
+# budget, so a run that would not fit records status oom instead of swapping the machine.
+DEFAULT_CPU_BUDGET_FRACTION = 0.9
 
 
 class ConfigError(ValueError):
@@ -26,7 +55,12 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def _bounded(key: str, default: int) -> Any:
+    lo, hi = LIMITS[key]
+    return Field(default, ge=lo, le=hi)
 
 
 def bundled_architectures() -> list[str]:
@@ -75,6 +109,11 @@ class ModelConfig(_Strict):
         return self
 
     @property
+    def user_supplied(self) -> bool:
+        """A local config.json or checkpoint of the user's (not a bundled architecture, not a Hub id)."""
+        return bool(self.path or (self.arch and self.arch.endswith(".json")))
+
+    @property
     def name(self) -> str:
         """A short display name for tables and file names."""
         if self.arch and not self.arch.endswith(".json"):
@@ -88,8 +127,8 @@ class ModelConfig(_Strict):
 class LoraSettings(_Strict):
     """peft LoRA adapter; target_modules 'all-linear' targets every linear layer but the output head."""
 
-    r: StrictInt = Field(16, gt=0)
-    alpha: StrictInt = Field(32, gt=0)
+    r: StrictInt = _bounded("regime.lora.r", 16)
+    alpha: StrictInt = _bounded("regime.lora.alpha", 32)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: Literal["all-linear"] | list[str] = "all-linear"
 
@@ -97,7 +136,7 @@ class LoraSettings(_Strict):
 class FreezeSettings(_Strict):
     """Which parameters train under regime 'freeze': the last N decoder layers and/or named modules."""
 
-    trainable_layers: StrictInt = Field(2, ge=0)
+    trainable_layers: StrictInt = _bounded("regime.freeze.trainable_layers", 2)
     trainable_modules: list[str] = Field(default_factory=list)
 
 
@@ -112,7 +151,8 @@ class RegimeConfig(_Strict):
     prepare_kbit: bool = True  # qlora: peft.prepare_model_for_kbit_training (upcasts norms/head to fp32)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     freeze: FreezeSettings = Field(default_factory=FreezeSettings)
-    new_tokens: StrictInt = Field(0, ge=0)  # inference: >0 runs generate() with a KV cache of this many tokens
+    # inference: >0 runs generate() with a KV cache of this many tokens
+    new_tokens: StrictInt = _bounded("regime.new_tokens", 0)
 
     @property
     def label(self) -> str:
@@ -123,16 +163,16 @@ class OptimizerConfig(_Strict):
     """Optimizer; 8-bit and paged variants come from bitsandbytes (paged state lives in CUDA managed memory)."""
 
     name: Literal["sgd", "sgd_momentum", "adam", "adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-4, gt=0)  # finite (allow_inf_nan=False): a line never holds Infinity
 
 
 class TrainConfig(_Strict):
     """Batch shape and step loop."""
 
-    batch_size: StrictInt = Field(1, gt=0)
-    seq_len: StrictInt = Field(512, gt=0)
-    steps: StrictInt = Field(3, gt=0)  # measured steps after warm-up; the last one is the steady state
-    warmup_steps: StrictInt = Field(1, ge=0)  # the first step allocates optimizer state lazily
+    batch_size: StrictInt = _bounded("train.batch_size", 1)
+    seq_len: StrictInt = _bounded("train.seq_len", 512)
+    steps: StrictInt = _bounded("train.steps", 3)  # measured steps after warm-up; the last one is the steady state
+    warmup_steps: StrictInt = _bounded("train.warmup_steps", 1)  # the first step allocates optimizer state lazily
     gradient_checkpointing: bool = False  # trades compute for activation memory
     autocast: Literal["none", "bf16", "fp16"] = "none"
 
@@ -145,9 +185,43 @@ class RunConfig(_Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     device: Literal["cuda", "cpu"] = "cuda"
-    seed: StrictInt = 0
+    seed: StrictInt = _bounded("seed", 0)
     output: str | None = None  # JSONL file; default results/runs/<device-slug>.jsonl
     max_memory: str | int | None = None  # CPU only: tracker budget like "2GiB"; exceeding it records an oom
+
+    _ignored: list[str] = PrivateAttr(default_factory=list)
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _size_text(cls, value: Any) -> Any:
+        if isinstance(value, float | bool):  # YAML .inf, 2.5: no unit, and not a union member to report
+            raise ValueError(f"{value!r} is not a size; use a number with a unit like 512MiB, 2GiB, 80GB")
+        return value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _drop_not_applicable(cls, data: Any, handler: ModelWrapValidatorHandler[RunConfig]) -> RunConfig:
+        """Keys that do not apply to the regime are validated, then reset to their defaults, so a run has
+        one identity (config_hash) whatever else the file sets; `ignored_keys` lists what was dropped."""
+        cfg = handler(data)
+        drop = not_applicable_keys(cfg)
+        if not drop:
+            return cfg
+        pruned = cfg.model_dump(exclude_unset=True)
+        for dotted in drop:
+            *parents, last = dotted.split(".")
+            node = pruned
+            for p in parents:
+                node = node[p]
+            del node[last]
+        out = handler(pruned)
+        out._ignored = drop
+        return out
+
+    @property
+    def ignored_keys(self) -> list[str]:
+        """Dotted keys given in the config that do not apply to its regime (reset to defaults on load)."""
+        return list(self._ignored)
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -161,10 +235,64 @@ class RunConfig(_Strict):
         return self
 
     def config_hash(self) -> str:
-        """Identity of a run for resume/dedup: everything but where the result is written."""
+        """Identity of a run for resume/dedup: everything but where the result is written. Keys that do
+        not apply to the regime were reset to defaults on load, so they never split one run in two."""
         data = self.model_dump(mode="json", exclude={"output"})
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_QLORA_ONLY = ("bits", "prepare_kbit")
+_QLORA4_ONLY = ("quant_type", "double_quant", "compute_dtype")
+
+
+def not_applicable_keys(cfg: RunConfig) -> list[str]:
+    """Dotted keys set in `cfg` that its regime never reads: 4/8-bit settings outside qlora (4-bit ones
+    under qlora 8-bit too), lora.* outside lora/qlora, freeze.* outside freeze, new_tokens outside
+    inference, and optimizer.* / train.gradient_checkpointing under inference (nothing trains)."""
+    rg = cfg.regime
+    keys = []
+    if rg.kind != "qlora":
+        keys += [f"regime.{k}" for k in (*_QLORA_ONLY, *_QLORA4_ONLY)]
+    elif rg.bits == 8:
+        keys += [f"regime.{k}" for k in _QLORA4_ONLY]
+    if rg.kind not in ("lora", "qlora"):
+        keys.append("regime.lora")
+    if rg.kind != "freeze":
+        keys.append("regime.freeze")
+    if rg.kind != "inference":
+        keys.append("regime.new_tokens")
+    else:
+        keys += ["optimizer", "train.gradient_checkpointing"]
+    return [k for k in keys if _is_set(cfg, k)]
+
+
+def _is_set(model: BaseModel, dotted: str) -> bool:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        if p not in model.model_fields_set:
+            return False
+        model = getattr(model, p)
+    return last in model.model_fields_set
+
+
+def default_cpu_budget() -> int:
+    """DEFAULT_CPU_BUDGET_FRACTION of the RAM available now (psutil if installed, else /proc/meminfo)."""
+    try:
+        import psutil
+
+        available = int(psutil.virtual_memory().available)
+    except ImportError:
+        available = _meminfo_available()
+    return max(1, int(available * DEFAULT_CPU_BUDGET_FRACTION))
+
+
+def _meminfo_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # the kernel reports kB (KiB)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -174,7 +302,7 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 def parse_bytes(text: str | int) -> int:
     """'80GiB' -> 85899345920; GiB = 2^30, GB = 10^9."""
     if isinstance(text, int):
-        return text
+        return _check_size(text, text)
     s = str(text).strip().lower().replace(" ", "")
     num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
     unit = s[len(num):]
@@ -182,9 +310,17 @@ def parse_bytes(text: str | int) -> int:
         value = float(num)
     except ValueError:
         value = -1.0
-    if unit not in _UNITS or unit == "" or value < 0:  # a bare number is ambiguous (bytes? GiB? GB?)
+    # a bare number is ambiguous (bytes? GiB? GB?); nan/inf are not sizes
+    if unit not in _UNITS or unit == "" or not value >= 0:  # `not >=`: nan too; inf is out of range below
         raise ValueError(f"{text!r} is not a size; use a number with a unit like 512MiB, 2GiB, 80GB")
-    return int(value * _UNITS[unit])
+    return _check_size(text, value * _UNITS[unit])
+
+
+def _check_size(text: str | int, value: float) -> int:
+    lo, hi = LIMITS["max_memory"]
+    if not lo <= value <= hi:
+        raise ValueError(f"{text!r} is out of range; allowed: 1 byte to 1 PiB ({hi} bytes)")
+    return int(value)
 
 
 def _format_error(err: ValidationError, data: dict) -> str:
@@ -201,6 +337,11 @@ def _format_error(err: ValidationError, data: dict) -> str:
     if e["type"] == "missing":
         return f"{key}: required key is missing"
     value = e.get("input")
+    if e["type"] in ("greater_than_equal", "less_than_equal") and key in LIMITS:
+        lo, hi = LIMITS[key]
+        return f"{key}: {value!r} is out of range; allowed: {lo}..{hi}"
+    if e["type"] == "finite_number":
+        return f"{key}: {value!r} is invalid: must be a finite number (not .inf or .nan)"
     if e["type"] == "literal_error":
         allowed = e.get("ctx", {}).get("expected", "")
         return f"{key}: {value!r} is not allowed; allowed: {allowed}"
@@ -221,6 +362,62 @@ def _model_at(loc: list[str]) -> type[BaseModel] | None:
     return model
 
 
+class YamlLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (no `!!python/...` tags) that refuses a key given twice in one mapping: PyYAML
+    would keep the last silently, so a second `train:` would replace the first."""
+
+
+def _unique_mapping(loader: YamlLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    first: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then overriding one of its keys is fine
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            seen = key in first
+        except TypeError:  # unhashable key: construct_mapping names it
+            continue
+        if seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first given at line {first[key] + 1})", key_node.start_mark)
+        first[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error as one line: where (line) and what."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark else ""
+    problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+    if "could not determine a constructor for the tag" in problem:
+        problem += " (only plain YAML: no !!python or other custom tags)"
+    return f"malformed YAML{where}: {problem}"
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file (UTF-8, safe tags, unique keys); ConfigError naming the file on any problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist" if not p.exists()
+                          else f"config file {str(p)!r} is not a regular file")
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config file {str(p)!r} cannot be read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                          "save the file as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - YamlLoader is a SafeLoader
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: {yaml_problem(exc)}") from None
+
+
 def _set_dotted(data: dict, dotted: str, raw: str) -> None:
     parts = dotted.split(".")
     node = data
@@ -228,7 +425,11 @@ def _set_dotted(data: dict, dotted: str, raw: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"{dotted}: cannot override inside a non-mapping value")
-    node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+    try:
+        value = yaml.load(raw, Loader=YamlLoader) if raw != "" else None  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {dotted}={raw!r}: {yaml_problem(exc)}") from None
+    node[parts[-1]] = value
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
@@ -237,14 +438,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{p}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        loaded = read_yaml(p)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -57,7 +57,7 @@ BAD = [
     # (overrides or yaml text, the dotted key the message must name, a word it must contain)
     (["regime.kind=sideways"], "regime.kind", "allowed: 'full'"),
     (["regime.bits=3"], "regime.bits", "allowed: 4 or 8"),
-    (["train.batch_size=-1"], "train.batch_size", "greater than 0"),
+    (["train.batch_size=-1"], "train.batch_size", "allowed: 1..65536"),
     (["optimizer.name=adamx"], "optimizer.name", "adamw_8bit"),
     (["regime.lora.alhpa=8"], "regime.lora.alhpa", "did you mean 'alpha'"),
     (["model.arch=llama-2-7"], "model.arch", "did you mean 'llama-2-7b'"),
@@ -167,3 +167,279 @@ def test_env_command_reports_this_machine(capsys):
     if not torch.cuda.is_available():
         assert main(["env", "--device", "cuda"]) == 2
         assert "not available" in capsys.readouterr().err
+
+
+
+# ---- hostile input (issue 9): every case one line on stderr, the documented exit code, nothing written ----
+MODEL_FIXTURES = REPO_ROOT / "tests" / "data" / "model_configs"
+TINY = str(REPO_ROOT / "configs" / "tiny_full.yaml")
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str]:
+    rc = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def _assert_one_line(rc: int, err: str, code: int, *words: str) -> None:
+    assert rc == code, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+
+
+def test_duplicate_yaml_key_is_an_error_naming_key_and_line(tmp_path, capsys):
+    text = (REPO_ROOT / "configs" / "tiny_full.yaml").read_text() + "train:\n  batch_size: 8\n"
+    cfg = tmp_path / "dup.yaml"
+    cfg.write_text(text)
+    first = 1 + text.splitlines().index("train:")
+    second = len(text.splitlines()) - 1
+    rc, err = _cli(capsys, "run", str(cfg), "--quiet", "--output", str(tmp_path / "o.jsonl"))
+    _assert_one_line(rc, err, 2, "duplicate key 'train'", f"at line {second}", f"first given at line {first}")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_yaml_merge_key_may_be_overridden(tmp_path):
+    cfg = tmp_path / "merge.yaml"
+    text = "model: {arch: tiny-llama}\ndevice: cpu\ntrain:\n  <<: {batch_size: 2, seq_len: 32}\n  batch_size: 4\n"
+    cfg.write_text(text)
+    assert load_config(cfg).train.batch_size == 4
+
+
+HOSTILE_CONFIG = [
+    # (id, config file text or None for tiny_full.yaml, overrides, exit code, words the one line must hold)
+    ("non-utf8 file", b"model:\n  arch: tiny-llama\n# caf\xe9\n", [], 2, ["not UTF-8", "0xe9"]),
+    ("python tag in file", "model: !!python/object/apply:os.system ['true']\n", [], 2,
+     ["malformed YAML at line 1", "no !!python"]),
+    ("python tag in override", None, ["seed=!!python/object/apply:os.getpid []"], 2, ["override seed=", "no !!python"]),
+    ("malformed yaml in override", None, ["train.batch_size=[1, 2"], 2,
+     ["override train.batch_size=", "malformed YAML"]),
+    ("duplicate key in override", None, ["regime.lora={r: 4, r: 8}"], 2, ["duplicate key 'r'"]),
+    ("batch 10**30", None, ["train.batch_size=1000000000000000000000000000000"], 2,
+     ["train.batch_size", "allowed: 1..65536"]),
+    ("batch 65537", None, ["train.batch_size=65537"], 2, ["allowed: 1..65536"]),
+    ("seq over 2**24", None, ["train.seq_len=16777217"], 2, ["train.seq_len", "allowed: 1..16777216"]),
+    ("steps 10**9", None, ["train.steps=1000000000"], 2, ["train.steps", "allowed: 1..10000"]),
+    ("warmup 10**9", None, ["train.warmup_steps=1000000000"], 2, ["train.warmup_steps", "allowed: 0..1000"]),
+    ("lr .inf", None, ["optimizer.lr=.inf"], 2, ["optimizer.lr", "finite"]),
+    ("lr .nan", None, ["optimizer.lr=.nan"], 2, ["optimizer.lr", "finite"]),
+    ("lr 0", None, ["optimizer.lr=0"], 2, ["optimizer.lr", "greater than 0"]),
+    ("lora dropout .nan", None, ["regime.kind=lora", "regime.lora.dropout=.nan"], 2, ["regime.lora.dropout", "finite"]),
+    ("lora r 10**6", None, ["regime.kind=lora", "regime.lora.r=1000000"], 2, ["regime.lora.r", "allowed: 1..65536"]),
+    ("new_tokens 10**7", None, ["regime.kind=inference", "regime.new_tokens=10000000"], 2,
+     ["regime.new_tokens", "allowed: 0..1048576"]),
+    ("seed 10**30", None, ["seed=1000000000000000000000000000000"], 2, ["seed", "allowed: 0.."]),
+    ("max_memory 1e400GiB", None, ["max_memory=1e400GiB"], 2, ["max_memory", "out of range", "1 PiB"]),
+    ("max_memory 10**30 bytes", None, ["max_memory=1000000000000000000000000000000B"], 2, ["max_memory", "1 PiB"]),
+    ("max_memory 10**30", None, ["max_memory=10**30"], 2, ["max_memory", "not a size"]),
+    ("max_memory .inf", None, ["max_memory=.inf"], 2, ["max_memory", "not a size"]),
+    ("max_memory nanGiB", None, ["max_memory=nanGiB"], 2, ["max_memory", "not a size"]),
+    ("max_memory 0GiB", None, ["max_memory=0GiB"], 2, ["max_memory", "out of range"]),
+]
+
+
+@pytest.mark.parametrize("text,overrides,code,words", [h[1:] for h in HOSTILE_CONFIG],
+                         ids=[h[0] for h in HOSTILE_CONFIG])
+def test_hostile_config_one_line_documented_exit(tmp_path, capsys, text, overrides, code, words):
+    cfg = TINY
+    if text is not None:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_bytes(text if isinstance(text, bytes) else text.encode())
+    out = tmp_path / "o.jsonl"
+    rc, err = _cli(capsys, "run", str(cfg), *overrides, "--quiet", "--output", str(out))
+    _assert_one_line(rc, err, code, *words)
+    assert not out.exists()
+
+
+def test_limits_themselves_are_accepted():
+    from profiler.config import LIMITS
+
+    ov = [f"{k}={hi}" for k, (_, hi) in LIMITS.items() if k.startswith(("train.", "seed", "regime.lora"))]
+    cfg = load_config(REPO_ROOT / "configs/tiny_lora.yaml", ov)
+    assert cfg.train.batch_size == LIMITS["train.batch_size"][1] and cfg.train.seq_len == 2**24
+    assert parse_bytes("1024TiB") == 2**50 == LIMITS["max_memory"][1]
+
+
+def test_simulate_cannot_loop_forever_on_warmup(tmp_path, capsys):
+    rc, err = _cli(capsys, "simulate", TINY, "train.warmup_steps=1000000000", "--quiet", "--output",
+                   str(tmp_path / "o.jsonl"))
+    _assert_one_line(rc, err, 2, "train.warmup_steps", "allowed: 0..1000")
+
+
+# ---- keys that do not apply to the regime: validated, then reset to defaults (one run, one identity) ----
+SHIPPED_HASHES = {  # config_hash() of every shipped config before the normalisation existed: unchanged
+    "llama70b_full.yaml": "6208d4fad8d218fc", "llama7b_freeze.yaml": "6f5a39c425f6807f",
+    "llama7b_full.yaml": "3198e405faec426e", "llama7b_full_seq4096.yaml": "2455ec68beb70a51",
+    "llama7b_inference.yaml": "9230302c74d9dbaa", "llama7b_lora.yaml": "d8d902f09eae6292",
+    "llama7b_qlora4.yaml": "62b2b84553cca126", "llama7b_qlora8.yaml": "66746eb6999d0d08",
+    "tiny_freeze.yaml": "ccda013cb7260582", "tiny_full.yaml": "3f0ce8d2ea8bedae",
+    "tiny_inference.yaml": "d1badadf839aa83d", "tiny_lora.yaml": "05e4095e7f07486c",
+    "tiny_qlora4.yaml": "e0d503af01c25378", "tiny_qlora8.yaml": "5903dfe678d85210",
+}
+
+
+def test_shipped_config_hashes_did_not_move():
+    assert {p.name: load_config(p).config_hash() for p in SHIPPED} == SHIPPED_HASHES
+
+
+NOT_APPLICABLE = [
+    ("tiny_lora.yaml", ["regime.bits=8", "regime.quant_type=fp4", "regime.prepare_kbit=false"]),
+    ("tiny_lora.yaml", ["regime.freeze.trainable_layers=7", "regime.new_tokens=16"]),
+    ("tiny_full.yaml", ["regime.lora.r=64", "regime.freeze.trainable_modules=[lm_head]"]),
+    ("tiny_freeze.yaml", ["regime.lora.alpha=8", "regime.compute_dtype=float16"]),
+    ("tiny_qlora8.yaml", ["regime.quant_type=fp4", "regime.double_quant=false", "regime.compute_dtype=float32"]),
+    ("tiny_inference.yaml", ["optimizer.name=sgd", "optimizer.lr=0.5", "train.gradient_checkpointing=true"]),
+]
+
+
+@pytest.mark.parametrize("name,overrides", NOT_APPLICABLE, ids=[f"{n}:{o[0]}" for n, o in NOT_APPLICABLE])
+def test_keys_that_do_not_apply_do_not_change_the_identity(name, overrides):
+    plain = load_config(REPO_ROOT / "configs" / name)
+    noisy = load_config(REPO_ROOT / "configs" / name, overrides)
+    assert noisy.config_hash() == plain.config_hash()
+    assert noisy.model_dump() == plain.model_dump()  # the record's config says what ran
+    for key in (o.split("=")[0] for o in overrides):  # each given key is reported as ignored (or its parent)
+        assert any(key == i or key.startswith(i + ".") for i in noisy.ignored_keys), (key, noisy.ignored_keys)
+
+
+def test_keys_that_apply_still_change_the_identity():
+    base = load_config(REPO_ROOT / "configs/tiny_qlora4.yaml")
+    for ov in ("regime.quant_type=fp4", "regime.bits=8", "regime.lora.r=8", "regime.prepare_kbit=false"):
+        assert load_config(REPO_ROOT / "configs/tiny_qlora4.yaml", [ov]).config_hash() != base.config_hash(), ov
+    inf = load_config(REPO_ROOT / "configs/tiny_inference.yaml")
+    assert load_config(REPO_ROOT / "configs/tiny_inference.yaml", ["regime.new_tokens=4"]).config_hash() != (
+        inf.config_hash())
+
+
+def test_sweep_merges_grid_points_that_differ_only_in_keys_that_do_not_apply(tmp_path):
+    from profiler.commands.sweep import load_sweep
+
+    f = tmp_path / "s.yaml"
+    f.write_text("base_config: configs/tiny_full.yaml\ngrid:\n  regime.kind: [full, lora]\n"
+                 "  regime.lora.r: [4, 8]\n  regime.bits: [4, 8]\n")
+    plan = load_sweep(f, output=tmp_path / "o.jsonl")
+    assert len(plan.entries) == 3 and plan.duplicates == 5  # full once, lora r=4 and r=8
+
+
+# ---- a CPU run without max_memory gets a default budget: it records oom instead of swapping ----
+def test_default_cpu_budget_is_a_share_of_available_ram():
+    from profiler.config import DEFAULT_CPU_BUDGET_FRACTION, _meminfo_available, default_cpu_budget
+
+    available = _meminfo_available()
+    budget = default_cpu_budget()
+    assert 0 < budget <= available  # psutil and /proc/meminfo agree to within what others allocate meanwhile
+    assert abs(budget - DEFAULT_CPU_BUDGET_FRACTION * available) < 0.25 * available
+
+
+def test_cpu_run_without_max_memory_records_oom_under_the_default_budget(tmp_path, capsys, monkeypatch):
+    import json
+
+    from profiler.measure import harness
+
+    monkeypatch.setattr(harness, "default_cpu_budget", lambda: 64 * 2**20)  # this machine with 71 MiB free
+    out = tmp_path / "o.jsonl"
+    rc = main(["run", TINY, "train.batch_size=1", f"train.seq_len={2**20}", "--quiet", "--output", str(out)])
+    assert rc == 0
+    rec = json.loads(out.read_text())
+    assert rec["status"] == "oom" and rec["oom_phase"] == "forward"
+    assert "budget 67108864" in rec["error"] and "default CPU budget: 90%" in rec["error"]
+    assert rec["config"]["max_memory"] is None
+
+
+def test_explicit_max_memory_is_not_called_default(tmp_path, monkeypatch):
+    from profiler.measure import harness
+
+    monkeypatch.setattr(harness, "default_cpu_budget", lambda: pytest.fail("default used despite max_memory"))
+    rec = harness.run(load_config(TINY, ["max_memory=400KiB", "train.steps=1"]))
+    assert rec["status"] == "oom" and "default" not in rec["error"]
+
+
+# ---- broken and non-causal config.json: one line, exit 2, from every command ----
+BROKEN_MODELS = [
+    # (fixture under tests/data/model_configs, field, words the one line must hold)
+    ("t5.json", "model.arch", ["'t5' model (T5Config)", "AutoModelForCausalLM cannot build"]),
+    ("vit.json", "model.arch", ["'vit' model (ViTConfig)"]),
+    ("llava.json", "model.arch", ["'llava' model (LlavaConfig)"]),
+    ("empty.json", "model.arch", ["is empty"]),
+    ("empty_object.json", "model.arch", ["has no model_type"]),
+    ("not_object.json", "model.arch", ["holds a JSON list"]),
+    ("not_json.json", "model.arch", ["is not JSON (line 2"]),
+    ("not_utf8.json", "model.arch", ["is not UTF-8"]),
+    ("negative.json", "model.arch", ["hidden_size = -64", "positive integer"]),
+    ("zero_layers.json", "model.arch", ["num_hidden_layers = 0"]),
+    ("unknown_type.json", "model.arch", ["model_type 'no-such-model', unknown to transformers"]),
+    ("no_config_dir", "model.path", ["has no config.json"]),
+    ("t5.json", "model.path", ["'t5' model"]),
+]
+COMMANDS = ["run", "simulate", "estimate", "sweep"]
+
+
+def _model_overrides(fixture: str, field: str) -> list[str]:
+    path = MODEL_FIXTURES / fixture
+    return [f"model.arch={path}"] if field == "model.arch" else ["model.arch=null", f"model.path={path}"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("fixture,field,words", BROKEN_MODELS, ids=[f"{b[1]}={b[0]}" for b in BROKEN_MODELS])
+def test_broken_model_config_one_line_exit_2_every_command(tmp_path, capsys, command, fixture, field, words):
+    out = tmp_path / "o.jsonl"
+    ov = _model_overrides(fixture, field)
+    if command == "sweep":
+        sweep_file = tmp_path / "s.yaml"
+        sweep_file.write_text(f"base_config: {TINY}\ngrid:\n  train.seq_len: [32]\n")
+        argv = ["sweep", str(sweep_file), *ov, "--output", str(out)]
+    elif command == "estimate":
+        argv = ["estimate", TINY, *ov]
+    else:
+        argv = [command, TINY, *ov, "--quiet", "--output", str(out)]
+    rc, err = _cli(capsys, *argv)
+    _assert_one_line(rc, err, 2, f"{field}: ", *words)
+    assert not out.exists()
+
+
+def test_qlora_with_broken_config_json_exits_2_before_anything_runs(tmp_path, capsys, monkeypatch):
+    from profiler.measure import loading
+
+    monkeypatch.setattr(loading, "random_checkpoint", lambda *a: pytest.fail("checkpoint written"))
+    out = tmp_path / "o.jsonl"
+    for fixture in ("t5.json", "negative.json", "empty.json"):
+        rc, err = _cli(capsys, "run", str(REPO_ROOT / "configs/tiny_qlora4.yaml"),
+                       f"model.arch={MODEL_FIXTURES / fixture}", "--quiet", "--output", str(out))
+        _assert_one_line(rc, err, 2, "error: model.arch: ")
+    assert not out.exists()
+
+
+def test_failure_while_preparing_the_checkpoint_is_a_recorded_error(tmp_path, capsys, monkeypatch):
+    import json
+
+    from profiler.measure import harness
+
+    def full_disk(cfg):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(harness, "prepare_source", full_disk)
+    out = tmp_path / "o.jsonl"
+    rc = main(["run", str(REPO_ROOT / "configs/tiny_qlora4.yaml"), "--quiet", "--output", str(out)])
+    assert rc == 1
+    rec = json.loads(out.read_text())
+    assert rec["status"] == "error" and "No space left on device" in rec["error"] and rec["phases"] == []
+
+
+def test_broken_model_config_from_a_real_process_has_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "profiler", "run", "configs/tiny_qlora4.yaml",
+                           f"model.arch={MODEL_FIXTURES / 't5.json'}", "--output", str(tmp_path / "o.jsonl")],
+                          cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "T5Config" in proc.stderr
+
+
+def test_malformed_sweep_base_config_is_one_line(tmp_path, capsys):
+    base = tmp_path / "base.yaml"
+    base.write_bytes(b"model: {arch: tiny-llama}\ntrain: [\n")
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text(f"base_config: {base}\ngrid:\n  train.seq_len: [32]\n")
+    rc, err = _cli(capsys, "sweep", str(sweep_file), "--output", str(tmp_path / "o.jsonl"))
+    _assert_one_line(rc, err, 2, "malformed YAML")
+    base.write_bytes(b"model: {arch: tiny-llama}\n\xff\n")
+    rc, err = _cli(capsys, "sweep", str(sweep_file), "--output", str(tmp_path / "o.jsonl"))
+    _assert_one_line(rc, err, 2, "not UTF-8")

@@ -13,11 +13,10 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from profiler.config import ConfigError, RunConfig, load_config, parse_bytes
+from profiler.config import LIMITS, ConfigError, RunConfig, load_config, parse_bytes
 from profiler.formulas import COMPONENTS, ESTIMATORS, Estimate, NotApplicable, estimate
 
 UNITS = {"GiB": 2**30, "GB": 10**9}
-SEARCH_CAP = 1 << 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,10 +74,12 @@ def with_train(cfg: RunConfig, **train: int) -> RunConfig:
     return RunConfig.model_validate(data)
 
 
-def solve_max(cfg: RunConfig, name: str, field: str, budget: int, cap: int = SEARCH_CAP) -> int | None:
+def solve_max(cfg: RunConfig, name: str, field: str, budget: int, cap: int | None = None) -> int | None:
     """Largest value of train.<field> (batch_size or seq_len) whose estimate fits `budget` bytes.
 
-    0 when even 1 does not fit; None when `cap` still fits (the estimator does not grow with it)."""
+    0 when even 1 does not fit; None when `cap` (default: the config limit of the field, a power of
+    two) still fits (the estimator does not grow with it)."""
+    cap = cap if cap is not None else LIMITS[f"train.{field}"][1]
 
     def fits(v: int) -> bool:
         return estimate(name, with_train(cfg, **{field: v})).total <= budget

@@ -49,7 +49,7 @@ from typing import Any
 
 import yaml
 
-from profiler.config import REPO_ROOT, ConfigError, RunConfig, load_config
+from profiler.config import REPO_ROOT, ConfigError, RunConfig, load_config, read_yaml
 from profiler.results import OutputError, check_output, lock_path, read_records, slugify
 from profiler.schema import RunRecord
 
@@ -163,6 +163,10 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
             try:
                 # deep copy: load_config's dotted overrides write into nested dicts of `base`
                 cfg = load_config(None, args, base=copy.deepcopy(base))
+                if cfg.model.user_supplied:  # a broken or non-causal config.json fails here, not in a runner
+                    from profiler.measure.loading import check_model_source  # torch: only when needed
+
+                    check_model_source(cfg.model)
             except ConfigError as err:
                 shown = ", ".join(f"{k}={v}" for k, v in chosen.items())
                 raise SweepError(f"{path}: entry {points} ({shown}): {err}") from None
@@ -190,17 +194,11 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
 
 
 def _read_yaml(path: Path, what: str) -> Any:
+    """The config reader's checks (UTF-8, safe tags, unique keys), errors prefixed with what was read."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise SweepError(f"{what} {str(path)!r}: not UTF-8 text (byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SweepError(f"{what} {str(path)!r}: malformed YAML{where}: {getattr(exc, 'problem', exc)}"
-                         ) from None
-    except OSError as exc:
-        raise SweepError(f"{what} {str(path)!r}: cannot be read ({exc.strerror})") from None
+        return read_yaml(path)
+    except ConfigError as exc:
+        raise SweepError(f"{what} {str(path)!r}: {exc}") from None
 
 
 def _find_base_config(name: str) -> Path | None:

@@ -14,7 +14,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from profiler.config import RunConfig
+from profiler.config import ConfigError, RunConfig
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,15 @@ def hf_config_of(cfg: RunConfig):
 
 
 def arch_of(cfg: RunConfig) -> Arch:
-    """The Arch of cfg.model (cached per architecture)."""
+    """The Arch of cfg.model (cached per architecture). The config passes the same check as `run`
+    (resolve_hf_config: a causal LM with positive sizes); one transformers cannot build is a ConfigError."""
     hf = hf_config_of(cfg)
-    return _arch_cached(json.dumps(hf.to_dict(), sort_keys=True, default=str))
+    try:
+        return _arch_cached(json.dumps(hf.to_dict(), sort_keys=True, default=str))
+    except Exception as exc:  # transformers' own checks while building the meta model (e.g. head sizes)
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(f"model: transformers cannot build {cfg.model.name!r} ({hf.model_type}) from its "
+                          f"config: {type(exc).__name__}: {why}") from None
 
 
 def meta_model(hf_config, dtype: torch.dtype = torch.float32) -> nn.Module:

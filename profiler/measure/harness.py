@@ -19,9 +19,9 @@ from typing import Protocol
 
 import torch
 
-from profiler.config import ConfigError, RunConfig, parse_bytes
+from profiler.config import DEFAULT_CPU_BUDGET_FRACTION, ConfigError, RunConfig, default_cpu_budget, parse_bytes
 from profiler.measure.env import collect_env
-from profiler.measure.loading import LoadedModel, load_model, prepare_source
+from profiler.measure.loading import LoadedModel, load_model, prepare_source, resolve_hf_config
 from profiler.measure.model_stats import model_stats
 from profiler.measure.optimizers import make_optimizer
 from profiler.measure.probes.cuda import CudaProbe, free_bytes, memory_stats
@@ -188,8 +188,15 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
         "status": "ok",
         "error": None,
     }
+    resolve_hf_config(cfg.model)  # a broken or non-causal config.json: ConfigError (exit 2), nothing run
+    prepare_error = None
     if fake is None:
-        prepare_source(cfg)
+        try:
+            prepare_source(cfg)
+        except ConfigError:
+            raise
+        except Exception as exc:  # e.g. a full disk while writing the checkpoint: recorded below as an error
+            prepare_error = exc
     sampler = _nvml_sampler() if cuda else None
     if cuda:
         if sampler is not None:
@@ -200,6 +207,9 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
     _import_libraries(cfg)
     record["env"] = collect_env("cpu" if fake else cfg.device)
     budget = parse_bytes(str(cfg.max_memory)) if cfg.max_memory else None
+    default_budget = budget is None and not cuda and fake is None  # a real CPU run never swaps the machine
+    if default_budget:
+        budget = default_cpu_budget()
     tracker = TensorTracker(budget_bytes=budget, devices={"cuda"} if cuda else None) if use_tracker else None
     meter = PhaseMeter(cuda, tracker, sampler)
     model = optimizer = batch = loaded = None
@@ -213,6 +223,8 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
                 modes.enter_context(fake.mode())
             if tracker is not None:
                 modes.enter_context(tracker)
+            if prepare_error is not None:
+                raise prepare_error
             t0 = time.perf_counter()
             with meter.phase("load"):
                 loaded = fake.load_model(cfg) if fake is not None else load_model(cfg)
@@ -245,6 +257,9 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
                     on_step(step + 1, steps_total)
     except OOM_ERRORS as exc:
         record.update(status="oom", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        if default_budget and isinstance(exc, TrackerOutOfMemory):
+            record["error"] += (f" (default CPU budget: {DEFAULT_CPU_BUDGET_FRACTION:.0%} of the RAM available "
+                                "at start; set max_memory to change it)")
         if meter.current:
             record["oom_phase"], record["oom_step"] = meter.current
         record["free_bytes_at_oom"] = free_bytes() if cuda else None

@@ -25,6 +25,14 @@ BASELINE_FIRST = "this process's first pre-CUDA baseline (CUDA already initialis
 BASELINE_LATE = "read after this process initialised CUDA: includes its context, so context is understated"
 
 
+def remember_pre_cuda_baseline(reader: Reader) -> int:
+    """Read and keep the device use now, for a process that will initialise CUDA outside the harness before
+    its first run (a test session, a notebook): its runs then report context against this figure."""
+    global _PRE_CUDA_BASELINE
+    _PRE_CUDA_BASELINE = reader()[0]
+    return _PRE_CUDA_BASELINE
+
+
 @dataclass
 class NvmlResult:
     baseline_used_bytes: int

@@ -8,7 +8,9 @@ branch cannot run on a CPU). Bands are stated where a check is not exact:
 - 8-bit and paged AdamW state: exact bytes against `components` (bitsandbytes' block layout is known);
 - gradient checkpointing: the measured drop in activations within 15 % of the drop `components` predicts;
 - CUDA breakdown: sums to NVML peak - baseline exactly, untracked within [-1 %, 5 %] of peak allocated,
-  context positive and within 64 MiB across phases and across two runs in one process.
+  context positive in every phase, within 64 MiB across the phases of the steady step and between two runs
+  in one process;
+- --no-tracker: the allocator's peaks within 1 % of a tracked run's.
 """
 
 from __future__ import annotations
@@ -151,7 +153,9 @@ def assert_checkpointing_saves_as_predicted(plain: dict, ckpt: dict, cfg, cfg_ck
 
 
 def contexts(rec: dict) -> list[int]:
-    return [p["breakdown"]["context"] for p in rec["phases"] if p["phase"] in TRAIN_PHASES]
+    """`context` of the last (steady) step's phases: by then lazily loaded CUDA modules are all in."""
+    last = max(p["step"] for p in rec["phases"] if p["step"] is not None)
+    return [p["breakdown"]["context"] for p in rec["phases"] if p["phase"] in TRAIN_PHASES and p["step"] == last]
 
 
 def assert_breakdown_adds_up_to_nvml(rec: dict) -> None:
@@ -194,6 +198,9 @@ def test_cuda_oom_is_recorded_with_its_phase_and_leaks_nothing():
     while estimate("components", cuda_cfg("full", f"train.batch_size={batch}")).total < 1.5 * free:
         batch *= 2
     cfg = cuda_cfg("full", f"train.batch_size={batch}", "train.warmup_steps=0")
+    # the same kernels once at batch 1 first, so cuBLAS/cuBLASLt workspaces (allocated on first use and kept
+    # per stream) exist before the baseline is read
+    assert run(cuda_cfg("full", "train.warmup_steps=0"))["status"] == "ok"
     gc.collect()
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
@@ -202,7 +209,6 @@ def test_cuda_oom_is_recorded_with_its_phase_and_leaks_nothing():
     assert rec["free_bytes_at_oom"] is not None
     gc.collect()
     torch.cuda.synchronize()
-    torch._C._cuda_clearCublasWorkspaces()  # workspaces of the first matmuls on a stream stay allocated
     assert torch.cuda.memory_allocated() <= before, (torch.cuda.memory_allocated(), before)
     # and the GPU is usable again: a normal run after it succeeds
     assert run(cuda_cfg("lora"))["status"] == "ok"
@@ -263,8 +269,7 @@ def test_context_is_positive_and_stable_across_runs_in_one_process():
         assert_breakdown_adds_up_to_nvml(rec)
         assert rec["nvml"]["baseline_source"] != BASELINE_LATE
     assert first["nvml"]["baseline_used_bytes"] == second["nvml"]["baseline_used_bytes"]
-    a, b = sorted(contexts(first))[len(contexts(first)) // 2], sorted(contexts(second))[len(contexts(second)) // 2]
-    assert abs(a - b) <= 64 * MiB, (contexts(first), contexts(second))
+    assert abs(max(contexts(first)) - max(contexts(second))) <= 64 * MiB, (contexts(first), contexts(second))
 
 
 @gpu

@@ -120,6 +120,7 @@ def random_checkpoint(hf_config: PretrainedConfig, dtype: torch.dtype, key: str)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
         try:
             _write_checkpoint(hf_config, dtype, tmp, target)
+            tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from its other users
             try:
                 tmp.rename(target)  # atomic; fails if a writer without the lock (older code) won
             except OSError:

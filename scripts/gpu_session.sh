@@ -3,7 +3,8 @@
 # on the GPU machine; results and the logs that prove them land under $DEST (default results/), which a
 # session copies back from the device tool's $OUT and commits.
 #
-#   scripts/gpu_session.sh measure   # env + GPU tests + the six llama7b_* configs + their simulations (~8 min)
+#   scripts/gpu_session.sh tests     # env + tests/measure/test_gpu.py (-m gpu), junit XML beside the log (~5 min)
+#   scripts/gpu_session.sh measure   # env + the six llama7b_* configs + their simulations (~8 min)
 #   scripts/gpu_session.sh sweep     # configs/sweeps/nightly.yaml, resumable: call again to continue
 #
 # The device image (Python 3.12, torch 2.11+cu130, transformers 5.17, peft, accelerate, rich, pandas, pyyaml,
@@ -34,8 +35,12 @@ slug="$(python3 -c 'import torch; from profiler.measure.env import slugify; prin
 runs="$DEST/runs/$slug.jsonl"
 
 case "$stage" in
+  tests)
+    timeout 560 python3 -m pytest -q -rs -m gpu tests/measure/test_gpu.py --junitxml "$DEST/logs/$stamp-gpu-tests.xml" \
+      >>"$log" 2>&1
+    echo "gpu tests exit $?" >>"$log"
+    ;;
   measure)
-    python3 -m pytest -q -m gpu tests/measure/test_gpu.py >>"$log" 2>&1; echo "gpu tests exit $?" >>"$log"
     for cfg in configs/llama7b_{inference,qlora4,qlora8,lora,freeze,full}.yaml; do
       echo "== run $cfg" >>"$log"
       timeout 420 python3 -m profiler run "$cfg" --output "$runs" >>"$log" 2>&1; echo "exit $?" >>"$log"
@@ -52,7 +57,7 @@ case "$stage" in
     timeout 560 python3 -m profiler sweep configs/sweeps/nightly.yaml --output "$runs" >>"$log" 2>&1
     echo "sweep exit $?" >>"$log"
     ;;
-  *) echo "gpu_session.sh: unknown stage $stage (measure | sweep)" >&2; exit 2 ;;
+  *) echo "gpu_session.sh: unknown stage $stage (tests | measure | sweep)" >&2; exit 2 ;;
 esac
 if [ -n "${OUT:-}" ]; then
   tar czf "$OUT/results-$stage-$stamp.tgz" -C "$DEST" . && cp "$log" "$OUT/"

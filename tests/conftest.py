@@ -14,10 +14,17 @@ CONFIGS = REPO_ROOT / "configs"
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Random checkpoints for quantized loads go to a per-session temp dir, not the user's cache."""
-    monkeypatch.setenv("LLM_MEMPROF_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """The whole session (module and session fixtures included, and the subprocesses tests start) writes
+    random checkpoints to a temp dir, never the user's ~/.cache: the cache variables point into it
+    before any fixture of a narrower scope runs. tests/measure/test_loading.py checks it from a
+    module-scoped fixture."""
+    base = tmp_path_factory.getbasetemp()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLM_MEMPROF_CACHE", str(base / "cache"))
+        mp.setenv("XDG_CACHE_HOME", str(base / "xdg-cache"))
+        yield base
 
 
 def tiny(name: str, *overrides: str, output: Path | None = None):

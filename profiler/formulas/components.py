@@ -15,8 +15,12 @@ from profiler.formulas.activations import KERNELS, LayerPlan, Shape, layer_bytes
 from profiler.formulas.arch import Arch
 from profiler.formulas.params import DTYPE_BYTES, ParamPlan, lora_targets, param_plan
 
-CUDA_CONTEXT_BYTES = 512 * 2**20  # CUDA context + torch/cuBLAS kernels (lazy loading): outside the allocator
-ALLOCATOR_SLACK = 0.03  # caching-allocator reserve beyond the allocated peak (block rounding, fragmentation)
+# ASSUMPTIONS, not measurements: guesses until calibration (profiler calibrate) replaces them; every CUDA
+# estimate says so in its notes (OVERHEAD_NOTE).
+CUDA_CONTEXT_BYTES = 512 * 2**20  # assumed: CUDA context + torch/cuBLAS kernels (lazy loading), outside the allocator
+ALLOCATOR_SLACK = 0.03  # assumed: caching-allocator reserve beyond the allocated peak (rounding, fragmentation)
+OVERHEAD_NOTE = (f"overhead assumed (uncalibrated guesses): CUDA context {CUDA_CONTEXT_BYTES // 2**20} MiB + "
+                 f"allocator slack {ALLOCATOR_SLACK:.0%} of the allocated peak")
 BNB_8BIT_MIN_SIZE = 4096  # bitsandbytes min_8bit_size: smaller tensors keep fp32 optimizer state
 BNB_8BIT_BLOCK = 256  # bitsandbytes 8-bit optimizer: one fp32 absmax per 256-block per state
 BNB_QMAP_BYTES = 2 * 256 * 4  # "dynamic" + "udynamic" fp32 maps, allocated once
@@ -200,7 +204,12 @@ def inference_bytes(
 
 
 def overhead_bytes(cfg: RunConfig, allocated: int) -> int:
+    """CUDA only, and assumed: the two guessed constants above (OVERHEAD_NOTE), not a measured figure."""
     return CUDA_CONTEXT_BYTES + int(ALLOCATOR_SLACK * allocated) if cfg.device == "cuda" else 0
+
+
+def _overhead_note(cfg: RunConfig) -> str:
+    return f"; {OVERHEAD_NOTE}" if cfg.device == "cuda" else ""
 
 
 def components_estimate(
@@ -220,7 +229,7 @@ def components_estimate(
                 "overhead": overhead_bytes(cfg, alloc),
             },
             SOURCE,
-            "inference: temporaries include the KV cache (details: kv_cache)",
+            "inference: temporaries include the KV cache (details: kv_cache)" + _overhead_note(cfg),
             details=inf,
         )
     G = plan.trainable_bytes
@@ -259,7 +268,8 @@ def components_estimate(
     }
     kern = KERNELS[act["kernel_index"]]
     return make_estimate(
-        "components", comps, SOURCE, f"peak in {peak_phase}; attention kernel {kern}", details=details
+        "components", comps, SOURCE, f"peak in {peak_phase}; attention kernel {kern}" + _overhead_note(cfg),
+        details=details,
     )
 
 

@@ -60,6 +60,8 @@ class PhaseMeter:
         t0 = time.perf_counter()
         if self.nvml is not None:
             self.nvml.reset_window()
+        cuda_rec = None  # stays None when the CUDA probe fails to start: its own error propagates
+        tracker_phases = len(self.tracker.phases) if self.tracker is not None else 0
         try:
             with ExitStack() as stack:
                 cuda_rec = stack.enter_context(self.cuda.phase()) if self.cuda else None
@@ -68,7 +70,8 @@ class PhaseMeter:
                 yield
         finally:
             rec["seconds"] = time.perf_counter() - t0
-            tr = self.tracker.phases[-1] if self.tracker is not None and self.tracker.phases else None
+            tr = (self.tracker.phases[-1] if self.tracker is not None and len(self.tracker.phases) > tracker_phases
+                  else None)  # this phase's tracker record only, never the previous phase's
             if cuda_rec is not None:
                 rec.update(allocated_bytes=cuda_rec.allocated_bytes, peak_allocated_bytes=cuda_rec.peak_allocated_bytes,
                            reserved_bytes=cuda_rec.reserved_bytes, peak_reserved_bytes=cuda_rec.peak_reserved_bytes)
@@ -80,7 +83,8 @@ class PhaseMeter:
                 rec["nvml_peak_bytes"] = self.nvml.read_window()
             if cuda_rec is not None and tr is not None:
                 rec["breakdown"].update(cuda_components(rec, tr.peak_bytes, self.nvml))
-            self.records.append(rec)
+            if "peak_allocated_bytes" in rec:  # a phase that never started measuring has no figures
+                self.records.append(rec)
 
 
 class PagedStateTooLarge(RuntimeError):
@@ -127,14 +131,24 @@ def cuda_components(rec: dict, tracker_peak: int, nvml: NvmlSampler | None) -> d
     """What the tracker cannot see, so the components add up to the NVML peak of the phase:
     untracked = peak_allocated - tracker peak (cuBLAS workspaces, 512-byte rounding, non-dispatch allocs),
     allocator = peak_reserved - peak_allocated (caching-allocator slack),
-    context = NVML peak - this run's baseline - peak_reserved (CUDA context, managed/paged memory)."""
+    context = NVML peak - baseline - peak_reserved (CUDA context, managed/paged memory); the baseline is the
+    device use before this process initialised CUDA, also for later runs in the process (NvmlSampler.start)."""
     out = {
         "untracked": rec["peak_allocated_bytes"] - tracker_peak,
         "allocator": rec["peak_reserved_bytes"] - rec["peak_allocated_bytes"],
     }
-    if nvml is not None and rec.get("nvml_peak_bytes"):
+    if nvml is not None and nvml.error is None and rec.get("nvml_peak_bytes"):
         out["context"] = rec["nvml_peak_bytes"] - nvml.baseline - rec["peak_reserved_bytes"]
     return out
+
+
+def nvml_fields(sampler: NvmlSampler) -> dict:
+    """`nvml` for the record; when a read on the measured thread failed, None and an `nvml_note` saying why
+    (the run itself stands: NVML is a second opinion on the allocator's figures)."""
+    res = sampler.result()
+    if res is None:
+        return {"nvml": None, "nvml_note": sampler.error}
+    return {"nvml": vars(res)}
 
 
 def _autocast(cfg: RunConfig):
@@ -199,8 +213,8 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
             prepare_error = exc
     sampler = _nvml_sampler() if cuda else None
     if cuda:
-        if sampler is not None:
-            sampler.__enter__()  # baseline before this process creates its CUDA context
+        if sampler is not None:  # baseline before this process creates its CUDA context (or the first one's)
+            sampler.start(cuda_initialised=torch.cuda.is_initialized())
         torch.cuda.init()
         if snapshot_path:
             torch.cuda.memory._record_memory_history(max_entries=200_000)
@@ -286,9 +300,8 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
                          if step_seconds and fake is None else None),  # a fake step's speed means nothing
     }
     if sampler is not None:
-        res = sampler.result()
-        record["nvml"] = vars(res)
-        record["peaks"]["nvml_peak_bytes"] = res.peak_used_bytes
+        record.update(nvml_fields(sampler))
+        record["peaks"]["nvml_peak_bytes"] = record["nvml"]["peak_used_bytes"] if record["nvml"] else None
     if cuda:
         record["memory_stats"] = memory_stats()
         if snapshot_path:

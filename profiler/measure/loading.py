@@ -9,12 +9,15 @@ the whole model in host memory), and loaded from there, so the measured modules 
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +38,12 @@ class LoadedModel:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LLM_MEMPROF_CACHE", Path.home() / ".cache" / "llm-memprof"))
+    """Where random-weight checkpoints live: $LLM_MEMPROF_CACHE, else $XDG_CACHE_HOME/llm-memprof, else
+    ~/.cache/llm-memprof. Shared by every checkout on the machine (the key holds no path)."""
+    if os.environ.get("LLM_MEMPROF_CACHE"):
+        return Path(os.environ["LLM_MEMPROF_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llm-memprof"
 
 
 def resolve_hf_config(mc: ModelConfig) -> PretrainedConfig:
@@ -174,12 +182,41 @@ def _init_tensor(name: str, shape: torch.Size, dtype: torch.dtype) -> torch.Tens
 
 
 def random_checkpoint(hf_config: PretrainedConfig, dtype: torch.dtype, key: str) -> Path:
-    """Write (once) a safetensors checkpoint with random weights for `hf_config`; return its directory."""
-    from safetensors.torch import save_file
+    """Write (once) a safetensors checkpoint with random weights for `hf_config`; return its directory.
 
-    target = cache_dir() / "checkpoints" / key
+    Safe when several runs start at once on an empty cache: writers take a lock file per key (the others
+    wait, then find the checkpoint), write into a temporary directory inside the cache and rename it into
+    place atomically, so a reader never sees a partial checkpoint. A writer that died left only a
+    `.tmp-*` directory, which the next writer of that key removes."""
+    root = cache_dir() / "checkpoints"
+    target = root / key
     if (target / "config.json").exists():
         return target
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if (target / "config.json").exists():  # another run wrote it while we waited
+            return target
+        for stale in root.glob(f".tmp-{key}-*"):  # left by a writer that died mid-write
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
+        try:
+            _write_checkpoint(hf_config, dtype, tmp, target)
+            tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from its other users
+            try:
+                tmp.rename(target)  # atomic; fails if a writer without the lock (older code) won
+            except OSError:
+                if not (target / "config.json").exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # the loser of a rename race discards its copy
+    return target
+
+
+def _write_checkpoint(hf_config: PretrainedConfig, dtype: torch.dtype, folder: Path, target: Path) -> None:
+    """Shards + index + config.json (written last) into `folder`, tensor by tensor."""
+    from safetensors.torch import save_file
+
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
     seen: set[int] = set()
@@ -194,9 +231,6 @@ def random_checkpoint(hf_config: PretrainedConfig, dtype: torch.dtype, key: str)
     if total > 2**30:
         print(f"writing a random-weight checkpoint once ({total / 2**30:.1f} GiB) to {target}",
               file=sys.stderr, flush=True)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     weight_map: dict[str, str] = {}
@@ -204,7 +238,7 @@ def random_checkpoint(hf_config: PretrainedConfig, dtype: torch.dtype, key: str)
         t = _init_tensor(name, shape, dtype)
         nbytes = t.numel() * t.element_size()
         if shards[-1] and size + nbytes > SHARD_BYTES:
-            _write_shard(shards[-1], tmp, len(shards), save_file)
+            _write_shard(shards[-1], folder, len(shards), save_file)
             shards[-1] = {}
             shards.append({})
             size = 0
@@ -212,18 +246,15 @@ def random_checkpoint(hf_config: PretrainedConfig, dtype: torch.dtype, key: str)
         weight_map[name] = len(shards)
         size += nbytes
     n = len(shards)
-    _write_shard(shards[-1], tmp, n, save_file)
+    _write_shard(shards[-1], folder, n, save_file)
     names = {i: f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)}
     for i in range(1, n + 1):
-        (tmp / f"shard-{i}.safetensors").rename(tmp / names[i])
+        (folder / f"shard-{i}.safetensors").rename(folder / names[i])
     index = {"metadata": {}, "weight_map": {k: names[v] for k, v in weight_map.items()}}
-    (tmp / "model.safetensors.index.json").write_text(json.dumps(index))
-    cfg = hf_config.to_dict()
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    cfg = _canonical_config(hf_config)
     cfg["dtype"] = str(dtype).removeprefix("torch.")
-    (tmp / "config.json").write_text(json.dumps(cfg))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target
+    (folder / "config.json").write_text(json.dumps(cfg))
 
 
 def _write_shard(tensors: dict, folder: Path, index: int, save_file) -> None:
@@ -244,7 +275,10 @@ def prepare_source(cfg: RunConfig) -> None:
 
 
 def _checkpoint_key(mc: ModelConfig, hf_config: PretrainedConfig) -> str:
-    return f"{mc.name}-{mc.dtype}-{_config_digest(hf_config)}"
+    """`<model_type>-<dtype>-<digest>`: the digest covers the architecture's content, the dtype and the
+    versions of the libraries that shape the file, never a path (two checkouts share one copy)."""
+    model_type = re.sub(r"[^A-Za-z0-9_.-]", "_", str(hf_config.model_type or "model"))
+    return f"{model_type}-{mc.dtype}-{_config_digest(hf_config, mc.dtype)}"
 
 
 def load_model(cfg: RunConfig) -> LoadedModel:
@@ -270,6 +304,21 @@ def load_model(cfg: RunConfig) -> LoadedModel:
     return LoadedModel(model, model.config, label)
 
 
-def _config_digest(hf_config: PretrainedConfig) -> str:
-    blob = json.dumps(hf_config.to_dict(), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+def _canonical_config(hf_config: PretrainedConfig) -> dict:
+    """The architecture as content: config.json's keys without where it was read from or which
+    transformers wrote it (`_name_or_path`, `transformers_version`, other private keys)."""
+    return {k: v for k, v in hf_config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
+
+
+def _library_versions() -> dict[str, str]:
+    import safetensors
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "safetensors": safetensors.__version__}
+
+
+def _config_digest(hf_config: PretrainedConfig, dtype: str = "") -> str:
+    blob = json.dumps({"config": _canonical_config(hf_config), "dtype": dtype, "versions": _library_versions()},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -133,3 +133,113 @@ def test_cuda_meter_records_allocator_figures_and_components(monkeypatch):
     tracked = sum(bd[k] for k in ("weights", "gradients", "optimizer", "activations", "temporaries"))
     assert tracked + bd["untracked"] + bd["allocator"] + bd["context"] == rec["nvml_peak_bytes"] - 1_000_000
     del kept
+
+
+# ---- issue 9 item 10: later runs' baseline, masked CUDA errors, NVML failing on the measured thread -----
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """As if this process had not initialised CUDA yet (no remembered pre-CUDA baseline)."""
+    import profiler.measure.probes.nvml as nvml
+
+    monkeypatch.setattr(nvml, "_PRE_CUDA_BASELINE", None)
+
+
+def test_later_runs_in_one_process_keep_the_pre_cuda_baseline(fresh_process):
+    """The first run reads the baseline before CUDA starts; the second finds CUDA initialised (its context,
+    500 bytes here, already in device use) and must not take that as its baseline."""
+    from profiler.measure.harness import cuda_components
+    from profiler.measure.probes.nvml import BASELINE_FIRST, BASELINE_PRE_CUDA
+
+    device = {"used": 1000}
+    rec = {"peak_allocated_bytes": 4000, "peak_reserved_bytes": 5000}
+    contexts = []
+    for cuda_initialised in (False, True):
+        with NvmlSampler(lambda: (device["used"], None), interval_s=0.005).start(cuda_initialised) as s:
+            device["used"] = 1000 + 500  # this process's context
+            s.reset_window()
+            device["used"] = 1000 + 500 + 5000  # + the reserved pool of the phase
+            rec["nvml_peak_bytes"] = s.read_window()
+            device["used"] = 1000 + 500  # the run ends; empty_cache; the context stays
+        contexts.append(cuda_components(rec, tracker_peak=4000, nvml=s)["context"])
+        assert s.result().baseline_used_bytes == 1000
+    assert contexts == [500, 500]
+    assert s.result().baseline_source == BASELINE_FIRST
+    assert BASELINE_PRE_CUDA != BASELINE_FIRST
+
+
+def test_cuda_already_initialised_without_a_remembered_baseline_says_so(fresh_process):
+    from profiler.measure.probes.nvml import BASELINE_LATE
+
+    with NvmlSampler(lambda: (2000, None), interval_s=0.005).start(cuda_initialised=True) as s:
+        pass
+    res = s.result()
+    assert (res.baseline_used_bytes, res.baseline_source) == (2000, BASELINE_LATE)
+
+
+def test_failing_synchronize_at_phase_start_is_the_error_raised(monkeypatch):
+    """Before the fix the meter's cleanup read an unbound `cuda_rec`: UnboundLocalError hid the CUDA error."""
+    import profiler.measure.probes.cuda as probe
+    from profiler.measure.harness import PhaseMeter
+    from profiler.measure.probes.tracker import TensorTracker
+
+    FakeCudaAllocator().install(monkeypatch)
+
+    def sync():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    tracker = TensorTracker()
+    meter = PhaseMeter(cuda=True, tracker=tracker)
+    with tracker:
+        with meter.phase("load"):
+            pass
+        monkeypatch.setattr(probe.torch.cuda, "synchronize", sync)
+        with pytest.raises(RuntimeError, match="illegal memory access"):
+            with meter.phase("forward", step=0):
+                raise AssertionError("the phase body must not run")
+    assert [r["phase"] for r in meter.records] == ["load"]  # no record borrowing load's tracker figures
+
+
+def test_nvml_failing_on_the_measured_thread_voids_nvml_not_the_run(monkeypatch, fresh_process):
+    """A read on the main thread (phase start/end, exit) that raises: the phase completes, its NVML figure is
+    None, and the record carries nvml None plus a note, not an error status."""
+    import torch
+
+    from profiler.measure.harness import PhaseMeter, nvml_fields
+    from profiler.measure.probes.tracker import TensorTracker
+
+    FakeCudaAllocator().install(monkeypatch)
+    state = {"fail": False}
+
+    def reader():
+        if state["fail"] and threading.current_thread() is threading.main_thread():
+            raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
+        return 1000, None
+
+    sampler = NvmlSampler(reader, interval_s=0.005).start(cuda_initialised=False)
+    tracker = TensorTracker()
+    meter = PhaseMeter(cuda=True, tracker=tracker, nvml=sampler)
+    with tracker:
+        with meter.phase("load"):
+            pass
+        state["fail"] = True
+        with meter.phase("forward", step=0):
+            kept = torch.empty(10)
+    sampler.__exit__(None, None, None)
+    load, fwd = meter.records
+    assert load["nvml_peak_bytes"] == 1000 and "context" in load["breakdown"]
+    assert fwd["nvml_peak_bytes"] is None and "context" not in fwd["breakdown"]
+    fields = nvml_fields(sampler)
+    assert fields["nvml"] is None and "NVML_ERROR_GPU_IS_LOST" in fields["nvml_note"]
+    del kept
+
+
+def test_nvml_baseline_read_failing_voids_nvml(fresh_process):
+    from profiler.measure.harness import nvml_fields
+
+    def reader():
+        raise RuntimeError("NVML_ERROR_NO_PERMISSION")
+
+    s = NvmlSampler(reader, interval_s=0.005).start(cuda_initialised=False)
+    assert s.reset_window() is None and s.read_window() is None
+    s.__exit__(None, None, None)
+    assert nvml_fields(s) == {"nvml": None, "nvml_note": s.error} and "NO_PERMISSION" in s.error

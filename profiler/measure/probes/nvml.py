@@ -16,6 +16,23 @@ from dataclasses import dataclass
 Reader = Callable[[], tuple[int, int | None]]
 
 
+# Device used before this process first initialised CUDA. CUDA cannot be de-initialised, so a later run in
+# the same process cannot read such a baseline again: its read would already hold this process's context.
+_PRE_CUDA_BASELINE: int | None = None
+
+BASELINE_PRE_CUDA = "read before this process initialised CUDA"
+BASELINE_FIRST = "this process's first pre-CUDA baseline (CUDA already initialised by an earlier run)"
+BASELINE_LATE = "read after this process initialised CUDA: includes its context, so context is understated"
+
+
+def remember_pre_cuda_baseline(reader: Reader) -> int:
+    """Read and keep the device use now, for a process that will initialise CUDA outside the harness before
+    its first run (a test session, a notebook): its runs then report context against this figure."""
+    global _PRE_CUDA_BASELINE
+    _PRE_CUDA_BASELINE = reader()[0]
+    return _PRE_CUDA_BASELINE
+
+
 @dataclass
 class NvmlResult:
     baseline_used_bytes: int
@@ -23,6 +40,8 @@ class NvmlResult:
     peak_process_bytes: int | None
     samples: int
     interval_s: float
+    baseline_source: str = BASELINE_PRE_CUDA
+    failed_reads: int = 0  # background reads that raised (skipped)
 
 
 class NvmlSampler:
@@ -38,6 +57,9 @@ class NvmlSampler:
         self.peak_process: int | None = None
         self.samples = 0
         self.window_peak = 0  # peak since the last reset_window(): per-phase NVML peaks
+        self.baseline_source = BASELINE_PRE_CUDA
+        self.failed_reads = 0
+        self.error: str | None = None  # a read on the caller's thread failed: NVML figures are void
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -56,11 +78,47 @@ class NvmlSampler:
             try:
                 self._sample()
             except Exception:  # a failing read must never kill the measured run
-                pass
+                with self._lock:
+                    self.failed_reads += 1
             self._stop.wait(self.interval_s)
 
+    def _main_read(self) -> bool:
+        """A read on the caller's (measured) thread: a failure voids the NVML figures, never the run."""
+        if self.error is not None:
+            return False
+        try:
+            self._sample()
+            return True
+        except Exception as exc:
+            self.error = f"NVML read failed, no NVML figures recorded: {type(exc).__name__}: {exc}"
+            self._stop.set()
+            return False
+
+    def start(self, cuda_initialised: bool) -> NvmlSampler:
+        """Enter, taking the baseline this process's runs share: read now if CUDA is not initialised yet
+        (and remembered for the process), else the remembered one (later runs in one process)."""
+        global _PRE_CUDA_BASELINE
+        self.__enter__()
+        if self.error is not None:
+            return self
+        if not cuda_initialised:
+            _PRE_CUDA_BASELINE = self.baseline
+            self.baseline_source = BASELINE_PRE_CUDA
+        elif _PRE_CUDA_BASELINE is not None:
+            self.baseline = _PRE_CUDA_BASELINE
+            self.baseline_source = BASELINE_FIRST
+        else:
+            self.baseline_source = BASELINE_LATE
+        return self
+
     def __enter__(self) -> NvmlSampler:
-        self.baseline = self.reader()[0]
+        if self._thread is not None or self.error is not None:  # already started (`with s.start(...)`)
+            return self
+        try:
+            self.baseline = self.reader()[0]
+        except Exception as exc:
+            self.error = f"NVML read failed, no NVML figures recorded: {type(exc).__name__}: {exc}"
+            return self
         self.peak_used = self.baseline
         self._thread = threading.Thread(target=self._loop, name="nvml-sampler", daemon=True)
         self._thread.start()
@@ -70,23 +128,29 @@ class NvmlSampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=1.0)
-        self._sample()  # one last read so a short run still sees its end state
+        self._main_read()  # one last read so a short run still sees its end state
 
     def reset_window(self) -> None:
         """Start a new per-phase window (the harness calls this at each phase start)."""
         with self._lock:
             self.window_peak = 0
-        self._sample()
+        self._main_read()
 
-    def read_window(self) -> int:
-        """Peak device-used bytes since reset_window(), including a read taken now."""
-        self._sample()
+    def read_window(self) -> int | None:
+        """Peak device-used bytes since reset_window(), including a read taken now; None once a read on
+        this thread failed."""
+        if not self._main_read():
+            return None
         with self._lock:
             return self.window_peak
 
-    def result(self) -> NvmlResult:
+    def result(self) -> NvmlResult | None:
+        """The run's NVML figures, or None when a read on the measured thread failed (see `error`)."""
+        if self.error is not None:
+            return None
         with self._lock:
-            return NvmlResult(self.baseline, self.peak_used, self.peak_process, self.samples, self.interval_s)
+            return NvmlResult(self.baseline, self.peak_used, self.peak_process, self.samples, self.interval_s,
+                              self.baseline_source, self.failed_reads)
 
 
 def _visible_handle(pynvml):

@@ -441,8 +441,11 @@ class TensorTracker(TorchDispatchMode):
         self._mod_stack.clear()
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        """Classify a saved tensor; keep a detached alias (same storage, so the same bytes and peaks). The
+        tensor itself would hold its grad_fn, which holds the packed tensor: a cycle through C++ that gc
+        cannot break, keeping graph, activations and weights alive after an abandoned forward (an OOM)."""
         self._classify(t, ACTIVATIONS)
-        return t
+        return t.detach()
 
     def _name(self, m: torch.nn.Module) -> str:
         return self._names.get(m) or type(m).__name__

@@ -44,12 +44,23 @@ _OPTIMIZER_NAMES = {"AdamW": "adamw", "Adam": "adam", "SGD": "sgd", "AdamW8bit":
 def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer | None:
     """The torch optimizer that owns the step hooks: accelerate's AcceleratedOptimizer (and similar
     wrappers) keep it in `.optimizer` without calling torch's Optimizer.__init__."""
+    if optimizer is None:
+        return None
     opt = optimizer
     for _ in range(8):
-        if opt is None or hasattr(opt, "_optimizer_step_pre_hooks"):
+        if hasattr(opt, "_optimizer_step_pre_hooks"):
             return opt
         opt = getattr(opt, "optimizer", None)
+        if opt is None:
+            break
     raise TypeError(f"{type(optimizer).__name__}: no torch.optim.Optimizer found in it (looked in .optimizer)")
+
+
+def _checkpointing(model: torch.nn.Module) -> bool:
+    for attr in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # transformers 5 renamed it
+        if hasattr(type(model), attr) or attr in vars(model):
+            return bool(getattr(model, attr))
+    return False
 
 
 def _rss_bytes() -> int:
@@ -119,7 +130,8 @@ class Tracker:
             self._handles.append(self.optimizer.register_step_pre_hook(self._on_step_pre))
             self._handles.append(self.optimizer.register_step_post_hook(self._on_step_post))
         self._orig_backward = torch.autograd.backward
-        torch.autograd.backward = self._backward
+        self._wrapper = self._backward  # one bound method: `is` compares it at stop
+        torch.autograd.backward = self._wrapper
         self.active = True
 
     def stop(self, exc: BaseException | None = None) -> dict:
@@ -131,7 +143,7 @@ class Tracker:
         try:
             self._close()
         finally:
-            if torch.autograd.backward is self._backward:
+            if torch.autograd.backward is self._wrapper:
                 torch.autograd.backward = self._orig_backward
             for h in self._handles:
                 h.remove()
@@ -235,7 +247,7 @@ class Tracker:
             "regime": regime,
             "optimizer": {"name": _OPTIMIZER_NAMES.get(opt_name, opt_name)},
             "train": {"batch_size": b, "seq_len": s, "steps": self.step + 1, "warmup_steps": self.warmup_steps,
-                      "gradient_checkpointing": bool(getattr(m, "is_gradient_checkpointing", False))},
+                      "gradient_checkpointing": _checkpointing(m)},
             "device": self.device,
         }
         return cfg, hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]

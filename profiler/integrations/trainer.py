@@ -19,6 +19,7 @@ from profiler.config import RunConfig
 from profiler.measure.track import MODES, Mode, Tracker
 
 logger = logging.getLogger("llm_memprof")
+MiB = 2**20
 
 
 class MemoryProfilerCallback(TrainerCallback):
@@ -83,21 +84,22 @@ class MemoryProfilerCallback(TrainerCallback):
     def _log(self, state) -> None:
         if self.trainer is not None:
             self.trainer.log(dict(self.figures))  # reaches every reporter (console, TensorBoard, W&B ...)
-        else:
-            state.log_history.append({**self.figures, "step": state.global_step})
-        logger.warning("llm-memprof: %s; line in %s", ", ".join(f"{k}={v:.0f}" for k, v in self.figures.items()),
+            return
+        state.log_history.append({**self.figures, "step": state.global_step})
+        logger.warning("llm-memprof: %s; line in %s", ", ".join(f"{k}={v:.2f}" for k, v in self.figures.items()),
                        self.output)
 
 
 def key_figures(record: dict) -> dict[str, float]:
-    """The numbers worth a log line: whole-profile and steady-step peaks, per phase of the steady step."""
+    """The numbers worth a log line, in MiB (2^20 bytes; the line keeps bytes): whole-profile and
+    steady-step peaks, and the peak of each phase of the steady (last profiled) step."""
     pk = record.get("peaks") or {}
-    out = {f"memprof/{k}": float(v) for k, v in pk.items() if v is not None}
+    out = {f"memprof/{k.removesuffix('_bytes')}_MiB": v / MiB for k, v in pk.items() if v is not None}
     steps = [p["step"] for p in record["phases"]]
     for p in record["phases"]:
         if steps and p["step"] == max(steps):
-            key = f"memprof/steady_{p['phase']}_peak_bytes"
-            out[key] = max(out.get(key, 0.0), float(p["peak_allocated_bytes"]))
+            key = f"memprof/steady_{p['phase']}_peak_MiB"
+            out[key] = max(out.get(key, 0.0), p["peak_allocated_bytes"] / MiB)
     return out
 
 

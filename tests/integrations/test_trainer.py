@@ -71,8 +71,8 @@ def test_trainer_callback_matches_run(cfg, ran, tmp_path):
     line = json.loads((tmp_path / "memprof.jsonl").read_text().splitlines()[-1])
     assert RunRecord.model_validate(line).source == "track" and line["config_hash"] == cfg.config_hash()
     assert (tmp_path / "memprof-timeline.png").stat().st_size > 20_000
-    logged = [h for h in trainer.state.log_history if "memprof/peak_allocated_bytes" in h]
-    assert logged and logged[0]["memprof/peak_allocated_bytes"] == cb.record["peaks"]["peak_allocated_bytes"]
+    logged = [h for h in trainer.state.log_history if "memprof/peak_allocated_MiB" in h]
+    assert logged and logged[0]["memprof/peak_allocated_MiB"] == cb.record["peaks"]["peak_allocated_bytes"] / 2**20
 
 
 def test_sft_trainer_callback(cfg, ran, tmp_path):
@@ -116,7 +116,7 @@ def test_light_mode_every_step_and_logging_through_the_trainer(cfg, tmp_path):
                                                         for n in ("forward", "backward", "optimizer_step")]
     assert cb.record["memory_source"] == "rss" and all(p.breakdown is None for p in rec.phases)
     assert rec.config["train"]["batch_size"] == 2 and rec.config["train"]["seq_len"] == 16
-    logged = [h for h in trainer.state.log_history if "memprof/peak_allocated_bytes" in h]
+    logged = [h for h in trainer.state.log_history if "memprof/peak_allocated_MiB" in h]
     assert len(logged) == 1 and "epoch" in logged[0]  # went through trainer.log, not straight into history
 
 

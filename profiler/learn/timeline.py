@@ -35,8 +35,12 @@ def describe(record: dict) -> tuple[str, str]:
     regime = f"QLoRA {rg.get('bits', 4)}-bit" if rg.get("kind") == "qlora" else _REGIME.get(rg.get("kind"), "?")
     train = cfg.get("train") or {}
     opt = (cfg.get("optimizer") or {}).get("name")
+    name = model.get("arch") or model.get("path") or model.get("hub") or (record.get("model") or {}).get("name")
+    if name and (name.endswith(".json") or Path(name).is_dir()):  # a local path: its last meaningful part
+        p = Path(name)
+        name = p.parent.name if p.name == "config.json" else (p.stem if p.suffix == ".json" else p.name)
     what = " · ".join(str(x) for x in (
-        model.get("arch") or model.get("path") or model.get("hub") or (record.get("model") or {}).get("name"),
+        name,
         regime, opt if rg.get("kind") != "inference" else None,
         f"batch {train.get('batch_size')} × seq {train.get('seq_len')}") if x)
     source = record.get("source") or ("simulate" if record.get("backend") == "fake" else "run")
@@ -71,9 +75,11 @@ def plot_timeline(record: dict, out: str | Path) -> Path:
                    linewidth=0.3)
             bottoms = [b + v for b, v in zip(bottoms, vals)]
     else:
+        rss = record.get("memory_source") == "rss"
         ax.bar(xs, [p["peak_allocated_bytes"] / div for p in phases], width=0.9, color="#4c72b0",
-               label="peak (no breakdown)")
-    ax.plot(xs, [p["allocated_bytes"] / div for p in phases], "k.--", lw=1, ms=6, label="allocated at phase end")
+               label="process RSS, higher of phase start and end" if rss else "peak allocated (no categories)")
+    ax.plot(xs, [p["allocated_bytes"] / div for p in phases], "k.--", lw=1, ms=6,
+            label="RSS at phase end" if record.get("memory_source") == "rss" else "allocated at phase end")
     if any(p.get("peak_reserved_bytes") for p in phases):
         ax.plot(xs, [(p.get("peak_reserved_bytes") or 0) / div for p in phases], "_", color="k", ms=18, mew=2,
                 label="peak reserved")

@@ -57,6 +57,8 @@ def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer | None:
 
 
 def _checkpointing(model: torch.nn.Module) -> bool:
+    if hasattr(model, "get_base_model"):  # peft
+        model = model.get_base_model()
     for attr in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # transformers 5 renamed it
         if hasattr(type(model), attr) or attr in vars(model):
             return bool(getattr(model, attr))

@@ -138,3 +138,11 @@ def test_old_lines_get_a_source_from_their_backend():
     assert "source" not in ran
     assert RunRecord.model_validate(ran).source == "run"
     assert RunRecord.model_validate({**ran, "backend": "fake"}).source == "simulate"
+
+
+def test_public_name():
+    import profiler
+
+    assert profiler.track is track
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        profiler.nothing  # noqa: B018

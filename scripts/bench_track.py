@@ -1,0 +1,72 @@
+"""Step-time overhead of `track` on the CPU: no tracking vs mode light vs mode breakdown (prints a table).
+
+Run: python scripts/bench_track.py [--arch tiny-llama] [--batch 4] [--seq 256] [--steps 6]
+Each mode trains a fresh copy of the same model (full fine-tuning, AdamW, bf16) for 1 + steps steps in the same
+process; the median of the measured steps is reported. Times on a machine shared with other work vary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from profiler.config import load_config
+from profiler.measure.loading import load_model
+from profiler.measure.optimizers import make_optimizer
+from profiler.measure.regimes import apply_regime, trainable_parameters
+from profiler.measure.track import track
+
+
+def step_times(cfg, mode: str | None, steps: int) -> list[float]:
+    torch.manual_seed(0)
+    model = apply_regime(load_model(cfg).model, cfg)
+    opt = make_optimizer(cfg.optimizer, trainable_parameters(model))
+    vocab = model.config.vocab_size
+    batch = torch.randint(0, vocab, (cfg.train.batch_size, cfg.train.seq_len))
+    times = []
+    ctx = track(model, opt, mode=mode) if mode else None
+    if ctx:
+        ctx.start()
+    try:
+        for _ in range(1 + steps):
+            t0 = time.perf_counter()
+            model(input_ids=batch, labels=batch).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - t0)
+    finally:
+        if ctx:
+            ctx.stop()
+    return times[1:]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="tiny-llama")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--repeat", type=int, default=2, help="rounds over the three modes (interleaved)")
+    a = ap.parse_args()
+    cfg = load_config(None, [f"model.arch={a.arch}", "device=cpu", f"train.batch_size={a.batch}",
+                             f"train.seq_len={a.seq}"])
+    modes = [None, "light", "breakdown"]
+    times: dict[str | None, list[float]] = {m: [] for m in modes}
+    for _ in range(a.repeat):  # interleaved, so load from other processes hits every mode alike
+        for m in modes:
+            times[m] += step_times(cfg, m, a.steps)
+    base = statistics.median(times[None])
+    print(f"{a.arch}, full, adamw, bf16, batch {a.batch} x seq {a.seq}, CPU ({torch.get_num_threads()} threads), "
+          f"{a.repeat} x {a.steps} measured steps per mode\n")
+    print("| mode | median step (s) | overhead |")
+    print("|---|---|---|")
+    for m in modes:
+        med = statistics.median(times[m])
+        print(f"| {m or 'no tracking'} | {med:.3f} | {'-' if m is None else f'{(med / base - 1) * 100:+.0f} %'} |")
+
+
+if __name__ == "__main__":
+    main()

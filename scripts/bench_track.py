@@ -1,8 +1,9 @@
 """Step-time overhead of `track` on the CPU: no tracking vs mode light vs mode breakdown (prints a table).
 
 Run: python scripts/bench_track.py [--arch tiny-llama] [--batch 4] [--seq 256] [--steps 6]
-Each mode trains a fresh copy of the same model (full fine-tuning, AdamW, bf16) for 1 + steps steps in the same
-process; the median of the measured steps is reported. Times on a machine shared with other work vary.
+Each mode trains a fresh copy of the same model (full fine-tuning, AdamW) for 1 + steps steps in the same
+process, the modes interleaved over `--repeat` rounds; the median of the measured steps is reported, as wall
+time and as this process's CPU time (steadier when other processes load the machine).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from profiler.measure.regimes import apply_regime, trainable_parameters
 from profiler.measure.track import track
 
 
-def step_times(cfg, mode: str | None, steps: int) -> list[float]:
+def step_times(cfg, mode: str | None, steps: int) -> list[tuple[float, float]]:
     torch.manual_seed(0)
     model = apply_regime(load_model(cfg).model, cfg)
     opt = make_optimizer(cfg.optimizer, trainable_parameters(model))
@@ -32,11 +33,11 @@ def step_times(cfg, mode: str | None, steps: int) -> list[float]:
         ctx.start()
     try:
         for _ in range(1 + steps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model(input_ids=batch, labels=batch).loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - t0)
+            times.append((time.perf_counter() - t0, time.process_time() - c0))
     finally:
         if ctx:
             ctx.stop()
@@ -49,23 +50,28 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--repeat", type=int, default=2, help="rounds over the three modes (interleaved)")
+    ap.add_argument("--dtype", default="float32", help="float32 (fast CPU kernels) or bfloat16")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds over the three modes (interleaved)")
     a = ap.parse_args()
     cfg = load_config(None, [f"model.arch={a.arch}", "device=cpu", f"train.batch_size={a.batch}",
-                             f"train.seq_len={a.seq}"])
+                             f"train.seq_len={a.seq}", f"model.dtype={a.dtype}"])
     modes = [None, "light", "breakdown"]
-    times: dict[str | None, list[float]] = {m: [] for m in modes}
+    times: dict[str | None, list[tuple[float, float]]] = {m: [] for m in modes}
     for _ in range(a.repeat):  # interleaved, so load from other processes hits every mode alike
         for m in modes:
             times[m] += step_times(cfg, m, a.steps)
-    base = statistics.median(times[None])
-    print(f"{a.arch}, full, adamw, bf16, batch {a.batch} x seq {a.seq}, CPU ({torch.get_num_threads()} threads), "
-          f"{a.repeat} x {a.steps} measured steps per mode\n")
-    print("| mode | median step (s) | overhead |")
-    print("|---|---|---|")
+    def med(m, i):
+        return statistics.median(t[i] for t in times[m])
+
+    print(f"{a.arch}, full, adamw, {a.dtype}, batch {a.batch} x seq {a.seq}, CPU ({torch.get_num_threads()} "
+          f"threads), {a.repeat} x {a.steps} measured steps per mode\n")
+    print("| mode | median step, wall (s) | overhead, wall | median step, CPU time (s) | overhead, CPU time |")
+    print("|---|---|---|---|---|")
     for m in modes:
-        med = statistics.median(times[m])
-        print(f"| {m or 'no tracking'} | {med:.3f} | {'-' if m is None else f'{(med / base - 1) * 100:+.0f} %'} |")
+        cells = []
+        for i in (0, 1):
+            cells += [f"{med(m, i):.3f}", "-" if m is None else f"{(med(m, i) / med(None, i) - 1) * 100:+.0f} %"]
+        print(f"| {m or 'no tracking'} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

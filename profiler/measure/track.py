@@ -65,6 +65,14 @@ def _checkpointing(model: torch.nn.Module) -> bool:
     return False
 
 
+def others_baseline(reader, reserved_now: int) -> int:
+    """NVML baseline for a process that already holds CUDA memory: what other processes use (device used -
+    this process, where NVML shows per-process figures), else device used - what our allocator holds now
+    (then this process's CUDA context counts as baseline, not as the `context` component)."""
+    used, proc = reader()
+    return used - proc if proc is not None else used - reserved_now
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -120,7 +128,8 @@ class Tracker:
         self.timestamp = datetime.now(UTC).isoformat(timespec="seconds")
         self.sampler = _nvml_sampler() if self.cuda else None
         if self.sampler is not None:
-            self.sampler.__enter__()  # baseline = device used now (this process's context and model included)
+            self.sampler.__enter__()
+            self.sampler.baseline = others_baseline(self.sampler.reader, torch.cuda.memory_reserved())
         self.tracker = (TensorTracker(devices={"cuda"} if self.cuda else None)
                         if self.mode == "breakdown" else None)
         self.meter = PhaseMeter(self.cuda, self.tracker, self.sampler)

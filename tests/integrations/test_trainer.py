@@ -8,9 +8,10 @@ import json
 
 import pytest
 import torch
-from conftest import tiny
+from conftest import CONFIGS, gpu, tiny
 from transformers import Trainer, TrainingArguments
 
+from profiler.config import load_config
 from profiler.integrations import MemoryProfilerCallback, profile_trainer
 from profiler.measure.harness import run
 from profiler.measure.loading import load_model
@@ -26,14 +27,14 @@ SAME_AS_RUN = dict(optim="adamw_torch", max_grad_norm=0.0, learning_rate=1e-4, w
 class RandomTokens(torch.utils.data.Dataset):
     """Rows made on demand: a dataset held as one CPU tensor would count as live memory on the CPU."""
 
-    def __init__(self, n: int, seq: int):
-        self.n, self.seq = n, seq
+    def __init__(self, n: int, seq: int, vocab: int = 512):
+        self.n, self.seq, self.vocab = n, seq, vocab
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int) -> dict:
-        row = torch.randint(3, 512, (self.seq,), generator=torch.Generator().manual_seed(i))
+        row = torch.randint(3, self.vocab, (self.seq,), generator=torch.Generator().manual_seed(i))
         return {"input_ids": row, "labels": row}
 
 
@@ -125,3 +126,26 @@ def test_bad_arguments():
         MemoryProfilerCallback(mode="full")
     with pytest.raises(ValueError, match="steps: 0"):
         MemoryProfilerCallback(steps=0)
+
+
+@gpu
+@pytest.mark.gpu
+def test_trainer_callback_on_cuda_adds_up_to_nvml(tmp_path):
+    """CPU sibling: test_trainer_callback_matches_run (same callback, same Trainer settings). On CUDA each
+    phase's categories plus untracked, allocator slack and context add up to NVML peak - baseline, the
+    tracked categories are within 2 % of max_memory_allocated, and no component is negative."""
+    cfg = load_config(CONFIGS / "llama7b_full.yaml", ["model.arch=qwen2.5-0.5b", "train.seq_len=256"])
+    model = model_for(cfg)
+    cb = MemoryProfilerCallback(steps=2, config=cfg, summary=False, picture=False)
+    same = {**SAME_AS_RUN, "use_cpu": False}
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=1, max_steps=2, **same)
+    Trainer(model=model, args=args, train_dataset=RandomTokens(4, 256, model.config.vocab_size),
+            callbacks=[cb]).train()
+    rec = RunRecord.model_validate(cb.record)
+    assert rec.status == "ok" and rec.backend == "cuda" and rec.nvml is not None
+    for p in rec.phases:
+        bd = p.breakdown
+        tracked = sum(bd[k] for k in ("weights", "gradients", "optimizer", "activations", "temporaries"))
+        assert abs(p.peak_allocated_bytes - tracked) <= 0.02 * p.peak_allocated_bytes, p
+        assert sum(bd.values()) == p.nvml_peak_bytes - rec.nvml.baseline_used_bytes
+        assert bd["allocator"] >= 0 and bd["context"] >= 0, p

@@ -146,3 +146,11 @@ def test_public_name():
     assert profiler.track is track
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         profiler.nothing  # noqa: B018
+
+
+def test_cuda_baseline_excludes_what_this_process_holds():
+    """CPU sibling of the CUDA path: track starts with the context and model already on the GPU."""
+    from profiler.measure.track import others_baseline
+
+    assert others_baseline(lambda: (10_000, 3_000), reserved_now=2_000) == 7_000  # per-process figure visible
+    assert others_baseline(lambda: (10_000, None), reserved_now=2_000) == 8_000  # hidden (containers)

@@ -52,13 +52,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--dtype", default="float32", help="float32 (fast CPU kernels) or bfloat16")
     ap.add_argument("--repeat", type=int, default=3, help="rounds over the three modes (interleaved)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
     cfg = load_config(None, [f"model.arch={a.arch}", "device=cpu", f"train.batch_size={a.batch}",
                              f"train.seq_len={a.seq}", f"model.dtype={a.dtype}"])
     modes = [None, "light", "breakdown"]
     times: dict[str | None, list[tuple[float, float]]] = {m: [] for m in modes}
-    for _ in range(a.repeat):  # interleaved, so load from other processes hits every mode alike
-        for m in modes:
+    for r in range(a.repeat):  # interleaved, order rotated, so load from other processes hits every mode alike
+        for m in modes[r % 3:] + modes[:r % 3]:
             times[m] += step_times(cfg, m, a.steps)
     def med(m, i):
         return statistics.median(t[i] for t in times[m])

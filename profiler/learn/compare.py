@@ -271,7 +271,7 @@ def plot(runs: pd.DataFrame, records: list[RunRecord], out: Path) -> list[Path]:
                    title=f"{model} · {regime} · {optimizer} · {dtype}"
                    + (" · checkpointing" if bool(ckpt) else "") + f" · {held}: memory vs {what}")
             ax.title.set_fontsize(9)
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside: never over a line
             ax.grid(alpha=0.3)
             slug = "-".join(str(k) for k in gkey).replace("/", "_")
             p = out / f"vs_{axis}_{slug}.png"

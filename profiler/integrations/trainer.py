@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
 from profiler.config import RunConfig
@@ -55,8 +56,10 @@ class MemoryProfilerCallback(TrainerCallback):
         if self.picture is None or self.picture is True:
             self.picture = out_dir / "memprof-timeline.png"
         self._first_step = state.global_step
+        ref = getattr(self.trainer, "ref_model", None)  # TRL DPO/KTO: memory users forget
         self.tracker = Tracker(model, optimizer, mode=self.mode, config=self.config,
-                               warmup_steps=self.warmup_steps, output=self.output)
+                               warmup_steps=self.warmup_steps, output=self.output,
+                               extra_models=[ref] if isinstance(ref, torch.nn.Module) else [])
         self.tracker.start()
 
     def on_step_end(self, args, state, control, **kwargs):

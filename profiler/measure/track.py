@@ -86,10 +86,12 @@ class Tracker:
 
     def __init__(self, model: torch.nn.Module, optimizer: Any = None, *, mode: Mode = "breakdown",
                  config: RunConfig | None = None, name: str | None = None, warmup_steps: int = 1,
-                 output: str | os.PathLike | None = None, summary: bool = False, source: str = "track"):
+                 output: str | os.PathLike | None = None, summary: bool = False, source: str = "track",
+                 extra_models: tuple[torch.nn.Module, ...] | list[torch.nn.Module] = ()):
         if mode not in MODES:
             raise ValueError(f"mode: {mode!r} is not a tracking mode; allowed: {', '.join(MODES)}")
         self.model = model
+        self.extra_models = [m for m in extra_models if m is not None]
         self.optimizer = unwrap_optimizer(optimizer)
         self.mode = mode
         self.config = config
@@ -136,6 +138,8 @@ class Tracker:
         if self.tracker is not None:
             self.tracker.__enter__()
             self.tracker.attach(self.model, self.optimizer)
+            for m in self.extra_models:  # e.g. DPO's reference model: its parameters are weights too
+                self.tracker.attach(m)
         self._handles.append(self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True))
         if self.optimizer is not None:
             self._handles.append(self.optimizer.register_step_pre_hook(self._on_step_pre))
@@ -319,13 +323,16 @@ class Tracker:
 
 def track(model: torch.nn.Module, optimizer: Any = None, *, mode: Mode = "breakdown",
           config: RunConfig | None = None, name: str | None = None, warmup_steps: int = 1,
-          output: str | os.PathLike | None = None, summary: bool = False) -> Tracker:
+          output: str | os.PathLike | None = None, summary: bool = False,
+          extra_models: tuple[torch.nn.Module, ...] | list[torch.nn.Module] = ()) -> Tracker:
     """Profile a training loop you wrote: `with track(model, optimizer) as t: ...`; `t.record` after.
 
     `optimizer`: a torch optimizer, a bitsandbytes one, or accelerate's AcceleratedOptimizer (unwrapped).
     `mode`: breakdown (tracker categories; slower) or light (allocator + NVML on CUDA; RSS on CPU).
     `config`: the RunConfig this loop corresponds to (else model, regime, optimizer, batch and seq are
     inferred). `output`: append the line to this JSONL file. `summary`: print the table at exit.
+    `extra_models`: other models the loop runs (a DPO reference model, a teacher): their parameters count as
+    weights, not temporaries; phases still follow `model`.
     """
     return Tracker(model, optimizer, mode=mode, config=config, name=name, warmup_steps=warmup_steps,
-                   output=output, summary=summary)
+                   output=output, summary=summary, extra_models=extra_models)

@@ -154,3 +154,19 @@ def test_cuda_baseline_excludes_what_this_process_holds():
 
     assert others_baseline(lambda: (10_000, 3_000), reserved_now=2_000) == 7_000  # per-process figure visible
     assert others_baseline(lambda: (10_000, None), reserved_now=2_000) == 8_000  # hidden (containers)
+
+
+def test_extra_model_counts_as_weights():
+    """A frozen reference model run beside the trained one (DPO): its parameters are weights."""
+    cfg = tiny("full")
+    model, opt = build(cfg)
+    ref, _ = build(cfg)
+    ref.requires_grad_(False)
+    batch = torch.randint(0, 512, (2, 16))
+    with track(model, opt, extra_models=[ref]) as t:
+        with torch.no_grad():
+            ref(input_ids=batch)
+        model(input_ids=batch, labels=batch).loss.backward()
+        opt.step()
+    fwd = t.record["phases"][0]
+    assert fwd["phase"] == "forward" and fwd["breakdown"]["weights"] == 2 * t.record["model"]["weight_bytes"]

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+from profiler.cli import main
 from profiler.config import REPO_ROOT
 from profiler.schema import RunRecord
 
@@ -34,9 +35,11 @@ def test_trainer_in_the_script_is_profiled(tmp_path):
     assert (tmp_path / "run" / "memprof-timeline.png").stat().st_size > 20_000
 
 
-def test_bad_input_is_one_line():
+def test_bad_input_is_one_line(capsys):
     for args, field in ((["--mode", "fast", "--", "python", "-c", "pass"], "--mode: 'fast'"),
                         (["--steps", "0", "--", "python", "-c", "pass"], "--steps: '0'"),
-                        (["--"], "command: nothing to run")):
-        res = trace(*args)
-        assert res.returncode == 2 and field in res.stderr and len(res.stderr.strip().splitlines()) == 1
+                        (["--"], "command: nothing to run"),
+                        (["--", "no-such-program-xyz"], "command: 'no-such-program-xyz' not found")):
+        assert main(["trace", *args]) == 2
+        err = capsys.readouterr().err
+        assert field in err and len(err.strip().splitlines()) == 1

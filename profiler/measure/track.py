@@ -273,8 +273,11 @@ class Tracker:
         if self.config is not None:
             return self.config.model.name
         hf = getattr(self.model, "config", None)
-        return (getattr(hf, "name_or_path", None) or getattr(hf, "model_type", None)
-                or type(self.model).__name__)
+        name = getattr(hf, "name_or_path", None)
+        if name and (name.endswith(".json") or os.path.isdir(name)):  # a local path: tiny-llama.json -> tiny-llama
+            base = os.path.basename(os.path.normpath(name))
+            name = os.path.basename(os.path.dirname(name)) if base == "config.json" else base.removesuffix(".json")
+        return name or getattr(hf, "model_type", None) or type(self.model).__name__
 
     def _build_record(self, exc: BaseException | None, oom_at) -> dict:
         cfg, cfg_hash = self._config()

@@ -32,6 +32,7 @@ def test_trainer_in_the_script_is_profiled(tmp_path):
     assert rec.source == "track" and rec.status == "ok"
     assert sorted({p.step for p in rec.phases}) == [0, 1]
     assert rec.config["train"]["seq_len"] == 16 and rec.config["optimizer"]["name"] == "adamw"
+    assert rec.model.name == "tiny-llama"  # from the config.json path the script built the model from
     assert (tmp_path / "run" / "memprof-timeline.png").stat().st_size > 20_000
 
 

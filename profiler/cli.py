@@ -14,6 +14,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("profiler.commands.compare", "measured vs every estimator: tables and plots"),
     "sweep": ("profiler.commands.sweep", "run a grid of configs, each in its own subprocess; resumable"),
     "calibrate": ("profiler.commands.calibrate", "fit correction factors from result lines"),
+    "trace": ("profiler.commands.trace", "run a training script; profile the first steps of every Trainer it builds"),
+    "timeline": ("profiler.commands.timeline", "draw one result line's memory by phase and category (PNG)"),
     "env": ("profiler.commands.env", "print what a result line would record about this machine"),
 }
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 
 Status = Literal["ok", "oom", "error", "timeout"]
 Backend = Literal["cuda", "cpu", "fake"]
 PhaseName = Literal["load", "forward", "backward", "optimizer_step", "generate"]
+Source = Literal["run", "simulate", "track"]
 
 
 class _Rec(BaseModel):
@@ -114,6 +115,8 @@ class RunRecord(_Rec):
     oom_phase: str | None = Field(None, description="phase where the OOM struck (status oom)")
     oom_step: int | None = Field(None, description="step index where the OOM struck")
     backend: Backend = Field(description="cuda (measured), cpu (tracker-measured), fake (simulated)")
+    source: Source = Field("run", description="run (our loop), simulate (fake tensors) or track (the user's own "
+                           "loop: track() or the Trainer callback); old lines without it: from backend")
     env: EnvInfo
     model: ModelStats | None = None
     phases: list[PhaseRecord] = Field(default_factory=list)
@@ -123,3 +126,11 @@ class RunRecord(_Rec):
     memory_stats: dict[str, int] | None = Field(None, description="CUDA: torch.cuda.memory_stats() at the end")
     free_bytes_at_oom: int | None = Field(None, description="CUDA: free device memory right after the OOM")
     attention_kernel: str | None = Field(None, description="SDPA backend the run used or would use")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_source(cls, data: dict) -> dict:
+        """Lines written before `source` existed: a fake backend was a simulation, anything else a run."""
+        if isinstance(data, dict) and "source" not in data:
+            data = {**data, "source": "simulate" if data.get("backend") == "fake" else "run"}
+        return data

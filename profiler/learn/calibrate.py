@@ -334,30 +334,43 @@ def markdown(rows: list[Row], sources: Sequence[str] = ()) -> str:
 
 
 def write_figures(rows: list[Row], fig_dir: Path) -> list[Path]:
-    """Measured vs predicted (raw and calibrated), one PNG per device, a panel per target."""
+    """Measured vs predicted (raw and calibrated), one PNG per device: a grid of panels (3 per row), one per
+    target, each in a unit scaled to its data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from profiler.categories import pick_unit
 
     fig_dir.mkdir(parents=True, exist_ok=True)
     out = []
     for slug in sorted({r.device_slug for r in rows}):
         mine = [r for r in rows if r.device_slug == slug]
         targets = [t for t in TARGETS if any(r.target == t for r in mine)]
-        fig, axes = plt.subplots(1, len(targets), figsize=(3.2 * len(targets), 3.4), squeeze=False)
-        for ax, t in zip(axes[0], targets, strict=True):
-            for r in (r for r in mine if r.target == t):
-                xs = np.array([p[0] for p in r.points]) / 2**30
-                ys = np.array([p[1] for p in r.points]) / 2**30
-                ax.scatter(xs, ys, s=12, marker="x", label=f"{r.regime} raw")
-                ax.scatter(r.a * xs + r.b / 2**30, ys, s=12, label=f"{r.regime} calibrated")
-            lim = ax.get_xlim()[1], ax.get_ylim()[1]
-            ax.plot([0, max(lim)], [0, max(lim)], "k--", lw=0.8)
-            ax.set(title=t, xlabel="predicted (GiB)", ylabel="measured (GiB)")
-        axes[0][0].legend(fontsize=6)
+        ncols = min(3, len(targets))
+        nrows = -(-len(targets) // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.9 * nrows), squeeze=False)
+        for ax in axes.flat[len(targets):]:
+            ax.set_visible(False)
+        for ax, t in zip(axes.flat, targets):
+            mine_t = [r for r in mine if r.target == t]
+            top = max([max(max(p) for p in r.points) for r in mine_t if r.points] + [1])
+            unit, div = pick_unit(top)
+            for i, r in enumerate(mine_t):
+                xs = np.array([p[0] for p in r.points]) / div
+                ys = np.array([p[1] for p in r.points]) / div
+                color = f"C{i % 10}"
+                ax.scatter(xs, ys, s=18, marker="x", color=color, label=f"{r.regime}: raw estimate")
+                ax.scatter(r.a * xs + r.b / div, ys, s=18, facecolors="none", edgecolors=color,
+                           label=f"{r.regime}: calibrated")
+            lim = max(ax.get_xlim()[1], ax.get_ylim()[1])
+            ax.plot([0, lim], [0, lim], "k--", lw=0.8, label="measured = predicted")
+            ax.set(title=t.replace("_", " "), xlabel=f"predicted ({unit})", ylabel=f"measured ({unit})")
+            ax.legend(fontsize=6, loc="upper left")
+            ax.grid(alpha=0.3)
         name = str(mine[0].device_name).replace("$", r"\$")  # no mathtext from a results line
-        fig.suptitle(f"{name}: measured vs components estimate")
+        fig.suptitle(f"{name}: measured memory vs the components estimate, before and after calibration")
         fig.tight_layout()
         path = fig_dir / f"calibration-{slugify(slug)}.png"
         fig.savefig(path, dpi=110)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from pydantic import ValidationError
 
-from profiler.categories import TRACKED, GiB
+from profiler.categories import TRACKED, pick_unit
 from profiler.config import RunConfig
 from profiler.formulas import ESTIMATORS, NotApplicable
 from profiler.formulas.components import components_estimate
@@ -203,17 +203,23 @@ def write_outputs(
         "Bytes are integers; errors are signed % of the measurement named in `against`.",
         "",
     ]
+    if any(r.backend == "cpu" for r in records):
+        md += ["**Some measurements are CPU tensor-tracker figures** (backend `cpu`): they check the estimators'"
+               " self-consistency on tiny models, not their accuracy on a GPU.", ""]
     for name in ("summary", "runs", "components"):
         md += [f"## {name}", "", _md(tables[name])]
+    figures = plot(tables["runs"], records, out) if plots and not tables["runs"].empty else []
+    if figures:
+        md += ["## figures", ""] + [f"![{f.stem}]({f.name})\n" for f in figures]
     p = out / "compare.md"
     p.write_text("\n".join(md))
     written.append(p)
-    if plots and not tables["runs"].empty:
-        written += plot(tables["runs"], records, out)
-    return written
+    return written + figures
 
 
 def plot(runs: pd.DataFrame, records: list[RunRecord], out: Path) -> list[Path]:
+    """Predicted vs measured per estimator, and memory vs batch / seq_len per config group; units scale with
+    the data, titles say in words what was held fixed and what varied, coinciding lines are named."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,13 +230,15 @@ def plot(runs: pd.DataFrame, records: list[RunRecord], out: Path) -> list[Path]:
         sub = runs.dropna(subset=[name, "measured"])
         if sub.empty:
             continue
+        unit, div = pick_unit(max(sub["measured"].max(), sub[name].max()))
         fig, ax = plt.subplots(figsize=(5, 5))
         for regime, grp in sub.groupby("regime"):
-            ax.scatter(grp["measured"] / GiB, grp[name] / GiB, label=regime)
-        hi = max(sub["measured"].max(), sub[name].max()) / GiB * 1.05
-        ax.plot([0, hi], [0, hi], "k--", lw=1)
-        ax.set(xlabel="measured (GiB)", ylabel=f"{name} (GiB)", title=f"{name}: predicted vs measured")
-        ax.legend()
+            ax.scatter(grp["measured"] / div, grp[name] / div, label=regime)
+        hi = max(sub["measured"].max(), sub[name].max()) / div * 1.05
+        ax.plot([0, hi], [0, hi], "k--", lw=1, label="prediction = measurement")
+        ax.set(xlabel=f"measured ({unit})", ylabel=f"predicted by {name} ({unit})",
+               title=f"{name}: predicted vs measured peak")
+        ax.legend(fontsize=7)
         p = out / f"scatter_{name}.png"
         fig.savefig(p, dpi=100, bbox_inches="tight")
         plt.close(fig)
@@ -242,23 +250,38 @@ def plot(runs: pd.DataFrame, records: list[RunRecord], out: Path) -> list[Path]:
             if grp[axis].nunique() < 2:
                 continue
             grp = grp.sort_values(axis)
-            fig, ax = plt.subplots(figsize=(6, 4))
-            ax.plot(grp[axis], grp["measured"] / GiB, "ko", label="measured")
             base = RunConfig.model_validate(by_id[grp["run_id"].iloc[0]].config)
             xs = sorted(set(grp[axis]))
+            lines: dict[str, list[int]] = {}
             for name, fn in ESTIMATORS.items():
                 ys = []
                 for x in xs:
                     d = base.model_dump()
                     d["train"]["batch_size" if axis == "batch" else "seq_len"] = int(x)
                     try:
-                        ys.append(fn(RunConfig.model_validate(d)).total / GiB)
+                        ys.append(fn(RunConfig.model_validate(d)).total)
                     except NotApplicable:
                         break
                 if len(ys) == len(xs):
-                    ax.plot(xs, ys, "-", label=name)
-            ax.set(xlabel=axis, ylabel="GiB", title=" ".join(map(str, gkey)))
-            ax.legend(fontsize=7)
+                    lines[name] = ys
+            unit, div = pick_unit(max([grp["measured"].max()] + [max(v) for v in lines.values()]))
+            fig, ax = plt.subplots(figsize=(6.5, 4.2))
+            ax.plot(grp[axis], grp["measured"] / div, "ko", ms=7, label="measured", zorder=5)
+            seen: dict[tuple, str] = {}
+            for i, (name, ys) in enumerate(lines.items()):
+                same = seen.setdefault(tuple(ys), name)
+                label = name if same == name else f"{name} (same as {same})"
+                ax.plot(xs, [y / div for y in ys], ["-", "--", ":", "-."][i % 4], marker="os^vD<>"[i % 7], ms=4,
+                        label=label)
+            model, regime, optimizer, dtype, ckpt, fixed = gkey
+            what = "sequence length" if axis == "seq_len" else "batch size"
+            held = f"batch {fixed}" if axis == "seq_len" else f"seq {fixed}"
+            ax.set(xlabel=what, ylabel=f"peak memory ({unit})",
+                   title=f"{model} · {regime} · {optimizer} · {dtype}"
+                   + (" · checkpointing" if bool(ckpt) else "") + f" · {held}: memory vs {what}")
+            ax.title.set_fontsize(9)
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside: never over a line
+            ax.grid(alpha=0.3)
             slug = "-".join(str(k) for k in gkey).replace("/", "_")
             p = out / f"vs_{axis}_{slug}.png"
             fig.savefig(p, dpi=100, bbox_inches="tight")

@@ -62,11 +62,13 @@ class PhaseMeter:
             self.nvml.reset_window()
         cuda_rec = None  # stays None when the CUDA probe fails to start: its own error propagates
         tracker_phases = len(self.tracker.phases) if self.tracker is not None else 0
+        started = False  # the probes are in place: the phase is measured (track's light CPU mode has none)
         try:
             with ExitStack() as stack:
                 cuda_rec = stack.enter_context(self.cuda.phase()) if self.cuda else None
                 if self.tracker is not None:
                     stack.enter_context(self.tracker.phase(name, step))
+                started = True
                 yield
         finally:
             rec["seconds"] = time.perf_counter() - t0
@@ -83,7 +85,7 @@ class PhaseMeter:
                 rec["nvml_peak_bytes"] = self.nvml.read_window()
             if cuda_rec is not None and tr is not None:
                 rec["breakdown"].update(cuda_components(rec, tr.peak_bytes, self.nvml))
-            if "peak_allocated_bytes" in rec:  # a phase that never started measuring has no figures
+            if started or "peak_allocated_bytes" in rec:  # a phase whose probes failed to start: no record
                 self.records.append(rec)
 
 

@@ -20,6 +20,10 @@ tensor by tensor with `torch.autograd.graph.saved_tensors_hooks` on CPU), with `
   first adapters' inputs of a LoRA model save less; frozen layers of `freeze` save nothing).
 - gradient checkpointing (non-reentrant, per decoder layer) keeps each layer's input (a bsh); one layer's
   activations are recomputed at a time during backward.
+- qk-norm (Qwen3): the per-head RMSNorms of q and k save like the layer norms, over q's and k's width.
+- sliding window shorter than the sequence (Mistral, Phi-3): the mask is no longer all-causal, so SDPA gets
+  an explicit b x 1 x s x s mask (saved in every layer) and transformers repeats k/v to all heads.
+Which blocks this covers is decided in components.py `not_modelled` from the meta-device model (arch.py).
 """
 
 from __future__ import annotations

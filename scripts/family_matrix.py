@@ -5,11 +5,12 @@ Each family is a tiny config.json in configs/models/ (tiny-<family>, every archi
 family kept) run for real on the CPU (1 warm-up + 1 measured step, seq 32), simulated with the same config
 (per-phase peaks compared), and estimated by `components` against `simulate` at seq 256 and 2048 (steady
 peak allocated). With --real, the bundled real-size architecture of the family is simulated for a CUDA
-target (full fine-tuning, bf16, seq 2048) and compared with `components` (its allocated part, without
-the CUDA context and allocator slack that simulate does not model).
+target (LoRA, bf16, seq 2048: activations are most of the peak) and compared with `components` (its
+allocated part, without the CUDA context and allocator slack that simulate does not model).
 
     python scripts/family_matrix.py                       # the whole matrix (~3 min on 2 cores), README block
-    python scripts/family_matrix.py --real                # + real-size columns (~5 min more)
+    python scripts/family_matrix.py --real                # + real-size column (~5 min more)
+    python scripts/family_matrix.py --real-only           # redo only the real-size column of --json
     python scripts/family_matrix.py --from-json FILE      # re-render the README block from saved rows
     python scripts/family_matrix.py --families tiny-gemma2 --regimes full --no-readme
 """
@@ -106,15 +107,22 @@ def cell(arch: str, regime: str) -> dict:
     return row
 
 
-def real_size_cell(arch: str, seq: int = 2048) -> dict:
-    cfg = family_config(arch, "full", seq, device="cuda", gradient_checkpointing=False)
+REAL_REGIME, REAL_SEQ = "lora", 2048  # LoRA: activations are most of the peak, so the block model shows
+
+
+def real_size_cell(arch: str, regime: str = REAL_REGIME, seq: int = REAL_SEQ) -> dict:
+    from profiler.measure.loading import resolve_hf_config
+
+    cfg = family_config(arch, regime, seq, device="cuda")
+    seq = min(seq, getattr(resolve_hf_config(cfg.model), "n_positions", None) or seq)  # GPT-2: 1024 rows
+    cfg = family_config(arch, regime, seq, device="cuda")
     err, notes = components_vs_simulate(cfg)
-    return {"arch": arch, "regime": "full", "seq": seq, "components_pct": None if err != err else round(err, 1),
+    return {"arch": arch, "regime": regime, "seq": seq, "components_pct": None if err != err else round(err, 1),
             "not_modelled": "not modelled" in notes}
 
 
 def _pct(v) -> str:
-    return "–" if v is None else f"{v:+.1f}%"
+    return "–" if v is None else f"{v + 0.0 if abs(v) >= 0.05 else 0.0:+.1f}%"
 
 
 def markdown(rows: list[dict], real: list[dict] | None = None) -> str:
@@ -126,7 +134,7 @@ def markdown(rows: list[dict], real: list[dict] | None = None) -> str:
             "| components vs simulate, seq 256 | seq 2048 |")
     sep = "|---|---|---|---|---|---|---|---|"
     if real:
-        head += " real size (simulate, CUDA, full, seq 2048) |"
+        head += f" real size: components vs simulate (CUDA, {REAL_REGIME}, seq {REAL_SEQ}) |"
         sep += "---|"
     lines = [head, sep]
     for r in rows:
@@ -138,8 +146,9 @@ def markdown(rows: list[dict], real: list[dict] | None = None) -> str:
                 f"{r['simulate_vs_run']} | {comp[0]} | {comp[1]} |")
         if real:
             rr = real_by.get(big.get(name, ""))
-            if rr and r["regime"] == "full":
+            if rr and r["regime"] == rr["regime"]:
                 txt = f"`{rr['arch']}` {_pct(rr['components_pct'])}" + (" (not modelled)" if rr["not_modelled"] else "")
+                txt += f" (seq {rr['seq']})" if rr["seq"] != REAL_SEQ else ""
             else:
                 txt = ""
             line += f" {txt} |"
@@ -163,6 +172,13 @@ def readme_block(readme: Path) -> str:
     return "\n".join(line for line in inner.strip("\n").splitlines() if not line.startswith("<!--")) + "\n"
 
 
+def save(path: str, rows: list[dict], real: list[dict]) -> dict:
+    data = {"rows": rows, "real": real}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", help="comma-separated tiny architectures (default: all)")
@@ -170,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real", action="store_true", help="add real-size simulate vs components (CUDA target)")
     ap.add_argument("--json", default=str(DEFAULT_JSON), help=f"rows written here (default {DEFAULT_JSON})")
     ap.add_argument("--from-json", help="render from saved rows instead of running")
+    ap.add_argument("--real-only", action="store_true", help="keep the tiny rows of --json, redo the real-size ones")
     ap.add_argument("--readme", default=str(REPO_ROOT / "README.md"))
     ap.add_argument("--no-readme", action="store_true")
     args = ap.parse_args(argv)
@@ -181,20 +198,19 @@ def main(argv: list[str] | None = None) -> int:
 
         quiet_libraries()
         tinies = args.families.split(",") if args.families else [t for _, t, _ in FAMILIES]
-        rows = []
-        for arch in tinies:
+        rows = json.loads(Path(args.json).read_text())["rows"] if args.real_only else []
+        for arch in [] if args.real_only else tinies:
             for regime in args.regimes.split(","):
                 rows.append(cell(arch, regime))
+                save(args.json, rows, [])  # a crash later keeps what is done
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         real = []
-        if args.real:
+        if args.real or args.real_only:
             for _, tiny, big in FAMILIES:
                 if tiny in tinies:
                     real.append(real_size_cell(big))
                     print(json.dumps(real[-1]), file=sys.stderr, flush=True)
-        data = {"rows": rows, "real": real}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(data, indent=1) + "\n")
+        data = save(args.json, rows, real)
     table = markdown(data["rows"], data.get("real"))
     print(table, end="")
     if not args.no_readme:

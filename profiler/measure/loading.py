@@ -59,7 +59,10 @@ def resolve_attn_implementation(mc: ModelConfig, hf_config: PretrainedConfig) ->
     explicit choice the model class does not support is a ConfigError naming the ones it does."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(hf_config)]
+    try:
+        cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(hf_config)]
+    except KeyError:  # a config class transformers does not map (remote code): transformers' default, sdpa
+        return "sdpa" if mc.attn_implementation == "auto" else mc.attn_implementation
     supported = ["eager"] + [name for name, flag in (("sdpa", "_supports_sdpa"),
                                                       ("flash_attention_2", "_supports_flash_attn"))
                              if getattr(cls, flag, False)]

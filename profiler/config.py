@@ -76,7 +76,8 @@ class ModelConfig(_Strict):
     path: str | None = None
     hub: str | None = None
     dtype: Dtype = "bfloat16"
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # auto: what transformers picks for the model (sdpa where supported, else eager: Gemma-2's soft-capping)
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
 
     @field_validator("arch")
     @classmethod

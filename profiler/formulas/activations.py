@@ -20,6 +20,10 @@ tensor by tensor with `torch.autograd.graph.saved_tensors_hooks` on CPU), with `
   first adapters' inputs of a LoRA model save less; frozen layers of `freeze` save nothing).
 - gradient checkpointing (non-reentrant, per decoder layer) keeps each layer's input (a bsh); one layer's
   activations are recomputed at a time during backward.
+- qk-norm (Qwen3): the per-head RMSNorms of q and k save like the layer norms, over q's and k's width.
+- sliding window shorter than the sequence (Mistral, Phi-3): the mask is no longer all-causal, so SDPA gets
+  an explicit b x 1 x s x s mask (saved in every layer) and transformers repeats k/v to all heads.
+Which blocks this covers is decided in components.py `not_modelled` from the meta-device model (arch.py).
 """
 
 from __future__ import annotations
@@ -58,30 +62,38 @@ class LayerPlan:
     lora_r: int = 0
     lora_dropout: bool = False
     gated: bool = True
+    qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3): saves like a norm of q's and k's width
+    mask: bool = False  # an explicit attention mask reaches SDPA (sliding window shorter than the sequence)
 
 
-def norm_bytes(sh: Shape, grad_in: bool, weight_trains: bool) -> int:
-    bsh = sh.b * sh.s * sh.h
+def norm_bytes(sh: Shape, grad_in: bool, weight_trains: bool, width: int | None = None, rows: int = 1) -> int:
+    """One RMSNorm over `width` (default hidden), `rows` normalized vectors per token (qk-norm: heads)."""
+    bsh = sh.b * sh.s * (width or sh.h)
     if not grad_in and not weight_trains:
         return 0
     out = 0
     if grad_in:
-        out += 4 * bsh + 4 * sh.b * sh.s  # fp32 input of pow (the input itself when a == 4) + rsqrt
+        out += 4 * bsh + 4 * sh.b * sh.s * rows  # fp32 input of pow (the input itself when a == 4) + rsqrt
     if weight_trains:
         out += sh.a * bsh if sh.a < 4 else 4 * bsh  # y = normalized, saved for the weight's gradient
     return out
 
 
-def attention_bytes(sh: Shape, kernel: str, o_proj_saves: bool) -> int:
-    """q, k, v, output/probabilities saved by the attention kernel (and o_proj's input where distinct)."""
-    bsh, a = sh.b * sh.s * sh.h, sh.a
+def attention_bytes(sh: Shape, kernel: str, o_proj_saves: bool, mask: bool = False) -> int:
+    """q, k, v, output/probabilities saved by the attention kernel (and o_proj's input where distinct).
+    With an explicit mask (sliding window), transformers repeats k/v to all heads for SDPA and the kernel
+    saves the b x 1 x s x s mask (activation dtype) in every layer."""
+    a = sh.a
+    bsq = sh.b * sh.s * sh.heads * sh.head_dim
     bsk = sh.b * sh.s * sh.kv
     if kernel in ("flash", "efficient"):
         s_lse = sh.s if kernel == "flash" else -(-sh.s // 32) * 32
-        return a * bsh + 2 * a * bsk + a * bsh + 4 * sh.b * sh.heads * s_lse
+        if mask:
+            return 4 * a * bsq + 4 * sh.b * sh.heads * s_lse + a * sh.b * sh.s * sh.s
+        return a * bsq + 2 * a * bsk + a * bsq + 4 * sh.b * sh.heads * s_lse
     probs = sh.b * sh.heads * sh.s * sh.s
-    qkv = 3 * a * bsh  # k/v repeated to all heads (repeat_kv / GQA expansion)
-    out = a * bsh if o_proj_saves else 0  # transpose(1, 2).contiguous() copy fed to o_proj
+    qkv = 3 * a * bsq  # k/v repeated to all heads (repeat_kv / GQA expansion)
+    out = a * bsq if o_proj_saves else 0  # transpose(1, 2).contiguous() copy fed to o_proj
     if kernel == "math":
         return qkv + a * probs + out
     return qkv + (4 + (a if a < 4 else 0)) * probs + out  # eager: fp32 softmax + cast copy
@@ -111,7 +123,10 @@ def layer_bytes(sh: Shape, lp: LayerPlan, kernel: str, device: str) -> int:
     total += lora_bytes(sh, lp.lora_qkv, sh.h, lp, device, 0 if lp.grad_in or lp.norms_train else lp.lora_qkv)
     grad_attn = lp.grad_in or tr or lp.lora_qkv > 0 or lp.norms_train
     if grad_attn:
-        total += attention_bytes(sh, kernel, tr)
+        if lp.qk_norm:
+            total += norm_bytes(sh, True, lp.norms_train, sh.heads * sh.head_dim, sh.heads)
+            total += norm_bytes(sh, True, lp.norms_train, sh.kv, sh.kv // sh.head_dim)
+        total += attention_bytes(sh, kernel, tr, lp.mask)
     total += lora_bytes(sh, lp.lora_o, sh.h, lp, device, 0 if grad_attn else lp.lora_o)
     grad_mlp = grad_attn or lp.lora_o > 0
     total += norm_bytes(sh, grad_mlp, lp.norms_train)  # post-attention norm

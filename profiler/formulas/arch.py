@@ -38,6 +38,44 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Block:
+    """How one decoder layer is built, read off the meta-device model's first layer (module types and
+    names) and, for what modules cannot show (data flow, attention scores), off the HF config."""
+
+    norm_type: str  # class name of the layer's norms, e.g. LlamaRMSNorm, Gemma2RMSNorm, LayerNorm
+    norms: int  # norms on the residual stream per layer (2 pre-norms; 4 with Gemma's post-norms)
+    qk_norm: bool  # per-head RMSNorm on q and k (Qwen3, Gemma-3, OLMo-2)
+    activation: str  # class name of the MLP activation, e.g. SiLUActivation, GELUTanh
+    dropout: float  # the largest Dropout p in the model (GPT-2: 0.1)
+    learned_positions: bool  # a second embedding table (GPT-2's wpe)
+    parallel: bool  # attention and MLP read the same input (Falcon parallel_attn, NeoX parallel residual)
+    softcap: bool  # tanh soft-capping of attention scores or logits (Gemma-2)
+    sliding_window: int | None  # sliding-window attention (Mistral, Gemma)
+
+
+def block_of(model: nn.Module, layer: nn.Module, hf) -> Block:
+    leaves = [(n, m) for n, m in layer.named_modules() if n and not list(m.children())]
+    norms = [(n, type(m).__name__) for n, m in leaves if "norm" in type(m).__name__.lower()]
+    qk = [n for n, _ in norms if n.rsplit(".", 1)[-1] in ("q_norm", "k_norm")]
+    acts = [type(m).__name__ for n, m in leaves if "act" in n.rsplit(".", 1)[-1]]
+    drops = [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
+    drops += [float(getattr(hf, k, 0.0) or 0.0) for k in ("attention_dropout", "attn_pdrop")]
+    embeds = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    window = getattr(hf, "sliding_window", None) if getattr(hf, "use_sliding_window", True) is not False else None
+    return Block(
+        norm_type=norms[0][1] if norms else "none",
+        norms=len(norms) - len(qk),
+        qk_norm=bool(qk),
+        activation=acts[0] if acts else "none",
+        dropout=max(drops, default=0.0),
+        learned_positions=len(embeds) > 1,
+        parallel=bool(getattr(hf, "parallel_attn", False) or getattr(hf, "use_parallel_residual", False)),
+        softcap=bool(getattr(hf, "attn_logit_softcapping", None) or getattr(hf, "final_logit_softcapping", None)),
+        sliding_window=window,
+    )
+
+
+@dataclass(frozen=True)
 class Arch:
     """What the estimators need to know about a model, all counts exact."""
 
@@ -57,6 +95,9 @@ class Arch:
     buffers: tuple[tuple[str, int, int], ...]  # (name, numel, itemsize in the built dtype)
     layer_prefix: str  # e.g. "model.layers"
     base_prefix: str  # the AutoModel part, e.g. "model"
+    block: Block
+    norm_names: tuple[tuple[str, str], ...]  # (name in the layer, class name) of the first layer's norms
+    default_attention: str  # what transformers picks with no attn_implementation (sdpa, or eager)
 
     @property
     def total_params(self) -> int:
@@ -162,4 +203,8 @@ def _arch_cached(hf_json: str) -> Arch:
         buffers=bufs,
         layer_prefix=prefix,
         base_prefix=base,
+        block=block_of(model, model.get_submodule(prefix)[0], text),
+        norm_names=tuple((n, type(m).__name__) for n, m in model.get_submodule(prefix)[0].named_modules()
+                         if "norm" in type(m).__name__.lower()),
+        default_attention=model.config._attn_implementation,
     )

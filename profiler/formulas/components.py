@@ -9,10 +9,12 @@ the previous step are already freed by zero_grad(set_to_none=True)); every phase
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from profiler.config import RunConfig
 from profiler.formulas import Estimate, make_estimate, register
 from profiler.formulas.activations import KERNELS, LayerPlan, Shape, layer_bytes, norm_bytes
-from profiler.formulas.arch import Arch
+from profiler.formulas.arch import Arch, arch_of
 from profiler.formulas.params import DTYPE_BYTES, ParamPlan, lora_targets, param_plan
 
 # ASSUMPTIONS, not measurements: guesses until calibration (profiler calibrate) replaces them; every CUDA
@@ -43,10 +45,13 @@ def activation_bytes_per_element(cfg: RunConfig) -> int:
     return DTYPE_BYTES[cfg.model.dtype]
 
 
-def default_kernel(cfg: RunConfig, a: int | None = None) -> str:
+def default_kernel(cfg: RunConfig, a: int | None = None, arch: Arch | None = None) -> str:
     """The attention path a run takes: eager; flash for flash_attention_2; SDPA picks flash for 16-bit on
-    CUDA, mem-efficient for fp32 on CUDA, and its flash kernel on CPU."""
+    CUDA, mem-efficient for fp32 on CUDA, and its flash kernel on CPU. `auto` is what transformers picks
+    for the model (read off the meta-device model: eager for Gemma-2)."""
     impl = cfg.model.attn_implementation
+    if impl == "auto":
+        impl = (arch or arch_of(cfg)).default_attention
     if impl == "eager":
         return "eager"
     if impl == "flash_attention_2" or cfg.device == "cpu":
@@ -71,6 +76,40 @@ def shape_of(arch: Arch, cfg: RunConfig, b: int | None = None, s: int | None = N
         vocab=arch.vocab,
         a=activation_bytes_per_element(cfg),
     )
+
+
+def not_modelled(arch: Arch) -> list[str]:
+    """What the activation model (activations.py) does not cover in this model's block, read off the
+    meta-device model: empty for Llama-style blocks (Llama, Mistral, Qwen2/2.5/3, Phi-3/4, SmolLM)."""
+    b = arch.block
+    out = []
+    if "rmsnorm" not in b.norm_type.lower():
+        out.append(f"{b.norm_type} (not RMSNorm)")
+    elif b.norm_type.lower().startswith("gemma"):
+        out.append(f"{b.norm_type} (1 + weight, fp32 output)")
+    if b.norms != 2:
+        out.append(f"{b.norms} norms per layer")
+    if any(n.endswith("post_feedforward_layernorm") for n, _ in arch.norm_names):
+        out.append("post-norm block")
+    if not arch.gated_mlp or b.activation not in ("SiLUActivation", "SiLU"):
+        out.append(f"MLP {'gated' if arch.gated_mlp else 'two-matrix'} {b.activation}")
+    if b.dropout > 0:
+        out.append(f"dropout {b.dropout:g}")
+    if b.learned_positions:
+        out.append("learned positions")
+    if b.parallel:
+        out.append("parallel attention/MLP")
+    if b.softcap:
+        out.append("soft-capping")
+    return out
+
+
+def not_modelled_note(arch: Arch) -> str:
+    """The line `estimate` prints for a family the activation model does not cover ('' when modelled)."""
+    gaps = not_modelled(arch)
+    if not gaps:
+        return ""
+    return f"{arch.model_type} not modelled; simulate is the reference ({', '.join(gaps)})"
 
 
 def layer_plans(plan: ParamPlan, cfg: RunConfig) -> tuple[list[LayerPlan], dict[str, bool]]:
@@ -118,6 +157,7 @@ def layer_plans(plan: ParamPlan, cfg: RunConfig) -> tuple[list[LayerPlan], dict[
                 lora_r=rg.lora.r,
                 lora_dropout=rg.lora.dropout > 0,
                 gated=arch.gated_mlp,
+                qk_norm=arch.block.qk_norm,
             )
         )
         grad = grad or lt or any(q.values())
@@ -133,10 +173,13 @@ def activations(
     plan = param_plan(cfg)
     arch = plan.arch
     sh = shape_of(arch, cfg, b, s)
-    kernel = kernel or default_kernel(cfg, sh.a)
+    kernel = kernel or default_kernel(cfg, sh.a, arch)
     if kernel not in KERNELS:
         raise ValueError(f"kernel {kernel!r}; allowed: {', '.join(KERNELS)}")
     plans, out = layer_plans(plan, cfg)
+    window = arch.block.sliding_window
+    if window and sh.s > window:  # the sliding-window mask is no longer all-causal: SDPA gets it
+        plans = [replace(lp, mask=True) for lp in plans]
     per_layer = [layer_bytes(sh, lp, kernel, cfg.device) for lp in plans]
     bs, bsh = sh.b * sh.s, sh.b * sh.s * sh.h
     ckpt = cfg.train.gradient_checkpointing
@@ -229,7 +272,9 @@ def components_estimate(
                 "overhead": overhead_bytes(cfg, alloc),
             },
             SOURCE,
-            "inference: temporaries include the KV cache (details: kv_cache)" + _overhead_note(cfg),
+            "; ".join(filter(None, (not_modelled_note(plan.arch),
+                                    "inference: temporaries include the KV cache (details: kv_cache)"))
+                      ) + _overhead_note(cfg),
             details=inf,
         )
     G = plan.trainable_bytes
@@ -267,10 +312,9 @@ def components_estimate(
         "optimizer_temporaries": opt_tmp,
     }
     kern = KERNELS[act["kernel_index"]]
-    return make_estimate(
-        "components", comps, SOURCE, f"peak in {peak_phase}; attention kernel {kern}" + _overhead_note(cfg),
-        details=details,
-    )
+    notes = f"peak in {peak_phase}; attention kernel {kern}" + _overhead_note(cfg)
+    gap = not_modelled_note(plan.arch)
+    return make_estimate("components", comps, SOURCE, f"{gap}; {notes}" if gap else notes, details=details)
 
 
 @register("components")

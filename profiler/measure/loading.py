@@ -143,6 +143,28 @@ def check_model_source(mc: ModelConfig) -> None:
         _checked(mc.arch, mc.path)
 
 
+def resolve_attn_implementation(mc: ModelConfig, hf_config: PretrainedConfig) -> str:
+    """The attention implementation a run uses. `auto` is what transformers itself picks for the model
+    (sdpa where the model class supports it, else eager: Gemma-2's soft-capping has no SDPA path); an
+    explicit choice the model class does not support is a ConfigError naming the ones it does."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(hf_config)]
+    except KeyError:  # a config class transformers does not map (remote code): transformers' default, sdpa
+        return "sdpa" if mc.attn_implementation == "auto" else mc.attn_implementation
+    supported = ["eager"] + [name for name, flag in (("sdpa", "_supports_sdpa"),
+                                                      ("flash_attention_2", "_supports_flash_attn"))
+                             if getattr(cls, flag, False)]
+    impl = mc.attn_implementation
+    if impl == "auto":
+        return "sdpa" if "sdpa" in supported else "eager"
+    if impl not in supported:
+        raise ConfigError(f"model.attn_implementation: {impl!r} is not supported by {cls.__name__}; "
+                          f"allowed: auto, {', '.join(supported)}")
+    return impl
+
+
 def bnb_config(cfg: RunConfig):
     """transformers BitsAndBytesConfig for qlora, None otherwise."""
     rg = cfg.regime
@@ -287,13 +309,13 @@ def load_model(cfg: RunConfig) -> LoadedModel:
     hf_config = resolve_hf_config(mc)
     dtype = DTYPES[mc.dtype]
     quant = bnb_config(cfg)
-    common = {"dtype": dtype, "attn_implementation": mc.attn_implementation}
+    common = {"dtype": dtype, "attn_implementation": resolve_attn_implementation(mc, hf_config)}
     device_map = {"": 0} if cfg.device == "cuda" else {"": "cpu"}
     architecture_only = _architecture_only(mc)
     if architecture_only and quant is None:
         with torch.device(cfg.device):
             model = AutoModelForCausalLM.from_config(hf_config, **common)
-        return LoadedModel(model, hf_config, f"arch:{mc.name}")
+        return LoadedModel(model, model.config, f"arch:{mc.name}")  # model.config: attention as resolved
     if architecture_only:
         src = str(random_checkpoint(hf_config, dtype, _checkpoint_key(mc, hf_config)))
         label = f"arch:{mc.name}"

@@ -36,7 +36,14 @@ from torch._subclasses.fake_tensor import (
 
 from profiler.config import RunConfig
 from profiler.measure.harness import run
-from profiler.measure.loading import DTYPES, LoadedModel, bnb_config, resolve_hf_config
+from profiler.measure.loading import (
+    DTYPES,
+    LoadedModel,
+    _architecture_only,
+    bnb_config,
+    resolve_attn_implementation,
+    resolve_hf_config,
+)
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -276,7 +283,8 @@ class Simulation:
 
         mc = cfg.model
         hf_config = resolve_hf_config(mc)
-        attn = "sdpa" if mc.attn_implementation == "flash_attention_2" else mc.attn_implementation
+        impl = resolve_attn_implementation(mc, hf_config)
+        attn = "sdpa" if impl == "flash_attention_2" else impl
         quant = bnb_config(cfg)
         # quantized: build on meta, swap in the stand-ins, then materialise the rest, so the load peak is the
         # quantized weights (transformers quantizes tensor by tensor while loading), not a bf16 model
@@ -289,12 +297,17 @@ class Simulation:
 
             replace_linear_layers(model, quant, cuda=self.target == "cuda", device="cpu")
         materialize_meta(model, "cpu")
+        head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+        if quant is None and _architecture_only(mc) and head is not None and head.weight is embed.weight:
+            # a real from_config build allocates the head untied, then ties it: one transient head weight
+            del_me = torch.empty_like(head.weight)
+            del del_me
         model.generate = types.MethodType(greedy_generate, model)
         return LoadedModel(model, hf_config, f"fake:{mc.name}")
 
     def attention_kernel(self, cfg: RunConfig, loaded: LoadedModel) -> str:
         """Before the run: the prediction from the config (the record gets the kernels actually used)."""
-        impl = cfg.model.attn_implementation
+        impl = resolve_attn_implementation(cfg.model, loaded.hf_config)
         if impl != "sdpa":
             return impl
         if self.target != "cuda":
@@ -325,9 +338,10 @@ def simulate(cfg: RunConfig, on_step=None) -> dict:
     record["simulated_steps"] = cfg.train.warmup_steps + 1
     record["config"] = cfg.model_dump(mode="json")
     record["config_hash"] = cfg.config_hash()
-    if cfg.model.attn_implementation == "flash_attention_2":
+    impl = resolve_attn_implementation(cfg.model, resolve_hf_config(cfg.model))
+    if impl == "flash_attention_2":
         record["attention_kernel"] = "flash_attention_2"
-    elif cfg.model.attn_implementation == "sdpa":
+    elif impl == "sdpa":
         record["attention_kernel"] = sim.kernels_used() or record.get("attention_kernel")
     record["simulated_device"] = target
     return record

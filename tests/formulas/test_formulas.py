@@ -231,6 +231,9 @@ PUBLISHED_PARAMS = {  # parameter counts published on each model's Hub card / sa
     "gpt2": 124_439_808, "llama-2-7b": 6_738_415_616, "llama-2-13b": 13_015_864_320,
     "llama-2-70b": 68_976_648_192, "llama-3-8b": 8_030_261_248, "mistral-7b": 7_241_732_096,
     "qwen2.5-0.5b": 494_032_768, "qwen2.5-7b": 7_615_616_512, "tiny-llama": 139_584,
+    "gemma-2-9b": 9_241_705_984, "gemma-3-1b": 999_885_952, "phi-3-mini": 3_821_079_552,
+    "phi-4": 14_659_507_200, "olmo-2-7b": 7_298_617_344, "pythia-6.9b": 6_857_302_016,
+    "falcon-7b": 6_921_720_704, "qwen3-8b": 8_190_735_360, "smollm2-1.7b": 1_711_376_384,
 }
 
 

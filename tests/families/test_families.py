@@ -1,0 +1,136 @@
+"""Every causal-LM family of the coverage matrix (scripts/family_matrix.py): the tiny config runs for real
+on the CPU, `simulate` reproduces its per-phase peaks, and `components` is within 10 % of `simulate` at
+seq 256 and 2048 — or says that the family is not modelled. Gemma-2 works with the default attention.
+Run: `python -m pytest tests/families/test_families.py`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from profiler.cli import main
+from profiler.config import MODELS_DIR, REPO_ROOT, ConfigError
+from profiler.formulas.arch import arch_of
+from profiler.formulas.components import components_estimate, not_modelled
+from profiler.measure.harness import run
+from profiler.measure.loading import resolve_attn_implementation, resolve_hf_config
+from profiler.simulate.backend import simulate
+
+_spec = importlib.util.spec_from_file_location("family_matrix", REPO_ROOT / "scripts" / "family_matrix.py")
+fm = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fm)
+
+TINY = [tiny for _, tiny, _ in fm.FAMILIES]
+# the families whose decoder block activations.py models (Llama-style: RMSNorm pre-norms, SwiGLU, no dropout)
+MODELLED = {"tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-phi3", "tiny-smollm"}
+# QLoRA-4 on a representative subset: RMSNorm/SwiGLU, Gemma's norms + eager, LayerNorm + MQA, Conv1D
+QLORA4 = ["tiny-llama", "tiny-gemma2", "tiny-falcon", "tiny-gpt2"]
+BNB_TABLE_BYTES = 1024  # real bitsandbytes holds this much more than the stand-ins in every phase (not traced)
+
+
+def cfg_of(arch: str, regime: str, seq: int = 32):
+    return fm.family_config(arch, regime, seq, steps=1, warmup_steps=0)
+
+
+def test_every_family_has_a_tiny_and_a_bundled_architecture():
+    for _, tiny, real in fm.FAMILIES:
+        assert (MODELS_DIR / f"{tiny}.json").is_file() and (MODELS_DIR / f"{real}.json").is_file()
+        hf = json.loads((MODELS_DIR / f"{tiny}.json").read_text())
+        assert hf.get("hidden_size", hf.get("n_embd")) == 64 and hf["vocab_size"] == 512
+
+
+@pytest.mark.parametrize("regime", ["full", "lora"])
+@pytest.mark.parametrize("arch", TINY)
+def test_tiny_family_runs_and_simulate_matches_exactly(arch, regime):
+    cfg = cfg_of(arch, regime)
+    real, fake = run(cfg), simulate(cfg)
+    assert (real["status"], fake["status"]) == ("ok", "ok"), (real["error"], fake["error"])
+    assert fm.phase_peaks(fake) == fm.phase_peaks(real)
+
+
+@pytest.mark.parametrize("arch", QLORA4)
+def test_tiny_family_qlora4_simulate_within_one_table(arch):
+    """Within 2 %: the fake run holds up to 1,024 bytes less in every phase (real bitsandbytes, not traced)."""
+    cfg = cfg_of(arch, "qlora4")
+    real, fake = run(cfg), simulate(cfg)
+    assert (real["status"], fake["status"]) == ("ok", "ok"), (real["error"], fake["error"])
+    for (ph, st, r), (ph2, st2, f) in zip(fm.phase_peaks(real), fm.phase_peaks(fake), strict=True):
+        assert (ph, st) == (ph2, st2)
+        assert 0 <= r - f <= BNB_TABLE_BYTES and r - f <= 0.02 * r, (ph, r, f)
+
+
+@pytest.mark.parametrize("arch", sorted(MODELLED))
+def test_components_within_10_percent_of_simulate(arch):
+    for seq in fm.SEQS:
+        err, notes = fm.components_vs_simulate(fm.family_config(arch, "full", seq))  # as the README table
+        assert abs(err) <= 10, (arch, seq, err)
+        assert "not modelled" not in notes
+
+
+@pytest.mark.parametrize("arch", sorted(set(TINY) - MODELLED))
+def test_unmodelled_family_says_so(arch):
+    cfg = cfg_of(arch, "lora")
+    gaps = not_modelled(arch_of(cfg))
+    assert gaps
+    model_type = arch_of(cfg).model_type
+    assert f"{model_type} not modelled; simulate is the reference" in components_estimate(cfg).notes
+
+
+def test_modelled_set_is_what_the_block_reader_says():
+    """MODELLED above is not a hand list the code could drift from: the block reader agrees."""
+    assert {a for a in TINY if not not_modelled(arch_of(cfg_of(a, "full")))} == MODELLED
+
+
+def test_estimate_prints_not_modelled(capsys):
+    assert main(["estimate", str(REPO_ROOT / "configs" / "tiny_full.yaml"), "model.arch=tiny-falcon",
+                 "device=cpu", "--estimator", "components"]) == 0
+    assert "components: falcon not modelled; simulate is the reference" in capsys.readouterr().out
+
+
+def test_gemma2_default_attention_is_eager_and_recorded():
+    cfg = cfg_of("tiny-gemma2", "full")
+    assert cfg.model.attn_implementation == "auto"
+    rec = run(cfg)
+    assert rec["status"] == "ok" and rec["attention_kernel"] == "eager"
+    assert components_estimate(cfg).notes.endswith("attention kernel eager")
+
+
+def test_unsupported_attention_is_a_config_error_naming_the_allowed(capsys):
+    cfg = cfg_of("tiny-gemma2", "full")
+    sdpa = cfg.model.model_copy(update={"attn_implementation": "sdpa"})
+    with pytest.raises(ConfigError, match=r"'sdpa' is not supported by Gemma2ForCausalLM; allowed: auto, eager"):
+        resolve_attn_implementation(sdpa, resolve_hf_config(sdpa))
+    code = main(["run", str(REPO_ROOT / "configs" / "tiny_full.yaml"), "model.arch=tiny-gemma2",
+                 "model.attn_implementation=sdpa", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "allowed: auto, eager" in err
+
+
+def test_readme_table_is_what_the_script_renders_from_its_json():
+    data = json.loads(fm.DEFAULT_JSON.read_text())
+    assert {r["arch"] for r in data["rows"]} == set(TINY)
+    assert fm.readme_block(REPO_ROOT / "README.md") == fm.markdown(data["rows"], data.get("real"))
+
+
+def test_markdown_marks_unmodelled_and_inexact_cells():
+    rows = [{"arch": "tiny-falcon", "regime": "full", "run": "ok", "attention": "sdpa", "simulate_vs_run": "0.2%",
+             "components_pct_256": -35.5, "components_pct_2048": -91.0, "not_modelled": True}]
+    table = fm.markdown(rows)
+    assert ("| Falcon | `tiny-falcon` | full | ok | sdpa | 0.2% | not modelled (-35.5%) "
+            "| not modelled (-91.0%) |") in table
+
+
+def test_real_size_blocks_read_off_the_meta_model():
+    def arch(name):
+        return arch_of(fm.family_config(name, "full"))
+
+    gemma = arch("gemma-2-9b")
+    assert (gemma.default_attention, gemma.block.softcap, gemma.block.norms) == ("eager", True, 4)
+    assert "soft-capping" in not_modelled(gemma)
+    qwen3, phi3 = arch("qwen3-8b"), arch("phi-3-mini")
+    assert qwen3.block.qk_norm and not not_modelled(qwen3)
+    assert phi3.block.sliding_window == 2047 and not not_modelled(phi3)
+    falcon = arch("falcon-7b")
+    assert falcon.block.parallel and falcon.block.norm_type == "LayerNorm"

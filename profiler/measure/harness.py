@@ -24,6 +24,7 @@ from profiler.measure.env import collect_env
 from profiler.measure.loading import LoadedModel, load_model, prepare_source
 from profiler.measure.model_stats import model_stats
 from profiler.measure.optimizers import make_optimizer
+from profiler.measure.parallel import comm_probe, unwrap, wrap
 from profiler.measure.probes.cuda import CudaProbe, free_bytes, memory_stats
 from profiler.measure.probes.nvml import NvmlSampler, pynvml_reader
 from profiler.measure.probes.tracker import TensorTracker, TrackerOutOfMemory
@@ -213,11 +214,12 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
                 modes.enter_context(fake.mode())
             if tracker is not None:
                 modes.enter_context(tracker)
+            modes.enter_context(comm_probe(cfg, tracker))  # data parallelism: what its engine adds
             t0 = time.perf_counter()
             with meter.phase("load"):
                 loaded = fake.load_model(cfg) if fake is not None else load_model(cfg)
                 _check_sequence(cfg, loaded.hf_config)
-                model = apply_regime(loaded.model, cfg)
+                model = wrap(apply_regime(loaded.model, cfg), cfg, tracker)  # parallel.strategy
                 if tracker is not None:
                     tracker.attach(model)
                 if training:
@@ -229,7 +231,7 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
                 vocab = loaded.hf_config.get_text_config().vocab_size
                 batch = torch.randint(0, vocab, (cfg.train.batch_size, cfg.train.seq_len), device=cfg.device)
             load_s = time.perf_counter() - t0
-            record["model"] = model_stats(model, cfg.model.name)
+            record["model"] = model_stats(unwrap(model), cfg.model.name)
             record["attention_kernel"] = (fake.attention_kernel(cfg, loaded) if fake is not None
                                           else getattr(loaded.hf_config, "_attn_implementation", None))
             for step in range(steps_total):

@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--estimator", default="all", help=f"one of {', '.join(ESTIMATORS)} or all (default)")
     parser.add_argument("--max-batch", action="store_true", help="largest train.batch_size that fits")
     parser.add_argument("--max-seq", action="store_true", help="largest train.seq_len that fits")
+    parser.add_argument("--min-gpus", action="store_true",
+                        help="per data-parallel strategy, the fewest GPUs whose per-rank estimate fits")
     parser.add_argument(
         "--unit", choices=list(UNITS), default="GiB", help="display unit (GiB = 2^30, GB = 10^9)"
     )
@@ -108,7 +110,8 @@ def render(
         f"budget {_fmt(budget, unit)} {unit}"
     )
     table.add_column("estimator")
-    for c in COMPONENTS:
+    comps = [c for c in COMPONENTS if c != "comm_buffers" or any(e.get(c) for e in ests)]  # sharded only
+    for c in comps:
         table.add_column(c, justify="right")
     table.add_column("total", justify="right")
     table.add_column("fits", justify="center")
@@ -118,7 +121,7 @@ def render(
     for e in ests:
         row = [
             e.estimator,
-            *(_fmt(e.get(c), unit) for c in COMPONENTS),
+            *(_fmt(e.get(c), unit) for c in comps),
             _fmt(e.total, unit),
             "yes" if e.total <= budget else "NO",
         ]
@@ -173,6 +176,10 @@ def main(args: argparse.Namespace) -> int:
             v = solve_max(cfg, e.estimator, field, budget)
             extra.setdefault(e.estimator, {})[col] = "any" if v is None else str(v)
     console = Console(width=200)
+    if args.min_gpus:
+        from profiler.commands.min_gpus import print_min_gpus
+
+        return print_min_gpus(cfg, budget, args.unit, console)
     t = cfg.train
     console.print(
         f"{cfg.model.name} | {cfg.regime.label} | {cfg.optimizer.name} | {cfg.model.dtype} | "

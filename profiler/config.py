@@ -226,6 +226,9 @@ def _check_parallel(cfg: RunConfig) -> None:
     if cfg.optimizer.name.endswith("8bit") and pc.strategy != "ddp":
         raise ValueError(f"optimizer.name: {cfg.optimizer.name} (bitsandbytes) does not run on sharded "
                          f"parameters; allowed with strategy {pc.strategy}: sgd, sgd_momentum, adam, adamw")
+    if s.startswith("zero") and cfg.optimizer.name not in ("adam", "adamw"):
+        raise ValueError(f"optimizer.name: {cfg.optimizer.name} under {s} (DeepSpeed runs torch's Adam/AdamW "
+                         "here); allowed: adam, adamw")
     if (pc.offload.params or pc.offload.optimizer) and cfg.device != "cuda":
         raise ValueError("parallel.offload: offloads from GPU to host; allowed with device cuda only")
 

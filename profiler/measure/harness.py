@@ -24,7 +24,7 @@ from profiler.measure.env import collect_env
 from profiler.measure.loading import LoadedModel, load_model, prepare_source
 from profiler.measure.model_stats import model_stats
 from profiler.measure.optimizers import make_optimizer
-from profiler.measure.parallel import comm_probe, unwrap, wrap
+from profiler.measure.parallel import comm_probe, optimizer_for, unwrap, wrap
 from profiler.measure.probes.cuda import CudaProbe, free_bytes, memory_stats
 from profiler.measure.probes.nvml import NvmlSampler, pynvml_reader
 from profiler.measure.probes.tracker import TensorTracker, TrackerOutOfMemory
@@ -225,7 +225,7 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
                 if training:
                     if cuda and cfg.optimizer.name.startswith("paged"):
                         check_paged_state_fits(trainable_parameters(model), free_bytes() or 0)
-                    optimizer = make_optimizer(cfg.optimizer, trainable_parameters(model))
+                    optimizer = optimizer_for(model) or make_optimizer(cfg.optimizer, trainable_parameters(model))
                     if tracker is not None:
                         tracker.attach(model, optimizer)
                 vocab = loaded.hf_config.get_text_config().vocab_size
@@ -290,7 +290,7 @@ def _train_step(model, optimizer, batch, cfg: RunConfig, meter: PhaseMeter, step
         with _autocast(cfg):
             loss = model(input_ids=batch, labels=batch).loss  # outputs (logits) dropped as HF Trainer does
     with meter.phase("backward", step, warm):
-        loss.backward()
+        getattr(optimizer, "backward", type(loss).backward)(loss)  # DeepSpeed's engine: engine.backward
         del loss
     with meter.phase("optimizer_step", step, warm):
         optimizer.step()

@@ -28,7 +28,7 @@ from profiler.config import REPO_ROOT, ConfigError, RunConfig
 from profiler.measure.loading import DTYPES
 
 COMM = Category.COMM_BUFFERS
-SHARDING = ("fsdp2", "ddp")  # strategies this module runs (ZeRO goes through deepspeed)
+SHARDING = ("fsdp2", "ddp")  # strategies simulate runs (ZeRO runs through deepspeed, on real tensors only)
 
 
 def under_torchrun() -> bool:
@@ -119,7 +119,65 @@ def wrap(model: torch.nn.Module, cfg: RunConfig, tracker=None) -> torch.nn.Modul
         if tracker is not None:
             ddp._pre_forward = _in_scope(ddp._pre_forward, tracker)  # rebuilds its buckets on step 2
         return ddp
-    raise ConfigError(f"parallel.strategy: {pc.strategy!r} runs through deepspeed, not wrapped here")
+    return _deepspeed(model, cfg)
+
+
+def _deepspeed(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
+    """A DeepSpeed ZeRO engine around the model (its optimizer: torch's Adam/AdamW, `torch_adam`, so no
+    DeepSpeed op is compiled); `optimizer_for` hands the harness its optimizer."""
+    try:
+        import deepspeed
+    except ImportError:
+        raise ConfigError(f"parallel.strategy: {cfg.parallel.strategy} needs the deepspeed package "
+                          "(pip install -e '.[deepspeed]'); allowed without it: none, ddp, fsdp2") from None
+    pc = cfg.parallel
+    zero: dict = {"stage": int(pc.strategy[-1])}
+    if pc.offload.optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if pc.offload.params:
+        zero["offload_param"] = {"device": "cpu"}
+    ds_config = {
+        "train_micro_batch_size_per_gpu": cfg.train.batch_size,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+        "fp16": {"enabled": cfg.model.dtype == "float16"},
+        "optimizer": {"type": "AdamW" if cfg.optimizer.name == "adamw" else "Adam",
+                      "params": {"lr": cfg.optimizer.lr, "torch_adam": True}},
+    }
+    params = [p for p in model.parameters() if p.requires_grad]
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
+    return engine
+
+
+class DeepSpeedStep:
+    """The harness's optimizer interface over a DeepSpeed engine: backward and step go through the engine
+    (loss scaling, gradient partitioning, the last bucket's reduction); `state` is the inner optimizer's."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.inner = engine.optimizer.optimizer  # ZeRO wrapper -> the torch optimizer on fp32 partitions
+
+    @property
+    def state(self):
+        return self.inner.state
+
+    def register_step_post_hook(self, hook):
+        return self.inner.register_step_post_hook(hook)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> None:
+        self.engine.step()  # also zeroes the gradients
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+
+def optimizer_for(model: torch.nn.Module) -> DeepSpeedStep | None:
+    """The optimizer a DeepSpeed engine made (None for any other model: the harness makes its own)."""
+    return DeepSpeedStep(model) if type(model).__name__ == "DeepSpeedEngine" else None
 
 
 def _fake_allreduce(state, bucket):  # no annotation: DDP checks it is exactly Future[Tensor]
@@ -148,7 +206,9 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The user's model inside a DDP wrapper (FSDP2 shards in place)."""
     from torch.nn.parallel import DistributedDataParallel
 
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    if isinstance(model, DistributedDataParallel) or type(model).__name__ == "DeepSpeedEngine":
+        return model.module
+    return model
 
 
 def _fully_shard(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:

@@ -104,13 +104,13 @@ def test_estimate_says_which_calibration_table_and_how_many_runs(tmp_path, capsy
 
 
 def test_min_gpus_answers_per_strategy_and_the_answer_is_tight(capsys):
-    from profiler.commands.min_gpus import min_gpus
+    from profiler.formulas.min_gpus import min_gpus
 
     cfg = load_config(str(REPO_ROOT / "configs" / "llama70b_full.yaml"), ["train.seq_len=2048"])
     budget = parse_bytes("80GiB")
     n, est = min_gpus(cfg, "components", "fsdp2", budget)
     assert n > 1 and est.total <= budget
-    from profiler.commands.min_gpus import with_parallel
+    from profiler.formulas.min_gpus import with_parallel
 
     fewer = estimate("components", with_parallel(cfg, strategy="fsdp2", world_size=n - 1))
     assert fewer.total > budget  # one GPU fewer does not fit

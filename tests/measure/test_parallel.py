@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import CONFIGS
+from conftest import CONFIGS, gpu
 
 from profiler.categories import Category
 from profiler.cli import main
@@ -82,3 +82,27 @@ def test_tracker_scope_resize_and_comm_rank():
         tr.classify(grad, Category.GRADIENTS)  # a reduce-scatter output that became .grad: a gradient
         assert tr.breakdown()["gradients"] == 40
     assert "comm_buffers" not in TensorTracker().breakdown()  # one-process breakdowns keep five keys
+
+
+def test_deepspeed_zero2_world_2_runs_on_cpu_with_gloo(tmp_path):
+    """DeepSpeed 0.19.8 picks its CPU accelerator and gloo; ZeRO-2 at world 2 runs for real. Its default
+    reduce bucket (5e8 elements, fp32 here) is allocated in the first backward and dominates a tiny model."""
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "ds.jsonl"
+    assert main(["run", TINY, "parallel.strategy=zero2", "parallel.world_size=2", "model.dtype=float32",
+                 "train.steps=1", "--output", str(out), "--quiet"]) == 0
+    rec = _line(out)
+    assert rec["status"] == "ok" and [r["rank"] for r in rec["ranks"]] == [0, 1]
+    assert rec["max_rank_peak_allocated_bytes"] >= 500_000_000 * 4
+
+
+@gpu
+@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
+def test_deepspeed_zero_world_1_on_gpu(strategy, tmp_path):
+    """GPU sibling of the CPU ZeRO-2 test: ZeRO-2 and ZeRO-3 at world_size 1 (NCCL) on one GPU."""
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "ds.jsonl"
+    assert main(["run", TINY, f"parallel.strategy={strategy}", "device=cuda", "train.steps=1",
+                 "--output", str(out), "--quiet"]) == 0
+    rec = _line(out)
+    assert rec["status"] == "ok" and rec["backend"] == "cuda" and len(rec["ranks"]) == 1

@@ -86,7 +86,7 @@ def main() -> int:
     if args.sharding:
         return sharding_table(args.cores)
     rows = [measure(c, args.cores) for c in args.configs]
-    head = f"{'model':<14}{'status':<8}{'cores':>6}{'process s':>11}{'simulate s':>12}{'max RSS GiB':>13}" \
+    head = f"{'model':<22}{'status':<8}{'cores':>6}{'process s':>11}{'simulate s':>12}{'max RSS GiB':>13}" \
            f"{'peak GiB':>10}  {'kernel':<10}target"
     print(head)
     print("-" * len(head))
@@ -98,7 +98,7 @@ def main() -> int:
                                       f"<= {TARGET_RSS_GIB[m]:.0f} GiB" if m in TARGET_RSS_GIB else ""]))
         verdict = ("met" if ok_t and ok_m else "MISSED") if goal else ""
         peak = f"{r['peak'] / 2**30:.1f}" if "peak" in r else "-"
-        print(f"{m:<14}{r['status']:<8}{r.get('cores', '-'):>6}{r['process_s']:>11.2f}"
+        print(f"{m:<22}{r['status']:<8}{r.get('cores', '-'):>6}{r['process_s']:>11.2f}"
               f"{r.get('simulate_s', float('nan')):>12.2f}{r['rss_gib']:>13.2f}{peak:>10}  "
               f"{str(r.get('kernel')):<10}{goal} {verdict}".rstrip())
     print("process s: fresh interpreter incl. imports; peak: simulated peak allocated (GiB = 2^30)")

@@ -1,4 +1,4 @@
-"""Data parallelism for a run: process group, launch through torchrun, and the FSDP2 / DDP wrapping.
+"""Data parallelism for a run: process group, launch through torchrun, and the FSDP2 / DDP / ZeRO wrapping.
 
 A run with `parallel.world_size > 1` is launched by `python -m profiler run` itself through
 `torch.distributed.run` (torchrun): N ranks, gloo on CPU, NCCL on CUDA; each rank runs the same harness
@@ -7,7 +7,8 @@ in one process under torch's fake process group (ranks are symmetric), with the 
 
 The wrapping is what the engines' users do: FSDP2 `fully_shard` on every decoder layer
 (`model._no_split_modules`, as accelerate does), then on the root; DDP `DistributedDataParallel` with its
-defaults (25 MiB buckets, gradients copied into buckets). `comm_probe` tells the tensor tracker which
+defaults (25 MiB buckets, gradients copied into buckets); ZeRO-1/2/3 a DeepSpeed engine (real tensors
+only: DeepSpeed cannot run on fake ones). `comm_probe` tells the tensor tracker which
 bytes the engine adds beyond the local shards (category comm_buffers): FSDP2 resizes the storages of its
 unsharded parameters in place (`untyped_storage().resize_`, not a dispatched op, so it is reported
 here), and everything FSDP2's all-gather / reduce-scatter and DDP's bucket (re)building allocate.
@@ -28,7 +29,6 @@ from profiler.config import REPO_ROOT, ConfigError, RunConfig
 from profiler.measure.loading import DTYPES
 
 COMM = Category.COMM_BUFFERS
-SHARDING = ("fsdp2", "ddp")  # strategies simulate runs (ZeRO runs through deepspeed, on real tensors only)
 
 
 def under_torchrun() -> bool:

@@ -10,15 +10,19 @@ from enum import StrEnum
 
 
 class Category(StrEnum):
-    """Where a live byte belongs. The first five are seen by the tensor tracker; the last three exist
-    only on CUDA: allocated bytes the tracker missed (cuBLAS workspaces, rounding), caching-allocator
-    slack (reserved - allocated) and memory outside PyTorch's allocator (context, paged state)."""
+    """Where a live byte belongs. The first five and comm_buffers are seen by the tensor tracker; the
+    last three exist only on CUDA: allocated bytes the tracker missed (cuBLAS workspaces, rounding),
+    caching-allocator slack (reserved - allocated) and memory outside PyTorch's allocator (context, paged
+    state). comm_buffers is what data parallelism adds beyond the local shards: FSDP2's unsharded
+    parameters (all-gather outputs, prefetch), unsharded gradients and reduce-scatter buffers, DDP's
+    gradient buckets; it is zero in a one-process run."""
 
     WEIGHTS = "weights"
     GRADIENTS = "gradients"
     OPTIMIZER = "optimizer"
     ACTIVATIONS = "activations"
     TEMPORARIES = "temporaries"
+    COMM_BUFFERS = "comm_buffers"
     UNTRACKED = "untracked"
     ALLOCATOR = "allocator"
     CONTEXT = "context"
@@ -31,6 +35,9 @@ TRACKED = (
     Category.ACTIVATIONS,
     Category.TEMPORARIES,
 )
+# What the tracker counts: TRACKED plus comm_buffers, which a breakdown lists only where it is non-zero
+# (data-parallel runs), so one-process lines keep the five keys they always had.
+TRACKER_CATEGORIES = (*TRACKED, Category.COMM_BUFFERS)
 
 GiB = 2**30
 GB = 10**9

@@ -178,6 +178,27 @@ class TrainConfig(_Strict):
     autocast: Literal["none", "bf16", "fp16"] = "none"
 
 
+class OffloadSettings(_Strict):
+    """CPU offload where the engine supports it: host memory instead of GPU memory for these bytes."""
+
+    params: bool = False  # fsdp2 / zero3: sharded parameters (and, fsdp2, their gradients) live on the host
+    optimizer: bool = False  # fsdp2 / zero1-3: optimizer state on the host (the step runs there)
+
+
+class ParallelConfig(_Strict):
+    """Data parallelism: how the training state is split over `world_size` ranks (one GPU each).
+    none: one process; ddp: everything replicated, gradient buckets added; fsdp2: parameters, gradients and
+    optimizer state sharded, layers all-gathered in flight; zero1/2/3 (DeepSpeed): optimizer state /
+    + gradients / + parameters sharded."""
+
+    strategy: Literal["none", "ddp", "fsdp2", "zero1", "zero2", "zero3"] = "none"
+    world_size: StrictInt = Field(1, gt=0)  # ranks (GPUs); per-rank memory falls with it where sharded
+    reshard_after_forward: bool = True  # fsdp2: free each layer's unsharded params after its forward
+    param_dtype: Dtype | None = None  # fsdp2 MixedPrecisionPolicy: dtype layers compute in (all-gathered)
+    reduce_dtype: Dtype | None = None  # fsdp2 MixedPrecisionPolicy: dtype of the gradient reduce-scatter
+    offload: OffloadSettings = Field(default_factory=OffloadSettings)
+
+
 class RunConfig(_Strict):
     """One measured run."""
 
@@ -189,6 +210,7 @@ class RunConfig(_Strict):
     seed: StrictInt = _bounded("seed", 0)
     output: str | None = None  # JSONL file; default results/runs/<device-slug>.jsonl
     max_memory: str | int | None = None  # CPU only: tracker budget like "2GiB"; exceeding it records an oom
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)  # data parallelism (per-rank memory)
 
     _ignored: list[str] = PrivateAttr(default_factory=list)
 
@@ -233,12 +255,15 @@ class RunConfig(_Strict):
                 raise ValueError(f"max_memory: {exc}") from None
         if self.optimizer.name.startswith("paged") and self.device != "cuda":
             raise ValueError("optimizer.name: paged_adamw_8bit needs device: cuda (CUDA managed memory)")
+        _check_parallel(self)
         return self
 
     def config_hash(self) -> str:
         """Identity of a run for resume/dedup: everything but where the result is written. Keys that do
         not apply to the regime were reset to defaults on load, so they never split one run in two."""
         data = self.model_dump(mode="json", exclude={"output"})
+        if self.parallel == ParallelConfig():
+            del data["parallel"]  # one-process configs keep the hash they had before `parallel` existed
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -294,6 +319,47 @@ def _meminfo_available() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024  # the kernel reports kB (KiB)
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _check_parallel(cfg: RunConfig) -> None:
+    """Combinations of `parallel` with the rest of the config that no engine runs."""
+    pc = cfg.parallel
+    s = pc.strategy
+    if s == "none" and pc.world_size > 1:
+        raise ValueError(f"parallel.world_size: {pc.world_size} needs a parallel.strategy; "
+                         "allowed: ddp, fsdp2, zero1, zero2, zero3 (or world_size 1)")
+    if s in ("none", "ddp") and (pc.offload.params or pc.offload.optimizer):
+        raise ValueError(f"parallel.offload: strategy {s} cannot offload; allowed with fsdp2, zero1-3")
+    if s in ("zero1", "zero2") and pc.offload.params:
+        raise ValueError(f"parallel.offload.params: {s} keeps whole parameters on every GPU; allowed: "
+                         "zero3 or fsdp2 (zero1/2 offload the optimizer only)")
+    if s == "fsdp2" and pc.offload.params != pc.offload.optimizer:
+        raise ValueError("parallel.offload: fsdp2's CPUOffloadPolicy moves parameters, gradients and "
+                         "optimizer state together; allowed: params and optimizer both true or both false")
+    if s != "fsdp2":
+        for key in ("param_dtype", "reduce_dtype"):
+            if getattr(pc, key) is not None:
+                raise ValueError(f"parallel.{key}: the mixed-precision policy is fsdp2's; allowed with "
+                                 f"strategy fsdp2 (strategy is {s})")
+    if s != "fsdp2" and pc.reshard_after_forward is not True:
+        raise ValueError(f"parallel.reshard_after_forward: an fsdp2 setting; allowed with strategy fsdp2 "
+                         f"(strategy is {s})")
+    if s == "none":
+        return
+    if cfg.regime.kind == "inference":
+        raise ValueError(f"parallel.strategy: {pc.strategy} shards training state; allowed with regime.kind "
+                         "inference: none")
+    if cfg.regime.kind == "qlora" and pc.strategy != "ddp":
+        raise ValueError(f"parallel.strategy: {pc.strategy} with qlora needs bitsandbytes' quant_storage "
+                         "dtype set for sharding (not modelled here); allowed with qlora: none, ddp")
+    if cfg.optimizer.name.endswith("8bit") and pc.strategy != "ddp":
+        raise ValueError(f"optimizer.name: {cfg.optimizer.name} (bitsandbytes) does not run on sharded "
+                         f"parameters; allowed with strategy {pc.strategy}: sgd, sgd_momentum, adam, adamw")
+    if s.startswith("zero") and cfg.optimizer.name not in ("adam", "adamw"):
+        raise ValueError(f"optimizer.name: {cfg.optimizer.name} under {s} (DeepSpeed runs torch's Adam/AdamW "
+                         "here); allowed: adam, adamw")
+    if (pc.offload.params or pc.offload.optimizer) and cfg.device != "cuda":
+        raise ValueError("parallel.offload: offloads from GPU to host; allowed with device cuda only")
 
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,

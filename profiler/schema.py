@@ -102,6 +102,26 @@ class Timings(_Rec):
     tokens_per_s: float | None = Field(None, description="batch x seq_len / median_step_s")
 
 
+class RankPhase(_Rec):
+    """One phase of one rank: the figures every rank sends to rank 0."""
+
+    phase: PhaseName
+    step: int | None = None
+    peak_allocated_bytes: int
+    allocated_bytes: int
+    peak_reserved_bytes: int | None = None
+    nvml_peak_bytes: int | None = None
+
+
+class RankRecord(_Rec):
+    """One rank of a data-parallel run (simulate: rank 0 only, the ranks being symmetric)."""
+
+    rank: int
+    status: Status
+    phases: list[RankPhase]
+    peak_allocated_bytes: int
+
+
 class RunRecord(_Rec):
     """One measured (or simulated) run."""
 
@@ -126,6 +146,12 @@ class RunRecord(_Rec):
     memory_stats: dict[str, int] | None = Field(None, description="CUDA: torch.cuda.memory_stats() at the end")
     free_bytes_at_oom: int | None = Field(None, description="CUDA: free device memory right after the OOM")
     attention_kernel: str | None = Field(None, description="SDPA backend the run used or would use")
+    ranks: list[RankRecord] | None = Field(
+        None, description="data-parallel runs: per rank {rank, status, phases [{phase, step, peak_allocated_bytes, "
+        "allocated_bytes, peak_reserved_bytes, nvml_peak_bytes}], peak_allocated_bytes}; phases/breakdown above "
+        "are rank 0's; simulate lists rank 0 only (ranks are symmetric)")
+    max_rank_peak_allocated_bytes: int | None = Field(
+        None, description="data-parallel runs: the highest peak_allocated_bytes over all ranks")
 
     @model_validator(mode="before")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from profiler.categories import TRACKED, fmt_auto, fmt_in, pick_unit
+from profiler.categories import TRACKED, Category, fmt_auto, fmt_in, pick_unit
 
 
 def print_summary(record: dict, output: str | None, console: Console | None = None) -> None:
@@ -36,10 +36,12 @@ def print_summary(record: dict, output: str | None, console: Console | None = No
     t.add_column("end", justify="right")
     if has_reserved:
         t.add_column("reserved", justify="right")
+    cats = list(TRACKED) + ([Category.COMM_BUFFERS] if any(
+        (p.get("breakdown") or {}).get(Category.COMM_BUFFERS.value) for p in phases) else [])
     if has_breakdown:
-        for c in TRACKED:
+        for c in cats:
             t.add_column({"gradients": "grads", "optimizer": "optim", "activations": "activ",
-                          "temporaries": "temp"}.get(c.value, c.value),
+                          "temporaries": "temp", "comm_buffers": "comm"}.get(c.value, c.value),
                          justify="right")
     t.add_column("s", justify="right")
     for p in phases:
@@ -53,7 +55,7 @@ def print_summary(record: dict, output: str | None, console: Console | None = No
             row.append(fmt_in(p.get("peak_reserved_bytes"), div))
         if has_breakdown:
             bd = p.get("breakdown") or {}
-            row += [fmt_in(bd.get(c.value), div) for c in TRACKED]
+            row += [fmt_in(bd.get(c.value), div) for c in cats]
         row.append(f"{p['seconds']:.2f}")
         t.add_row(*row)
     console.print(t)
@@ -74,6 +76,13 @@ def print_summary(record: dict, output: str | None, console: Console | None = No
     if m:
         console.print(f"params {m['total_params']:,} (trainable {m['trainable_params']:,}, quantized "
                       f"{m['quantized_params']:,}) · weights {fmt_auto(m['weight_bytes'])}")
+    ranks = record.get("ranks")
+    if ranks:
+        pc = (record.get("config") or {}).get("parallel") or {}
+        who = ("rank 0 of a symmetric job (simulated)" if record.get("backend") == "fake" else
+               "rank 0; per-rank peaks " + ", ".join(fmt_auto(r["peak_allocated_bytes"]) for r in ranks))
+        console.print(f"{pc.get('strategy')} x {pc.get('world_size')} ranks · table: {who} · max over ranks "
+                      f"{fmt_auto(record.get('max_rank_peak_allocated_bytes'))}")
     tm = record.get("timings") or {}
     if tm.get("median_step_s") and tm.get("tokens_per_s"):
         console.print(f"load {tm['load_s']:.1f} s · median step {tm['median_step_s']:.3f} s · "

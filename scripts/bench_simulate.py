@@ -1,10 +1,15 @@
 """Benchmark `profiler simulate`: wall time and max RSS per model, each in a fresh process on 2 CPU cores.
 
-    python scripts/bench_simulate.py [--cores 2] [CONFIG ...]
+    python scripts/bench_simulate.py [--cores 2] ["CONFIG [key=value ...]" ...]
+    python scripts/bench_simulate.py --sharding        # components vs simulate, FSDP2 at world 2/8/64
 
-Default configs: Llama-2-7B and Llama-2-70B, full bf16 AdamW, batch 1, seq 4096 (warm-up + 1 measured step).
-Targets (issue): 70B <= 20 s and <= 4 GiB RSS; 7B <= 5 s. `process s` includes Python/torch/transformers
-imports; `simulate s` is the `profiler.simulate.simulate()` call alone. A table, not a timed test.
+Default configs: Llama-2-7B and Llama-2-70B, full bf16 AdamW, batch 1, seq 4096 (warm-up + 1 measured step),
+and Llama-2-70B under FSDP2 at world 8, seq 2048 (rank 0 under the fake process group).
+Targets (issues): 70B <= 20 s and <= 4 GiB RSS; 7B <= 5 s; 70B FSDP2 x 8 <= 60 s and <= 4 GiB.
+`process s` includes Python/torch/transformers imports; `simulate s` is the `profiler.simulate.simulate()`
+call alone. `--sharding` prints, per model and world size, the simulated steady-state per-rank peak and the
+`components` per-rank allocated total (its CUDA overhead left out: simulate has none) with the error.
+A table, not a timed test.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT = ["configs/llama7b_full_seq4096.yaml", "configs/llama70b_full.yaml"]
-TARGET_S = {"llama-2-7b": 5.0, "llama-2-70b": 20.0}
-TARGET_RSS_GIB = {"llama-2-70b": 4.0}
+FSDP2_70B = "configs/llama70b_full.yaml parallel.strategy=fsdp2 parallel.world_size=8 train.seq_len=2048"
+DEFAULT = ["configs/llama7b_full_seq4096.yaml", "configs/llama70b_full.yaml", FSDP2_70B]
+TARGET_S = {"llama-2-7b": 5.0, "llama-2-70b": 20.0, "llama-2-70b fsdp2x8": 60.0}
+TARGET_RSS_GIB = {"llama-2-70b": 4.0, "llama-2-70b fsdp2x8": 4.0}
+SHARDING = [f"configs/{m}_full.yaml parallel.strategy=fsdp2 parallel.world_size={n} train.seq_len=2048"
+            for m in ("llama7b", "llama70b") for n in (2, 8, 64)]
 
 
 def child(config: str) -> None:
@@ -30,13 +38,22 @@ def child(config: str) -> None:
     from profiler.simulate.backend import simulate
 
     quiet_libraries()
-    cfg = load_config(config)
+    path, *overrides = config.split()
+    cfg = load_config(path, overrides)
     t1 = time.perf_counter()
     rec = simulate(cfg)
     t2 = time.perf_counter()
-    print(json.dumps({"model": cfg.model.name, "status": rec["status"], "error": rec["error"],
-                      "import_s": t1 - t0, "simulate_s": t2 - t1, "kernel": rec.get("attention_kernel"),
-                      "peak": rec["peaks"]["peak_allocated_bytes"]}))
+    pc = cfg.parallel
+    name = cfg.model.name + (f" {pc.strategy}x{pc.world_size}" if pc.strategy != "none" else "")
+    out = {"model": name, "status": rec["status"], "error": rec["error"], "import_s": t1 - t0,
+           "simulate_s": t2 - t1, "kernel": rec.get("attention_kernel"),
+           "peak": rec["peaks"]["peak_allocated_bytes"], "steady": rec["peaks"]["steady_peak_allocated_bytes"]}
+    if pc.strategy != "none":
+        from profiler.formulas import estimate
+
+        est = estimate("components", cfg)
+        out["components"] = est.total - est.get("overhead")
+    print(json.dumps(out))
 
 
 def measure(config: str, cores: int) -> dict:
@@ -49,7 +66,7 @@ def measure(config: str, cores: int) -> dict:
     wall = time.perf_counter() - t0
     lines = out.decode().strip().splitlines()
     if status != 0 or not lines:
-        return {"model": Path(config).stem, "status": f"exit {status}", "process_s": wall,
+        return {"model": Path(config.split()[0]).stem, "status": f"exit {status}", "process_s": wall,
                 "rss_gib": usage.ru_maxrss / 2**20}
     res = json.loads(lines[-1])
     res.update(process_s=wall, rss_gib=usage.ru_maxrss / 2**20, cores=len(cpus))  # ru_maxrss: KiB on Linux
@@ -60,13 +77,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("configs", nargs="*", default=DEFAULT)
     ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--sharding", action="store_true", help="components vs simulate for FSDP2 at world 2/8/64")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.child)
         return 0
+    if args.sharding:
+        return sharding_table(args.cores)
     rows = [measure(c, args.cores) for c in args.configs]
-    head = f"{'model':<14}{'status':<8}{'cores':>6}{'process s':>11}{'simulate s':>12}{'max RSS GiB':>13}" \
+    head = f"{'model':<22}{'status':<8}{'cores':>6}{'process s':>11}{'simulate s':>12}{'max RSS GiB':>13}" \
            f"{'peak GiB':>10}  {'kernel':<10}target"
     print(head)
     print("-" * len(head))
@@ -78,11 +98,27 @@ def main() -> int:
                                       f"<= {TARGET_RSS_GIB[m]:.0f} GiB" if m in TARGET_RSS_GIB else ""]))
         verdict = ("met" if ok_t and ok_m else "MISSED") if goal else ""
         peak = f"{r['peak'] / 2**30:.1f}" if "peak" in r else "-"
-        print(f"{m:<14}{r['status']:<8}{r.get('cores', '-'):>6}{r['process_s']:>11.2f}"
+        print(f"{m:<22}{r['status']:<8}{r.get('cores', '-'):>6}{r['process_s']:>11.2f}"
               f"{r.get('simulate_s', float('nan')):>12.2f}{r['rss_gib']:>13.2f}{peak:>10}  "
               f"{str(r.get('kernel')):<10}{goal} {verdict}".rstrip())
     print("process s: fresh interpreter incl. imports; peak: simulated peak allocated (GiB = 2^30)")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+def sharding_table(cores: int) -> int:
+    print(f"{'model':<22}{'simulate s':>11}{'simulated GiB':>15}{'components GiB':>16}{'error %':>9}")
+    ok = True
+    for config in SHARDING:
+        r = measure(config, cores)
+        if r["status"] != "ok":
+            print(f"{r['model']:<22} {r['status']}")
+            ok = False
+            continue
+        err = 100 * (r["components"] - r["steady"]) / r["steady"]
+        print(f"{r['model']:<22}{r['simulate_s']:>11.1f}{r['steady'] / 2**30:>15.2f}{r['components'] / 2**30:>16.2f}"
+              f"{err:>+9.1f}")
+    print("per-rank steady-state peak allocated (GiB = 2^30); components without its CUDA context/allocator overhead")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--estimator", default="all", help=f"one of {', '.join(ESTIMATORS)} or all (default)")
     parser.add_argument("--max-batch", action="store_true", help="largest train.batch_size that fits")
     parser.add_argument("--max-seq", action="store_true", help="largest train.seq_len that fits")
+    parser.add_argument("--min-gpus", action="store_true",
+                        help="per data-parallel strategy, the fewest GPUs whose per-rank estimate fits")
     parser.add_argument(
         "--unit", choices=list(UNITS), default="GiB", help="display unit (GiB = 2^30, GB = 10^9)"
     )
@@ -109,7 +111,8 @@ def render(
         f"budget {_fmt(budget, unit)} {unit}"
     )
     table.add_column("estimator")
-    for c in COMPONENTS:
+    comps = [c for c in COMPONENTS if c != "comm_buffers" or any(e.get(c) for e in ests)]  # sharded only
+    for c in comps:
         table.add_column(c, justify="right")
     table.add_column("total", justify="right")
     table.add_column("fits", justify="center")
@@ -119,7 +122,7 @@ def render(
     for e in ests:
         row = [
             e.estimator,
-            *(_fmt(e.get(c), unit) for c in COMPONENTS),
+            *(_fmt(e.get(c), unit) for c in comps),
             _fmt(e.total, unit),
             "yes" if e.total <= budget else "NO",
         ]
@@ -174,6 +177,8 @@ def main(args: argparse.Namespace) -> int:
             v = solve_max(cfg, e.estimator, field, budget)
             extra.setdefault(e.estimator, {})[col] = "any" if v is None else str(v)
     console = Console(width=200)
+    if args.min_gpus:
+        return print_min_gpus(cfg, budget, args.unit, console)
     t = cfg.train
     console.print(
         f"{cfg.model.name} | {cfg.regime.label} | {cfg.optimizer.name} | {cfg.model.dtype} | "
@@ -192,3 +197,48 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: --calibration: {exc}", file=sys.stderr)
         return 2
     return 0 if ests else 1
+
+
+def print_min_gpus(cfg: RunConfig, budget: int, unit: str, console: Console) -> int:
+    from profiler.formulas.min_gpus import MAX_GPUS, SHARDING_ESTIMATORS, STRATEGIES, min_gpus
+
+    div = UNITS[unit]
+    t = cfg.train
+    console.print(f"{cfg.model.name} | {cfg.regime.label} | {cfg.optimizer.name} | {cfg.model.dtype} | batch "
+                  f"{t.batch_size} x seq {t.seq_len} per rank | checkpointing {t.gradient_checkpointing} | "
+                  f"{cfg.device}")
+    table = Table(title=f"fewest GPUs of {budget / div:.2f} {unit} each (estimated, per rank; {unit} = "
+                  f"{'2^30' if unit == 'GiB' else '10^9'} bytes)")
+    for col in ("strategy", "estimator", "min GPUs", f"per-rank {unit}", "weights", "grads", "optim", "activ",
+                "temp", "comm", f"host {unit}"):
+        table.add_column(col, justify="left" if col in ("strategy", "estimator") else "right")
+    notes: list[str] = []
+    answered = 0
+    for strategy in STRATEGIES:
+        for name in SHARDING_ESTIMATORS:
+            try:
+                res = min_gpus(cfg, name, strategy, budget)
+            except NotApplicable:
+                continue
+            except ConfigError as exc:
+                notes.append(f"{strategy}: {exc}")
+                break
+            if res is None:
+                table.add_row(strategy, name, "never", *[""] * 8)
+                continue
+            n, e = res
+            answered += 1
+            f = lambda v: f"{v / div:.2f}"  # noqa: E731
+            table.add_row(strategy, name, str(n), f(e.total), f(e.get("weights")), f(e.get("gradients")),
+                          f(e.get("optimizer")), f(e.get("activations")), f(e.get("temporaries")),
+                          f(e.get("comm_buffers")), f(e.details.get("host_bytes", 0)))
+    console.print(table)
+    console.print("components: per-rank peak incl. activations and CUDA overhead, host = offloaded bytes per "
+                  "rank; deepspeed_zero: model states only (DeepSpeed's estimator), host = its CPU figure per "
+                  "node. Confirm FSDP2/DDP with `python -m profiler simulate CFG "
+                  "parallel.strategy=S parallel.world_size=N`.")
+    console.print(f"never: per-rank memory stops falling above the budget (DDP replicates everything), or "
+                  f"{MAX_GPUS} GPUs do not fit.")
+    for line in notes:
+        console.print(f"  not estimated: {line}")
+    return 0 if answered else 1

@@ -40,7 +40,16 @@ def main(args: argparse.Namespace) -> int:
         if args.memory_snapshot and cfg.device != "cuda":
             raise ConfigError("--memory-snapshot: needs device cuda")
         use_tracker = not args.no_tracker
+        if cfg.parallel.strategy != "none":  # N ranks through torchrun; rank 0 writes the line
+            from profiler.measure import parallel
+
+            if not parallel.under_torchrun():
+                return parallel.launch(cfg, _argv(args))
+            parallel.init_real(cfg)
+            args.quiet = args.quiet or parallel.rank() != 0
         record = _run_with_progress(cfg, use_tracker, args.memory_snapshot, quiet=args.quiet)
+        if cfg.parallel.strategy != "none" and not parallel.finish(record):
+            return 0 if record["status"] in ("ok", "oom") else 1  # not rank 0: nothing to write
     except (ConfigError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -56,6 +65,15 @@ def main(args: argparse.Namespace) -> int:
 
         print_summary(record, out)
     return 0 if record["status"] in ("ok", "oom") else 1
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The command line again, for each rank torchrun starts."""
+    out = [args.config, *args.overrides]
+    out += ["--output", args.output] if args.output else []
+    out += ["--memory-snapshot", args.memory_snapshot] if args.memory_snapshot else []
+    out += [flag for flag, on in (("--no-tracker", args.no_tracker), ("--quiet", args.quiet)) if on]
+    return out
 
 
 def _run_with_progress(cfg, use_tracker, snapshot, quiet: bool) -> dict:

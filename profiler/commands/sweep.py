@@ -77,8 +77,10 @@ class Entry:
     def label(self) -> str:
         c = self.config
         gc = " gc" if c.train.gradient_checkpointing else ""
+        pc = c.parallel
+        par = f" {pc.strategy}x{pc.world_size}" if pc.strategy != "none" else ""
         return (f"{c.model.name} {c.regime.label} {c.optimizer.name} "
-                f"b{c.train.batch_size} s{c.train.seq_len}{gc}")
+                f"b{c.train.batch_size} s{c.train.seq_len}{gc}{par}")
 
 
 @dataclass

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from profiler.config import RunConfig
 
 GB_DECIMAL = 10**9
-COMPONENTS = ("weights", "gradients", "optimizer", "activations", "temporaries", "overhead")
+COMPONENTS = ("weights", "gradients", "optimizer", "activations", "temporaries", "overhead", "comm_buffers")
+# comm_buffers: what data parallelism adds per rank (profiler.formulas.sharding); 0 in one process
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ def make_estimate(
         raise ValueError(
             f"{estimator}: unknown components {sorted(unknown)}; allowed: {', '.join(COMPONENTS)}"
         )
-    comps = {k: int(round(parts.get(k, 0))) for k in COMPONENTS}
+    comps = {k: int(round(parts.get(k, 0))) for k in COMPONENTS
+             if k != "comm_buffers" or parts.get(k)}  # only sharded estimates have comm buffers
     det = {k: int(round(v)) for k, v in (details or {}).items()}
     return Estimate(estimator, comps, sum(comps.values()), source, notes, det)
 
@@ -89,5 +91,5 @@ def estimate_all(cfg: RunConfig) -> list[Estimate]:
 
 
 # Registration order is display order: the folk rules first, our component model last.
-for _module in ("rules", "accelerate_estimate", "llamafactory", "components"):
+for _module in ("rules", "accelerate_estimate", "llamafactory", "components", "deepspeed_zero"):
     importlib.import_module(f"profiler.formulas.{_module}")

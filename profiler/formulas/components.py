@@ -286,15 +286,13 @@ def components_estimate(
     fwd_tmp = sh.a * bsv + (4 * bsv if sh.a < 4 else 0)  # logits + their fp32 upcast during the loss
     bwd_start_tmp = 8 * bsv + act["recompute"]  # nll grad + log_softmax grad (+ one recomputed layer)
     bwd_end_tmp = 2 * sh.a * sh.b * sh.s * sh.h + act["recompute"]  # hidden-state gradients in flight
+    backward = (  # its start (activations, loss gradients) and its end (gradients): the larger is the peak
+        {"weights": W, "optimizer": Opt, "activations": A, "temporaries": bwd_start_tmp},
+        {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": bwd_end_tmp},
+    )
     phases = {
         "forward": {"weights": W, "optimizer": Opt, "activations": A, "temporaries": fwd_tmp},
-        "backward": max(
-            (
-                {"weights": W, "optimizer": Opt, "activations": A, "temporaries": bwd_start_tmp},
-                {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": bwd_end_tmp},
-            ),
-            key=lambda c: sum(c.values()),
-        ),
+        "backward": max(backward, key=lambda c: sum(c.values())),
         "optimizer_step": {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": opt_tmp},
     }
     peak_phase = max(phases, key=lambda k: sum(phases[k].values()))
@@ -302,6 +300,7 @@ def components_estimate(
     comps["overhead"] = overhead_bytes(cfg, sum(comps.values()))
     details = {f"peak_{k}": sum(v.values()) for k, v in phases.items()}
     details |= {f"{ph}:{c}": v for ph, cs in phases.items() for c, v in cs.items()}  # phase:component
+    details |= {f"backward_{e}:{c}": v for e, cs in zip(("start", "end"), backward) for c, v in cs.items()}
     details |= {
         "weights": W,
         "gradients": G,
@@ -327,4 +326,9 @@ def components(cfg: RunConfig) -> Estimate:
     Source: this repository (README, section Estimators); activations adapted from Korthikanti et al. 2022,
     "Reducing Activation Recomputation in Large Transformer Models", https://arxiv.org/abs/2205.05198
     """
-    return components_estimate(cfg)
+    est = components_estimate(cfg)
+    if cfg.parallel.strategy == "none":
+        return est
+    from profiler.formulas.sharding import shard  # per rank under data parallelism
+
+    return shard(cfg, est, param_plan(cfg), overhead_bytes)

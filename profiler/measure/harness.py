@@ -24,6 +24,7 @@ from profiler.measure.env import collect_env
 from profiler.measure.loading import LoadedModel, load_model, prepare_source, resolve_hf_config
 from profiler.measure.model_stats import model_stats
 from profiler.measure.optimizers import make_optimizer
+from profiler.measure.parallel import comm_probe, optimizer_for, unwrap, wrap
 from profiler.measure.probes.cuda import CudaProbe, free_bytes, memory_stats
 from profiler.measure.probes.nvml import NvmlSampler, pynvml_reader
 from profiler.measure.probes.tracker import TensorTracker, TrackerOutOfMemory
@@ -241,23 +242,24 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
                 modes.enter_context(tracker)
             if prepare_error is not None:
                 raise prepare_error
+            modes.enter_context(comm_probe(cfg, tracker))  # data parallelism: what its engine adds
             t0 = time.perf_counter()
             with meter.phase("load"):
                 loaded = fake.load_model(cfg) if fake is not None else load_model(cfg)
                 _check_sequence(cfg, loaded.hf_config)
-                model = apply_regime(loaded.model, cfg)
+                model = wrap(apply_regime(loaded.model, cfg), cfg, tracker)  # parallel.strategy
                 if tracker is not None:
                     tracker.attach(model)
                 if training:
                     if cuda and cfg.optimizer.name.startswith("paged"):
                         check_paged_state_fits(trainable_parameters(model), free_bytes() or 0)
-                    optimizer = make_optimizer(cfg.optimizer, trainable_parameters(model))
+                    optimizer = optimizer_for(model) or make_optimizer(cfg.optimizer, trainable_parameters(model))
                     if tracker is not None:
                         tracker.attach(model, optimizer)
                 vocab = loaded.hf_config.get_text_config().vocab_size
                 batch = torch.randint(0, vocab, (cfg.train.batch_size, cfg.train.seq_len), device=cfg.device)
             load_s = time.perf_counter() - t0
-            record["model"] = model_stats(model, cfg.model.name)
+            record["model"] = model_stats(unwrap(model), cfg.model.name)
             record["attention_kernel"] = (fake.attention_kernel(cfg, loaded) if fake is not None
                                           else getattr(loaded.hf_config, "_attn_implementation", None))
             for step in range(steps_total):
@@ -318,7 +320,7 @@ def _train_step(model, optimizer, batch, cfg: RunConfig, meter: PhaseMeter, step
         with _autocast(cfg):
             loss = model(input_ids=batch, labels=batch).loss  # outputs (logits) dropped as HF Trainer does
     with meter.phase("backward", step, warm):
-        loss.backward()
+        getattr(optimizer, "backward", type(loss).backward)(loss)  # DeepSpeed's engine: engine.backward
         del loss
     with meter.phase("optimizer_step", step, warm):
         optimizer.step()

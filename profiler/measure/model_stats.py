@@ -53,6 +53,7 @@ def weight_tensors(model: nn.Module) -> list[torch.Tensor]:
     """Every tensor that is part of the model's weights: params, buffers and quantization state."""
     out: list[torch.Tensor] = []
     for p in model.parameters():
+        p = getattr(p, "_local_tensor", p)  # FSDP2's DTensor parameter: this rank's shard holds the bytes
         out.append(p)
         out += quant_state_tensors(p)
     out += list(model.buffers())

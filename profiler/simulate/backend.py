@@ -24,7 +24,7 @@ from __future__ import annotations
 import types
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch._subclasses.fake_tensor import (
@@ -44,6 +44,7 @@ from profiler.measure.loading import (
     resolve_attn_implementation,
     resolve_hf_config,
 )
+from profiler.measure.parallel import fake_process_group, rank_summary
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -334,7 +335,19 @@ def simulate(cfg: RunConfig, on_step=None) -> dict:
     # The harness places the batch and autocast on cfg.device; fake tensors here are CPU tensors.
     # A fake step is deterministic: after the first measured step, more steps repeat it exactly.
     train = cfg.train.model_copy(update={"steps": 1})
-    record = run(cfg.model_copy(update={"device": "cpu", "train": train}), fake=sim, on_step=on_step)
+    run_cfg = cfg.model_copy(update={"device": "cpu", "train": train})
+    pc = cfg.parallel
+    if pc.strategy.startswith("zero"):
+        return _not_simulated(cfg, f"DeepSpeed {pc.strategy} cannot run on fake tensors; its per-rank memory "
+                              "is predicted by `python -m profiler estimate` (components, deepspeed_zero)")
+    if pc.offload.params or pc.offload.optimizer:
+        return _not_simulated(cfg, "CPU offload is not simulated (fake tensors have one device); its per-rank "
+                              "memory is predicted by `python -m profiler estimate`")
+    with fake_process_group(pc.world_size) if pc.strategy != "none" else nullcontext():
+        record = run(run_cfg, fake=sim, on_step=on_step)
+    if pc.strategy != "none":  # rank 0 of world_size symmetric ranks
+        record["ranks"] = [rank_summary(record)]
+        record["max_rank_peak_allocated_bytes"] = record["ranks"][0]["peak_allocated_bytes"]
     record["simulated_steps"] = cfg.train.warmup_steps + 1
     record["config"] = cfg.model_dump(mode="json")
     record["config_hash"] = cfg.config_hash()
@@ -345,3 +358,16 @@ def simulate(cfg: RunConfig, on_step=None) -> dict:
         record["attention_kernel"] = sim.kernels_used() or record.get("attention_kernel")
     record["simulated_device"] = target
     return record
+
+
+def _not_simulated(cfg: RunConfig, why: str) -> dict:
+    """A line with status error saying why this config has no simulation (nothing else is filled in)."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from profiler.measure.env import collect_env
+
+    return {"run_id": uuid.uuid4().hex, "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+            "config_hash": cfg.config_hash(), "config": cfg.model_dump(mode="json"), "status": "error",
+            "error": f"NotSimulated: {why}", "backend": "fake", "env": collect_env("cpu"),
+            "simulated_device": cfg.device}

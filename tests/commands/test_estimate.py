@@ -24,10 +24,10 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_table_lists_every_estimator_and_fit(capsys):
-    rc, out, _ = run(capsys, LLAMA7B_FULL, "--gpu-memory", "80GiB")
+    rc, out, err = run(capsys, LLAMA7B_FULL, "--gpu-memory", "80GiB")
     assert rc == 0
-    for name in ESTIMATORS:  # the registry itself is pinned in test_formulas
-        assert name in out
+    for name in ESTIMATORS:  # the registry itself is pinned in test_formulas; inapplicable ones say so on stderr
+        assert name in out or f"skipped: {name}" in err
     row = next(line for line in out.splitlines() if "mixed_precision_16" in line and "│" in line)
     assert "NO" in row  # 16 B/param x 6.74e9 = 100.4 GiB > 80 GiB
     row = next(line for line in out.splitlines() if "adam_8_bytes" in line and "│" in line)
@@ -101,3 +101,21 @@ def test_estimate_says_which_calibration_table_and_how_many_runs(tmp_path, capsy
     assert "2 runs of regime full" in out.replace("\n", " ")
     assert cli(["estimate", "configs/llama7b_full.yaml", "--estimator", "components", "--gpu", "no-such-gpu"]) == 0
     assert "uncalibrated: no calibration table for GPU no-such-gpu" in capsys.readouterr().out.replace("\n", " ")
+
+
+def test_min_gpus_answers_per_strategy_and_the_answer_is_tight(capsys):
+    from profiler.formulas.min_gpus import min_gpus
+
+    cfg = load_config(str(REPO_ROOT / "configs" / "llama70b_full.yaml"), ["train.seq_len=2048"])
+    budget = parse_bytes("80GiB")
+    n, est = min_gpus(cfg, "components", "fsdp2", budget)
+    assert n > 1 and est.total <= budget
+    from profiler.formulas.min_gpus import with_parallel
+
+    fewer = estimate("components", with_parallel(cfg, strategy="fsdp2", world_size=n - 1))
+    assert fewer.total > budget  # one GPU fewer does not fit
+    assert min_gpus(cfg, "components", "ddp", budget) is None  # DDP replicates 1.1 TB of state: never fits
+    rc, out, _ = run(capsys, str(REPO_ROOT / "configs" / "llama7b_full.yaml"), "--min-gpus", "--gpu-memory", "80GiB")
+    assert rc == 0
+    for s in ("ddp", "fsdp2", "zero1", "zero2", "zero3", "deepspeed_zero"):
+        assert s in out

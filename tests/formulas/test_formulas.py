@@ -31,6 +31,7 @@ def test_registry_names_and_totals():
         "accelerate",
         "llamafactory_table",
         "components",
+        "deepspeed_zero",
     ]
     for e in estimate_all(arch_cfg("llama-2-7b")):
         assert e.total == sum(e.components.values()) > 0, e.estimator

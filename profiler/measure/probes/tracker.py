@@ -31,12 +31,21 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils.weak import WeakIdKeyDictionary
 
-from profiler.categories import TRACKED, Category
+from profiler.categories import TRACKER_CATEGORIES, Category
 
 WEIGHTS, GRADIENTS, OPTIMIZER = Category.WEIGHTS, Category.GRADIENTS, Category.OPTIMIZER
 ACTIVATIONS, TEMPORARIES = Category.ACTIVATIONS, Category.TEMPORARIES
+COMM_BUFFERS = Category.COMM_BUFFERS
 # A storage seen in two roles keeps the stronger one: a saved tensor that is a weight stays a weight.
-_RANK = {WEIGHTS: 0, OPTIMIZER: 1, GRADIENTS: 2, ACTIVATIONS: 3, TEMPORARIES: 4}
+# An FSDP all-gather output registered on a module as its unsharded parameter stays a comm buffer (only
+# the local shard is a weight); a reduce-scatter output that becomes the sharded .grad is a gradient.
+_RANK = {COMM_BUFFERS: -1, WEIGHTS: 0, OPTIMIZER: 1, GRADIENTS: 2, ACTIVATIONS: 3, TEMPORARIES: 4}
+
+
+def _stronger(new: Category, old: Category) -> bool:
+    if old is COMM_BUFFERS:
+        return new is GRADIENTS
+    return _RANK[new] < _RANK[old]
 
 _PRIM_DEVICE = torch.ops.prim.device.default
 
@@ -163,7 +172,7 @@ class TensorTracker(TorchDispatchMode):
         self._next_key = 0
         self._live = 0
         self._peak = 0
-        self._cat_bytes = {c: 0 for c in TRACKED}
+        self._cat_bytes = {c: 0 for c in TRACKER_CATEGORIES}
         self._log: list[tuple[int, int]] = []  # (key, nbytes) alloc/resize, (key, -1) free
         self._graveyard: dict[int, Category] = {}  # category of storages freed while a phase is open
         self._open: list[_Open] = []
@@ -177,6 +186,7 @@ class TensorTracker(TorchDispatchMode):
         self._bw_module: str | None = None
         self._depth = 0
         self._session: list[Any] = []  # module hook handles + saved-tensors context while entered
+        self._scope: list[Category] = []  # category of storages created inside `scope()` (innermost last)
 
     # ---- public -------------------------------------------------------------------------------
     @property
@@ -190,7 +200,36 @@ class TensorTracker(TorchDispatchMode):
 
     def breakdown(self) -> dict[str, int]:
         """Live bytes by category now."""
-        return {c.value: n for c, n in self._cat_bytes.items()}
+        return _public({c.value: n for c, n in self._cat_bytes.items()})
+
+    @contextmanager
+    def scope(self, cat: Category):
+        """Storages created (or grown) inside are `cat` rather than temporaries: a data-parallel engine's
+        collectives run inside `scope(COMM_BUFFERS)` (profiler.measure.parallel)."""
+        self._scope.append(cat)
+        try:
+            yield
+        finally:
+            self._scope.pop()
+
+    def resized(self, t: torch.Tensor, cat: Category | None = None) -> None:
+        """Re-read a storage resized in place (`untyped_storage().resize_` is not a dispatched op: FSDP2
+        allocates and frees its unsharded parameters that way); optionally classify it."""
+        for st, dev in self._storages(t):
+            rec = self._by_sid.get(id(st))
+            if rec is None:
+                if st.nbytes():
+                    self._add(st, dev, cat or self._default_cat())
+                continue
+            if cat is not None and _stronger(cat, rec.cat):
+                self._recat(rec, cat)
+            if st.nbytes() != rec.nbytes:
+                self._check_budget(st.nbytes() - rec.nbytes)
+                self._resize(rec, st.nbytes())
+
+    def classify(self, t: torch.Tensor, cat: Category) -> None:
+        """Assign a tensor's storage to `cat` (if stronger than what it is now)."""
+        self._classify(t, cat)
 
     def attach(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Register a model (its state => WEIGHTS, module names) and optionally an optimizer (=> OPTIMIZER).
@@ -299,16 +338,28 @@ class TensorTracker(TorchDispatchMode):
                     grow.append((rec, st.nbytes()))
         if not new and not grow:
             return out
-        if self.budget_bytes is not None:
-            want = sum(st.nbytes() for st, _ in new.values()) + sum(n - r.nbytes for r, n in grow)
-            if want > 0 and self._live + want > self.budget_bytes:
-                raise TrackerOutOfMemory(self._phase_name(), want, self._live, self.budget_bytes,
-                                         self._current_module())
+        self._check_budget(sum(st.nbytes() for st, _ in new.values()) + sum(n - r.nbytes for r, n in grow))
+        cat = self._default_cat()
         for st, dev in new.values():
-            self._add(st, dev, TEMPORARIES)
+            self._add(st, dev, cat)
         for rec, n in grow:
+            if cat is not TEMPORARIES and _stronger(cat, rec.cat):
+                self._recat(rec, cat)
             self._resize(rec, n)
         return out
+
+    def _default_cat(self) -> Category:
+        return self._scope[-1] if self._scope else TEMPORARIES
+
+    def _check_budget(self, want: int) -> None:
+        if self.budget_bytes is not None and want > 0 and self._live + want > self.budget_bytes:
+            raise TrackerOutOfMemory(self._phase_name(), want, self._live, self.budget_bytes,
+                                     self._current_module())
+
+    def _recat(self, rec: _Rec, cat: Category) -> None:
+        self._cat_bytes[rec.cat] -= rec.nbytes
+        self._cat_bytes[cat] += rec.nbytes
+        rec.cat = cat
 
     # ---- bookkeeping --------------------------------------------------------------------------
     def _storages(self, t: torch.Tensor) -> list[tuple[torch.UntypedStorage, str]]:
@@ -385,10 +436,8 @@ class TensorTracker(TorchDispatchMode):
                 continue
             if st.nbytes() != rec.nbytes:
                 self._resize(rec, st.nbytes())
-            if _RANK[cat] < _RANK[rec.cat]:
-                self._cat_bytes[rec.cat] -= rec.nbytes
-                self._cat_bytes[cat] += rec.nbytes
-                rec.cat = cat
+            if _stronger(cat, rec.cat):
+                self._recat(rec, cat)
 
     def _on_grad(self, p: torch.Tensor) -> None:
         if p.grad is not None:
@@ -413,12 +462,13 @@ class TensorTracker(TorchDispatchMode):
                 alive.pop(key, None)
             else:
                 alive[key] = n
-        at_peak = {c.value: 0 for c in TRACKED}
+        at_peak = {c.value: 0 for c in TRACKER_CATEGORIES}
         for key, n in alive.items():
             rec = self._by_key.get(key)
             cat = rec.cat if rec is not None else self._graveyard.get(key, TEMPORARIES)
             at_peak[cat.value] += n
-        return PhaseMemory(ph.name, ph.step, ph.peak, self._live, at_peak, self.breakdown(), ph.peak_module)
+        return PhaseMemory(ph.name, ph.step, ph.peak, self._live, _public(at_peak), self.breakdown(),
+                           ph.peak_module)
 
     # ---- module attribution -------------------------------------------------------------------
     def _start_session(self) -> None:
@@ -478,3 +528,10 @@ class TensorTracker(TorchDispatchMode):
 
 def _unpack(t: torch.Tensor) -> torch.Tensor:
     return t
+
+
+def _public(breakdown: dict[str, int]) -> dict[str, int]:
+    """comm_buffers only where there are any (one-process lines keep their five categories)."""
+    if breakdown.get(COMM_BUFFERS.value) == 0:
+        del breakdown[COMM_BUFFERS.value]
+    return breakdown

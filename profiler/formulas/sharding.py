@@ -1,0 +1,130 @@
+"""Per-rank memory under data parallelism: what `components` becomes when the state is split over N ranks.
+
+Called by `components` for `parallel.strategy != none`; the one-process phases it starts from are the
+`details["<phase>:<component>"]` of components_estimate. Which bytes divide by N (`train.batch_size` is
+per rank, so activations do not):
+
+| strategy | weights | gradients | optimizer | comm_buffers (per phase) |
+|---|---|---|---|---|
+| ddp | 1 | 1 | 1 | gradient buckets = all gradients (DDP's default `gradient_as_bucket_view=False`) |
+| fsdp2 | 1/N | 1/N | 1/N | unsharded root (embeddings, head, final norm) + 3 layers in forward; |
+| | | | | root + 4 layers + the head's unsharded gradient in backward |
+| zero1 | 1 | 1 | 1/N | reduce bucket |
+| zero2 | 1 | 1/N | 1/N | reduce bucket |
+| zero3 | 1/N | 1/N | 1/N | reduce bucket + 2 layers gathered (in flight + prefetch) |
+
+FSDP2's layer counts are what its all-gather path holds at the phase peaks in simulate (flat all-gather
+output + the per-parameter copy-out of one layer while the previous layer is still unsharded; in backward
+also the prefetched next layer), checked by tests/formulas/test_sharding.py against simulate.
+ZeRO (DeepSpeed, bf16/fp16 training): the optimizer holds an fp32 master copy next to the two fp32
+Adam moments (12 bytes/param; 8 for fp32 training; Rajbhandari et al. 2020, https://arxiv.org/abs/1910.02054), and
+DeepSpeed's default `reduce_bucket_size` is 5e8 elements. Offload moves the offloaded bytes to the host:
+they leave the GPU total and appear in `details["host_bytes"]` (per rank).
+"""
+
+from __future__ import annotations
+
+from profiler.config import RunConfig
+from profiler.formulas import Estimate, make_estimate
+from profiler.formulas.params import DTYPE_BYTES, ParamPlan
+
+PHASES = ("forward", "backward_start", "backward_end", "optimizer_step")  # components' details keys
+ZERO_REDUCE_BUCKET = 500_000_000  # DeepSpeed ZeRO default reduce_bucket_size (elements)
+ADAM_MASTER_BYTES = 4  # fp32 master weights DeepSpeed keeps for 16-bit training
+FSDP2_FORWARD_LAYERS = 3
+FSDP2_BACKWARD_LAYERS = 4
+ZERO3_LAYERS = 2
+
+
+def _split(plan: ParamPlan) -> tuple[int, int, int]:
+    """(bytes of the largest decoder layer, bytes outside the layers, bytes of the output head) as stored."""
+    arch = plan.arch
+    item = plan.param_itemsize
+    per_layer: dict[int, int] = {}
+    outside = 0
+    for p in arch.params:
+        if p.layer is None:
+            outside += p.numel * item
+        else:
+            per_layer[p.layer] = per_layer.get(p.layer, 0) + p.numel * item
+    head = sum(lin.in_features * lin.out_features for lin in arch.linears if lin.is_head) * item
+    return max(per_layer.values(), default=0), outside, head
+
+
+def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
+    """The one-process estimate `est` as one rank of `cfg.parallel` sees it; `overhead(cfg, allocated)`
+    is components' CUDA context + allocator slack."""
+    pc = cfg.parallel
+    n, s = pc.world_size, pc.strategy
+    div = {"weights": 1, "gradients": 1, "optimizer": 1}
+    if s in ("fsdp2", "zero3"):
+        div = {"weights": n, "gradients": n, "optimizer": n}
+    elif s == "zero2":
+        div = {"weights": 1, "gradients": n, "optimizer": n}
+    elif s == "zero1":
+        div = {"weights": 1, "gradients": 1, "optimizer": n}
+    layer, outside, head = _split(plan)
+    if s == "fsdp2" and pc.param_dtype:  # unsharded copies are all-gathered in the compute dtype
+        scale = DTYPE_BYTES[pc.param_dtype] / plan.param_itemsize
+        layer, outside, head = int(layer * scale), int(outside * scale), int(head * scale)
+    grads = plan.trainable_bytes
+    zero_opt = None  # DeepSpeed's optimizer: fp32 Adam moments (+ fp32 master weights for 16-bit training)
+    if s.startswith("zero") and cfg.optimizer.name in ("adam", "adamw"):
+        zero_opt = (8 + (ADAM_MASTER_BYTES if plan.param_itemsize == 2 else 0)) * plan.trainable_numel
+    bucket = min(ZERO_REDUCE_BUCKET, plan.trainable_numel) * plan.param_itemsize
+    comm = {
+        "ddp": dict.fromkeys(PHASES, grads),
+        "fsdp2": {"forward": outside + FSDP2_FORWARD_LAYERS * layer,
+                  "backward_start": outside + FSDP2_BACKWARD_LAYERS * layer + (head if grads else 0),
+                  "backward_end": outside + FSDP2_BACKWARD_LAYERS * layer + (head if grads else 0),
+                  "optimizer_step": 0},
+        "zero1": dict.fromkeys(PHASES, bucket),
+        "zero2": dict.fromkeys(PHASES, bucket),
+        "zero3": {"forward": ZERO3_LAYERS * layer, "backward_start": ZERO3_LAYERS * layer + bucket,
+                  "backward_end": ZERO3_LAYERS * layer + bucket,
+                  "optimizer_step": 0},
+    }[s]
+    host = 0
+    phases: dict[str, dict[str, int]] = {}
+    for ph in PHASES:
+        parts = {c: v for c, v in est.details.items() if c.startswith(ph + ":")}
+        comps = {k.split(":", 1)[1]: v for k, v in parts.items()}
+        for c, d in div.items():
+            if c in comps:
+                comps[c] = -(-comps[c] // d)
+        if zero_opt is not None and comps.get("optimizer"):
+            comps["optimizer"] = -(-zero_opt // div["optimizer"])
+        if ph == "optimizer_step":
+            comps["temporaries"] = -(-comps.get("temporaries", 0) // div["optimizer"])
+        comps["comm_buffers"] = comm[ph]
+        off = _offloaded(cfg, comps)
+        host = max(host, sum(off.values()))
+        for c, v in off.items():
+            comps[c] -= v
+        phases[ph] = comps
+    start, end = phases.pop("backward_start"), phases.pop("backward_end")
+    phases["backward"] = max(start, end, key=lambda c: sum(c.values()))
+    peak = max(phases, key=lambda k: sum(phases[k].values()))
+    out = dict(phases[peak])
+    out["overhead"] = overhead(cfg, sum(out.values()))
+    details = {f"{ph}:{c}": v for ph, cs in phases.items() for c, v in cs.items()}
+    details |= {f"peak_{ph}": sum(cs.values()) for ph, cs in phases.items()}
+    details |= {"host_bytes": host, "world_size": n, "unsharded_layer_bytes": layer, "unsharded_root_bytes": outside}
+    note = f"{s} x {n}, per rank; peak in {peak}"
+    kernel = est.notes.rsplit("; ", 1)[-1]
+    if host:
+        note += f"; offload: {host / 2**30:.2f} GiB on the host per rank"
+    return make_estimate(est.estimator, out, est.source, f"{note}; {kernel}", details=details)
+
+
+def _offloaded(cfg: RunConfig, comps: dict[str, int]) -> dict[str, int]:
+    """Bytes of this phase that CPU offload keeps on the host instead of the GPU."""
+    off = cfg.parallel.offload
+    out: dict[str, int] = {}
+    if off.optimizer:
+        out["optimizer"] = comps.get("optimizer", 0)
+    if off.params:
+        out["weights"] = comps.get("weights", 0)
+        if cfg.parallel.strategy == "fsdp2":  # CPUOffloadPolicy: sharded gradients go to the host too
+            out["gradients"] = comps.get("gradients", 0)
+    return out

@@ -1,0 +1,93 @@
+"""Sharding in the estimators: `components` per rank against `simulate` (FSDP2 on 7B at world 2/8/64),
+which bytes each strategy divides, offload to the host, DeepSpeed's own ZeRO formula, the 405B config."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CONFIGS
+
+from profiler.config import load_config
+from profiler.formulas import NotApplicable, estimate
+from profiler.formulas.arch import arch_of
+from profiler.formulas.deepspeed_zero import _from_package, _zero2, _zero3, largest_module_params
+
+LLAMA7B = CONFIGS / "llama7b_full.yaml"
+P7B = 6_738_415_616
+
+
+def cfg7b(*ov: str):
+    return load_config(LLAMA7B, list(ov))
+
+
+@pytest.mark.parametrize("world", [2, 8, 64])
+def test_components_per_rank_within_10pct_of_simulate_fsdp2_7b(world):
+    from profiler.simulate.backend import simulate
+
+    cfg = cfg7b("parallel.strategy=fsdp2", f"parallel.world_size={world}")
+    rec = simulate(cfg)
+    assert rec["status"] == "ok", rec["error"]
+    est = estimate("components", cfg)
+    predicted = est.total - est.get("overhead")  # simulate has no CUDA context / allocator slack
+    measured = rec["peaks"]["steady_peak_allocated_bytes"]
+    assert abs(predicted - measured) <= 0.10 * measured, (world, predicted, measured)
+    opt = next(p for p in rec["phases"] if p["phase"] == "optimizer_step" and p["step"] == 1)["breakdown"]
+    assert abs(est.details["optimizer_step:optimizer"] - opt["optimizer"]) <= 0.01 * opt["optimizer"]
+    assert abs(est.details["optimizer_step:weights"] - opt["weights"]) <= 0.01 * opt["weights"]
+
+
+def test_which_bytes_each_strategy_divides():
+    one = estimate("components", cfg7b())
+    W, G = one.details["weights"], one.details["gradients"]
+    by = {s: estimate("components", cfg7b(f"parallel.strategy={s}", "parallel.world_size=8"))
+          for s in ("ddp", "fsdp2", "zero1", "zero2", "zero3")}
+    d = {s: e.details for s, e in by.items()}
+    assert d["ddp"]["optimizer_step:weights"] == W and d["ddp"]["optimizer_step:comm_buffers"] == G  # buckets
+    assert d["fsdp2"]["optimizer_step:weights"] == -(-W // 8) and d["fsdp2"]["optimizer_step:gradients"] == G // 8
+    assert d["zero1"]["optimizer_step:weights"] == W and d["zero1"]["optimizer_step:gradients"] == G
+    assert d["zero2"]["optimizer_step:gradients"] == G // 8 and d["zero2"]["optimizer_step:weights"] == W
+    assert d["zero3"]["optimizer_step:weights"] == -(-W // 8)
+    for s in ("zero1", "zero2", "zero3"):  # fp32 master + 2 fp32 moments, divided by N
+        assert d[s]["optimizer_step:optimizer"] == 12 * P7B // 8
+    assert by["fsdp2"].total < by["zero1"].total < by["ddp"].total
+
+
+def test_offload_moves_bytes_to_the_host():
+    on = estimate("components", cfg7b("parallel.strategy=zero3", "parallel.world_size=8",
+                                      "parallel.offload.optimizer=true", "parallel.offload.params=true"))
+    off = estimate("components", cfg7b("parallel.strategy=zero3", "parallel.world_size=8"))
+    assert on.get("optimizer") == 0 and on.get("weights") == 0
+    assert on.details["host_bytes"] >= 12 * P7B // 8 + 2 * P7B // 8
+    assert on.total < off.total
+
+
+def test_fsdp2_world_1_keeps_whole_states():
+    one = estimate("components", cfg7b())
+    f1 = estimate("components", cfg7b("parallel.strategy=fsdp2"))
+    assert f1.details["optimizer_step:optimizer"] == one.details["optimizer_state"]
+    assert f1.details["optimizer_step:weights"] == one.details["weights"]
+
+
+def test_deepspeed_zero_formula():
+    cfg = cfg7b("parallel.strategy=zero3", "parallel.world_size=8")
+    L = largest_module_params(cfg)
+    assert L == 32000 * 4096  # the embedding (or head): DeepSpeed's largest module
+    e = estimate("deepspeed_zero", cfg)
+    assert e.total == 4 * L + int(18 * P7B / 8) == e.details["gpu_bytes"]  # 15,685,723,136 bytes
+    assert _zero2(P7B, 8, False)[1] == 2 * P7B + int(18 * P7B / 8)
+    assert _zero3(P7B, L, 8, True, True)[1] == 4 * L
+    with pytest.raises(NotApplicable):
+        estimate("deepspeed_zero", cfg7b("parallel.strategy=fsdp2", "parallel.world_size=8"))
+    with pytest.raises(NotApplicable):
+        estimate("deepspeed_zero", cfg7b())
+
+
+def test_deepspeed_zero_formula_is_the_packages():
+    pytest.importorskip("deepspeed")
+    for off, params in ((False, False), (True, False), (True, True)):
+        assert _from_package("zero3", P7B, 131_072_000, 8, off, params) == _zero3(P7B, 131_072_000, 8, off, params)
+        assert _from_package("zero2", P7B, 0, 8, off, False) == _zero2(P7B, 8, off)
+
+
+def test_llama_3_1_405b_config_has_its_published_parameter_count():
+    cfg = load_config(None, base={"model": {"arch": "llama-3.1-405b"}})
+    assert arch_of(cfg).total_params == 405_853_388_800

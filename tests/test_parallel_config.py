@@ -1,0 +1,58 @@
+"""The `parallel:` section: bad combinations get one line and exit 2; one-process hashes do not move."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CONFIGS
+
+from profiler.cli import main
+from profiler.config import ConfigError, load_config
+
+TINY = str(CONFIGS / "tiny_full.yaml")
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["parallel.world_size=2"], ["parallel.world_size", "2", "ddp, fsdp2"]),
+    (["parallel.strategy=ddp", "parallel.offload.optimizer=true"], ["parallel.offload", "ddp", "fsdp2"]),
+    (["parallel.strategy=zero2", "parallel.offload.params=true"], ["parallel.offload.params", "zero3"]),
+    (["parallel.strategy=fsdp2", "parallel.offload.params=true"], ["parallel.offload", "both"]),
+    (["parallel.strategy=ddp", "parallel.param_dtype=float32"], ["parallel.param_dtype", "fsdp2"]),
+    (["parallel.strategy=ddp", "parallel.reshard_after_forward=false"], ["reshard_after_forward", "fsdp2"]),
+    (["parallel.strategy=fsdp2", "regime.kind=qlora"], ["parallel.strategy", "qlora", "none, ddp"]),
+    (["parallel.strategy=fsdp2", "optimizer.name=adamw_8bit"], ["optimizer.name", "adamw"]),
+    (["parallel.strategy=fsdp2", "regime.kind=inference"], ["inference", "none"]),
+    (["parallel.strategy=fsdp2", "parallel.world_size=0"], ["parallel.world_size", "0"]),
+    (["parallel.strategy=tp"], ["parallel.strategy", "'tp'", "zero3"]),
+    (["parallel.stratgy=ddp"], ["unknown key", "did you mean 'strategy'"]),
+    (["parallel.strategy=zero3", "parallel.offload.params=true", "parallel.offload.optimizer=true"],
+     ["parallel.offload", "device cuda"]),
+])
+def test_bad_parallel_config_is_one_line_exit_2(overrides, words, capsys, tmp_path):
+    out = tmp_path / "o.jsonl"
+    assert main(["run", TINY, *overrides, "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert all(w in err for w in words), err
+    assert not out.exists()
+
+
+def test_default_parallel_keeps_the_hash_of_one_process_configs():
+    # Hashes computed before `parallel` existed: resume/dedup of existing result files must still match.
+    assert load_config(TINY).config_hash() == "3f0ce8d2ea8bedae"
+    assert load_config(CONFIGS / "llama7b_qlora4.yaml").config_hash() == "62b2b84553cca126"
+    assert load_config(TINY, ["parallel.world_size=1", "parallel.strategy=none"]).config_hash() == "3f0ce8d2ea8bedae"
+
+
+def test_parallel_settings_change_the_hash():
+    hashes = {load_config(TINY, ov).config_hash() for ov in (
+        [], ["parallel.strategy=ddp"], ["parallel.strategy=fsdp2"],
+        ["parallel.strategy=fsdp2", "parallel.world_size=8"],
+        ["parallel.strategy=fsdp2", "parallel.reshard_after_forward=false"])}
+    assert len(hashes) == 5
+
+
+def test_zero3_at_world_size_1_is_valid():
+    cfg = load_config(TINY, ["parallel.strategy=zero3"])
+    assert cfg.parallel.world_size == 1
+    with pytest.raises(ConfigError):
+        load_config(TINY, ["parallel.strategy=zero3", "parallel.world_size=-1"])

@@ -7,6 +7,7 @@ record is then printed on stderr), 2 bad input or an output that cannot take lin
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from profiler.config import ConfigError, load_config
@@ -25,6 +26,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    rc = _measure(args)
+    if _is_rank():  # a torchrun rank: leave now, before interpreter teardown can abort a gloo/DDP thread
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
+
+
+def _is_rank() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def _measure(args: argparse.Namespace) -> int:
     from profiler.measure.quiet import quiet_libraries
     from profiler.results import RUNS_DIR, OutputError, check_directory, check_output
 

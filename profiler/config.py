@@ -137,6 +137,31 @@ class TrainConfig(_Strict):
     autocast: Literal["none", "bf16", "fp16"] = "none"
 
 
+class MoeConfig(_Strict):
+    """Mixture-of-experts models only: which token-to-expert routing a simulation assumes (README "Mixture-of-experts
+    models"). balanced: each expert gets top_k x tokens / n_experts tokens; worst_case: every token picks the same
+    top_k experts."""
+
+    routing: Literal["balanced", "worst_case"] = "balanced"
+
+
+def moe_experts(mc: ModelConfig) -> int:
+    """Routed experts per MoE layer read off an architecture-only source's config.json (0: dense, or a source only a
+    load can tell, like a Hub id). Read here so that settings peft refuses fail before any model is built."""
+    src = mc.arch if mc.arch and mc.arch.endswith(".json") else (MODELS_DIR / f"{mc.arch}.json" if mc.arch else mc.path)
+    p = Path(src) if src else None
+    if p is not None and p.is_dir():
+        p = p / "config.json"
+    if p is None or not p.is_file():
+        return 0
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return 0
+    data = data.get("text_config", data) if isinstance(data, dict) else {}
+    return max(int(data.get(k) or 0) for k in ("num_local_experts", "num_experts", "n_routed_experts"))
+
+
 class RunConfig(_Strict):
     """One measured run."""
 
@@ -148,6 +173,7 @@ class RunConfig(_Strict):
     seed: StrictInt = 0
     output: str | None = None  # JSONL file; default results/runs/<device-slug>.jsonl
     max_memory: str | int | None = None  # CPU only: tracker budget like "2GiB"; exceeding it records an oom
+    moe: MoeConfig | None = None  # MoE models: routing assumption (None: balanced; recorded explicitly in the line)
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -158,11 +184,16 @@ class RunConfig(_Strict):
                 raise ValueError(f"max_memory: {exc}") from None
         if self.optimizer.name.startswith("paged") and self.device != "cuda":
             raise ValueError("optimizer.name: paged_adamw_8bit needs device: cuda (CUDA managed memory)")
+        rg = self.regime
+        if rg.kind in ("lora", "qlora") and rg.lora.dropout != 0 and moe_experts(self.model) > 1:
+            raise ValueError(f"regime.lora.dropout: {rg.lora.dropout} is refused by peft for this mixture-of-experts "
+                             "model (its fused expert parameters get lora.ParamWrapper, which has no dropout); "
+                             "allowed: 0")
         return self
 
     def config_hash(self) -> str:
         """Identity of a run for resume/dedup: everything but where the result is written."""
-        data = self.model_dump(mode="json", exclude={"output"})
+        data = self.model_dump(mode="json", exclude={"output"} | ({"moe"} if self.moe is None else set()))
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

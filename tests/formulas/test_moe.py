@@ -1,0 +1,57 @@
+"""Mixture-of-experts architectures: bundled configs, and the LoRA settings peft refuses for fused experts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from profiler.config import ConfigError, load_config, moe_experts
+
+# Published totals: Hub model cards / safetensors indexes (Mixtral-8x7B-v0.1: 46.7 B; Qwen3-30B-A3B: 30.5 B)
+PUBLISHED_MOE_PARAMS = {"mixtral-8x7b": 46_702_792_704, "qwen3-30b-a3b": 30_532_122_624}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_MOE_PARAMS))
+def test_bundled_moe_architecture_has_its_published_parameter_count(name):
+    from profiler.formulas.arch import arch_of
+
+    cfg = load_config(None, [], base={"model": {"arch": name}, "device": "cpu"})
+    assert arch_of(cfg).total_params == PUBLISHED_MOE_PARAMS[name]
+
+
+@pytest.mark.parametrize("name, experts", [("tiny-mixtral", 4), ("tiny-qwen3-moe", 4), ("mixtral-8x7b", 8),
+                                           ("qwen3-30b-a3b", 128), ("tiny-llama", 0)])
+def test_moe_experts_read_off_the_bundled_config(name, experts):
+    assert moe_experts(load_config(None, [], base={"model": {"arch": name}}).model) == experts
+
+
+def test_lora_dropout_on_a_moe_model_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"^regime\.lora\.dropout: 0\.05 .*allowed: 0$"):
+        load_config("configs/tiny_lora.yaml", ["model.arch=tiny-mixtral"])
+    with pytest.raises(ConfigError, match=r"^regime\.lora\.dropout"):
+        load_config("configs/tiny_qlora4.yaml", ["model.arch=tiny-qwen3-moe"])
+    load_config("configs/tiny_lora.yaml", ["model.arch=tiny-mixtral", "regime.lora.dropout=0"])
+    load_config("configs/tiny_full.yaml", ["model.arch=tiny-mixtral"])  # dropout only matters under LoRA
+    load_config("configs/tiny_lora.yaml", ["model.arch=tiny-llama"])  # dense models keep their dropout
+
+
+def test_moe_routing_is_validated_and_only_hashed_when_given():
+    base = load_config("configs/tiny_full.yaml", ["model.arch=tiny-mixtral"])
+    given = load_config("configs/tiny_full.yaml", ["model.arch=tiny-mixtral", "moe.routing=worst_case"])
+    assert base.moe is None and given.moe.routing == "worst_case"
+    assert base.config_hash() != given.config_hash()
+    # every config written before MoE support keeps its hash (this value was computed before the moe key existed)
+    assert load_config("configs/tiny_full.yaml").config_hash() == "3f0ce8d2ea8bedae"
+    with pytest.raises(ConfigError, match=r"^moe\.routing: 'random' is not allowed; allowed: 'balanced' or"):
+        load_config("configs/tiny_full.yaml", ["moe.routing=random"])
+
+
+def test_cli_exits_2_with_one_line_before_building_the_model(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "profiler", "simulate", "configs/tiny_lora.yaml",
+                           "model.arch=tiny-mixtral", "--output", str(tmp_path / "x.jsonl")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "regime.lora.dropout" in proc.stderr
+    assert not (tmp_path / "x.jsonl").exists()

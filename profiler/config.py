@@ -173,7 +173,7 @@ class RunConfig(_Strict):
     seed: StrictInt = 0
     output: str | None = None  # JSONL file; default results/runs/<device-slug>.jsonl
     max_memory: str | int | None = None  # CPU only: tracker budget like "2GiB"; exceeding it records an oom
-    moe: MoeConfig | None = None  # MoE models: routing assumption (None: balanced; recorded explicitly in the line)
+    moe: MoeConfig = Field(default_factory=MoeConfig)  # MoE models: routing a simulation assumes (dense: ignored)
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -193,7 +193,8 @@ class RunConfig(_Strict):
 
     def config_hash(self) -> str:
         """Identity of a run for resume/dedup: everything but where the result is written."""
-        data = self.model_dump(mode="json", exclude={"output"} | ({"moe"} if self.moe is None else set()))
+        # the default moe section is left out, so configs written before MoE support keep their hashes
+        data = self.model_dump(mode="json", exclude={"output"} | ({"moe"} if self.moe == MoeConfig() else set()))
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -123,3 +123,5 @@ class RunRecord(_Rec):
     memory_stats: dict[str, int] | None = Field(None, description="CUDA: torch.cuda.memory_stats() at the end")
     free_bytes_at_oom: int | None = Field(None, description="CUDA: free device memory right after the OOM")
     attention_kernel: str | None = Field(None, description="SDPA backend the run used or would use")
+    warnings: list[str] = Field(default_factory=list, description="what the stack did that a user would not "
+                                "expect (e.g. MoE experts left unquantized), each naming the setting that avoids it")

@@ -27,7 +27,7 @@ from profiler.measure.optimizers import make_optimizer
 from profiler.measure.probes.cuda import CudaProbe, free_bytes, memory_stats
 from profiler.measure.probes.nvml import NvmlSampler, pynvml_reader
 from profiler.measure.probes.tracker import TensorTracker, TrackerOutOfMemory
-from profiler.measure.regimes import apply_regime, trainable_parameters
+from profiler.measure.regimes import apply_regime, moe_warnings, trainable_parameters
 
 
 class FakeBackend(Protocol):
@@ -187,6 +187,7 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
         "backend": "fake" if fake else ("cuda" if cuda else "cpu"),
         "status": "ok",
         "error": None,
+        "warnings": moe_warnings(cfg),
     }
     if fake is None:
         prepare_source(cfg)

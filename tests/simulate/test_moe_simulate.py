@@ -1,4 +1,4 @@
-"""Tiny MoE (tiny-mixtral): simulate vs real CPU runs, forced routing, and what peft/bitsandbytes do to fused experts."""
+"""Tiny MoE (tiny-mixtral): simulate vs real CPU runs, forced routing, what peft/bitsandbytes do to fused experts."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_forced_routing_balances_or_piles_up_and_restores():
                                              dtype=torch.float32)
     router = model.model.layers[0].mlp.gate
     x = torch.randn(2, 6, 64)
-    for routing, counts in (("balanced", [6, 6, 6, 6]), ("worst_case", [12, 12, 0, 0]))  # 12 tokens x top-2:
+    for routing, counts in (("balanced", [6, 6, 6, 6]), ("worst_case", [12, 12, 0, 0])):  # 12 tokens x top-2
         with forced_routing(model, routing) as n:
             assert n == 2
             _, scores, idx = router(x)

@@ -1,0 +1,89 @@
+"""Mixture-of-experts terms for `components`: fused expert weights, peft's trainable parameters, routed activations.
+
+What this follows (transformers 5.23, peft 0.21.2; README "Mixture-of-experts models"):
+- transformers fuses each layer's experts into two 3-D parameters, gate_up_proj (E, 2I, H) and down_proj (E, H, I),
+  and the router is a `*TopKRouter` module holding an (E, H) weight: none of them is an nn.Linear.
+- Its default `grouped_mm` experts path gives every routed tensor T*k rows, T tokens and k = top_k, whatever the
+  routing: memory does not depend on which experts tokens pick (the `moe.routing` key changes no byte there).
+- peft's `all-linear` on a v5 Mixtral/Qwen-MoE model adds `target_parameters` {gate.weight, gate_up_proj, down_proj}
+  (peft.utils.transformers_weight_conversion), gate_up_proj at rank 2r and alpha 2*alpha. Each lora.ParamWrapper
+  holds lora_A (E*r, in) and lora_B (out, E*r); its forward folds W + B A into a new tensor of the whole expert
+  stack (`baddbmm`), which grouped_mm saves for backward: one copy of every layer's expert weights in activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from profiler.config import RunConfig, moe_experts
+
+
+@dataclass(frozen=True)
+class MoeShape:
+    """One MoE layer: E experts of intermediate I on hidden H, top_k per token, `layers` such layers."""
+
+    experts: int
+    top_k: int
+    hidden: int
+    intermediate: int
+    layers: int
+
+
+def moe_shape(cfg: RunConfig, hf_config=None) -> MoeShape | None:
+    """None for a dense model. `hf_config`: the transformers config (read from cfg.model when not given)."""
+    if moe_experts(cfg.model) < 2 and hf_config is None:
+        return None
+    if hf_config is None:
+        from profiler.formulas.arch import hf_config_of
+
+        hf_config = hf_config_of(cfg)
+    text = hf_config.get_text_config()
+    experts = getattr(text, "num_local_experts", None) or getattr(text, "num_experts", None) or 0
+    if experts < 2:
+        return None
+    inter = getattr(text, "moe_intermediate_size", None) or text.intermediate_size
+    n = text.num_hidden_layers
+    sparse = [i for i in range(n) if i not in (getattr(text, "mlp_only_layers", None) or [])
+              and (i + 1) % (getattr(text, "decoder_sparse_step", 1) or 1) == 0]
+    return MoeShape(experts, text.num_experts_per_tok, text.hidden_size, inter, len(sparse))
+
+
+def expert_params(m: MoeShape) -> int:
+    """Fused expert weights of all MoE layers (gate_up_proj + down_proj); the router is `router_params`."""
+    return m.layers * m.experts * 3 * m.hidden * m.intermediate
+
+
+def router_params(m: MoeShape) -> int:
+    return m.layers * m.experts * m.hidden
+
+
+def lora_trainable(m: MoeShape, r: int, all_linear: bool) -> int:
+    """LoRA parameters peft creates on the MoE part (attention adapters are counted as for dense models): with
+    all-linear, per layer the router (r x (H + E)), gate_up_proj at rank 2r (E x 2r x (H + 2I)) and down_proj
+    (E x r x (I + H)); with an explicit target_modules list none (the experts are not modules)."""
+    if not all_linear:
+        return 0
+    h, i, e = m.hidden, m.intermediate, m.experts
+    return m.layers * (r * (h + e) + e * 2 * r * (h + 2 * i) + e * r * (i + h))
+
+
+def merged_copy_bytes(m: MoeShape, weight_bytes: int, r: int, lora_on_experts: bool, checkpointing: bool) -> int:
+    """ParamWrapper's W + B A of the whole expert stack, saved for backward by grouped_mm, with the B and A factors
+    cast to the weight dtype that `baddbmm` saves: every MoE layer's copy lives until backward reaches it; with
+    gradient checkpointing only the recomputed layer's."""
+    if not lora_on_experts:
+        return 0
+    per_layer = m.experts * 3 * m.hidden * m.intermediate + lora_trainable(m, r, True) // m.layers
+    return per_layer * weight_bytes * (1 if checkpointing else m.layers)
+
+
+def routed_activation_bytes(m: MoeShape, tokens: int, a: int) -> int:
+    """Saved for backward per MoE layer on the grouped_mm path (the block's input trains), S = tokens x top_k rows:
+    the block input (T, H) read by the router; the gathered input (S, H), gate_up output (S, 2I), act(gate) and the
+    gated product (S, I) each, the down output (S, H) and the routing weights (S, 1); the router's fp32 softmax
+    (T, E), top-k ids (T, k) int64, top-k values and their sum in fp32, int64 sort/permutation ids (S) x 3, and the
+    int32 expert offsets (E). Checked tensor by tensor against saved_tensors_hooks (tests/formulas/test_moe.py)."""
+    s, t = tokens * m.top_k, tokens
+    routed = s * a * (2 * m.hidden + 4 * m.intermediate + 1)
+    router = t * m.hidden * a + t * m.experts * 4 + t * m.top_k * (8 + 4) + t * 4 + 3 * s * 8 + 4 * m.experts
+    return routed + router

@@ -13,6 +13,7 @@ from profiler.config import RunConfig
 from profiler.formulas import Estimate, make_estimate, register
 from profiler.formulas.activations import KERNELS, LayerPlan, Shape, layer_bytes, norm_bytes
 from profiler.formulas.arch import Arch
+from profiler.formulas.moe import layer_bytes_moe
 from profiler.formulas.params import DTYPE_BYTES, ParamPlan, lora_targets, param_plan
 
 CUDA_CONTEXT_BYTES = 512 * 2**20  # CUDA context + torch/cuBLAS kernels (lazy loading): outside the allocator
@@ -134,6 +135,7 @@ def activations(
         raise ValueError(f"kernel {kernel!r}; allowed: {', '.join(KERNELS)}")
     plans, out = layer_plans(plan, cfg)
     per_layer = [layer_bytes(sh, lp, kernel, cfg.device) for lp in plans]
+    per_layer = layer_bytes_moe(cfg, sh, plans, per_layer, kernel)  # MoE hook (formulas/moe.py); dense: as is
     bs, bsh = sh.b * sh.s, sh.b * sh.s * sh.h
     ckpt = cfg.train.gradient_checkpointing
     layers = arch.layers * sh.a * bsh if ckpt else sum(per_layer)

@@ -87,3 +87,45 @@ def routed_activation_bytes(m: MoeShape, tokens: int, a: int) -> int:
     routed = s * a * (2 * m.hidden + 4 * m.intermediate + 1)
     router = t * m.hidden * a + t * m.experts * 4 + t * m.top_k * (8 + 4) + t * 4 + 3 * s * 8 + 4 * m.experts
     return routed + router
+
+
+# --- hooks called by components (params.param_plan and components.activations); no-ops on dense models ---
+
+def add_lora_tensors(plan, cfg: RunConfig, by_dtype: dict[str, int]) -> None:
+    """param_plan hook: the fp32 LoRA tensors peft puts on the router and fused experts (`lora_trainable`)."""
+    rg = cfg.regime
+    m = moe_shape(cfg) if rg.kind in ("lora", "qlora") else None
+    if m is None:
+        return
+    from profiler.formulas.params import Tensor
+
+    per_layer = lora_trainable(m, rg.lora.r, rg.lora.target_modules == "all-linear") // m.layers
+    for li in range(m.layers if per_layer else 0):
+        plan.trainable.append(Tensor(f"moe.{li}.lora", per_layer, 4))  # autocast_adapter_dtype -> fp32
+        by_dtype["float32"] += 4 * per_layer
+        plan.adapter_numel += per_layer
+
+
+def layer_bytes_moe(cfg: RunConfig, sh, plans: list, per_layer: list[int], kernel: str) -> list[int]:
+    """components.activations hook: each MoE layer's dense-MLP terms (activations.layer_bytes with the MLP's
+    intermediate) replaced by the routed ones and, under LoRA on the experts, ParamWrapper's saved W + B A."""
+    m = moe_shape(cfg)
+    if m is None:
+        return per_layer
+    from dataclasses import replace
+
+    from profiler.formulas.activations import layer_bytes
+
+    rg = cfg.regime
+    lora_experts = rg.kind in ("lora", "qlora") and rg.lora.target_modules == "all-linear"
+    weight_bytes = 4 if rg.kind == "qlora" and rg.prepare_kbit else {"float32": 4}.get(cfg.model.dtype, 2)
+    merged = merged_copy_bytes(m, weight_bytes, rg.lora.r, lora_experts, False) // m.layers
+    no_mlp = replace(sh, i=0)
+    out = []
+    for lp, total in zip(plans, per_layer, strict=True):
+        dense_mlp = total - layer_bytes(no_mlp, lp, kernel, cfg.device)  # intermediate-wide terms
+        dense_mlp += sh.a * sh.b * sh.s * sh.h if lp.linears_train else 0  # gate/up input: in the routed count
+        grads = dense_mlp > 0 or lora_experts
+        routed = routed_activation_bytes(m, sh.b * sh.s, sh.a) if grads else 0
+        out.append(total - dense_mlp + routed + merged)
+    return out

@@ -87,3 +87,15 @@ def test_qlora_leaves_fused_experts_unquantized_and_prepare_kbit_upcasts_them(tm
         experts = [p for n, p in params.items() if n.endswith(("gate_up_proj", "down_proj"))]
         assert len(experts) == 4 and all(p.dtype == dtype and p.dim() == 3 for p in experts)
         assert all(type(p).__name__ == "Params4bit" for n, p in params.items() if "q_proj.base_layer" in n)
+
+
+def test_components_agree_with_simulate_on_the_tiny_moe(simulated):
+    from profiler.formulas.components import components_estimate
+    from profiler.formulas.params import param_plan
+
+    cfg = load_config("configs/tiny_lora.yaml", LORA)
+    est = components_estimate(cfg)
+    assert param_plan(cfg).trainable_numel == simulated["model"]["trainable_params"]
+    steady = {p["phase"]: p["peak_allocated_bytes"] for p in simulated["phases"] if p["step"] == 1}
+    for phase, peak in steady.items():
+        assert est.details[f"peak_{phase}"] == pytest.approx(peak, rel=0.10), phase

@@ -145,6 +145,11 @@ class MoeConfig(_Strict):
     routing: Literal["balanced", "worst_case"] = "balanced"
 
 
+# target_modules names peft 0.21 turns into target_parameters (lora.ParamWrapper) on transformers-5 MoE models
+# (peft.utils.transformers_weight_conversion._MOE_TARGET_MODULE_MAPPING), plus the fused names themselves
+MOE_LORA_NAMES = {"gate", "w1", "w2", "w3", "gate_proj", "up_proj", "down_proj", "gate_up_proj"}
+
+
 def moe_experts(mc: ModelConfig) -> int:
     """Routed experts per MoE layer read off an architecture-only source's config.json (0: dense, or a source only a
     load can tell, like a Hub id). Read here so that settings peft refuses fail before any model is built."""
@@ -185,7 +190,9 @@ class RunConfig(_Strict):
         if self.optimizer.name.startswith("paged") and self.device != "cuda":
             raise ValueError("optimizer.name: paged_adamw_8bit needs device: cuda (CUDA managed memory)")
         rg = self.regime
-        if rg.kind in ("lora", "qlora") and rg.lora.dropout != 0 and moe_experts(self.model) > 1:
+        targets = rg.lora.target_modules  # all-linear, or names peft maps onto the router / fused experts
+        on_experts = targets == "all-linear" or bool(set(targets) & MOE_LORA_NAMES)
+        if rg.kind in ("lora", "qlora") and rg.lora.dropout != 0 and on_experts and moe_experts(self.model) > 1:
             raise ValueError(f"regime.lora.dropout: {rg.lora.dropout} is refused by peft for this mixture-of-experts "
                              "model (its fused expert parameters get lora.ParamWrapper, which has no dropout); "
                              "allowed: 0")

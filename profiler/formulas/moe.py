@@ -57,14 +57,22 @@ def router_params(m: MoeShape) -> int:
     return m.layers * m.experts * m.hidden
 
 
-def lora_trainable(m: MoeShape, r: int, all_linear: bool) -> int:
-    """LoRA parameters peft creates on the MoE part (attention adapters are counted as for dense models): with
-    all-linear, per layer the router (r x (H + E)), gate_up_proj at rank 2r (E x 2r x (H + 2I)) and down_proj
-    (E x r x (I + H)); with an explicit target_modules list none (the experts are not modules)."""
-    if not all_linear:
-        return 0
+def lora_parts(targets) -> tuple[bool, bool, bool]:
+    """(router, gate_up_proj, down_proj) adapted by peft for `regime.lora.target_modules` (all-linear: all three;
+    a list: the v4 names peft maps onto them, e.g. gate, w1/w3/w2 or gate_proj/up_proj/down_proj)."""
+    if targets == "all-linear":
+        return True, True, True
+    t = set(targets)
+    return "gate" in t, bool(t & {"w1", "w3", "gate_proj", "up_proj", "gate_up_proj"}), bool(t & {"w2", "down_proj"})
+
+
+def lora_trainable(m: MoeShape, r: int, targets="all-linear") -> int:
+    """LoRA parameters peft creates on the MoE part (attention adapters are counted as for dense models): per layer
+    the router (r x (H + E)), gate_up_proj at rank 2r (E x 2r x (H + 2I)) and down_proj (E x r x (I + H)), each
+    where `targets` adapts it."""
+    router, gate_up, down = lora_parts(targets)
     h, i, e = m.hidden, m.intermediate, m.experts
-    return m.layers * (r * (h + e) + e * 2 * r * (h + 2 * i) + e * r * (i + h))
+    return m.layers * (router * r * (h + e) + gate_up * e * 2 * r * (h + 2 * i) + down * e * r * (i + h))
 
 
 def merged_copy_bytes(m: MoeShape, weight_bytes: int, r: int, lora_on_experts: bool, checkpointing: bool) -> int:
@@ -73,7 +81,7 @@ def merged_copy_bytes(m: MoeShape, weight_bytes: int, r: int, lora_on_experts: b
     gradient checkpointing only the recomputed layer's."""
     if not lora_on_experts:
         return 0
-    per_layer = m.experts * 3 * m.hidden * m.intermediate + lora_trainable(m, r, True) // m.layers
+    per_layer = m.experts * 3 * m.hidden * m.intermediate + lora_trainable(m, r) // m.layers
     return per_layer * weight_bytes * (1 if checkpointing else m.layers)
 
 
@@ -99,7 +107,7 @@ def add_lora_tensors(plan, cfg: RunConfig, by_dtype: dict[str, int]) -> None:
         return
     from profiler.formulas.params import Tensor
 
-    per_layer = lora_trainable(m, rg.lora.r, rg.lora.target_modules == "all-linear") // m.layers
+    per_layer = lora_trainable(m, rg.lora.r, rg.lora.target_modules) // m.layers
     for li in range(m.layers if per_layer else 0):
         plan.trainable.append(Tensor(f"moe.{li}.lora", per_layer, 4))  # autocast_adapter_dtype -> fp32
         by_dtype["float32"] += 4 * per_layer
@@ -117,7 +125,7 @@ def layer_bytes_moe(cfg: RunConfig, sh, plans: list, per_layer: list[int], kerne
     from profiler.formulas.activations import layer_bytes
 
     rg = cfg.regime
-    lora_experts = rg.kind in ("lora", "qlora") and rg.lora.target_modules == "all-linear"
+    lora_experts = rg.kind in ("lora", "qlora") and any(lora_parts(rg.lora.target_modules)[1:])
     weight_bytes = 4 if rg.kind == "qlora" and rg.prepare_kbit else {"float32": 4}.get(cfg.model.dtype, 2)
     merged = merged_copy_bytes(m, weight_bytes, rg.lora.r, lora_experts, False) // m.layers
     no_mlp = replace(sh, i=0)

@@ -35,6 +35,10 @@ def test_lora_dropout_on_a_moe_model_is_a_config_error_naming_the_key():
     load_config("configs/tiny_lora.yaml", ["model.arch=tiny-mixtral", "regime.lora.dropout=0"])
     load_config("configs/tiny_full.yaml", ["model.arch=tiny-mixtral"])  # dropout only matters under LoRA
     load_config("configs/tiny_lora.yaml", ["model.arch=tiny-llama"])  # dense models keep their dropout
+    attention_only = "regime.lora.target_modules=[q_proj,k_proj,v_proj,o_proj]"  # no ParamWrapper: dropout is fine
+    load_config("configs/tiny_lora.yaml", ["model.arch=tiny-mixtral", attention_only])
+    with pytest.raises(ConfigError, match=r"^regime\.lora\.dropout"):  # the router is adapted by ParamWrapper
+        load_config("configs/tiny_lora.yaml", ["model.arch=tiny-mixtral", "regime.lora.target_modules=[q_proj,gate]"])
 
 
 def test_moe_routing_is_validated_and_only_hashed_when_given():
@@ -102,8 +106,9 @@ def test_lora_trainable_on_experts_and_router_is_what_peft_creates(arch):
     moe_part = sum(p.numel() for n, p in model.named_parameters()
                    if p.requires_grad and (".mlp.experts." in n or ".mlp.gate." in n))
     m = moe_shape(load_config(None, [], base={"model": {"arch": arch}}))
-    assert moe_part == lora_trainable(m, 4, all_linear=True) > 0
-    assert lora_trainable(m, 4, all_linear=False) == 0
+    assert moe_part == lora_trainable(m, 4) > 0
+    assert lora_trainable(m, 4, ["q_proj", "v_proj"]) == 0
+    assert lora_trainable(m, 4, ["q_proj", "gate"]) == m.layers * 4 * (m.hidden + m.experts)  # the router only
 
 
 def test_mixtral_8x7b_moe_shape_and_expert_share():

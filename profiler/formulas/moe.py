@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from profiler.config import RunConfig, moe_experts
+from profiler.config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,6 @@ class MoeShape:
 
 def moe_shape(cfg: RunConfig, hf_config=None) -> MoeShape | None:
     """None for a dense model. `hf_config`: the transformers config (read from cfg.model when not given)."""
-    if moe_experts(cfg.model) < 2 and hf_config is None:
-        return None
     if hf_config is None:
         from profiler.formulas.arch import hf_config_of
 

@@ -199,6 +199,36 @@ class ParallelConfig(_Strict):
     offload: OffloadSettings = Field(default_factory=OffloadSettings)
 
 
+class MoeConfig(_Strict):
+    """Mixture-of-experts models only: which token-to-expert routing a simulation assumes (README "Mixture-of-experts
+    models"). balanced: each expert gets top_k x tokens / n_experts tokens; worst_case: every token picks the same
+    top_k experts."""
+
+    routing: Literal["balanced", "worst_case"] = "balanced"
+
+
+# target_modules names peft 0.21 turns into target_parameters (lora.ParamWrapper) on transformers-5 MoE models
+# (peft.utils.transformers_weight_conversion._MOE_TARGET_MODULE_MAPPING), plus the fused names themselves
+MOE_LORA_NAMES = {"gate", "w1", "w2", "w3", "gate_proj", "up_proj", "down_proj", "gate_up_proj"}
+
+
+def moe_experts(mc: ModelConfig) -> int:
+    """Routed experts per MoE layer read off an architecture-only source's config.json (0: dense, or a source only a
+    load can tell, like a Hub id). Read here so that settings peft refuses fail before any model is built."""
+    src = mc.arch if mc.arch and mc.arch.endswith(".json") else (MODELS_DIR / f"{mc.arch}.json" if mc.arch else mc.path)
+    p = Path(src) if src else None
+    if p is not None and p.is_dir():
+        p = p / "config.json"
+    if p is None or not p.is_file():
+        return 0
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return 0
+    data = data.get("text_config", data) if isinstance(data, dict) else {}
+    return max(int(data.get(k) or 0) for k in ("num_local_experts", "num_experts", "n_routed_experts"))
+
+
 class RunConfig(_Strict):
     """One measured run."""
 
@@ -211,6 +241,7 @@ class RunConfig(_Strict):
     output: str | None = None  # JSONL file; default results/runs/<device-slug>.jsonl
     max_memory: str | int | None = None  # CPU only: tracker budget like "2GiB"; exceeding it records an oom
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)  # data parallelism (per-rank memory)
+    moe: MoeConfig = Field(default_factory=MoeConfig)  # MoE models: routing a simulation assumes (dense: ignored)
 
     _ignored: list[str] = PrivateAttr(default_factory=list)
 
@@ -255,6 +286,13 @@ class RunConfig(_Strict):
                 raise ValueError(f"max_memory: {exc}") from None
         if self.optimizer.name.startswith("paged") and self.device != "cuda":
             raise ValueError("optimizer.name: paged_adamw_8bit needs device: cuda (CUDA managed memory)")
+        rg = self.regime
+        targets = rg.lora.target_modules  # all-linear, or names peft maps onto the router / fused experts
+        on_experts = targets == "all-linear" or bool(set(targets) & MOE_LORA_NAMES)
+        if rg.kind in ("lora", "qlora") and rg.lora.dropout != 0 and on_experts and moe_experts(self.model) > 1:
+            raise ValueError(f"regime.lora.dropout: {rg.lora.dropout} is refused by peft for this mixture-of-experts "
+                             "model (its fused expert parameters get lora.ParamWrapper, which has no dropout); "
+                             "allowed: 0")
         _check_parallel(self)
         return self
 
@@ -264,6 +302,8 @@ class RunConfig(_Strict):
         data = self.model_dump(mode="json", exclude={"output"})
         if self.parallel == ParallelConfig():
             del data["parallel"]  # one-process configs keep the hash they had before `parallel` existed
+        if self.moe == MoeConfig():
+            del data["moe"]  # the default moe section too: configs written before MoE support keep their hashes
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

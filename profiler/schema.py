@@ -152,6 +152,8 @@ class RunRecord(_Rec):
         "are rank 0's; simulate lists rank 0 only (ranks are symmetric)")
     max_rank_peak_allocated_bytes: int | None = Field(
         None, description="data-parallel runs: the highest peak_allocated_bytes over all ranks")
+    warnings: list[str] = Field(default_factory=list, description="what the stack did that a user would not "
+                                "expect (e.g. MoE experts left unquantized), each naming the setting that avoids it")
 
     @model_validator(mode="before")
     @classmethod

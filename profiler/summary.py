@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from profiler.categories import TRACKED, Category, fmt_auto, fmt_in, pick_unit
@@ -87,6 +88,8 @@ def print_summary(record: dict, output: str | None, console: Console | None = No
     if tm.get("median_step_s") and tm.get("tokens_per_s"):
         console.print(f"load {tm['load_s']:.1f} s · median step {tm['median_step_s']:.3f} s · "
                       f"{tm['tokens_per_s']:.0f} tokens/s")
+    for note in record.get("warnings") or []:
+        console.print(f"[yellow]warning: {escape(note)}[/yellow]")
     if record.get("error"):
         console.print(f"[{style}]{record['error']}[/{style}]")
     if output:

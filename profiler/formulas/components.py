@@ -15,6 +15,7 @@ from profiler.config import RunConfig
 from profiler.formulas import Estimate, make_estimate, register
 from profiler.formulas.activations import KERNELS, LayerPlan, Shape, layer_bytes, norm_bytes
 from profiler.formulas.arch import Arch, arch_of
+from profiler.formulas.moe import layer_bytes_moe
 from profiler.formulas.params import DTYPE_BYTES, ParamPlan, lora_targets, param_plan
 
 # ASSUMPTIONS, not measurements: guesses until calibration (profiler calibrate) replaces them; every CUDA
@@ -181,6 +182,7 @@ def activations(
     if window and sh.s > window:  # the sliding-window mask is no longer all-causal: SDPA gets it
         plans = [replace(lp, mask=True) for lp in plans]
     per_layer = [layer_bytes(sh, lp, kernel, cfg.device) for lp in plans]
+    per_layer = layer_bytes_moe(cfg, sh, plans, per_layer, kernel)  # MoE hook (formulas/moe.py); dense: as is
     bs, bsh = sh.b * sh.s, sh.b * sh.s * sh.h
     ckpt = cfg.train.gradient_checkpointing
     layers = arch.layers * sh.a * bsh if ckpt else sum(per_layer)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from profiler.config import RunConfig
 from profiler.formulas.arch import Arch, Linear, arch_of
+from profiler.formulas.moe import add_lora_tensors
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NF4_BLOCK = 64  # bitsandbytes Params4bit default blocksize
@@ -135,5 +136,6 @@ def param_plan(cfg: RunConfig) -> ParamPlan:
                 )  # autocast_adapter_dtype -> fp32
                 by["float32"] += 4 * numel
                 plan.adapter_numel += numel
+    add_lora_tensors(plan, cfg, by)  # MoE hook (formulas/moe.py): peft's adapters on fused experts; dense: none
     plan.weight_bytes_by_dtype = dict(sorted(by.items()))
     return plan

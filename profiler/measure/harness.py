@@ -28,7 +28,7 @@ from profiler.measure.parallel import comm_probe, optimizer_for, unwrap, wrap
 from profiler.measure.probes.cuda import CudaProbe, free_bytes, memory_stats
 from profiler.measure.probes.nvml import NvmlSampler, pynvml_reader
 from profiler.measure.probes.tracker import TensorTracker, TrackerOutOfMemory
-from profiler.measure.regimes import apply_regime, trainable_parameters
+from profiler.measure.regimes import apply_regime, moe_warnings, trainable_parameters
 
 
 class FakeBackend(Protocol):
@@ -204,6 +204,7 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
         "backend": "fake" if fake else ("cuda" if cuda else "cpu"),
         "status": "ok",
         "error": None,
+        "warnings": moe_warnings(cfg),
     }
     resolve_hf_config(cfg.model)  # a broken or non-causal config.json: ConfigError (exit 2), nothing run
     prepare_error = None

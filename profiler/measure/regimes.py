@@ -88,3 +88,29 @@ def apply_regime(model: nn.Module, cfg: RunConfig) -> nn.Module:
 
 def trainable_parameters(model: nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def moe_warnings(cfg: RunConfig) -> list[str]:
+    """What today's stack does to a mixture-of-experts model that a user would not expect (README "Mixture-of-experts
+    models"; checked on transformers 5.23, peft 0.21.2, bitsandbytes 0.50.2), each with the setting that avoids it."""
+    from profiler.config import MOE_LORA_NAMES, moe_experts
+
+    rg = cfg.regime
+    if rg.kind not in ("lora", "qlora") or moe_experts(cfg.model) < 2:
+        return []
+    notes = []
+    if rg.kind == "qlora":
+        notes.append(f"qlora{rg.bits}: bitsandbytes quantizes nn.Linear layers only; the fused expert parameters "
+                     f"(most of this model) stay {cfg.model.dtype}: no setting quantizes them")
+        if rg.prepare_kbit:
+            notes.append("qlora: prepare_model_for_kbit_training upcasts every non-4-bit 16-bit parameter, the "
+                         "fused experts included, to float32 (2x their bytes), and float32 experts fail "
+                         "torch's grouped_mm on CUDA (bf16 only); regime.prepare_kbit=false keeps them 16-bit")
+    targets = rg.lora.target_modules
+    if targets == "all-linear" or set(targets) & (MOE_LORA_NAMES - {"gate"}):
+        notes.append("lora on fused experts: peft adapts the fused experts (gate_up_proj at rank 2r) and the router "
+                     "with lora.ParamWrapper, whose forward builds W + BA for the whole expert stack and keeps it "
+                     "for backward: one full copy of each layer's expert weights as activations; "
+                     "regime.lora.target_modules=[q_proj,k_proj,v_proj,o_proj] leaves the experts out "
+                     "(train.gradient_checkpointing=true keeps one layer's copy at a time)")
+    return notes

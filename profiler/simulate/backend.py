@@ -241,6 +241,46 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, **_: ob
     return sequence
 
 
+def _forced_router(routing: str):
+    """A TopKRouter.forward (transformers 5: returns logits, top-k scores, top-k expert ids) whose assignment is fixed
+    instead of read off the logits: balanced gives token t its experts (t*k + j) mod E, so each expert gets
+    k*T/E tokens; worst_case gives every token experts 0..k-1. Logits and scores keep the router's autograd path."""
+
+    def forward(self, hidden_states):
+        hidden_states = hidden_states.reshape(-1, self.hidden_dim)
+        logits = torch.nn.functional.linear(hidden_states, self.weight)
+        probs = torch.nn.functional.softmax(logits.float(), dim=-1)
+        t = torch.arange(hidden_states.shape[0], device=hidden_states.device)[:, None]
+        j = torch.arange(self.top_k, device=hidden_states.device)[None, :]
+        idx = (t * self.top_k + j) % self.num_experts if routing == "balanced" else j.expand(t.shape[0], -1)
+        scores = probs.gather(-1, idx)
+        scores = scores / scores.sum(dim=-1, keepdim=True)
+        return logits, scores.to(logits.dtype), idx
+
+    return forward
+
+
+def force_routing(model: torch.nn.Module, routing: str) -> list[torch.nn.Module]:
+    """Make every transformers TopKRouter of `model` route as `moe.routing` says; returns the routers patched.
+    Fake runs do (their routers have no values to route by); a real run can too (`forced_routing`), to compare
+    with the same run under the model's own routing."""
+    routers = [m for m in model.modules() if type(m).__name__.endswith("TopKRouter") and hasattr(m, "top_k")]
+    for m in routers:
+        m.forward = types.MethodType(_forced_router(routing), m)
+    return routers
+
+
+@contextmanager
+def forced_routing(model: torch.nn.Module, routing: str) -> Iterator[int]:
+    """`force_routing` inside the block only; yields how many routers it patched."""
+    routers = force_routing(model, routing)
+    try:
+        yield len(routers)
+    finally:
+        for m in routers:
+            del m.forward
+
+
 class Simulation:
     """The FakeBackend of profiler.measure.harness: fake mode, fake model, the attention kernel a run would pick."""
 
@@ -303,6 +343,7 @@ class Simulation:
             # a real from_config build allocates the head untied, then ties it: one transient head weight
             del_me = torch.empty_like(head.weight)
             del del_me
+        force_routing(model, cfg.moe.routing)  # MoE: the routing assumption stands in for the router's values
         model.generate = types.MethodType(greedy_generate, model)
         return LoadedModel(model, hf_config, f"fake:{mc.name}")
 

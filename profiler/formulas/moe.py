@@ -1,0 +1,137 @@
+"""Mixture-of-experts terms for `components`: fused expert weights, peft's trainable parameters, routed activations.
+
+What this follows (transformers 5.23, peft 0.21.2; README "Mixture-of-experts models"):
+- transformers fuses each layer's experts into two 3-D parameters, gate_up_proj (E, 2I, H) and down_proj (E, H, I),
+  and the router is a `*TopKRouter` module holding an (E, H) weight: none of them is an nn.Linear.
+- Its default `grouped_mm` experts path gives every routed tensor T*k rows, T tokens and k = top_k, whatever the
+  routing: memory does not depend on which experts tokens pick (the `moe.routing` key changes no byte there).
+- peft's `all-linear` on a v5 Mixtral/Qwen-MoE model adds `target_parameters` {gate.weight, gate_up_proj, down_proj}
+  (peft.utils.transformers_weight_conversion), gate_up_proj at rank 2r and alpha 2*alpha. Each lora.ParamWrapper
+  holds lora_A (E*r, in) and lora_B (out, E*r); its forward folds W + B A into a new tensor of the whole expert
+  stack (`baddbmm`), which grouped_mm saves for backward: one copy of every layer's expert weights in activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from profiler.config import RunConfig
+
+
+@dataclass(frozen=True)
+class MoeShape:
+    """One MoE layer: E experts of intermediate I on hidden H, top_k per token, `layers` such layers."""
+
+    experts: int
+    top_k: int
+    hidden: int
+    intermediate: int
+    layers: int
+
+
+def moe_shape(cfg: RunConfig, hf_config=None) -> MoeShape | None:
+    """None for a dense model. `hf_config`: the transformers config (read from cfg.model when not given)."""
+    if hf_config is None:
+        from profiler.formulas.arch import hf_config_of
+
+        hf_config = hf_config_of(cfg)
+    text = hf_config.get_text_config()
+    experts = getattr(text, "num_local_experts", None) or getattr(text, "num_experts", None) or 0
+    if experts < 2:
+        return None
+    inter = getattr(text, "moe_intermediate_size", None) or text.intermediate_size
+    n = text.num_hidden_layers
+    sparse = [i for i in range(n) if i not in (getattr(text, "mlp_only_layers", None) or [])
+              and (i + 1) % (getattr(text, "decoder_sparse_step", 1) or 1) == 0]
+    return MoeShape(experts, text.num_experts_per_tok, text.hidden_size, inter, len(sparse))
+
+
+def expert_params(m: MoeShape) -> int:
+    """Fused expert weights of all MoE layers (gate_up_proj + down_proj); the router is `router_params`."""
+    return m.layers * m.experts * 3 * m.hidden * m.intermediate
+
+
+def router_params(m: MoeShape) -> int:
+    return m.layers * m.experts * m.hidden
+
+
+def lora_parts(targets) -> tuple[bool, bool, bool]:
+    """(router, gate_up_proj, down_proj) adapted by peft for `regime.lora.target_modules` (all-linear: all three;
+    a list: the v4 names peft maps onto them, e.g. gate, w1/w3/w2 or gate_proj/up_proj/down_proj)."""
+    if targets == "all-linear":
+        return True, True, True
+    t = set(targets)
+    return "gate" in t, bool(t & {"w1", "w3", "gate_proj", "up_proj", "gate_up_proj"}), bool(t & {"w2", "down_proj"})
+
+
+def lora_trainable(m: MoeShape, r: int, targets="all-linear") -> int:
+    """LoRA parameters peft creates on the MoE part (attention adapters are counted as for dense models): per layer
+    the router (r x (H + E)), gate_up_proj at rank 2r (E x 2r x (H + 2I)) and down_proj (E x r x (I + H)), each
+    where `targets` adapts it."""
+    router, gate_up, down = lora_parts(targets)
+    h, i, e = m.hidden, m.intermediate, m.experts
+    return m.layers * (router * r * (h + e) + gate_up * e * 2 * r * (h + 2 * i) + down * e * r * (i + h))
+
+
+def merged_copy_bytes(m: MoeShape, weight_bytes: int, r: int, lora_on_experts: bool, checkpointing: bool) -> int:
+    """ParamWrapper's W + B A of the whole expert stack, saved for backward by grouped_mm, with the B and A factors
+    cast to the weight dtype that `baddbmm` saves: every MoE layer's copy lives until backward reaches it; with
+    gradient checkpointing only the recomputed layer's."""
+    if not lora_on_experts:
+        return 0
+    per_layer = m.experts * 3 * m.hidden * m.intermediate + lora_trainable(m, r) // m.layers
+    return per_layer * weight_bytes * (1 if checkpointing else m.layers)
+
+
+def routed_activation_bytes(m: MoeShape, tokens: int, a: int) -> int:
+    """Saved for backward per MoE layer on the grouped_mm path (the block's input trains), S = tokens x top_k rows:
+    the block input (T, H) read by the router; the gathered input (S, H), gate_up output (S, 2I), act(gate) and the
+    gated product (S, I) each, the down output (S, H) and the routing weights (S, 1); the router's fp32 softmax
+    (T, E), top-k ids (T, k) int64, top-k values and their sum in fp32, int64 sort/permutation ids (S) x 3, and the
+    int32 expert offsets (E). Checked tensor by tensor against saved_tensors_hooks (tests/formulas/test_moe.py)."""
+    s, t = tokens * m.top_k, tokens
+    routed = s * a * (2 * m.hidden + 4 * m.intermediate + 1)
+    router = t * m.hidden * a + t * m.experts * 4 + t * m.top_k * (8 + 4) + t * 4 + 3 * s * 8 + 4 * m.experts
+    return routed + router
+
+
+# --- hooks called by components (params.param_plan and components.activations); no-ops on dense models ---
+
+def add_lora_tensors(plan, cfg: RunConfig, by_dtype: dict[str, int]) -> None:
+    """param_plan hook: the fp32 LoRA tensors peft puts on the router and fused experts (`lora_trainable`)."""
+    rg = cfg.regime
+    m = moe_shape(cfg) if rg.kind in ("lora", "qlora") else None
+    if m is None:
+        return
+    from profiler.formulas.params import Tensor
+
+    per_layer = lora_trainable(m, rg.lora.r, rg.lora.target_modules) // m.layers
+    for li in range(m.layers if per_layer else 0):
+        plan.trainable.append(Tensor(f"moe.{li}.lora", per_layer, 4))  # autocast_adapter_dtype -> fp32
+        by_dtype["float32"] += 4 * per_layer
+        plan.adapter_numel += per_layer
+
+
+def layer_bytes_moe(cfg: RunConfig, sh, plans: list, per_layer: list[int], kernel: str) -> list[int]:
+    """components.activations hook: each MoE layer's dense-MLP terms (activations.layer_bytes with the MLP's
+    intermediate) replaced by the routed ones and, under LoRA on the experts, ParamWrapper's saved W + B A."""
+    m = moe_shape(cfg)
+    if m is None:
+        return per_layer
+    from dataclasses import replace
+
+    from profiler.formulas.activations import layer_bytes
+
+    rg = cfg.regime
+    lora_experts = rg.kind in ("lora", "qlora") and any(lora_parts(rg.lora.target_modules)[1:])
+    weight_bytes = 4 if rg.kind == "qlora" and rg.prepare_kbit else {"float32": 4}.get(cfg.model.dtype, 2)
+    merged = merged_copy_bytes(m, weight_bytes, rg.lora.r, lora_experts, False) // m.layers
+    no_mlp = replace(sh, i=0)
+    out = []
+    for lp, total in zip(plans, per_layer, strict=True):
+        dense_mlp = total - layer_bytes(no_mlp, lp, kernel, cfg.device)  # intermediate-wide terms
+        dense_mlp += sh.a * sh.b * sh.s * sh.h if lp.linears_train else 0  # gate/up input: in the routed count
+        grads = dense_mlp > 0 or lora_experts
+        routed = routed_activation_bytes(m, sh.b * sh.s, sh.a) if grads else 0
+        out.append(total - dense_mlp + routed + merged)
+    return out

@@ -1,1 +1,30 @@
-"""llm-memprof: measure, simulate and predict the GPU memory of fine-tuning Hugging Face causal LMs."""
+"""llm-memprof: measure, simulate and predict the GPU memory of fine-tuning Hugging Face causal LMs.
+
+The Python API (imported lazily: `import profiler` stays cheap; torch loads on first use):
+
+    import profiler
+    cfg = profiler.load_config("configs/llama7b_lora.yaml", ["train.seq_len=2048"])  # RunConfig
+    profiler.estimate(cfg, "components")      # Estimate (a formula; bytes per component)
+    profiler.simulate(cfg)                    # RunRecord (the harness on fake tensors)
+    profiler.max_batch(cfg, gpu="a100-40gb")  # MaxSolution (largest batch, checked by simulation)
+    profiler.fit("llama-3-8b", regime="qlora4", seq=2048, gpu="rtx4090")  # FitResult
+
+Bad input raises profiler.ConfigError (a ValueError) with the same one-line message the CLI prints.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["ConfigError", "__version__", "estimate", "fit", "load_config", "max_batch", "simulate"]
+
+
+def __getattr__(name: str):
+    if name in ("ConfigError", "load_config"):
+        import profiler.config
+
+        return getattr(profiler.config, name)
+    if name in ("estimate", "fit", "max_batch", "simulate"):
+        from profiler import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'profiler' has no attribute {name!r}")

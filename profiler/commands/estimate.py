@@ -96,6 +96,12 @@ def solve_max(cfg: RunConfig, name: str, field: str, budget: int, cap: int = SEA
     return lo
 
 
+def unbounded(cfg: RunConfig, name: str, field: str) -> str:
+    """What to show when the cap still fits: the estimator ignores the field, or it grows too slowly to matter."""
+    lo, hi = (estimate(name, with_train(cfg, **{field: v})).total for v in (1, SEARCH_CAP))
+    return f"n/a (ignores {field.split('_')[0]})" if lo == hi else f"> {SEARCH_CAP}"
+
+
 def _fmt(n: int, unit: str) -> str:
     return f"{n / UNITS[unit]:.2f}"
 
@@ -171,7 +177,7 @@ def main(args: argparse.Namespace) -> int:
             continue
         for e in ests:
             v = solve_max(cfg, e.estimator, field, budget)
-            extra.setdefault(e.estimator, {})[col] = "any" if v is None else str(v)
+            extra.setdefault(e.estimator, {})[col] = str(v) if v is not None else unbounded(cfg, e.estimator, field)
     console = Console(width=200)
     t = cfg.train
     console.print(

@@ -12,11 +12,10 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from profiler.config import ConfigError, bundled_architectures
 
-REACH_TIMEOUT_S = 1.0  # TCP connect to the Hub endpoint; beyond it the Hub counts as unreachable
+REACH_TIMEOUT_S = 1.2  # one HTTPS request to the Hub endpoint; beyond it the Hub counts as unreachable
 DOWNLOAD_TIMEOUT_S = 10  # config.json is a few KiB once the Hub answered
 
 
@@ -35,23 +34,25 @@ def _hint(model: str) -> str:
 
 
 def _reachable(url: str, timeout: float = REACH_TIMEOUT_S) -> bool:
-    """Can we open a TCP connection to the endpoint within `timeout` (name lookup included)?"""
-    import socket
+    """Does the endpoint answer an HTTPS request within `timeout` (name lookup and TLS included)? A bare TCP
+    connect is not enough: some networks accept any connection and then never answer."""
+    import urllib.error
+    import urllib.request
 
-    u = urlparse(url)
-    port = u.port or (443 if u.scheme == "https" else 80)
     ok: list[bool] = []
 
     def probe() -> None:
         try:
-            socket.create_connection((u.hostname, port), timeout=timeout).close()
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
             ok.append(True)
-        except OSError:
+        except urllib.error.HTTPError:  # any HTTP answer means the Hub is there
+            ok.append(True)
+        except (OSError, ValueError):
             ok.append(False)
 
     t = threading.Thread(target=probe, daemon=True)  # getaddrinfo has no timeout of its own
     t.start()
-    t.join(timeout + 0.2)
+    t.join(timeout + 0.3)
     return bool(ok and ok[0])
 
 

@@ -68,8 +68,14 @@ def _poly_max(points: dict[int, int], degree: int, limit: int, cap: int) -> int:
     return lo
 
 
+def _bracket(memo: dict[int, int], limit: int) -> tuple[int, int | None]:
+    """Largest evaluated value that fits, smallest that does not (None when every one fits)."""
+    over = [v for v in memo if memo[v] > limit]
+    return max(v for v in memo if memo[v] <= limit), (min(over) if over else None)
+
+
 def solve_max(need: Callable[[int], int], limit: int, probes: tuple[int, ...], cap: int, degree: int = 1,
-              field_name: str = "batch_size", known: dict[int, int] | None = None, max_steps: int = 12
+              field_name: str = "batch_size", known: dict[int, int] | None = None, max_steps: int = 20
               ) -> MaxSolution:
     """Largest v in [1, cap] with need(v) <= limit, assuming need grows with v.
 
@@ -91,26 +97,24 @@ def solve_max(need: Callable[[int], int], limit: int, probes: tuple[int, ...], c
             at(p)
     guess = _poly_max({v: memo[v] for v in memo}, degree, limit, cap) if len(memo) > 1 else 1
     sol.guess = guess
+    width = None  # bracket width before the last step: a step that does not halve it is followed by bisection
     for _ in range(max_steps):
-        fits = [v for v in memo if memo[v] <= limit]
-        over = [v for v in memo if memo[v] > limit]
-        lo, hi = max(fits), (min(over) if over else None)
+        lo, hi = _bracket(memo, limit)
         if hi is not None and hi == lo + 1:
             sol.value = lo
             return sol
         if lo == cap:
             sol.value, sol.capped = cap, True
             return sol
-        if guess is None or not (lo <= guess < (hi if hi is not None else cap + 1)) or guess in memo and \
-                guess + 1 in memo:
+        slow = width is not None and hi is not None and (hi - lo) * 2 > width
+        width = None if hi is None else hi - lo
+        if slow or guess is None or not (lo <= guess < (hi if hi is not None else cap + 1)) or \
+                (guess in memo and guess + 1 in memo):
             guess = (lo + hi) // 2 if hi is not None else min(cap, lo * 2)
-        at(guess)
-        if guess + 1 <= cap:
+        if at(guess) <= limit and guess + 1 <= cap:  # the check pair: the answer fits, answer + 1 does not
             at(guess + 1)
         # next guess: the secant through the two points nearest the limit on either side
-        fits = [v for v in memo if memo[v] <= limit]
-        over = [v for v in memo if memo[v] > limit]
-        lo, hi = max(fits), (min(over) if over else None)
+        lo, hi = _bracket(memo, limit)
         if hi is not None and hi > lo + 1:
             slope = (memo[hi] - memo[lo]) / (hi - lo)
             guess = lo + int((limit - memo[lo]) // slope) if slope > 0 else (lo + hi) // 2

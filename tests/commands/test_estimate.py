@@ -101,3 +101,11 @@ def test_estimate_says_which_calibration_table_and_how_many_runs(tmp_path, capsy
     assert "2 runs of regime full" in out.replace("\n", " ")
     assert cli(["estimate", "configs/llama7b_full.yaml", "--estimator", "components", "--gpu", "no-such-gpu"]) == 0
     assert "uncalibrated: no calibration table for GPU no-such-gpu" in capsys.readouterr().out.replace("\n", " ")
+
+
+def test_max_batch_and_seq_say_na_for_estimators_that_ignore_them(capsys):
+    """The folk rules do not depend on batch or seq: "n/a (ignores batch)", never "any" (read as unlimited)."""
+    rc, out, _ = run(capsys, LLAMA7B_FULL, "--estimator", "rule_1p2x", "--max-batch", "--max-seq")
+    assert rc == 0 and "n/a (ignores batch)" in out and "n/a (ignores seq)" in out and " any " not in out
+    rc, out, _ = run(capsys, LLAMA7B_FULL, "--estimator", "components", "--max-batch")
+    assert rc == 0 and "n/a" not in out

@@ -38,7 +38,8 @@ cd "$RUN"
 export PATH="$WORK/venv/bin:$PATH"
 export HF_HUB_OFFLINE=1 HF_HOME="$WORK/hf"
 llm-memprof --version
-llm-memprof --help | head -1 | grep -q "usage: llm-memprof" || { echo "usage line does not say llm-memprof"; exit 1; }
+usage="$(llm-memprof --help)"
+[[ "$usage" == "usage: llm-memprof "* ]] || { echo "usage line does not say llm-memprof: ${usage%%$'\n'*}"; exit 1; }
 "$WORK/venv/bin/python" - <<'EOF'
 import profiler, pathlib
 where = pathlib.Path(profiler.__file__).resolve()

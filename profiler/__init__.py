@@ -14,6 +14,9 @@ Bad input raises profiler.ConfigError (a ValueError) with the same one-line mess
 
 from __future__ import annotations
 
+import sys
+import types
+
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "__version__", "estimate", "fit", "load_config", "max_batch", "simulate"]
 
@@ -28,3 +31,22 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     raise AttributeError(f"module 'profiler' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """`profiler.simulate` is the API function although a subpackage has the same name: importing
+    profiler.simulate.backend makes the import system set `profiler.simulate = <module>`, which would hide the
+    function. The subpackage stays reachable through sys.modules and `from profiler.simulate... import`."""
+
+    @property
+    def simulate(self):
+        from profiler.api import simulate
+
+        return simulate
+
+    @simulate.setter
+    def simulate(self, module) -> None:  # the import system binding the subpackage: ignored on purpose
+        pass
+
+
+sys.modules[__name__].__class__ = _Package

@@ -49,6 +49,14 @@ def test_bad_input_raises_config_error(call, message):
         call()
 
 
+def test_simulate_stays_the_function_after_the_subpackage_is_imported():
+    import profiler.simulate.backend  # noqa: F401  (binds the subpackage on the package, as any import does)
+    from profiler.api import simulate
+
+    assert profiler.simulate is simulate
+    assert sys.modules["profiler.simulate.backend"].simulate is not simulate
+
+
 def test_version_and_usage_name(capsys):
     from profiler.cli import main, prog_name
 

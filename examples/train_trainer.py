@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments
 
-ARCH = Path(__file__).resolve().parents[1] / "configs" / "models" / "tiny-llama.json"
+ARCH = Path(__file__).resolve().parents[1] / "profiler" / "models" / "tiny-llama.json"
 
 
 class RandomTokens(torch.utils.data.Dataset):

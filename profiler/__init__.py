@@ -1,11 +1,57 @@
-"""llm-memprof: measure, simulate and predict the GPU memory of fine-tuning Hugging Face causal LMs."""
+"""llm-memprof: measure, simulate and predict the GPU memory of fine-tuning Hugging Face causal LMs.
+
+The Python API (imported lazily: `import profiler` stays cheap; torch loads on first use):
+
+    import profiler
+    cfg = profiler.load_config("configs/llama7b_lora.yaml", ["train.seq_len=2048"])  # RunConfig
+    profiler.estimate(cfg, "components")      # Estimate (a formula; bytes per component)
+    profiler.simulate(cfg)                    # RunRecord (the harness on fake tensors)
+    profiler.max_batch(cfg, gpu="a100-40gb")  # MaxSolution (largest batch, checked by simulation)
+    profiler.fit("llama-3-8b", regime="qlora4", seq=2048, gpu="rtx4090")  # FitResult
+    with profiler.track(model, optimizer) as t: ...  # your own loop, phases found by hooks (t.record)
+
+Bad input raises profiler.ConfigError (a ValueError) with the same one-line message the CLI prints.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+__version__ = "0.1.0"
+__all__ = ["ConfigError", "__version__", "estimate", "fit", "load_config", "max_batch", "simulate", "track"]
 
 
 def __getattr__(name: str):
-    """Lazy public API: `profiler.track` imports torch only when first used (integrator: merge with the
-    other lazy names here)."""
+    if name in ("ConfigError", "load_config"):
+        import profiler.config
+
+        return getattr(profiler.config, name)
+    if name in ("estimate", "fit", "max_batch", "simulate"):
+        from profiler import api
+
+        return getattr(api, name)
     if name == "track":
         from profiler.measure.track import track
 
         return track
     raise AttributeError(f"module 'profiler' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """`profiler.simulate` is the API function although a subpackage has the same name: importing
+    profiler.simulate.backend makes the import system set `profiler.simulate = <module>`, which would hide the
+    function. The subpackage stays reachable through sys.modules and `from profiler.simulate... import`."""
+
+    @property
+    def simulate(self):
+        from profiler.api import simulate
+
+        return simulate
+
+    @simulate.setter
+    def simulate(self, module) -> None:  # the import system binding the subpackage: ignored on purpose
+        pass
+
+
+sys.modules[__name__].__class__ = _Package

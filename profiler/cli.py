@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trace": ("profiler.commands.trace", "run a training script; profile the first steps of every Trainer it builds"),
     "timeline": ("profiler.commands.timeline", "draw one result line's memory by phase and category (PNG)"),
     "env": ("profiler.commands.env", "print what a result line would record about this machine"),
+    "fit": ("profiler.commands.fit", "does it fit on my GPU? one verdict, max batch / seq, what would make it fit"),
 }
 
 
@@ -28,9 +29,18 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
 
+def prog_name(argv0: str | None = None) -> str:
+    """`llm-memprof` when run as the console script, `python -m profiler` otherwise."""
+    import os
+
+    name = os.path.basename(argv0 if argv0 is not None else sys.argv[0])
+    return "llm-memprof" if name.startswith("llm-memprof") else "python -m profiler"
+
+
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: python -m profiler COMMAND [args] (python -m profiler COMMAND --help)", "", "commands:"]
+    prog = prog_name()
+    lines = [f"usage: {prog} COMMAND [args] ({prog} COMMAND --help; {prog} --version)", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -40,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from profiler import __version__
+
+        print(f"llm-memprof {__version__}")
+        return 0
     name = argv[0]
     if name not in COMMANDS:
         hint = difflib.get_close_matches(name, COMMANDS, n=1)
@@ -47,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f"; did you mean {hint[0]!r}?" if hint else ""), file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    parser = OneLineParser(prog=f"python -m profiler {name}", description=COMMANDS[name][1])
+    parser = OneLineParser(prog=f"{prog_name()} {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
     # intermixed: `run CFG --output x.jsonl train.batch_size=4` works like `run CFG train.batch_size=4 --output ...`
     return int(module.main(parser.parse_intermixed_args(argv[1:])) or 0)

@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-MODELS_DIR = REPO_ROOT / "configs" / "models"
+MODELS_DIR = Path(__file__).resolve().parent / "models"  # package data: bundled architectures
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
@@ -64,7 +64,7 @@ def _bounded(key: str, default: int) -> Any:
 
 
 def bundled_architectures() -> list[str]:
-    """Names accepted by `model.arch`: the config.json files shipped under configs/models/."""
+    """Names accepted by `model.arch`: the config.json files shipped in profiler/models/."""
     return sorted(p.stem for p in MODELS_DIR.glob("*.json"))
 
 

@@ -2,6 +2,7 @@
 
     python scripts/bench_simulate.py [--cores 2] ["CONFIG [key=value ...]" ...]
     python scripts/bench_simulate.py --sharding        # components vs simulate, FSDP2 at world 2/8/64
+    python scripts/bench_simulate.py --fit [--fit-bisect]   # `fit` on an 8B config (issue 11: <= 60 s)
 
 Default configs: Llama-2-7B and Llama-2-70B, full bf16 AdamW, batch 1, seq 4096 (warm-up + 1 measured step),
 and Llama-2-70B under FSDP2 at world 8, seq 2048 (rank 0 under the fake process group).
@@ -9,7 +10,8 @@ Targets (issues): 70B <= 20 s and <= 4 GiB RSS; 7B <= 5 s; 70B FSDP2 x 8 <= 60 s
 `process s` includes Python/torch/transformers imports; `simulate s` is the `profiler.simulate.simulate()`
 call alone. `--sharding` prints, per model and world size, the simulated steady-state per-rank peak and the
 `components` per-rank allocated total (its CUDA overhead left out: simulate has none) with the error.
-A table, not a timed test.
+`--fit` times `fit` with max batch and max seq on Llama-3-8B (target <= 60 s); `--fit-bisect` also
+checks fit's max batch against a bisection over plain simulate runs. A table, not a timed test.
 """
 
 from __future__ import annotations
@@ -56,6 +58,70 @@ def child(config: str) -> None:
     print(json.dumps(out))
 
 
+FIT_ARGS = ["llama-3-8b", "--regime", "qlora4", "--seq", "2048", "--gpu", "rtx4090", "--checkpointing"]
+FIT_TARGET_S = 60.0
+
+
+def _pinned(cores: int):
+    cpus = sorted(os.sched_getaffinity(0))[:cores]
+    return cpus, (lambda: os.sched_setaffinity(0, cpus))
+
+
+def bench_fit(cores: int, bisect: bool) -> int:
+    """Time `python -m profiler fit FIT_ARGS --json` in a fresh process; optionally check its max batch."""
+    cpus, pin = _pinned(cores)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "profiler", "fit", *FIT_ARGS, "--json"], cwd=REPO,
+                          capture_output=True, text=True, preexec_fn=pin)
+    wall = time.perf_counter() - t0
+    if proc.returncode not in (0, 1):
+        print(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
+        return 1
+    res = json.loads(proc.stdout)
+    print(f"fit {' '.join(FIT_ARGS)}  ({len(cpus)} cores)")
+    print(f"  {res['verdict']}")
+    print(f"  max batch {res['max_batch']['value']} ({res['max_batch']['checked']})")
+    print(f"  max seq {res['max_seq']['value']} ({res['max_seq']['checked']})")
+    verdict = "met" if wall <= FIT_TARGET_S else "MISSED"
+    print(f"  {res['simulations']} simulations; process {wall:.1f} s (target <= {FIT_TARGET_S:.0f} s: {verdict})")
+    if not bisect:
+        return 0
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, __file__, "--bisect-child", json.dumps(res["config"]),
+                          str(res["usable_bytes"])], cwd=REPO, capture_output=True, text=True, preexec_fn=pin)
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    same = found["max_batch"] == res["max_batch"]["value"]
+    print(f"  bisection over plain simulate: max batch {found['max_batch']} in {found['simulations']} simulations, "
+          f"{time.perf_counter() - t0:.0f} s: {'equal' if same else 'DIFFERENT'}")
+    return 0 if same else 1
+
+
+def bisect_child(config_json: str, usable: int) -> None:
+    """Doubling + bisection over train.batch_size, each step a plain simulate() (the slow, obvious way)."""
+    from profiler.config import RunConfig
+    from profiler.formulas.components import ALLOCATOR_SLACK
+    from profiler.measure.quiet import quiet_libraries
+    from profiler.simulate.backend import simulate
+
+    quiet_libraries()
+    runs = []
+
+    def fits(b: int) -> bool:
+        data = json.loads(config_json)
+        data["train"]["batch_size"] = b
+        peak = simulate(RunConfig.model_validate(data))["peaks"]["peak_allocated_bytes"]
+        runs.append(b)
+        return peak + int(ALLOCATOR_SLACK * peak) <= usable
+
+    lo, hi = (0, 1) if not fits(1) else (1, 2)
+    while lo and fits(hi):
+        lo, hi = hi, hi * 2
+    while lo and hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    print(json.dumps({"max_batch": lo, "simulations": len(runs)}))
+
+
 def measure(config: str, cores: int) -> dict:
     cpus = sorted(os.sched_getaffinity(0))[:cores]
     t0 = time.perf_counter()
@@ -78,11 +144,19 @@ def main() -> int:
     ap.add_argument("configs", nargs="*", default=DEFAULT)
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--sharding", action="store_true", help="components vs simulate for FSDP2 at world 2/8/64")
+    ap.add_argument("--fit", action="store_true", help="time `fit` on an 8B config instead")
+    ap.add_argument("--fit-bisect", action="store_true", help="with --fit: check max batch by bisection")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--bisect-child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.child)
         return 0
+    if args.bisect_child:
+        bisect_child(args.bisect_child[0], int(args.bisect_child[1]))
+        return 0
+    if args.fit or args.fit_bisect:
+        return bench_fit(args.cores, args.fit_bisect)
     if args.sharding:
         return sharding_table(args.cores)
     rows = [measure(c, args.cores) for c in args.configs]

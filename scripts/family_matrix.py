@@ -1,7 +1,7 @@
 """Family coverage matrix: for each causal-LM family x regime, does `run` work, does `simulate` reproduce
 the real run, and how far is the `components` estimate from `simulate`?
 
-Each family is a tiny config.json in configs/models/ (tiny-<family>, every architectural switch of the
+Each family is a tiny config.json in profiler/models/ (tiny-<family>, every architectural switch of the
 family kept) run for real on the CPU (1 warm-up + 1 measured step, seq 32), simulated with the same config
 (per-phase peaks compared), and estimated by `components` against `simulate` at seq 256 and 2048 (steady
 peak allocated). With --real, the bundled real-size architecture of the family is simulated for a CUDA

@@ -99,6 +99,13 @@ def solve_max(cfg: RunConfig, name: str, field: str, budget: int, cap: int | Non
     return lo
 
 
+def unbounded(cfg: RunConfig, name: str, field: str) -> str:
+    """What to show when the cap still fits: the estimator ignores the field, or it grows too slowly to matter."""
+    cap = LIMITS[f"train.{field}"][1]
+    lo, hi = (estimate(name, with_train(cfg, **{field: v})).total for v in (1, cap))
+    return f"n/a (ignores {field.split('_')[0]})" if lo == hi else f"> {cap} (the config limit)"
+
+
 def _fmt(n: int, unit: str) -> str:
     return f"{n / UNITS[unit]:.2f}"
 
@@ -175,7 +182,7 @@ def main(args: argparse.Namespace) -> int:
             continue
         for e in ests:
             v = solve_max(cfg, e.estimator, field, budget)
-            extra.setdefault(e.estimator, {})[col] = "any" if v is None else str(v)
+            extra.setdefault(e.estimator, {})[col] = str(v) if v is not None else unbounded(cfg, e.estimator, field)
     console = Console(width=200)
     if args.min_gpus:
         return print_min_gpus(cfg, budget, args.unit, console)

@@ -119,3 +119,11 @@ def test_min_gpus_answers_per_strategy_and_the_answer_is_tight(capsys):
     assert rc == 0
     for s in ("ddp", "fsdp2", "zero1", "zero2", "zero3", "deepspeed_zero"):
         assert s in out
+
+
+def test_max_batch_and_seq_say_na_for_estimators_that_ignore_them(capsys):
+    """The folk rules do not depend on batch or seq: "n/a (ignores batch)", never "any" (read as unlimited)."""
+    rc, out, _ = run(capsys, LLAMA7B_FULL, "--estimator", "rule_1p2x", "--max-batch", "--max-seq")
+    assert rc == 0 and "n/a (ignores batch)" in out and "n/a (ignores seq)" in out and " any " not in out
+    rc, out, _ = run(capsys, LLAMA7B_FULL, "--estimator", "components", "--max-batch")
+    assert rc == 0 and "n/a" not in out

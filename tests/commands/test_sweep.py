@@ -207,7 +207,7 @@ def test_sweep_from_another_directory_resolves_relative_paths_there(tmp_path, fa
     real line into the caller's file, and a resume skips it."""
     here = tmp_path / "elsewhere"
     (here / "arch").mkdir(parents=True)
-    (here / "arch" / "config.json").write_text((REPO_ROOT / "configs/models/tiny-llama.json").read_text())
+    (here / "arch" / "config.json").write_text((REPO_ROOT / "profiler/models/tiny-llama.json").read_text())
     (here / "base.yaml").write_text("device: cpu\nmodel: {arch: arch/config.json}\ntrain: {steps: 1}\n")
     (here / "s.yaml").write_text("base_config: base.yaml\ngrid: {train.seq_len: [16, 32]}\n"
                                  "output: out/runs.jsonl\n")

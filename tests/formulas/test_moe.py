@@ -66,7 +66,7 @@ def _moe_block(arch: str, lora: bool):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(f"configs/models/{arch}.json"),
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(f"profiler/models/{arch}.json"),
                                              dtype=torch.bfloat16)
     if lora:
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0, target_modules="all-linear"))

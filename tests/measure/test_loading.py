@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import CONFIGS, tiny
 
-from profiler.config import load_config
+from profiler.config import MODELS_DIR, load_config
 from profiler.measure import loading
 from profiler.measure.loading import (
     _checkpoint_key,
@@ -51,7 +51,7 @@ def test_key_is_content_not_path(tmp_path):
     cfg, hf = _tiny_hf()
     copy = tmp_path / "clone" / "configs" / "models" / "tiny-llama.json"
     copy.parent.mkdir(parents=True)
-    copy.write_text((CONFIGS / "models" / "tiny-llama.json").read_text())
+    copy.write_text((MODELS_DIR / "tiny-llama.json").read_text())
     cfg2, hf2 = _tiny_hf(str(copy))
     assert _checkpoint_key(cfg.model, hf) == _checkpoint_key(cfg2.model, hf2)
     assert str(tmp_path) not in _checkpoint_key(cfg2.model, hf2)

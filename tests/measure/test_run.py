@@ -10,10 +10,11 @@ import pytest
 from conftest import CONFIGS, tiny
 
 from profiler.cli import main
+from profiler.config import MODELS_DIR
 from profiler.measure.harness import run
 from profiler.schema import RunRecord
 
-ARCH = json.loads((CONFIGS / "models" / "tiny-llama.json").read_text())
+ARCH = json.loads((MODELS_DIR / "tiny-llama.json").read_text())
 H, FF, L, V = ARCH["hidden_size"], ARCH["intermediate_size"], ARCH["num_hidden_layers"], ARCH["vocab_size"]
 KV = ARCH["num_key_value_heads"] * (H // ARCH["num_attention_heads"])
 # (in, out) of every linear layer in one decoder layer: q, k, v, o, gate, up, down
@@ -160,7 +161,7 @@ def test_local_checkpoint_path_loads_real_weights(tmp_path):
     """Users with a real checkpoint point model.path at it; the quantized path goes through from_pretrained too."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(CONFIGS / "models" / "tiny-llama.json"))
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(MODELS_DIR / "tiny-llama.json"))
     model.save_pretrained(tmp_path / "ckpt")
     for regime in ("lora", "qlora4"):
         rec = run(tiny(regime, "model.arch=null", f"model.path={tmp_path / 'ckpt'}"))

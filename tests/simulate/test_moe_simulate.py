@@ -62,7 +62,7 @@ def test_simulated_line_records_routing_and_warns_about_fused_experts(simulated)
 def test_forced_routing_balances_or_piles_up_and_restores():
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained("configs/models/tiny-mixtral.json"),
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained("profiler/models/tiny-mixtral.json"),
                                              dtype=torch.float32)
     router = model.model.layers[0].mlp.gate
     x = torch.randn(2, 6, 64)

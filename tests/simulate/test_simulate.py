@@ -13,7 +13,7 @@ from conftest import CONFIGS, tiny
 from torch.profiler import ProfilerActivity, profile
 
 from profiler.cli import main
-from profiler.config import REPO_ROOT, load_config
+from profiler.config import MODELS_DIR, REPO_ROOT, load_config
 from profiler.measure.harness import run
 from profiler.measure.model_stats import model_stats, weight_bytes_by_dtype
 from profiler.measure.probes.tracker import TensorTracker
@@ -202,7 +202,7 @@ def test_generate_is_simulated_with_the_same_tokens_and_peak():
 
     from profiler.simulate.backend import greedy_generate
 
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(CONFIGS / "models" / "tiny-llama.json"))
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(MODELS_DIR / "tiny-llama.json"))
     x = torch.randint(0, 512, (2, 16))
     with torch.no_grad():
         ours = greedy_generate(model, x, max_new_tokens=6)

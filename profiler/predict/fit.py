@@ -1,0 +1,337 @@
+"""Does this config fit this GPU? One verdict from `simulate` plus an allocator / CUDA-context allowance.
+
+The predictor: the simulated peak allocated bytes (profiler.simulate: the harness on fake tensors) plus an
+allowance for what the allocator holds beyond it and the CUDA context outside it. The allowance is the
+`components` estimator's modelled one (CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK x allocated) unless the GPU has
+a calibration table (results/calibration/<gpu-slug>.csv) with nvml_peak and peak_allocated rows for the
+regime: then it is the calibrated gap between the two. An error band is reported only from that table's
+cross-validated error (LOMO / LOSO MAPE of nvml_peak); otherwise the answer says "uncalibrated".
+Max batch / max seq come from profiler.predict.search (a few simulations, the answer checked by two more);
+when the config does not fit, each suggested change is checked by the same predictor.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from profiler.categories import pick_unit
+from profiler.config import RunConfig
+from profiler.formulas.components import ALLOCATOR_SLACK, CUDA_CONTEXT_BYTES
+from profiler.predict.gpus import Gpu
+from profiler.predict.search import MaxSolution, solve_max
+
+BATCH_CAP = 4096
+EIGHT_BIT = ("adamw_8bit", "paged_adamw_8bit")  # simulated as adamw + the exact state-size difference
+GIB = 2**30
+
+
+class SimulationFailed(RuntimeError):
+    """The fake run could not trace this model (the message names the op)."""
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """Bytes beyond the simulated allocated peak: allocator reserve and CUDA context."""
+
+    kind: str  # "modelled" or "calibrated"
+    context_bytes: int  # outside the allocator; usable = total - context
+    slack: float  # modelled: allocator reserve as a fraction of the allocated peak
+    gap_bytes: int | None  # calibrated: nvml_peak - peak_allocated for this regime (context included)
+    band_pct: float | None  # cross-validated MAPE of the calibrated nvml_peak, None without one
+    source: str
+
+    def allocator_bytes(self, allocated: int) -> int:
+        if self.gap_bytes is not None:
+            return max(0, self.gap_bytes - self.context_bytes)
+        return int(self.slack * allocated)
+
+
+def modelled_allowance() -> Allowance:
+    return Allowance("modelled", CUDA_CONTEXT_BYTES, ALLOCATOR_SLACK, None, None,
+                     f"modelled allowance of the `components` estimator: CUDA context "
+                     f"{CUDA_CONTEXT_BYTES / 2**20:.0f} MiB + allocator reserve {ALLOCATOR_SLACK:.0%} of the peak")
+
+
+def _pct(v: str | None) -> float | None:
+    try:
+        x = float(v) if v not in (None, "") else math.nan
+    except ValueError:
+        return None
+    return None if math.isnan(x) else x
+
+
+def calibrated_allowance(cfg: RunConfig, gpu: Gpu, table: str | None = None) -> Allowance:
+    """The calibrated allowance where a table for this GPU has nvml_peak and peak_allocated rows for the
+    regime; the modelled one otherwise."""
+    from profiler.learn.calibrate import default_calibration_path, load_calibration
+
+    path = table or (default_calibration_path(gpu.slug) if gpu.slug else None)
+    if path is None:
+        return modelled_allowance()
+    cal = load_calibration(path)
+    regime = cfg.regime.label
+    if (regime, "nvml_peak") not in cal.rows or (regime, "peak_allocated") not in cal.rows:
+        return modelled_allowance()
+    from profiler.formulas import estimate
+
+    res = cal.apply(estimate(cal.estimator, cfg), regime)
+    gap = max(0, res["totals"]["nvml_peak"] - res["totals"]["peak_allocated"])
+    row = cal.rows[(regime, "nvml_peak")]
+    cv = [x for x in (_pct(row.get("lomo_mape_pct")), _pct(row.get("loso_mape_pct"))) if x is not None]
+    return Allowance("calibrated", CUDA_CONTEXT_BYTES, 0.0, gap, max(cv) if cv else None,
+                     f"calibrated allowance: nvml_peak - peak_allocated of the calibrated `{cal.estimator}` for "
+                     f"{regime} on {cal.device_name} ({res['n_runs']} runs, table {cal.path})")
+
+
+@dataclass
+class Suggestion:
+    """One change that might make the config fit, checked by the same predictor."""
+
+    change: str
+    overrides: list[str]
+    needed_bytes: int
+    fits: bool
+
+
+@dataclass
+class FitResult:
+    """The answer of `fit` (bytes as ints; GiB = 2^30 only in text)."""
+
+    model: str
+    model_source: str
+    regime: str
+    optimizer: str
+    batch_size: int
+    seq_len: int
+    gradient_checkpointing: bool
+    gpu: str
+    gpu_source: str
+    total_bytes: int
+    usable_bytes: int  # total - CUDA context
+    simulated_peak_bytes: int  # simulate: peak allocated over every phase
+    allocator_bytes: int  # allowance on top of the allocated peak
+    needed_bytes: int  # simulated peak + allocator allowance (compared with usable)
+    fits: bool
+    allowance: str  # "modelled" or "calibrated"
+    allowance_source: str
+    error_band_pct: float | None  # cross-validated MAPE, None = uncalibrated
+    breakdown: dict[str, int]  # categories at the peak phase (tracker, simulated)
+    peak_phase: str
+    attention_kernel: str | None
+    max_batch: MaxSolution | None
+    max_seq: MaxSolution | None
+    suggestions: list[Suggestion] = field(default_factory=list)
+    estimators: dict[str, int] = field(default_factory=dict)  # --all: every named estimator's total
+    simulations: int = 0
+    seconds: float = 0.0
+    config: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def headroom_bytes(self) -> int:
+        return self.usable_bytes - self.needed_bytes
+
+    def unit(self) -> tuple[str, int]:
+        """One binary unit for every figure of this answer (GiB for real models, MiB for tiny ones)."""
+        return pick_unit(max(self.needed_bytes, self.usable_bytes, 1))
+
+    def verdict(self) -> str:
+        u, d = self.unit()
+        if self.fits:
+            return (f"fits: {self.needed_bytes / d:.1f} of {self.usable_bytes / d:.1f} {u} usable, "
+                    f"{self.headroom_bytes / d:.1f} {u} headroom")
+        return (f"does not fit by {-self.headroom_bytes / d:.1f} {u} ({self.needed_bytes / d:.1f} of "
+                f"{self.usable_bytes / d:.1f} {u} usable)")
+
+    def band(self) -> str:
+        if self.error_band_pct is None:
+            return "uncalibrated" if self.allowance == "modelled" else \
+                "calibrated allowance, but no cross-validated error in the table (needs >= 2 models or seq lens)"
+        return f"±{self.error_band_pct:.1f} % (cross-validated MAPE of the calibration table)"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["verdict"] = self.verdict()
+        d["headroom_bytes"] = self.headroom_bytes
+        d["error_band"] = self.band()
+        for key, sol in (("max_batch", self.max_batch), ("max_seq", self.max_seq)):
+            if sol is not None:
+                d[key]["checked"] = sol.check_text(*reversed(self.unit()))
+                d[key]["needed"] = {str(k): v for k, v in sol.needed.items()}
+        return d
+
+
+class Predictor:
+    """simulate(cfg) with memoised results per config hash, and the allowance on top."""
+
+    def __init__(self, allowance: Allowance, usable: int):
+        self.allowance = allowance
+        self.usable = usable
+        self.records: dict[str, dict] = {}
+
+    def record(self, cfg: RunConfig) -> dict:
+        key = cfg.config_hash()
+        if key not in self.records:
+            from profiler.simulate.backend import simulate
+
+            rec = simulate(cfg)
+            if rec["status"] != "ok":
+                raise SimulationFailed(f"simulate: {rec['status']}: {rec.get('error')}")
+            self.records[key] = rec
+        return self.records[key]
+
+    def peak(self, cfg: RunConfig) -> int:
+        """Simulated peak allocated bytes. bitsandbytes' 8-bit optimizer step calls .item() (untraceable on
+        fake tensors): its configs simulate with adamw, less the exact difference in optimizer-state bytes
+        between the two (the `components` byte count; profiler/formulas/params.py)."""
+        if cfg.optimizer.name in EIGHT_BIT:
+            from profiler.formulas import estimate
+
+            dense = with_changes(cfg, optimizer={"name": "adamw"})
+            saved = estimate("components", dense).get("optimizer") - estimate("components", cfg).get("optimizer")
+            return self.record(dense)["peaks"]["peak_allocated_bytes"] - saved
+        return self.record(cfg)["peaks"]["peak_allocated_bytes"]
+
+    def needed(self, cfg: RunConfig) -> int:
+        peak = self.peak(cfg)
+        return peak + self.allowance.allocator_bytes(peak)
+
+    def fits(self, cfg: RunConfig) -> bool:
+        return self.needed(cfg) <= self.usable
+
+
+def with_changes(cfg: RunConfig, **sections: dict) -> RunConfig:
+    """A validated copy of cfg with some keys of some sections replaced: with_changes(cfg, train={...})."""
+    data = cfg.model_dump()
+    for sec, upd in sections.items():
+        data[sec].update(upd)
+    return RunConfig.model_validate(data)
+
+
+def position_limit(cfg: RunConfig) -> int | None:
+    """The model's position count (seq beyond it is not what the model was built for)."""
+    from profiler.measure.loading import resolve_hf_config
+
+    text = resolve_hf_config(cfg.model).get_text_config()
+    return getattr(text, "n_positions", None) or getattr(text, "max_position_embeddings", None)
+
+
+def max_batch(pred: Predictor, cfg: RunConfig, cap: int = BATCH_CAP) -> MaxSolution:
+    """Largest train.batch_size at this seq under the predictor."""
+    def need(b: int) -> int:
+        return pred.needed(with_changes(cfg, train={"batch_size": b}))
+
+    return solve_max(need, pred.usable, probes=(1, 2), cap=cap, degree=1, field_name="batch_size")
+
+
+def max_seq(pred: Predictor, cfg: RunConfig, cap: int | None = None) -> MaxSolution:
+    """Largest train.seq_len at this batch; quadratic where attention keeps s x s probabilities."""
+    cap = cap or position_limit(cfg) or 1 << 17
+    s = cfg.train.seq_len
+    kernel = str(pred.record(with_changes(cfg, optimizer={"name": "adamw"})).get("attention_kernel") or "")
+    quadratic = any(k in kernel for k in ("math", "eager"))
+    probes = tuple(p for p in ((s // 2, s, 2 * s) if quadratic else (s, 2 * s)) if 1 <= p <= cap)
+    if len(probes) < (3 if quadratic else 2):
+        probes = tuple(sorted({max(1, s // 4), max(1, s // 2), min(s, cap)}))
+
+    def need(v: int) -> int:
+        return pred.needed(with_changes(cfg, train={"seq_len": v}))
+
+    return solve_max(need, pred.usable, probes=probes, cap=cap, degree=2 if quadratic else 1,
+                     field_name="seq_len")
+
+
+def suggestions(pred: Predictor, cfg: RunConfig, seq_sol: MaxSolution | None,
+                batch_sol: MaxSolution | None) -> list[Suggestion]:
+    """Changes that might make a config fit, each simulated: checkpointing, QLoRA 4-bit, an 8-bit optimizer,
+    then a shorter sequence / smaller batch (from the max solutions), and all the first three together."""
+    training = cfg.regime.kind != "inference"
+    tries: list[tuple[str, list[str], dict]] = []
+    if training and not cfg.train.gradient_checkpointing:
+        tries.append(("gradient checkpointing", ["train.gradient_checkpointing=true"],
+                      {"train": {"gradient_checkpointing": True}}))
+    if training and cfg.regime.label != "qlora4":
+        tries.append(("QLoRA 4-bit (--regime qlora4)", ["regime.kind=qlora", "regime.bits=4"],
+                      {"regime": {"kind": "qlora", "bits": 4}}))
+    if training and cfg.optimizer.name in ("adam", "adamw"):
+        tries.append(("8-bit AdamW (--optimizer adamw_8bit; simulated as adamw less the 8-bit state saving)",
+                      ["optimizer.name=adamw_8bit"],
+                      {"optimizer": {"name": "adamw_8bit"}}))
+    out = []
+    for label, overrides, changes in tries:
+        c = with_changes(cfg, **changes)
+        out.append(Suggestion(label, overrides, pred.needed(c), pred.fits(c)))
+    if len(tries) > 1 and not any(s.fits for s in out):
+        merged: dict[str, dict] = {}
+        for _, _, changes in tries:
+            for sec, upd in changes.items():
+                merged.setdefault(sec, {}).update(upd)
+        c = with_changes(cfg, **merged)
+        out.append(Suggestion(" + ".join(t[0].split(" (")[0] for t in tries), [o for t in tries for o in t[1]],
+                              pred.needed(c), pred.fits(c)))
+    if seq_sol is not None and seq_sol.value >= 1:
+        out.append(Suggestion(f"a shorter sequence: --seq {seq_sol.value}", [f"train.seq_len={seq_sol.value}"],
+                              seq_sol.needed[seq_sol.value], True))
+    if batch_sol is not None and batch_sol.value >= 1 and batch_sol.value < cfg.train.batch_size:
+        out.append(Suggestion(f"a smaller batch: --batch {batch_sol.value}", [f"train.batch_size={batch_sol.value}"],
+                              batch_sol.needed[batch_sol.value], True))
+    return out
+
+
+def predict_fit(cfg: RunConfig, gpu: Gpu, *, model_name: str | None = None, model_source: str = "",
+                auto_batch: bool = False, calibration: str | None = None, search: bool = True,
+                all_estimators: bool = False, progress: Callable[[str], None] | None = None) -> FitResult:
+    """The whole answer for one config on one GPU (see the module docstring)."""
+    t0 = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    from profiler.measure.quiet import quiet_libraries
+
+    quiet_libraries()
+    allowance = calibrated_allowance(cfg, gpu, calibration)
+    pred = Predictor(allowance, gpu.total_bytes - allowance.context_bytes)
+    batch_sol = None
+    if auto_batch:
+        say("solving for the largest batch")
+        batch_sol = max_batch(pred, cfg)
+        cfg = with_changes(cfg, train={"batch_size": max(1, batch_sol.value)})
+    say(f"simulating batch {cfg.train.batch_size} x seq {cfg.train.seq_len}")
+    sim_cfg = with_changes(cfg, optimizer={"name": "adamw"}) if cfg.optimizer.name in EIGHT_BIT else cfg
+    rec = pred.record(sim_cfg)
+    peak = pred.peak(cfg)
+    top = max((p for p in rec["phases"] if p.get("step") is not None or p["phase"] == "load"),
+              key=lambda p: p["peak_allocated_bytes"])
+    fits = pred.fits(cfg)
+    seq_sol = None
+    if search:
+        if batch_sol is None:
+            say("solving for the largest batch")
+            batch_sol = max_batch(pred, cfg)
+        say("solving for the longest sequence")
+        seq_sol = max_seq(pred, cfg)
+    tips = [] if fits else suggestions(pred, cfg, seq_sol, batch_sol)
+    notes = []
+    if cfg.optimizer.name in EIGHT_BIT:
+        notes.append(f"{cfg.optimizer.name}: bitsandbytes' 8-bit step cannot run on fake tensors; simulated as "
+                     f"adamw less the exact optimizer-state difference (`components` byte count); the breakdown "
+                     f"is adamw's")
+    ests: dict[str, int] = {}
+    if all_estimators:
+        from profiler.formulas import estimate_all
+
+        ests = {e.estimator: e.total for e in estimate_all(cfg)}
+    t = cfg.train
+    return FitResult(
+        model=model_name or cfg.model.name, model_source=model_source, regime=cfg.regime.label,
+        optimizer=cfg.optimizer.name, batch_size=t.batch_size, seq_len=t.seq_len,
+        gradient_checkpointing=t.gradient_checkpointing, gpu=gpu.name, gpu_source=gpu.source,
+        total_bytes=gpu.total_bytes, usable_bytes=pred.usable, simulated_peak_bytes=peak,
+        allocator_bytes=allowance.allocator_bytes(peak), needed_bytes=pred.needed(cfg), fits=fits,
+        allowance=allowance.kind, allowance_source=allowance.source, error_band_pct=allowance.band_pct,
+        breakdown=dict(top.get("breakdown") or {}), peak_phase=f"{top['phase']}"
+        + (f" (step {top['step']})" if top.get("step") is not None else ""),
+        attention_kernel=rec.get("attention_kernel"), max_batch=batch_sol, max_seq=seq_sol, suggestions=tips,
+        estimators=ests, simulations=len(pred.records), seconds=time.perf_counter() - t0,
+        config=cfg.model_dump(mode="json"), notes=notes)

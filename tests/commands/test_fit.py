@@ -1,0 +1,138 @@
+"""`fit`: the verdict, max batch / max seq checked against plain `simulate` bisections, fixes, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from profiler.cli import main
+from profiler.config import REPO_ROOT, load_config
+from profiler.formulas.components import ALLOCATOR_SLACK
+from profiler.predict.fit import Predictor, max_batch, modelled_allowance
+from profiler.simulate.backend import simulate
+
+BUDGET = "520MiB"  # the 512 MiB modelled CUDA context + 8 MiB: tiny-llama fits a few batches of 64 tokens
+
+
+def fit_json(capsys, *argv) -> tuple[int, dict]:
+    rc = main(["fit", "tiny-llama", "--json", *argv])
+    return rc, json.loads(capsys.readouterr().out)
+
+
+def tiny(**train) -> object:
+    train = {"steps": 1, **train}
+    return load_config(None, [f"train.{k}={x}" for k, x in train.items()],
+                       base={"model": {"arch": "tiny-llama"}, "regime": {"kind": "full"}, "device": "cuda"})
+
+
+def bisect_plain_simulate(seq: int, usable: int) -> int:
+    """The slow way: doubling + bisection over the batch, each step a plain simulate() of the config."""
+    def fits(b: int) -> bool:
+        peak = simulate(tiny(seq_len=seq, batch_size=b))["peaks"]["peak_allocated_bytes"]
+        return peak + int(ALLOCATOR_SLACK * peak) <= usable
+
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while fits(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+@pytest.mark.parametrize("seq", [32, 64, 128])
+def test_max_batch_equals_a_bisection_over_plain_simulate(seq):
+    usable = 4 * 2**20  # tiny-llama: a handful of batches at these seqs
+    sol = max_batch(Predictor(modelled_allowance(), usable), tiny(seq_len=seq))
+    expected = bisect_plain_simulate(seq, usable)
+    assert expected > 1  # the case is not degenerate
+    assert sol.value == expected
+    # probes 1, 2, then the answer and answer + 1; at tiny sizes the peak moves from one phase to another
+    # between batch 1 and 2 (memory is the max of affine pieces), which can cost a secant step or two
+    assert sol.simulations <= 6
+    text = sol.check_text(2**20, "MiB")
+    assert f"batch {expected} needs" in text and f"batch {expected + 1} needs" in text and "(does not)" in text
+
+
+def test_verdict_breakdown_and_predictor_are_stated(capsys):
+    rc = main(["fit", "tiny-llama", "--regime", "lora", "--seq", "64", "--gpu-memory", BUDGET, "--no-search"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert out.splitlines()[1].startswith("fits: ") and "MiB usable" in out
+    assert "predictor: simulate" in out and "modelled allowance of the `components` estimator" in out
+    assert "error band: uncalibrated" in out and "±" not in out
+    assert "read as 545,259,520 bytes (MiB = 2^20 bytes)" in out
+
+
+def test_does_not_fit_lists_fixes_each_checked(capsys):
+    rc, res = fit_json(capsys, "--regime", "full", "--seq", "256", "--batch", "8", "--gpu-memory", BUDGET)
+    assert rc == 1 and not res["fits"]
+    assert res["verdict"].startswith("does not fit by ")
+    changes = {s["change"].split(" (")[0].split(":")[0]: s for s in res["suggestions"]}
+    assert {"gradient checkpointing", "QLoRA 4-bit", "8-bit AdamW", "a shorter sequence",
+            "a smaller batch"} <= set(changes)
+    ck = changes["gradient checkpointing"]
+    assert ck["needed_bytes"] < res["needed_bytes"]  # checked by simulation, not assumed
+    shorter = changes["a shorter sequence"]
+    assert shorter["fits"] and shorter["needed_bytes"] <= res["usable_bytes"]
+
+
+def test_batch_auto_takes_the_max_batch(capsys):
+    rc, res = fit_json(capsys, "--regime", "full", "--seq", "64", "--batch", "auto", "--gpu-memory", BUDGET,
+                       "--no-search")
+    assert rc == 0 and res["batch_size"] == res["max_batch"]["value"] > 1 and res["max_seq"] is None
+
+
+def test_gpu_preset_and_config_file_start(capsys):
+    rc, res = fit_json(capsys, "--gpu", "rtx4090", "--config", str(REPO_ROOT / "configs/tiny_qlora4.yaml"),
+                       "--seq", "64", "--no-search", "--all", "regime.lora.r=4")
+    assert rc == 0 and res["fits"]
+    assert res["regime"] == "qlora4" and res["config"]["regime"]["lora"]["r"] == 4
+    assert res["total_bytes"] == 24564 * 2**20 and "RLinf" in res["gpu_source"]
+    assert "components" in res["estimators"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["tiny-llama", "--gpu", "rtx4909"], "did you mean 'rtx4090'?"),
+    (["tiny-llama", "--gpu-memory", "24"], "--gpu-memory: '24' is not a size"),
+    (["tiny-llama"], "--gpu: give --gpu NAME"),
+    (["tiny-llama", "--gpu", "t4", "--batch", "many"], "--batch: 'many' is not allowed"),
+    (["tiny-llama", "--gpu", "t4", "train.bogus=1"], "train.bogus: unknown key"),
+    (["no-such-model", "--gpu", "t4"], "not a bundled name"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
+    assert main(["fit", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_offline_hub_id_from_the_command_line_is_fast(tmp_path):
+    """The issue's case: no network, no cache: one line, exit 2, before torch is even imported."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT), "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "profiler", "fit", "meta-llama/Llama-3.1-8B",
+                           "--regime", "qlora4", "--seq", "2048", "--gpu", "rtx4090"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    lines = [x for x in proc.stderr.splitlines() if not x.startswith("import time:")]
+    assert len(lines) == 1 and "give the model's config.json" in lines[0]
+    assert "| torch\n" not in proc.stderr and " torch\n" not in proc.stderr  # the answer came before torch
+
+
+def test_calibrated_allowance_and_error_band_come_from_the_table(tmp_path, capsys):
+    fixture = REPO_ROOT / "tests" / "data" / "synthetic_runs.jsonl"
+    assert main(["calibrate", str(fixture), "--out", str(tmp_path)]) == 0
+    table = str(tmp_path / "nvidia-h100-80gb-hbm3.csv")
+    capsys.readouterr()
+    rc, res = fit_json(capsys, "--regime", "full", "--seq", "64", "--gpu", "h100", "--calibration", table,
+                       "--no-search")
+    assert rc == 0 and res["allowance"] == "calibrated" and "calibrated allowance" in res["allowance_source"]
+    assert res["error_band_pct"] == pytest.approx(1.5749, abs=1e-3)  # the table's LOSO MAPE of nvml_peak
+    assert res["error_band"].startswith("±1.6 %")
+    rc, res = fit_json(capsys, "--regime", "lora", "--seq", "64", "--gpu", "h100", "--calibration", table,
+                       "--no-search")  # the table has no lora nvml_peak row: modelled, and no band
+    assert res["allowance"] == "modelled" and res["error_band"] == "uncalibrated" and res["error_band_pct"] is None

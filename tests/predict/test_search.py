@@ -1,0 +1,58 @@
+"""solve_max: the polynomial guess, the check at answer and answer + 1, and the fallback when a step hides."""
+
+from __future__ import annotations
+
+import pytest
+
+from profiler.predict.search import solve_max
+
+
+def counting(fn):
+    calls = []
+
+    def need(v):
+        calls.append(v)
+        return fn(v)
+
+    return need, calls
+
+
+def brute(fn, limit, cap):
+    return max((v for v in range(1, cap + 1) if fn(v) <= limit), default=0)
+
+
+@pytest.mark.parametrize("limit", [100, 1_000, 1_234, 99_999])
+def test_affine_needs_four_evaluations(limit):
+    need, calls = counting(lambda b: 50 + 37 * b)
+    sol = solve_max(need, limit, probes=(1, 2), cap=10_000)
+    assert sol.value == brute(lambda b: 50 + 37 * b, limit, 10_000)
+    assert len(set(calls)) <= 4  # probes 1, 2, then the answer and answer + 1
+    assert "checked" in sol.check_text(1, "B")
+
+
+def test_quadratic_in_seq():
+    def fn(s):
+        return 1000 + 3 * s + s * s // 50
+
+    sol = solve_max(fn, 500_000, probes=(256, 512, 1024), cap=1 << 17, degree=2, field_name="seq_len")
+    assert sol.value == brute(fn, 500_000, 20_000)
+    assert sol.simulations <= 7
+
+
+def test_steps_the_polynomial_misses_are_found_by_the_bracket():
+    """Rounding up to 128 (as flash kernels do) makes memory a staircase: the answer is still exact."""
+    def fn(s):
+        return 1000 + 40 * ((s + 127) // 128 * 128)
+
+    need, calls = counting(fn)
+    sol = solve_max(need, 200_000, probes=(512, 1024), cap=1 << 16, field_name="seq_len")
+    assert sol.value == brute(fn, 200_000, 1 << 16)
+    assert fn(sol.value) <= 200_000 < fn(sol.value + 1)
+    assert len(set(calls)) <= 20  # a bisection from 2 to 65536 alone takes 15
+
+
+def test_nothing_fits_and_everything_fits():
+    assert solve_max(lambda b: 10 * b, 5, probes=(1, 2), cap=100).value == 0
+    sol = solve_max(lambda b: 7, 10, probes=(1, 2), cap=64)
+    assert (sol.value, sol.capped) == (64, True)
+    assert "capped at 64" in sol.check_text(1, "B")

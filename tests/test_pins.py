@@ -24,7 +24,9 @@ def _pins() -> dict[str, str]:
 def test_every_dependency_is_pinned_within_its_range():
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     pins = _pins()
-    for spec in project["dependencies"] + project["optional-dependencies"]["dev"]:
+    extras = project["optional-dependencies"]
+    assert {"dev", "trainer", "deepspeed"} <= set(extras)
+    for spec in project["dependencies"] + [s for specs in extras.values() for s in specs]:
         req = Requirement(spec)
         pin = pins.get(canonicalize_name(req.name))
         assert pin is not None, f"{req.name} is not pinned in constraints.txt"
@@ -44,5 +46,6 @@ def test_ci_installs_with_the_constraints():
     ci = (REPO_ROOT / ".ci" / "run").read_text()
     installs = [x for x in ci.splitlines() if "pip install" in x and "--upgrade pip" not in x]
     assert installs and all("-c constraints.txt" in x for x in installs), installs
+    assert any(".[dev,trainer,deepspeed]" in x for x in installs), "CI installs the optional extras it tests"
     newest = (REPO_ROOT / "scripts" / "ci_newest.sh").read_text()  # the newest releases: no pins but torch
     assert "-c constraints.txt" not in newest and "torch==2.13.0" in newest

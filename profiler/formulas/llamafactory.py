@@ -73,5 +73,6 @@ def llamafactory_table(cfg: RunConfig) -> Estimate:
         "llamafactory_table",
         {"weights": weights, "overhead": total - weights},
         SOURCE,
-        f"row {method}, P = {P:,}; weights at the regime's storage, rest unattributed",
+        f"row {method}, {'8x7B (MoE) column scaled by P' if moe else 'dense columns interpolated'}, P = {P:,}; "
+        "weights at the regime's storage, rest unattributed",
     )

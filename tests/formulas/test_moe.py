@@ -118,3 +118,14 @@ def test_mixtral_8x7b_moe_shape_and_expert_share():
     assert (m.experts, m.top_k, m.intermediate, m.layers) == (8, 2, 14336, 32)
     assert expert_params(m) + router_params(m) == 45_098_205_184  # 96.6% of 46.7 B: what a 4-bit load leaves 16-bit
     assert moe_shape(load_config(None, [], base={"model": {"arch": "tiny-llama"}})) is None
+
+
+def test_llamafactory_8x7b_column_is_on_trial_for_mixtral():
+    """LLaMA-Factory's 8x7B column answers for Mixtral-8x7B exactly as published (LoRA: 120 GB), and says so."""
+    from profiler.formulas import estimate
+
+    cfg = load_config(None, [], base={"model": {"arch": "mixtral-8x7b"}, "regime": {"kind": "lora",
+                                      "lora": {"dropout": 0}}})
+    est = estimate("llamafactory_table", cfg)
+    assert est.total == 120 * 10**9
+    assert "8x7B (MoE) column" in est.notes

@@ -54,7 +54,7 @@ def _gpu_slug(arg: str | None) -> str | None:
 def calibration_line(cfg: RunConfig, args: argparse.Namespace, unit: str) -> str:
     """One line saying what the calibrated `components` estimate is and what it rests on, or that
     there is no calibration (never silently uncalibrated)."""
-    from profiler.learn.calibrate import default_calibration_path, load_calibration
+    from profiler.learn.calibrate import default_calibration_path, group_of, load_calibration
 
     slug = _gpu_slug(args.gpu)
     path = args.calibration or (default_calibration_path(slug) if slug else None)
@@ -62,11 +62,11 @@ def calibration_line(cfg: RunConfig, args: argparse.Namespace, unit: str) -> str
         where = f"for GPU {slug}" if slug else "(no GPU here; pass --gpu SLUG or --calibration FILE)"
         return f"uncalibrated: no calibration table {where} in results/calibration/"
     cal = load_calibration(path)
-    res = cal.apply(estimate(cal.estimator, cfg), cfg.regime.label)
+    res = cal.apply(estimate(cal.estimator, cfg), group_of(cfg))
     if not res["calibrated"]:
         return f"uncalibrated: {res['note']}"
     return (f"calibrated {cal.estimator} ({res['total_target']}): {_fmt(res['total'], unit)} {unit} — table "
-            f"{res['table']}, {res['n_runs']} runs of regime {cfg.regime.label} on {cal.device_name}")
+            f"{res['table']}, {res['n_runs']} runs of regime {group_of(cfg)} on {cal.device_name}")
 
 
 def with_train(cfg: RunConfig, **train: int) -> RunConfig:

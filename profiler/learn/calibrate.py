@@ -175,6 +175,13 @@ def measured_targets(rec: dict) -> dict[str, float]:
     return out
 
 
+def group_of(cfg: RunConfig) -> str:
+    """The calibration row group of a config: its regime label, and the parallel strategy with its world size
+    where there is one ("full+fsdp2x8"), so a sharded run is never fitted with, or corrected as, a 1-GPU one."""
+    pc = cfg.parallel
+    return cfg.regime.label + (f"+{pc.strategy}x{pc.world_size}" if pc.strategy != "none" else "")
+
+
 def _default_estimate(name: str, cfg: RunConfig):
     from profiler.formulas import estimate
 
@@ -206,7 +213,7 @@ def to_samples(records: list[dict], estimator: str = "components", estimate_fn: 
         gc = " gc" if cfg.train.gradient_checkpointing else ""
         label = (f"{cfg.model.name} {cfg.regime.label} {cfg.optimizer.name} b{cfg.train.batch_size} "
                  f"s{cfg.train.seq_len}{gc}")
-        samples.append(Sample(slugify(rec["env"]["device_slug"]), rec["env"]["device_name"], cfg.regime.label,
+        samples.append(Sample(slugify(rec["env"]["device_slug"]), rec["env"]["device_name"], group_of(cfg),
                               cfg.model.name, cfg.train.seq_len, label, predicted, measured_targets(rec)))
     return samples, skipped
 

@@ -66,13 +66,13 @@ def _pct(v: str | None) -> float | None:
 def calibrated_allowance(cfg: RunConfig, gpu: Gpu, table: str | None = None) -> Allowance:
     """The calibrated allowance where a table for this GPU has nvml_peak and peak_allocated rows for the
     regime; the modelled one otherwise."""
-    from profiler.learn.calibrate import default_calibration_path, load_calibration
+    from profiler.learn.calibrate import default_calibration_path, group_of, load_calibration
 
     path = table or (default_calibration_path(gpu.slug) if gpu.slug else None)
     if path is None:
         return modelled_allowance()
     cal = load_calibration(path)
-    regime = cfg.regime.label
+    regime = group_of(cfg)
     if (regime, "nvml_peak") not in cal.rows or (regime, "peak_allocated") not in cal.rows:
         return modelled_allowance()
     from profiler.formulas import estimate

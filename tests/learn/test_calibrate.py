@@ -261,3 +261,12 @@ def test_unwritable_out_is_one_line_exit_2(tmp_path, capsys):
     blocker.write_text("x")
     rc, err = _calibrate([runs], blocker / "cal", capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "--out" in err
+
+
+def test_sharded_runs_are_their_own_calibration_group():
+    """Calibration rows are per strategy where measured: an FSDP2 x 8 run never fits or corrects a 1-GPU row."""
+    one = load_config(None, [], base={"model": {"arch": "tiny-llama"}, "device": "cpu"})
+    sharded = load_config(None, ["parallel.strategy=fsdp2", "parallel.world_size=8"],
+                          base={"model": {"arch": "tiny-llama"}, "device": "cpu"})
+    assert calibrate.group_of(one) == "full"
+    assert calibrate.group_of(sharded) == "full+fsdp2x8"

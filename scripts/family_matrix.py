@@ -173,9 +173,16 @@ def readme_block(readme: Path) -> str:
 
 
 def save(path: str, rows: list[dict], real: list[dict]) -> dict:
-    data = {"rows": rows, "real": real}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+    """Rows plus where they came from (versions, machine, git revision, command), written atomically: a crash
+    midway leaves the previous file or the new one, never half of one."""
+    from profiler.measure.env import collect_env
+
+    data = {"env": collect_env("cpu"), "command": " ".join(["python", *sys.argv]), "rows": rows, "real": real}
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(out)
     return data
 
 

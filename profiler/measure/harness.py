@@ -185,10 +185,13 @@ def _peaks(phases: list[dict], last_step: int | None) -> dict:
 
 
 def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None = None,
-        on_step: Callable[[int, int], None] | None = None, fake: FakeBackend | None = None) -> dict:
+        on_step: Callable[[int, int], None] | None = None, fake: FakeBackend | None = None,
+        prime_optimizer: bool = False) -> dict:
     """Run one config and return its RunRecord dict. ConfigError propagates (nothing is recorded);
     an OOM gives status 'oom', any other failure status 'error'. With `fake`, the same loop runs on fake
-    tensors (profiler.simulate.backend): no device memory, the tracker is the only probe."""
+    tensors (profiler.simulate.backend): no device memory, the tracker is the only probe.
+    `prime_optimizer` (fake only, see `primable`): the warm-up steps are replaced by one optimizer step on
+    zero gradients, which creates the optimizer state as the first step would; only the last step runs."""
     cuda = cfg.device == "cuda" and fake is None
     if cuda and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' is not available on this machine; allowed here: cpu")
@@ -235,6 +238,7 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
     load_s = 0.0
     steps_total = cfg.train.warmup_steps + cfg.train.steps
     training = cfg.regime.kind != "inference"
+    primed = prime_optimizer and fake is not None and primable(cfg)
     try:
         with ExitStack() as modes:
             if fake is not None:
@@ -263,7 +267,13 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
             record["model"] = model_stats(unwrap(model), cfg.model.name)
             record["attention_kernel"] = (fake.attention_kernel(cfg, loaded) if fake is not None
                                           else getattr(loaded.hf_config, "_attn_implementation", None))
-            for step in range(steps_total):
+            first = 0
+            if primed:
+                with meter.phase("optimizer_step", 0, True):
+                    _prime(model, optimizer)
+                first = steps_total - 1
+                record["primed_optimizer"] = True
+            for step in range(first, steps_total):
                 warm = step < cfg.train.warmup_steps
                 t_step = time.perf_counter()
                 if training:
@@ -314,6 +324,27 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
             torch.cuda.memory._record_memory_history(enabled=None)
         torch.cuda.empty_cache()  # the next run in this process starts from an empty cache
     return record
+
+
+def primable(cfg: RunConfig) -> bool:
+    """Where a fake run may replace its warm-up steps by an optimizer step on zero gradients with the same
+    peak (tests/test_simulate.py checks it config by config): a training run on one device with a warm-up,
+    whose steps after the first are the first plus the optimizer state. Data-parallel wrappers are not:
+    DDP rebuilds its buckets after the first step, FSDP2 initialises lazily in the first forward."""
+    return (cfg.regime.kind != "inference" and cfg.train.warmup_steps >= 1 and cfg.parallel.strategy == "none")
+
+
+def _prime(model, optimizer) -> None:
+    """The warm-up step's optimizer phase without its forward and backward: every trainable parameter gets a
+    zero gradient of its own shape and dtype (what backward leaves), then step and zero_grad as in _train_step.
+    The state tensors the step creates are the first step's; the forward and backward of the steps after it
+    are the first step's plus that state, so the measured step that follows carries every peak."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _train_step(model, optimizer, batch, cfg: RunConfig, meter: PhaseMeter, step: int, warm: bool) -> None:

@@ -177,7 +177,7 @@ class Predictor:
         if key not in self.records:
             from profiler.simulate.backend import simulate
 
-            rec = simulate(cfg)
+            rec = simulate(cfg, primed=True)  # same peaks as plain simulate (tests/simulate/test_primed.py)
             if rec["status"] != "ok":
                 raise SimulationFailed(f"simulate: {rec['status']}: {rec.get('error')}")
             self.records[key] = rec

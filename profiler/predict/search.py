@@ -90,14 +90,18 @@ def solve_max(need: Callable[[int], int], limit: int, probes: tuple[int, ...], c
 
     model = f"{'affine' if degree == 1 else 'quadratic'} in {'batch' if field_name == 'batch_size' else 'seq'}"
     sol = MaxSolution(field_name, 0, False, cap, model, None, memo, limit)
-    if at(1) > limit:
+    for p in sorted(p for p in probes if 1 <= p <= cap):
+        at(p)
+    if not any(m <= limit for m in memo.values()) and at(1) > limit:  # 1 is simulated only when no probe fits
         return sol
-    for p in probes:
-        if 1 <= p <= cap:
-            at(p)
-    guess = _poly_max({v: memo[v] for v in memo}, degree, limit, cap) if len(memo) > 1 else 1
+    # the polynomial through the degree + 1 largest points that fit and the smallest that does not
+    fit_pts = sorted(v for v in memo if memo[v] <= limit)[-(degree + 1):]
+    over = sorted(v for v in memo if memo[v] > limit)[:1]
+    pts = {v: memo[v] for v in (fit_pts + over)[-(degree + 1):]} if over else {v: memo[v] for v in fit_pts}
+    guess: int | None = _poly_max(pts, degree, limit, cap) if len(pts) > 1 else 1
     sol.guess = guess
-    width = None  # bracket width before the last step: a step that does not halve it is followed by bisection
+    weight = {"lo": 1.0, "hi": 1.0}  # Illinois: an end kept twice in a row counts half in the next secant
+    kept: str | None = None
     for _ in range(max_steps):
         lo, hi = _bracket(memo, limit)
         if hi is not None and hi == lo + 1:
@@ -106,21 +110,26 @@ def solve_max(need: Callable[[int], int], limit: int, probes: tuple[int, ...], c
         if lo == cap:
             sol.value, sol.capped = cap, True
             return sol
-        slow = width is not None and hi is not None and (hi - lo) * 2 > width
-        width = None if hi is None else hi - lo
-        if slow or guess is None or not (lo <= guess < (hi if hi is not None else cap + 1)) or \
-                (guess in memo and guess + 1 in memo):
-            guess = (lo + hi) // 2 if hi is not None else min(cap, lo * 2)
-        if at(guess) <= limit and guess + 1 <= cap:  # the check pair: the answer fits, answer + 1 does not
+        top = hi if hi is not None else cap + 1
+        if guess is None or not lo < guess < top:  # no usable model point: double, or halve the bracket
+            guess = min(cap, lo * 2) if hi is None else (lo + hi) // 2
+        fits = at(guess) <= limit
+        if fits and guess + 1 < top:  # the model says guess is the answer: check the pair (answer + 1 over)
             at(guess + 1)
-        # next guess: the secant through the two points nearest the limit on either side
-        lo, hi = _bracket(memo, limit)
-        if hi is not None and hi > lo + 1:
-            slope = (memo[hi] - memo[lo]) / (hi - lo)
-            guess = lo + int((limit - memo[lo]) // slope) if slope > 0 else (lo + hi) // 2
-            guess = max(lo, min(guess, hi - 1))
-        else:
-            guess = None
-    fits = [v for v in memo if memo[v] <= limit]
-    sol.value = max(fits)
+        new_lo, new_hi = _bracket(memo, limit)
+        stay = None if (new_lo != lo) == (new_hi != hi) else ("hi" if new_lo != lo else "lo")
+        for end in ("lo", "hi"):
+            weight[end] = weight[end] / 2 if end == stay == kept else 1.0
+        kept = stay
+        lo, hi = new_lo, new_hi
+        if hi is None:  # every point fits: extrapolate the secant through the two largest
+            xs = sorted(memo)[-2:]
+            slope = (memo[xs[1]] - memo[xs[0]]) / (xs[1] - xs[0]) if len(xs) == 2 else 0
+            guess = lo + int((limit - memo[lo]) // slope) if slope > 0 else None
+        elif hi > lo + 1:  # regula falsi inside the bracket (Illinois-weighted)
+            f_lo, f_hi = (memo[lo] - limit) * weight["lo"], (memo[hi] - limit) * weight["hi"]
+            guess = lo + int(-f_lo / (f_hi - f_lo) * (hi - lo)) if f_hi > f_lo else (lo + hi) // 2
+            guess = max(lo + 1, min(guess, hi - 1))
+    fits_all = [v for v in memo if memo[v] <= limit]
+    sol.value = max(fits_all)
     return sol

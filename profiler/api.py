@@ -64,7 +64,7 @@ def max_batch(config: ConfigLike, gpu: str | None = None, gpu_memory: str | None
 def fit(model: str, regime: str = "lora", seq: int = 2048, batch: int | str = 1, gpu: str | None = None,
         gpu_memory: str | None = None, optimizer: str | None = None, checkpointing: bool = False,
         overrides: list[str] | tuple[str, ...] = (), config: str | None = None, search: bool = True,
-        all_estimators: bool = False) -> FitResult:
+        all_estimators: bool = False, workers: int | None = None) -> FitResult:
     """`fit MODEL ...` as a function: the FitResult the command prints."""
     import argparse
 
@@ -79,4 +79,4 @@ def fit(model: str, regime: str = "lora", seq: int = 2048, batch: int | str = 1,
                               checkpointing=checkpointing, overrides=list(overrides))
     cfg = build_config(args, src.arch)
     return predict_fit(cfg, g, model_name=src.name, model_source=src.how, auto_batch=str(batch) == "auto",
-                       search=search, all_estimators=all_estimators)
+                       search=search, all_estimators=all_estimators, workers=workers)

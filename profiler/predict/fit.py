@@ -126,6 +126,7 @@ class FitResult:
     suggestions: list[Suggestion] = field(default_factory=list)
     estimators: dict[str, int] = field(default_factory=dict)  # --all: every named estimator's total
     simulations: int = 0
+    processes: int = 1  # 2 where the max seq search ran in a second process
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -244,10 +245,80 @@ def max_seq(pred: Predictor, cfg: RunConfig, cap: int | None = None) -> MaxSolut
                      field_name="seq_len")
 
 
-def suggestions(pred: Predictor, cfg: RunConfig, seq_sol: MaxSolution | None,
-                batch_sol: MaxSolution | None) -> list[Suggestion]:
-    """Changes that might make a config fit, each simulated: checkpointing, QLoRA 4-bit, an 8-bit optimizer,
-    then a shorter sequence / smaller batch (from the max solutions), and all the first three together."""
+PARALLEL_MIN_PARAMS = 1e9  # below this a simulation takes about a second: a second process (~3 s to start) loses
+
+
+def default_workers(cfg: RunConfig) -> int:
+    """2 where the machine lets this process use 2+ cores and the model is large enough to pay for the second
+    process's start-up; else 1."""
+    import os
+
+    from profiler.measure.loading import resolve_hf_config
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    text = resolve_hf_config(cfg.model).get_text_config()
+    h, n = getattr(text, "hidden_size", 0) or 0, getattr(text, "num_hidden_layers", 0) or 0
+    rough = 12 * n * h * h + (getattr(text, "vocab_size", 0) or 0) * h  # dense decoder parameters
+    return 2 if cores >= 2 and rough >= PARALLEL_MIN_PARAMS else 1
+
+
+def _seq_search_child(conn, cfg_data: dict, allowance: Allowance, usable: int) -> None:
+    """The second process: max_seq with its own Predictor (same allowance and usable bytes); sends
+    ("ok", MaxSolution, config hashes simulated) or ("error", the exception)."""
+    try:
+        from profiler.measure.quiet import quiet_libraries
+
+        quiet_libraries()
+        pred = Predictor(allowance, usable)
+        sol = max_seq(pred, RunConfig.model_validate(cfg_data))
+        conn.send(("ok", sol, set(pred.records)))
+    except Exception as exc:  # SimulationFailed, ConfigError: answers the parent raises as its own
+        exc.__traceback__ = None
+        conn.send(("error", exc, None))
+    finally:
+        conn.close()
+
+
+class SeqSearch:
+    """max_seq running in a second process beside the max batch search (forkserver: forking a process that
+    has torch loaded can deadlock). `result()` waits for it; `stop()` ends it early (the fit failed)."""
+
+    def __init__(self, cfg: RunConfig, allowance: Allowance, usable: int):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("forkserver")
+        self._recv, send = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_seq_search_child, args=(send, cfg.model_dump(), allowance, usable),
+                                 daemon=True, name="fit-max-seq")
+        self._proc.start()
+        send.close()
+
+    def result(self, pred: Predictor, cfg: RunConfig) -> tuple[MaxSolution, set[str]]:
+        """The answer; where the process died without one, the search runs here instead."""
+        try:
+            status, value, hashes = self._recv.recv()
+        except (EOFError, OSError):
+            return max_seq(pred, cfg), set()
+        finally:
+            self.stop()
+        if status == "error":
+            raise value
+        return value, hashes
+
+    def stop(self) -> None:
+        if self._proc.is_alive():
+            self._proc.terminate()
+        self._proc.join()
+        self._recv.close()
+
+
+def simulated_suggestions(pred: Predictor, cfg: RunConfig) -> list[Suggestion]:
+    """Changes that might make a config fit, each simulated: gradient checkpointing, QLoRA 4-bit, an 8-bit
+    optimizer, and all of them together when none fits alone (they need no max solution: `fit` runs them
+    while the second process searches the max seq)."""
     training = cfg.regime.kind != "inference"
     tries: list[tuple[str, list[str], dict]] = []
     if training and not cfg.train.gradient_checkpointing:
@@ -272,6 +343,13 @@ def suggestions(pred: Predictor, cfg: RunConfig, seq_sol: MaxSolution | None,
         c = with_changes(cfg, **merged)
         out.append(Suggestion(" + ".join(t[0].split(" (")[0] for t in tries), [o for t in tries for o in t[1]],
                               pred.needed(c), pred.fits(c)))
+    return out
+
+
+def limit_suggestions(cfg: RunConfig, seq_sol: MaxSolution | None,
+                      batch_sol: MaxSolution | None) -> list[Suggestion]:
+    """A shorter sequence / a smaller batch, from the max solutions (already simulated)."""
+    out = []
     if seq_sol is not None and seq_sol.value >= 1:
         out.append(Suggestion(f"a shorter sequence: --seq {seq_sol.value}", [f"train.seq_len={seq_sol.value}"],
                               seq_sol.needed[seq_sol.value], True))
@@ -283,8 +361,10 @@ def suggestions(pred: Predictor, cfg: RunConfig, seq_sol: MaxSolution | None,
 
 def predict_fit(cfg: RunConfig, gpu: Gpu, *, model_name: str | None = None, model_source: str = "",
                 auto_batch: bool = False, calibration: str | None = None, search: bool = True,
-                all_estimators: bool = False, progress: Callable[[str], None] | None = None) -> FitResult:
-    """The whole answer for one config on one GPU (see the module docstring)."""
+                all_estimators: bool = False, progress: Callable[[str], None] | None = None,
+                workers: int | None = None) -> FitResult:
+    """The whole answer for one config on one GPU (see the module docstring). `workers`: 2 runs the max seq
+    search in a second process beside the max batch one (None: `default_workers`); the answer is the same."""
     t0 = time.perf_counter()
     say = progress or (lambda _msg: None)
     from profiler.measure.quiet import quiet_libraries
@@ -297,6 +377,22 @@ def predict_fit(cfg: RunConfig, gpu: Gpu, *, model_name: str | None = None, mode
         say("solving for the largest batch")
         batch_sol = max_batch(pred, cfg)
         cfg = with_changes(cfg, train={"batch_size": max(1, batch_sol.value)})
+    seq_job, extra_hashes = None, set()
+    if search and not auto_batch and (workers if workers is not None else default_workers(cfg)) > 1:
+        say("solving for the longest sequence in a second process")
+        seq_job = SeqSearch(cfg, allowance, pred.usable)
+    try:
+        return _answer(cfg, gpu, pred, allowance, seq_job, extra_hashes, batch_sol, t0, say, model_name,
+                       model_source, search, all_estimators)
+    finally:
+        if seq_job is not None:
+            seq_job.stop()
+
+
+def _answer(cfg: RunConfig, gpu: Gpu, pred: Predictor, allowance: Allowance, seq_job: SeqSearch | None,
+            extra_hashes: set[str], batch_sol: MaxSolution | None, t0: float, say: Callable[[str], None],
+            model_name: str | None, model_source: str, search: bool, all_estimators: bool) -> FitResult:
+    """predict_fit after the set-up: the verdict, the searches, the suggestions."""
     say(f"simulating batch {cfg.train.batch_size} x seq {cfg.train.seq_len}")
     sim_cfg = with_changes(cfg, optimizer={"name": "adamw"}) if cfg.optimizer.name in EIGHT_BIT else cfg
     rec = pred.record(sim_cfg)
@@ -309,9 +405,16 @@ def predict_fit(cfg: RunConfig, gpu: Gpu, *, model_name: str | None = None, mode
         if batch_sol is None:
             say("solving for the largest batch")
             batch_sol = max_batch(pred, cfg)
-        say("solving for the longest sequence")
-        seq_sol = max_seq(pred, cfg)
-    tips = [] if fits else suggestions(pred, cfg, seq_sol, batch_sol)
+    tips = [] if fits else simulated_suggestions(pred, cfg)  # while the second process searches
+    if search:
+        if seq_job is not None:
+            say("waiting for the longest sequence (second process)")
+            seq_sol, seq_hashes = seq_job.result(pred, cfg)
+            extra_hashes |= seq_hashes
+        else:
+            say("solving for the longest sequence")
+            seq_sol = max_seq(pred, cfg)
+    tips += [] if fits else limit_suggestions(cfg, seq_sol, batch_sol)
     notes = []
     if cfg.optimizer.name in EIGHT_BIT:
         notes.append(f"{cfg.optimizer.name}: bitsandbytes' 8-bit step cannot run on fake tensors; simulated as "
@@ -333,5 +436,5 @@ def predict_fit(cfg: RunConfig, gpu: Gpu, *, model_name: str | None = None, mode
         breakdown=dict(top.get("breakdown") or {}), peak_phase=f"{top['phase']}"
         + (f" (step {top['step']})" if top.get("step") is not None else ""),
         attention_kernel=rec.get("attention_kernel"), max_batch=batch_sol, max_seq=seq_sol, suggestions=tips,
-        estimators=ests, simulations=len(pred.records), seconds=time.perf_counter() - t0,
-        config=cfg.model_dump(mode="json"), notes=notes)
+        estimators=ests, simulations=len(set(pred.records) | extra_hashes), processes=2 if seq_job else 1,
+        seconds=time.perf_counter() - t0, config=cfg.model_dump(mode="json"), notes=notes)

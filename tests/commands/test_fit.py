@@ -136,3 +136,56 @@ def test_calibrated_allowance_and_error_band_come_from_the_table(tmp_path, capsy
     rc, res = fit_json(capsys, "--regime", "lora", "--seq", "64", "--gpu", "h100", "--calibration", table,
                        "--no-search")  # the table has no lora nvml_peak row: modelled, and no band
     assert res["allowance"] == "modelled" and res["error_band"] == "uncalibrated" and res["error_band_pct"] is None
+
+
+def test_max_seq_in_a_second_process_gives_the_same_answer():
+    """workers=2 (the default for 1B+ models on 2+ cores): the max seq search runs in a forkserver child;
+    every figure of the answer is the one the single-process search gives."""
+    from profiler.api import fit
+
+    one = fit("tiny-llama", regime="full", seq=64, gpu_memory=BUDGET, workers=1)
+    two = fit("tiny-llama", regime="full", seq=64, gpu_memory=BUDGET, workers=2)
+    assert two.max_seq.value == one.max_seq.value > 64
+    assert two.max_seq.needed == one.max_seq.needed
+    assert two.max_batch.value == one.max_batch.value and two.needed_bytes == one.needed_bytes
+    assert two.simulations == one.simulations
+
+
+def test_a_failing_fit_ends_its_second_process(monkeypatch):
+    """The verdict's simulation fails in the parent: the error is the answer and the child is gone."""
+    import multiprocessing
+
+    from profiler.predict import fit as fit_module
+    from profiler.predict.fit import SimulationFailed, predict_fit
+    from profiler.predict.gpus import gpu_by_size
+
+    started = []
+    real = fit_module.SeqSearch.__init__
+
+    def spy(self, *a, **k):
+        real(self, *a, **k)
+        started.append(self._proc)
+
+    monkeypatch.setattr(fit_module.SeqSearch, "__init__", spy)
+    monkeypatch.setattr(fit_module.Predictor, "record", lambda self, cfg: (_ for _ in ()).throw(
+        SimulationFailed("simulate: error: stand-in failure")))
+    with pytest.raises(SimulationFailed, match="stand-in failure"):
+        predict_fit(tiny(seq_len=64), gpu_by_size(BUDGET), workers=2)
+    assert started and not started[0].is_alive() and started[0].exitcode is not None
+    assert not [p for p in multiprocessing.active_children() if p.name == "fit-max-seq"]
+
+
+def test_a_second_process_that_dies_is_replaced_by_the_search_here(monkeypatch):
+    from profiler.predict import fit as fit_module
+    from profiler.predict.fit import predict_fit
+    from profiler.predict.gpus import gpu_by_size
+
+    real = fit_module.SeqSearch.__init__
+
+    def killed(self, *a, **k):
+        real(self, *a, **k)
+        self._proc.kill()
+
+    monkeypatch.setattr(fit_module.SeqSearch, "__init__", killed)
+    res = predict_fit(tiny(seq_len=64), gpu_by_size(BUDGET), workers=2)
+    assert res.max_seq is not None and res.max_seq.value > 64

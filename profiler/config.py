@@ -333,6 +333,16 @@ def not_applicable_keys(cfg: RunConfig) -> list[str]:
     return [k for k in keys if _is_set(cfg, k)]
 
 
+def ignored_note(cfg: RunConfig) -> str | None:
+    """One line for stderr naming the keys the config set that its regime does not read (None when none):
+    they were reset to their defaults, so the user knows they changed nothing."""
+    keys = cfg.ignored_keys
+    if not keys:
+        return None
+    return (f"note: {', '.join(keys)} {'does' if len(keys) == 1 else 'do'} not apply to regime "
+            f"{cfg.regime.label}; ignored (reset to {'its default' if len(keys) == 1 else 'their defaults'})")
+
+
 def _is_set(model: BaseModel, dotted: str) -> bool:
     *parents, last = dotted.split(".")
     for p in parents:

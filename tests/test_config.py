@@ -302,6 +302,19 @@ def test_keys_that_do_not_apply_do_not_change_the_identity(name, overrides):
         assert any(key == i or key.startswith(i + ".") for i in noisy.ignored_keys), (key, noisy.ignored_keys)
 
 
+@pytest.mark.parametrize("command", ["estimate", "simulate"])
+def test_ignored_keys_are_named_on_stderr(command, capsys, tmp_path):
+    from profiler.cli import main
+
+    cfg = str(REPO_ROOT / "configs/tiny_full.yaml")
+    out = ["--output", str(tmp_path / "s.jsonl")] if command == "simulate" else []
+    assert main([command, cfg, "regime.lora.r=64", *out]) == 0
+    err = capsys.readouterr().err
+    assert "note: regime.lora does not apply to regime full; ignored (reset to its default)" in err
+    assert main([command, cfg, *out]) == 0
+    assert "does not apply" not in capsys.readouterr().err
+
+
 def test_keys_that_apply_still_change_the_identity():
     base = load_config(REPO_ROOT / "configs/tiny_qlora4.yaml")
     for ov in ("regime.quant_type=fp4", "regime.bits=8", "regime.lora.r=8", "regime.prepare_kbit=false"):

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from profiler.learn.compare import AGAINST, compare_tables, simulated_peaks, write_outputs
-from profiler.results import read_run_records
+from profiler.results import OutputError, check_directory, read_run_records
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +35,11 @@ def main(args: argparse.Namespace) -> int:
     missing = [p for p in args.results if not Path(p).is_file()]
     if missing:
         print(f"error: result file {missing[0]!r} does not exist", file=sys.stderr)
+        return 2
+    try:  # before any work: an unusable --out is bad input
+        check_directory(args.out, "--out")
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         records = read_run_records(args.results)

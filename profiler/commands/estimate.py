@@ -13,7 +13,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from profiler.config import LIMITS, ConfigError, RunConfig, load_config, parse_bytes
+from profiler.config import LIMITS, ConfigError, RunConfig, ignored_note, load_config, parse_bytes
 from profiler.formulas import COMPONENTS, ESTIMATORS, Estimate, NotApplicable, estimate
 
 UNITS = {"GiB": 2**30, "GB": 10**9}
@@ -142,6 +142,8 @@ def main(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     try:
         cfg = load_config(args.config, args.overrides)
+        if (note := ignored_note(cfg)) is not None:
+            print(note, file=sys.stderr)
         budget = parse_bytes(args.gpu_memory)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

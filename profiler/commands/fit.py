@@ -147,7 +147,7 @@ def render(res, out=None) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from profiler.config import ConfigError
+    from profiler.config import ConfigError, ignored_note
 
     try:
         gpu = resolve_gpu(args)
@@ -155,6 +155,8 @@ def main(args: argparse.Namespace) -> int:
 
         src = resolve_model(args.model)
         cfg = build_config(args, src.arch)
+        if (note := ignored_note(cfg)) is not None:
+            print(note, file=sys.stderr)
         if args.calibration and not Path(args.calibration).is_file():
             raise ConfigError(f"--calibration: table {args.calibration!r} does not exist")
     except ConfigError as exc:

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from profiler.config import ConfigError, load_config
+from profiler.config import ConfigError, ignored_note, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +45,8 @@ def _measure(args: argparse.Namespace) -> int:
     quiet_libraries()
     try:
         cfg = load_config(args.config, args.overrides)
+        if (note := ignored_note(cfg)) is not None:
+            print(note, file=sys.stderr)
         if args.output is not None:
             cfg.output = args.output
         if cfg.output is not None:  # checked before the run: a measured record is never lost at the end

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from profiler.config import ConfigError, RunConfig, load_config
+from profiler.config import ConfigError, RunConfig, ignored_note, load_config
 from profiler.results import RESULTS_DIR, OutputError, check_output
 from profiler.simulate.backend import simulate
 
@@ -35,6 +35,8 @@ def main(args: argparse.Namespace) -> int:
     quiet_libraries()
     try:
         cfg = load_config(args.config, args.overrides)
+        if (note := ignored_note(cfg)) is not None:
+            print(note, file=sys.stderr)
         # cfg.output names measured files: not used here
         out = args.output if args.output is not None else str(default_output(cfg))
         check_output(out, "--output")  # before the run

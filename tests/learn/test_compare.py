@@ -124,3 +124,17 @@ def test_simulate_is_judged_like_an_estimator_and_never_as_a_measurement(tmp_pat
     assert pd.isna(runs.loc["h100-qlora4", "simulate"])
     summary = compare_tables(recs, simulated=sims)["summary"].set_index(["estimator", "regime"])
     assert summary.loc[("simulate", "full"), "runs"] == 1
+
+
+def test_unusable_out_is_one_line_exit_2_before_any_work(tmp_path, capsys, monkeypatch):
+    """--out a regular file: refused before the results are read (compare_tables must not run)."""
+    import profiler.commands.compare as command
+
+    monkeypatch.setattr(command, "compare_tables", lambda *a, **k: pytest.fail("worked before checking --out"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert main(parser.parse_args([str(DATA), "--out", str(blocker / "figs")])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --out") and blocker.read_text() == "keep me"

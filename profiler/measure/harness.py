@@ -270,7 +270,7 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
             first = 0
             if primed:
                 with meter.phase("optimizer_step", 0, True):
-                    _prime(model, optimizer)
+                    _prime(model, optimizer, tracker)
                 first = steps_total - 1
                 record["primed_optimizer"] = True
             for step in range(first, steps_total):
@@ -334,7 +334,7 @@ def primable(cfg: RunConfig) -> bool:
     return (cfg.regime.kind != "inference" and cfg.train.warmup_steps >= 1 and cfg.parallel.strategy == "none")
 
 
-def _prime(model, optimizer) -> None:
+def _prime(model, optimizer, tracker: TensorTracker | None) -> None:
     """The warm-up step's optimizer phase without its forward and backward: every trainable parameter gets a
     zero gradient of its own shape and dtype (what backward leaves), then step and zero_grad as in _train_step.
     The state tensors the step creates are the first step's; the forward and backward of the steps after it
@@ -343,6 +343,8 @@ def _prime(model, optimizer) -> None:
         for p in group["params"]:
             if p.requires_grad:
                 p.grad = torch.zeros_like(p)
+    if tracker is not None:  # the zero gradients are gradients in the breakdown, as backward's would be
+        tracker.rescan()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 

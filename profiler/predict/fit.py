@@ -7,7 +7,9 @@ a calibration table (results/calibration/<gpu-slug>.csv) with nvml_peak and peak
 regime: then it is the calibrated gap between the two. An error band is reported only from that table's
 cross-validated error (LOMO / LOSO MAPE of nvml_peak); otherwise the answer says "uncalibrated".
 Max batch / max seq come from profiler.predict.search (a few simulations, the answer checked by two more);
-when the config does not fit, each suggested change is checked by the same predictor.
+when the config does not fit, each suggested change (FSDP2 across more GPUs among them) is checked by the
+same predictor. Simulations are `primed` (same peaks as plain simulate, about half the time), and with 2+
+cores the max seq search runs in a second process beside the max batch one.
 """
 
 from __future__ import annotations
@@ -343,7 +345,38 @@ def simulated_suggestions(pred: Predictor, cfg: RunConfig) -> list[Suggestion]:
         c = with_changes(cfg, **merged)
         out.append(Suggestion(" + ".join(t[0].split(" (")[0] for t in tries), [o for t in tries for o in t[1]],
                               pred.needed(c), pred.fits(c)))
+    if training and cfg.parallel.strategy == "none":
+        more = more_gpus(pred, cfg)
+        if more is not None:
+            out.append(more)
     return out
+
+
+def more_gpus(pred: Predictor, cfg: RunConfig, tries: int = 3) -> Suggestion | None:
+    """FSDP2 across N GPUs of this kind: N from the `components` estimate (`estimate --min-gpus`), then
+    simulated (rank 0 under the fake process group); where N does not fit, 2N, up to `tries` simulations.
+    None where no world size is predicted to fit, or the sharded run cannot be configured or simulated."""
+    from profiler.config import ConfigError
+    from profiler.formulas.min_gpus import min_gpus, with_parallel
+
+    try:
+        found = min_gpus(cfg, "components", "fsdp2", pred.usable + pred.allowance.context_bytes)
+    except (ConfigError, ValueError):
+        return None
+    if found is None:
+        return None
+    n = max(2, found[0])
+    for _ in range(tries):
+        try:
+            c = with_parallel(cfg, strategy="fsdp2", world_size=n)
+            needed = pred.needed(c)
+        except (ConfigError, SimulationFailed):
+            return None
+        if needed <= pred.usable:
+            break
+        n *= 2
+    return Suggestion(f"FSDP2 across {n} GPUs of this kind (per GPU)",
+                      ["parallel.strategy=fsdp2", f"parallel.world_size={n}"], needed, needed <= pred.usable)
 
 
 def limit_suggestions(cfg: RunConfig, seq_sol: MaxSolution | None,

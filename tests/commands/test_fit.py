@@ -189,3 +189,20 @@ def test_a_second_process_that_dies_is_replaced_by_the_search_here(monkeypatch):
     monkeypatch.setattr(fit_module.SeqSearch, "__init__", killed)
     res = predict_fit(tiny(seq_len=64), gpu_by_size(BUDGET), workers=2)
     assert res.max_seq is not None and res.max_seq.value > 64
+
+
+def test_more_gpus_is_suggested_and_checked_by_simulation():
+    """Full fine-tuning where weights, gradients and AdamW state are most of it: FSDP2 across N GPUs is
+    suggested, N from `components`' min-gpus, and the figure is the simulated rank-0 peak of that run."""
+    from profiler.api import fit
+    from profiler.formulas.min_gpus import with_parallel
+
+    res = fit("tiny-llama", regime="full", seq=8, gpu_memory="512.9MiB", search=False, workers=1)
+    assert not res.fits
+    more = [s for s in res.suggestions if s.change.startswith("FSDP2 across")]
+    assert len(more) == 1 and more[0].fits
+    n = int(more[0].overrides[1].split("=")[1])
+    assert n >= 2 and more[0].overrides[0] == "parallel.strategy=fsdp2"
+    cfg = with_parallel(load_config(None, base=res.config), strategy="fsdp2", world_size=n)
+    peak = simulate(cfg)["peaks"]["peak_allocated_bytes"]
+    assert more[0].needed_bytes == peak + int(ALLOCATOR_SLACK * peak) <= res.usable_bytes

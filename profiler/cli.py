@@ -65,4 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog=f"{prog_name()} {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
     # intermixed: `run CFG --output x.jsonl train.batch_size=4` works like `run CFG train.batch_size=4 --output ...`
-    return int(module.main(parser.parse_intermixed_args(argv[1:])) or 0)
+    try:
+        return int(module.main(parser.parse_intermixed_args(argv[1:])) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's code, no traceback
+        print(f"interrupted: {name} stopped", file=sys.stderr)
+        return 130

@@ -13,6 +13,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r"MatMul8bitLt")
     warnings.filterwarnings("ignore", message=r".*use_cache=True.*gradient checkpointing")
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated")
+    warnings.filterwarnings("ignore", message=r"`gradient_checkpointing_enable` is deprecated")  # peft's kbit prep
     warnings.filterwarnings("ignore", message=r"fan_in_fan_out is set to False")  # peft on GPT-2 Conv1D: it fixes it
     for name in ("bitsandbytes", "transformers", "peft", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)

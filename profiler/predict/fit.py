@@ -270,6 +270,9 @@ def default_workers(cfg: RunConfig) -> int:
 def _seq_search_child(conn, cfg_data: dict, allowance: Allowance, usable: int) -> None:
     """The second process: max_seq with its own Predictor (same allowance and usable bytes); sends
     ("ok", MaxSolution, config hashes simulated) or ("error", the exception)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends this process
     try:
         from profiler.measure.quiet import quiet_libraries
 

@@ -206,3 +206,53 @@ def test_more_gpus_is_suggested_and_checked_by_simulation():
     cfg = with_parallel(load_config(None, base=res.config), strategy="fsdp2", world_size=n)
     peak = simulate(cfg)["peaks"]["peak_allocated_bytes"]
     assert more[0].needed_bytes == peak + int(ALLOCATOR_SLACK * peak) <= res.usable_bytes
+
+
+def test_ctrl_c_is_one_line_exit_130_and_leaves_no_process():
+    """SIGINT while the two processes simulate an 8B config: exit 130, one line, and nothing of the
+    fit's process group (forkserver, max seq child) is left running."""
+    import os
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "profiler", "fit", "llama-3-8b", "--regime", "qlora4",
+                             "--gpu", "rtx4090"], cwd=REPO_ROOT, env=env, text=True, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until the second process is up and both simulate
+        if any("fit-max-seq" in _cmdline(p) or "forkserver" in _cmdline(p) for p in _group(proc.pid)):
+            break
+        time.sleep(0.2)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "interrupted: fit stopped" and "Traceback" not in err
+    time.sleep(1)
+    assert _group(proc.pid) == []
+
+
+def _group(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group, from /proc."""
+    from pathlib import Path
+
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append(int(d.name))
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

@@ -31,6 +31,14 @@ log="$DEST/logs/$stamp-$stage.txt"
   echo "# $stage at $stamp on $(hostname)"; nvidia-smi; python3 -m profiler env --device cuda
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda); print(torch.cuda.memory_stats())"
 } >"$log" 2>&1
+# Pack what is there after every step: a call cut off at the device tool's limit still returns every
+# finished run (the tool brings back what is under $OUT when it stops the command).
+pack() {
+  if [ -n "${OUT:-}" ]; then
+    tar czf "$OUT/results-$stage-$stamp.tgz.part" -C "$DEST" . && mv -f "$OUT/results-$stage-$stamp.tgz.part" \
+      "$OUT/results-$stage-$stamp.tgz" && cp "$log" "$OUT/"
+  fi
+}
 slug="$(python3 -c 'import torch; from profiler.measure.env import slugify; print(slugify(torch.cuda.get_device_name(0)))')"
 runs="$DEST/runs/$slug.jsonl"
 
@@ -47,6 +55,7 @@ case "$stage" in
       echo "== simulate $cfg" >>"$log"
       timeout 120 python3 -m profiler simulate "$cfg" --output "$DEST/simulated/$slug.jsonl" >>"$log" 2>&1
       echo "exit $?" >>"$log"
+      pack
     done
     python3 scripts/simulate_vs_cuda.py --measured "$DEST/runs" --simulated "$DEST/simulated" \
       --out "$DEST/simulate_vs_cuda.md" >>"$log" 2>&1
@@ -60,7 +69,7 @@ case "$stage" in
   *) echo "gpu_session.sh: unknown stage $stage (tests | measure | sweep)" >&2; exit 2 ;;
 esac
 if [ -n "${OUT:-}" ]; then
-  tar czf "$OUT/results-$stage-$stamp.tgz" -C "$DEST" . && cp "$log" "$OUT/"
+  pack
   echo "packed $DEST into \$OUT/results-$stage-$stamp.tgz: unpack it over results/ and commit"
 fi
 tail -40 "$log"

@@ -408,6 +408,12 @@ def predict_fit(cfg: RunConfig, gpu: Gpu, *, model_name: str | None = None, mode
     quiet_libraries()
     allowance = calibrated_allowance(cfg, gpu, calibration)
     pred = Predictor(allowance, gpu.total_bytes - allowance.context_bytes)
+    if pred.usable <= 0:
+        from profiler.config import ConfigError
+
+        raise ConfigError(f"--gpu-memory: {gpu.name} ({gpu.total_bytes / 2**20:.1f} MiB) is not more than the CUDA "
+                          f"context alone ({allowance.context_bytes / 2**20:.0f} MiB, {allowance.kind}); allowed: "
+                          f"a size above it")
     batch_sol = None
     if auto_batch:
         say("solving for the largest batch")

@@ -104,6 +104,8 @@ def test_gpu_preset_and_config_file_start(capsys):
     (["tiny-llama", "--gpu", "t4", "--batch", "many"], "--batch: 'many' is not allowed"),
     (["tiny-llama", "--gpu", "t4", "train.bogus=1"], "train.bogus: unknown key"),
     (["no-such-model", "--gpu", "t4"], "not a bundled name"),
+    (["tiny-llama", "--gpu-memory=100MB"], "is not more than the CUDA context alone (512 MiB, modelled)"),
+    (["tiny-llama", "--gpu-memory=0GB"], "out of range"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     assert main(["fit", *argv]) == 2

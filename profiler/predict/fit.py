@@ -294,7 +294,8 @@ class SeqSearch:
     def __init__(self, cfg: RunConfig, allowance: Allowance, usable: int):
         import multiprocessing
 
-        ctx = multiprocessing.get_context("forkserver")
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")  # Windows: spawn
         self._recv, send = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(target=_seq_search_child, args=(send, cfg.model_dump(), allowance, usable),
                                  daemon=True, name="fit-max-seq")

@@ -2,25 +2,69 @@
 
 from __future__ import annotations
 
+import csv
+import re
+
 import pytest
 
 from profiler.config import ConfigError
-from profiler.predict.gpus import gpu_by_name, gpu_by_size, presets
+from profiler.predict.gpus import GPUS_CSV, gpu_by_name, gpu_by_size, presets
+
+
+def _rows() -> list[dict[str, str]]:
+    with GPUS_CSV.open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def test_every_preset_has_a_source_and_a_driver_total():
     rows = presets()
-    assert {"h100-sxm", "h200", "a100-80gb", "a100-40gb", "l40s", "a10g", "l4", "rtx3090", "rtx4090", "rtx5090",
-            "v100-16gb", "t4"} <= set(rows)
+    assert {"h100-sxm", "h100-pcie", "h100-nvl", "h200", "gh200", "b200", "a100-80gb", "a100-40gb", "a100-80gb-pcie",
+            "a100-40gb-pcie", "l40s", "a40", "rtx-a6000", "rtx6000-ada", "a10g", "l4", "rtx3060", "rtx3080", "rtx3090",
+            "rtx4070ti", "rtx4090", "rtx5090", "v100-16gb", "v100-32gb", "v100-pcie-32gb", "t4", "p100"} <= set(rows)
     for g in rows.values():
         assert g.source.startswith("https://"), g.name
-        assert 10 * 2**30 < g.total_bytes < 200 * 2**30
+        assert 8 * 2**30 < g.total_bytes < 256 * 2**30
+
+
+def test_every_source_is_a_url_quoting_the_total_it_gives():
+    """A row's figure is read from an output, never made up: its source holds a URL and the MiB figure itself."""
+    for r in _rows():
+        assert re.search(r"https://\S+", r["source"]), r["name"]
+        assert re.search(rf"(?<!\d){r['total_mib']}\s?MiB", r["source"]), r["name"]
+
+
+def test_every_preset_is_listed_in_both_readmes():
+    readme = (GPUS_CSV.parents[2] / "README.md").read_text()
+    gpu_bullet = readme[readme.index("- **GPU**: `--gpu NAME`"):readme.index("- **Predictor**:")]
+    table = (GPUS_CSV.parent / "README.md").read_text()
+    for r in _rows():
+        assert re.search(rf"(?<![\w-]){re.escape(r['name'])}(?![\w-])", gpu_bullet), r["name"]
+        assert f"| `{r['name']}` | {r['device_name']} | {int(r['total_mib']):,} |" in table, r["name"]
+
+
+def test_names_aliases_and_device_names_are_unambiguous():
+    """Every name, alias and device name finds its own row (one that two rows share would answer for one only)."""
+    for r in _rows():
+        for typed in [r["name"], r["device_name"], *r["aliases"].split()]:
+            assert gpu_by_name(typed).name == r["name"], (typed, r["name"])
 
 
 @pytest.mark.parametrize("typed, name", [("RTX 4090", "rtx4090"), ("rtx4090", "rtx4090"), ("4090", "rtx4090"),
-                                         ("NVIDIA H100 80GB HBM3", "h100-sxm"), ("A100-40GB", "a100-40gb")])
+                                         ("NVIDIA H100 80GB HBM3", "h100-sxm"), ("A100-40GB", "a100-40gb"),
+                                         ("H100 PCIe", "h100-pcie"), ("NVIDIA H100 PCIe", "h100-pcie"),
+                                         ("V100 32GB", "v100-32gb"), ("Tesla V100-PCIE-32GB", "v100-pcie-32gb"),
+                                         ("RTX 6000 Ada", "rtx6000-ada"), ("A6000", "rtx-a6000"),
+                                         ("RTX 4070 Ti", "rtx4070ti")])
 def test_aliases(typed, name):
     assert gpu_by_name(typed).name == name
+
+
+@pytest.mark.parametrize("name, mib, device", [("h100-pcie", 81559, "NVIDIA H100 PCIe"),
+                                               ("v100-32gb", 32768, "Tesla V100-SXM2-32GB"),
+                                               ("v100-pcie-32gb", 32768, "Tesla V100-PCIE-32GB")])
+def test_presets_the_issue_asked_for(name, mib, device):
+    g = gpu_by_name(name)
+    assert (g.total_bytes, g.device_name) == (mib * 2**20, device)
 
 
 def test_h100_total_is_what_nvidia_smi_reports_and_slug_finds_calibration():
@@ -29,9 +73,11 @@ def test_h100_total_is_what_nvidia_smi_reports_and_slug_finds_calibration():
     assert g.slug == "nvidia-h100-80gb-hbm3"  # the device_slug of results/runs/<slug>.jsonl
 
 
-def test_unknown_gpu_says_did_you_mean():
-    with pytest.raises(ConfigError, match=r"'rtx4909' is not a known GPU; allowed: .*did you mean 'rtx4090'"):
-        gpu_by_name("rtx4909")
+@pytest.mark.parametrize("typed, meant", [("rtx4909", "rtx4090"), ("h100-pcei", "h100-pcie"),
+                                          ("v100-32bg", "v100-32gb")])
+def test_unknown_gpu_says_did_you_mean(typed, meant):
+    with pytest.raises(ConfigError, match=rf"'{typed}' is not a known GPU; allowed: .*did you mean '{meant}'"):
+        gpu_by_name(typed)
 
 
 def test_sizes_say_how_they_were_read():

@@ -318,7 +318,7 @@ class RunConfig(_Strict):
         not apply to the regime were reset to defaults on load, so they never split one run in two."""
         data = self.model_dump(mode="json", exclude={"output"})
         pc = self.parallel
-        auto = self if pc.init == "auto" else self.model_copy(update={"parallel": pc.model_copy(update={"init": "auto"})})
+        auto = self.model_copy(update={"parallel": pc.model_copy(update={"init": "auto"})})
         if self.parallel_init == auto.parallel_init:  # what auto picks here: the hash the config had before `init`
             del data["parallel"]["init"]
             pc = pc.model_copy(update={"init": "auto"})

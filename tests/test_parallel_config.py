@@ -89,4 +89,5 @@ def test_parallel_init_meta_outside_fsdp2_or_with_a_checkpoint_is_one_line_exit_
         assert all(w in err for w in words), err
         assert not out.exists()
     # a checkpoint directory under fsdp2 loads whole (auto -> full): valid
-    assert load_config(TINY, ["parallel.strategy=fsdp2", "model.arch=null", f"model.path={ckpt}"]).parallel_init == "full"
+    from_ckpt = load_config(TINY, ["parallel.strategy=fsdp2", "model.arch=null", f"model.path={ckpt}"])
+    assert from_ckpt.parallel_init == "full"

@@ -16,8 +16,8 @@ MAX_GPUS = 4096
 
 
 def with_parallel(cfg: RunConfig, **parallel) -> RunConfig:
-    """cfg with parallel fields replaced, validated (ConfigError for a combination no engine runs); the
-    settings of another strategy (offload, FSDP2's resharding, dtypes and meta init) are dropped where they do not apply."""
+    """cfg with parallel fields replaced, validated (ConfigError for a combination no engine runs); the settings
+    of another strategy (offload, FSDP2's resharding, dtypes and meta init) are dropped where they do not apply."""
     from profiler.config import load_config
 
     data = cfg.model_dump()

@@ -14,8 +14,8 @@ from profiler.categories import Category
 from profiler.cli import main
 from profiler.config import load_config
 from profiler.measure.loading import load_model
-from profiler.measure.regimes import apply_regime
 from profiler.measure.probes.tracker import TensorTracker
+from profiler.measure.regimes import apply_regime
 from profiler.schema import RunRecord
 
 TINY = str(CONFIGS / "tiny_full.yaml")
@@ -58,7 +58,8 @@ def _load_bytes(cfg) -> tuple[int, int]:
     n = cfg.parallel.world_size
     params = list(model.parameters())
     shards = sum(-(-p.shape[0] // n) * (p.numel() // p.shape[0]) * p.element_size() for p in params)
-    leftovers = sum(b.numel() * b.element_size() for b in model.buffers()) + 8 * cfg.train.batch_size * cfg.train.seq_len
+    batch = 8 * cfg.train.batch_size * cfg.train.seq_len  # int64 token ids
+    leftovers = sum(b.numel() * b.element_size() for b in model.buffers()) + batch
     return shards + leftovers, sum(p.numel() * p.element_size() for p in params)
 
 

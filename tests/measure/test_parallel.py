@@ -83,7 +83,8 @@ def test_fsdp2_lora_on_a_meta_model_runs_for_real_and_simulate_matches(tmp_path)
     assert 0 < real["model"]["trainable_params"] < real["model"]["total_params"] / 5  # the adapters only
     # every phase of the ranks equals simulate; min over the ranks, as gloo's worker thread, under load, now and
     # then keeps a reduce-scatter buffer of one rank alive into its next phase (seen once on rank 1's step)
-    measured = [min(ps) for ps in zip(*[[p["peak_allocated_bytes"] for p in r["phases"]] for r in real["ranks"])]
+    per_rank = [[p["peak_allocated_bytes"] for p in r["phases"]] for r in real["ranks"]]
+    measured = [min(ps) for ps in zip(*per_rank, strict=True)]
     assert measured == [p["peak_allocated_bytes"] for p in sim["ranks"][0]["phases"]]
     _assert_load_is_the_local_shards(load_config(TINY, ov), real, sim)
 

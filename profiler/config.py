@@ -197,6 +197,10 @@ class ParallelConfig(_Strict):
     param_dtype: Dtype | None = None  # fsdp2 MixedPrecisionPolicy: dtype layers compute in (all-gathered)
     reduce_dtype: Dtype | None = None  # fsdp2 MixedPrecisionPolicy: dtype of the gradient reduce-scatter
     offload: OffloadSettings = Field(default_factory=OffloadSettings)
+    # fsdp2: how each rank gets its shards. meta: build on the meta device, fully_shard, then materialise only
+    # the local shards (peak at load ~ the shards); full: build the whole model on every rank, then shard
+    # (peak at load = the whole model); auto: meta for architecture-only (random-weight) models, else full
+    init: Literal["auto", "meta", "full"] = "auto"
 
 
 class MoeConfig(_Strict):
@@ -210,6 +214,11 @@ class MoeConfig(_Strict):
 # target_modules names peft 0.21 turns into target_parameters (lora.ParamWrapper) on transformers-5 MoE models
 # (peft.utils.transformers_weight_conversion._MOE_TARGET_MODULE_MAPPING), plus the fused names themselves
 MOE_LORA_NAMES = {"gate", "w1", "w2", "w3", "gate_proj", "up_proj", "down_proj", "gate_up_proj"}
+
+
+def architecture_only(mc: ModelConfig) -> bool:
+    """A source with no weights (bundled architecture or a config.json file): the model gets random weights."""
+    return bool(mc.arch or (mc.path and Path(mc.path).is_file()))
 
 
 def moe_experts(mc: ModelConfig) -> int:
@@ -273,6 +282,14 @@ class RunConfig(_Strict):
         return out
 
     @property
+    def parallel_init(self) -> Literal["meta", "full"]:
+        """How the model is built (`parallel.init` resolved): meta only under fsdp2, where `auto` picks it for
+        architecture-only sources (random weights); a checkpoint loads whole (full)."""
+        if self.parallel.init == "auto":
+            return "meta" if self.parallel.strategy == "fsdp2" and architecture_only(self.model) else "full"
+        return self.parallel.init
+
+    @property
     def ignored_keys(self) -> list[str]:
         """Dotted keys given in the config that do not apply to its regime (reset to defaults on load)."""
         return list(self._ignored)
@@ -300,7 +317,12 @@ class RunConfig(_Strict):
         """Identity of a run for resume/dedup: everything but where the result is written. Keys that do
         not apply to the regime were reset to defaults on load, so they never split one run in two."""
         data = self.model_dump(mode="json", exclude={"output"})
-        if self.parallel == ParallelConfig():
+        pc = self.parallel
+        auto = self.model_copy(update={"parallel": pc.model_copy(update={"init": "auto"})})
+        if self.parallel_init == auto.parallel_init:  # what auto picks here: the hash the config had before `init`
+            del data["parallel"]["init"]
+            pc = pc.model_copy(update={"init": "auto"})
+        if pc == ParallelConfig():
             del data["parallel"]  # one-process configs keep the hash they had before `parallel` existed
         if self.moe == MoeConfig():
             del data["moe"]  # the default moe section too: configs written before MoE support keep their hashes
@@ -394,6 +416,12 @@ def _check_parallel(cfg: RunConfig) -> None:
     if s != "fsdp2" and pc.reshard_after_forward is not True:
         raise ValueError(f"parallel.reshard_after_forward: an fsdp2 setting; allowed with strategy fsdp2 "
                          f"(strategy is {s})")
+    if pc.init == "meta" and s != "fsdp2":
+        raise ValueError(f"parallel.init: meta materialises fsdp2's local shards only; allowed with strategy {s}: "
+                         "auto, full")
+    if pc.init == "meta" and not architecture_only(cfg.model):
+        raise ValueError("parallel.init: meta starts from random weights, and loading a checkpoint's shards "
+                         "(model.path directory, model.hub) is not supported; allowed with a checkpoint: auto, full")
     if s == "none":
         return
     if cfg.regime.kind == "inference":

@@ -56,3 +56,38 @@ def test_zero3_at_world_size_1_is_valid():
     assert cfg.parallel.world_size == 1
     with pytest.raises(ConfigError):
         load_config(TINY, ["parallel.strategy=zero3", "parallel.world_size=-1"])
+
+
+def test_parallel_init_resolves_and_keeps_the_hashes_of_fsdp2_configs():
+    """`parallel.init: auto` (the default) is meta under fsdp2 for architecture-only models, full otherwise; the
+    hashes a config had before `init` existed do not move, and an explicit value equal to auto's choice hashes
+    the same (one run, one identity)."""
+    fsdp2 = ["parallel.strategy=fsdp2"]
+    assert load_config(TINY, fsdp2).parallel_init == "meta"
+    assert load_config(TINY, ["parallel.strategy=ddp"]).parallel_init == "full"
+    assert load_config(TINY).parallel_init == "full"
+    assert load_config(TINY, fsdp2).config_hash() == "2d0a2723dd978a52"  # computed before `init` existed
+    assert load_config(TINY, [*fsdp2, "parallel.world_size=8"]).config_hash() == "6a96f3e6178860b4"
+    assert load_config(TINY, [*fsdp2, "parallel.init=meta"]).config_hash() == "2d0a2723dd978a52"
+    assert load_config(TINY, [*fsdp2, "parallel.init=full"]).config_hash() != "2d0a2723dd978a52"
+    assert load_config(TINY, ["parallel.init=full"]).config_hash() == "3f0ce8d2ea8bedae"
+
+
+def test_parallel_init_meta_outside_fsdp2_or_with_a_checkpoint_is_one_line_exit_2(capsys, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text((CONFIGS.parent / "profiler/models/tiny-llama.json").read_text())
+    for overrides, words in (
+        (["parallel.strategy=ddp", "parallel.init=meta"], ["parallel.init", "fsdp2", "ddp", "auto, full"]),
+        (["parallel.strategy=fsdp2", "parallel.init=meta", "model.arch=null", f"model.path={ckpt}"],
+         ["parallel.init", "checkpoint", "auto, full"]),
+    ):
+        out = tmp_path / "o.jsonl"
+        assert main(["run", TINY, *overrides, "--output", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        assert all(w in err for w in words), err
+        assert not out.exists()
+    # a checkpoint directory under fsdp2 loads whole (auto -> full): valid
+    from_ckpt = load_config(TINY, ["parallel.strategy=fsdp2", "model.arch=null", f"model.path={ckpt}"])
+    assert from_ckpt.parallel_init == "full"

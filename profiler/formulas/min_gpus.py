@@ -16,8 +16,8 @@ MAX_GPUS = 4096
 
 
 def with_parallel(cfg: RunConfig, **parallel) -> RunConfig:
-    """cfg with parallel fields replaced, validated (ConfigError for a combination no engine runs); the
-    settings of another strategy (offload, FSDP2's resharding and dtypes) are dropped where they do not apply."""
+    """cfg with parallel fields replaced, validated (ConfigError for a combination no engine runs); the settings
+    of another strategy (offload, FSDP2's resharding, dtypes and meta init) are dropped where they do not apply."""
     from profiler.config import load_config
 
     data = cfg.model_dump()
@@ -29,6 +29,8 @@ def with_parallel(cfg: RunConfig, **parallel) -> RunConfig:
         data["parallel"]["offload"]["params"] = False
     if s != "fsdp2":
         data["parallel"].update(reshard_after_forward=True, param_dtype=None, reduce_dtype=None)
+        if data["parallel"].get("init") == "meta":  # fsdp2's meta-device init: the others build the whole model
+            data["parallel"]["init"] = "auto"
     return load_config(None, base=data)
 
 

@@ -20,6 +20,11 @@ ZeRO (DeepSpeed, bf16/fp16 training): the optimizer holds an fp32 master copy ne
 Adam moments (12 bytes/param; 8 for fp32 training; Rajbhandari et al. 2020, https://arxiv.org/abs/1910.02054), and
 DeepSpeed's default `reduce_bucket_size` is 5e8 elements. Offload moves the offloaded bytes to the host:
 they leave the GPU total and appear in `details["host_bytes"]` (per rank).
+
+Loading: with FSDP2's meta-device init (`parallel.init` meta, the default for architecture-only models) each
+rank materialises only its shards, so the load phase (shards + buffers) is below every step phase and is not
+modelled. With `parallel.init: full` (a checkpoint) every rank first builds the whole model: a `load` phase
+holding all the weights, which is then the per-rank peak whenever it exceeds the steps'.
 """
 
 from __future__ import annotations
@@ -104,6 +109,8 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
         phases[ph] = comps
     start, end = phases.pop("backward_start"), phases.pop("backward_end")
     phases["backward"] = max(start, end, key=lambda c: sum(c.values()))
+    if s == "fsdp2" and cfg.parallel_init == "full":  # every rank builds the whole model, then fully_shard splits it
+        phases["load"] = {"weights": est.details.get("forward:weights", 0)}
     peak = max(phases, key=lambda k: sum(phases[k].values()))
     out = dict(phases[peak])
     out["overhead"] = overhead(cfg, sum(out.values()))

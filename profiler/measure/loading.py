@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from profiler.config import MODELS_DIR, ConfigError, ModelConfig, RunConfig
+from profiler.config import MODELS_DIR, ConfigError, ModelConfig, RunConfig, architecture_only
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SHARD_BYTES = 2 * 2**30
@@ -284,14 +284,10 @@ def _write_shard(tensors: dict, folder: Path, index: int, save_file) -> None:
         save_file(tensors, str(folder / f"shard-{index}.safetensors"), metadata={"format": "pt"})
 
 
-def _architecture_only(mc: ModelConfig) -> bool:
-    return bool(mc.arch or (mc.path and Path(mc.path).is_file()))
-
-
 def prepare_source(cfg: RunConfig) -> None:
     """Write the random-weight checkpoint a quantized load needs, *before* the measured run starts, so
     neither its host work nor any device memory shows in the load phase or the NVML baseline."""
-    if bnb_config(cfg) is not None and _architecture_only(cfg.model):
+    if bnb_config(cfg) is not None and architecture_only(cfg.model):
         hf_config = resolve_hf_config(cfg.model)
         random_checkpoint(hf_config, DTYPES[cfg.model.dtype], _checkpoint_key(cfg.model, hf_config))
 
@@ -304,19 +300,21 @@ def _checkpoint_key(mc: ModelConfig, hf_config: PretrainedConfig) -> str:
 
 
 def load_model(cfg: RunConfig) -> LoadedModel:
-    """Build the run's model on cfg.device, quantized per the regime."""
+    """Build the run's model on cfg.device, quantized per the regime (on the meta device for parallel.init meta)."""
     mc = cfg.model
     hf_config = resolve_hf_config(mc)
     dtype = DTYPES[mc.dtype]
     quant = bnb_config(cfg)
     common = {"dtype": dtype, "attn_implementation": resolve_attn_implementation(mc, hf_config)}
     device_map = {"": 0} if cfg.device == "cuda" else {"": "cpu"}
-    architecture_only = _architecture_only(mc)
-    if architecture_only and quant is None:
-        with torch.device(cfg.device):
+    arch_only = architecture_only(mc)
+    if arch_only and quant is None:
+        # parallel.init meta (fsdp2): parameters stay on meta until fully_shard has split them, then each rank
+        # materialises its own shards (profiler.measure.parallel.materialize_shards)
+        with torch.device("meta" if cfg.parallel_init == "meta" else cfg.device):
             model = AutoModelForCausalLM.from_config(hf_config, **common)
         return LoadedModel(model, model.config, f"arch:{mc.name}")  # model.config: attention as resolved
-    if architecture_only:
+    if arch_only:
         src = str(random_checkpoint(hf_config, dtype, _checkpoint_key(mc, hf_config)))
         label = f"arch:{mc.name}"
     else:

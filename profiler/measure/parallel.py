@@ -227,7 +227,33 @@ def _fully_shard(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
         if type(m).__name__ in layers:
             fully_shard(m, **kw)
     fully_shard(model, **kw)
+    if cfg.parallel_init == "meta":
+        materialize_shards(model, f"cuda:{torch.cuda.current_device()}" if cfg.device == "cuda" else "cpu")
     return model
+
+
+def materialize_shards(model: torch.nn.Module, device: str) -> None:
+    """parallel.init meta, after fully_shard: `to_empty` gives each rank storage for its own shards only (and
+    the buffers), as torchtitan and accelerate's FSDP2 meta init do; then values are set in place (memory
+    does not depend on them, but no NaN should reach a forward): N(0, 0.02) matrices, ones for norm weights,
+    zeros for biases and LoRA B (peft's init), and the buffers (rotary frequencies) as transformers computes
+    them. Every write is in place on the local shard: nothing is allocated after `to_empty`."""
+    from torch.distributed.tensor import DTensor
+
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            t = p.to_local() if isinstance(p, DTensor) else p
+            if t.ndim == 1 and "norm" in name or name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+                t.fill_(1.0)
+            elif name.endswith(".bias") or t.ndim <= 1 or "lora_B" in name:
+                t.zero_()
+            else:
+                t.normal_(0.0, 0.02)
+        hf = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the HF model
+        for m in hf.modules():
+            if next(m.buffers(recurse=False), None) is not None and next(m.parameters(recurse=False), None) is None:
+                hf._init_weights(m)  # transformers recomputes rotary inv_freq here (meta-device init support)
 
 
 def _in_scope(fn, tracker):

@@ -34,12 +34,11 @@ from torch._subclasses.fake_tensor import (
     UnsupportedOperatorException,
 )
 
-from profiler.config import RunConfig
+from profiler.config import RunConfig, architecture_only
 from profiler.measure.harness import run
 from profiler.measure.loading import (
     DTYPES,
     LoadedModel,
-    _architecture_only,
     bnb_config,
     resolve_attn_implementation,
     resolve_hf_config,
@@ -337,15 +336,20 @@ class Simulation:
             from profiler.simulate.fake_bnb import replace_linear_layers
 
             replace_linear_layers(model, quant, cuda=self.target == "cuda", device="cpu")
+        if cfg.parallel_init == "meta":  # stays on meta: fully_shard, then each rank materialises its shards
+            return self._finish(model, cfg, hf_config)
         materialize_meta(model, "cpu")
         head, embed = model.get_output_embeddings(), model.get_input_embeddings()
-        if quant is None and _architecture_only(mc) and head is not None and head.weight is embed.weight:
+        if quant is None and architecture_only(mc) and head is not None and head.weight is embed.weight:
             # a real from_config build allocates the head untied, then ties it: one transient head weight
             del_me = torch.empty_like(head.weight)
             del del_me
+        return self._finish(model, cfg, hf_config)
+
+    def _finish(self, model, cfg: RunConfig, hf_config) -> LoadedModel:
         force_routing(model, cfg.moe.routing)  # MoE: the routing assumption stands in for the router's values
         model.generate = types.MethodType(greedy_generate, model)
-        return LoadedModel(model, hf_config, f"fake:{mc.name}")
+        return LoadedModel(model, hf_config, f"fake:{cfg.model.name}")
 
     def attention_kernel(self, cfg: RunConfig, loaded: LoadedModel) -> str:
         """Before the run: the prediction from the config (the record gets the kernels actually used)."""

@@ -91,3 +91,22 @@ def test_deepspeed_zero_formula_is_the_packages():
 def test_llama_3_1_405b_config_has_its_published_parameter_count():
     cfg = load_config(None, base={"model": {"arch": "llama-3.1-405b"}})
     assert arch_of(cfg).total_params == 405_853_388_800
+
+
+def test_fsdp2_load_phase_follows_parallel_init():
+    """Meta init (the default for architecture-only models): the load phase is the shards, below the steps, and
+    min-gpus is what the steps need; full init: every rank first holds the whole model, which no world size shrinks."""
+    from profiler.formulas.min_gpus import min_gpus
+
+    cfg = load_config(CONFIGS / "llama70b_full.yaml", ["train.gradient_checkpointing=true"])
+    meta = estimate("components", load_config(CONFIGS / "llama70b_full.yaml", [
+        "parallel.strategy=fsdp2", "parallel.world_size=8", "train.seq_len=2048"]))
+    full = estimate("components", load_config(CONFIGS / "llama70b_full.yaml", [
+        "parallel.strategy=fsdp2", "parallel.world_size=8", "train.seq_len=2048", "parallel.init=full"]))
+    assert "peak_load" not in meta.details and "peak in load" not in meta.notes
+    assert full.details["peak_load"] == full.details["load:weights"]
+    assert 0 <= full.details["load:weights"] - 2 * 68_976_648_192 <= 4096  # bf16 weights + the rotary buffers
+    assert "peak in load" in full.notes
+    assert min_gpus(cfg, "components", "fsdp2", 80 * 2**30)[0] == 9  # README's answer
+    full_cfg = load_config(CONFIGS / "llama70b_full.yaml", ["train.gradient_checkpointing=true", "parallel.init=full"])
+    assert min_gpus(full_cfg, "components", "fsdp2", 80 * 2**30) is None

@@ -15,6 +15,10 @@ bitsandbytes' kernels allocate (installed source: bitsandbytes/autograd/_functio
           for 5 <= M <= 1536, which we do not model (the backward dequantizes the full weight anyway).
   backward re-dequantizes (fp32 absmax [n/64]; weight [out, in] in the stored dtype, cast to the
           gradient dtype when they differ) and matmuls; nothing but the packed weight is saved.
+  cache   with double quant, the process's first quantize_4bit (its quantize_blockwise) caches
+          `create_dynamic_map().to(device)` (fp32 [256], 1,024 bytes) in the module-level
+          `bitsandbytes.functional.name2qmap["dynamic"]` for good (functional.py, quantize_blockwise), on
+          CUDA as on CPU; each state2.code is a copy of it. `replace_linear_layers` holds one per model.
 8-bit (`MatMul8bitLt` on CUDA and in eval; `MatMul8bitFp` when training on CPU):
   weight  int8 [out, in] + SCB fp32 [out].
   CUDA    input cast to fp16, int8 copy + fp32 row scales, outlier mask (threshold > 0), int32 product,
@@ -39,6 +43,10 @@ BLOCKSIZE_4BIT = 64  # bnb Params4bit default (transformers keeps it)
 NESTED_BLOCKSIZE = 256  # compress_statistics: absmax quantized in blocks of 256
 FUSED_4BIT_MAX_ROWS = 4  # bnb backends/cuda/ops.py _GEMM_4BIT_CUSTOM_FLOOR_M: fused kernel, no dequant
 QUANTIZED_MARK = "memprof_quantized"  # read by profiler.measure.model_stats.is_quantized
+# where replace_linear_layers keeps its stand-in for bnb's cached dynamic map: an underscore attribute, so the
+# tracker counts it as the real run does (a storage outside the model, alive from the first quantization on)
+DYNAMIC_MAP_ATTR = "_memprof_bnb_dynamic_map"
+DYNAMIC_MAP_SIZE = 256  # create_dynamic_map(): 2**8 fp32 entries
 
 
 def _blocks(n: int, size: int) -> int:
@@ -267,7 +275,10 @@ class FakeLinear8bitLt(bnb.nn.Linear8bitLt):
 def replace_linear_layers(model: nn.Module, quant_config, cuda: bool, device: str | None = None) -> int:
     """Swap every nn.Linear / Conv1D that transformers' bnb quantizer would convert for a stand-in, the way
     `replace_with_bnb_linear` chooses them (lm_head, tied and fp32-kept modules stay). Returns the count.
-    `device` places the stand-ins (default: where the replaced layer's weight is, e.g. meta)."""
+    `device` places the stand-ins (default: where the replaced layer's weight is, e.g. meta). With 4-bit
+    double quant, `model.<DYNAMIC_MAP_ATTR>` also holds the 1,024-byte dynamic map bnb caches per process
+    (one per simulated run: a real run in the same process reuses the cache, and the tracker counts it there
+    when the first quantize_blockwise takes it as input)."""
     from transformers.pytorch_utils import Conv1D
     from transformers.quantizers.base import HfQuantizer
     from transformers.quantizers.quantizers_utils import should_convert_module
@@ -291,6 +302,8 @@ def replace_linear_layers(model: nn.Module, quant_config, cuda: bool, device: st
         if eight_bit:
             new = FakeLinear8bitLt(in_f, out_f, has_bias, qc.llm_int8_threshold, dtype, cuda, where)
         else:
+            if qc.bnb_4bit_use_double_quant and not hasattr(model, DYNAMIC_MAP_ATTR):
+                setattr(model, DYNAMIC_MAP_ATTR, torch.empty(DYNAMIC_MAP_SIZE, dtype=torch.float32, device=where))
             new = FakeLinear4bit(in_f, out_f, has_bias, qc.bnb_4bit_compute_dtype, qc.bnb_4bit_quant_type,
                                  qc.bnb_4bit_use_double_quant, dtype, cuda, where)
         new.source_cls = type(module)

@@ -132,6 +132,28 @@ def test_cuda_target_kernel_choice_and_config_kept():
     assert rec["peaks"]["peak_allocated_bytes"] < eager["peaks"]["peak_allocated_bytes"]  # no s x s probs
 
 
+def test_cuda_fused_kernels_need_equal_heads_unless_gqa():
+    """torch's sdp_utils: flash and mem-efficient need as many k/v heads as q heads; flash takes fewer only
+    with enable_gqa. Falcon-7B passes 1 k/v head for 71 q heads without it: the math kernel (s x s saved)."""
+    from profiler.simulate.backend import cuda_sdpa_kernel
+
+    def t(h):
+        return torch.empty(1, h, 64, 64, dtype=torch.bfloat16, device="meta")
+
+    mask = torch.empty(1, 1, 64, 64, dtype=torch.bool, device="meta")
+    assert cuda_sdpa_kernel(t(8), t(8), t(8), None, True) == "flash"
+    assert cuda_sdpa_kernel(t(8), t(2), t(2), None, True, enable_gqa=True) == "flash"
+    assert cuda_sdpa_kernel(t(8), t(2), t(2), None, True) == "math"
+    assert cuda_sdpa_kernel(t(8), t(8), t(8), mask, False) == "efficient"
+    assert cuda_sdpa_kernel(t(8), t(1), t(1), mask, False) == "math"  # Falcon-7B: MQA, explicit mask
+    sim = Simulation("cuda")
+    with sim.mode():
+        q = torch.empty(1, 71, 64, 64, dtype=torch.bfloat16, requires_grad=True)
+        kv = torch.empty(1, 1, 64, 64, dtype=torch.bfloat16, requires_grad=True)
+        torch.nn.functional.scaled_dot_product_attention(q, kv, kv, attn_mask=torch.ones(1, 1, 64, 64).bool())
+    assert sim.kernels_used() == "math"
+
+
 def test_untraceable_op_fails_naming_the_op(monkeypatch):
     from transformers.models.llama import modeling_llama
 

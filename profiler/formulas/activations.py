@@ -100,10 +100,12 @@ def act_bytes(blk: Block | None, a: int, elements: int) -> int:
     return (per if per is not None else a) * elements
 
 
-def attention_bytes(sh: Shape, kernel: str, o_proj_saves: bool, mask: bool = False) -> int:
+def attention_bytes(sh: Shape, kernel: str, o_proj_saves: bool, mask: bool = False, kv_repeated: bool = True) -> int:
     """q, k, v, output/probabilities saved by the attention kernel (and o_proj's input where distinct).
     With an explicit mask (sliding window), transformers repeats k/v to all heads for SDPA and the kernel
-    saves the b x 1 x s x s mask (activation dtype) in every layer."""
+    saves the b x 1 x s x s mask (activation dtype) in every layer. SDPA's math kernel computes in fp32
+    (it upcasts 16-bit q, k, v: torch `_scaled_dot_product_attention_math`), repeats k/v to all heads for
+    `enable_gqa` (kv_repeated) and broadcasts them otherwise (Falcon-7B's one k/v head)."""
     a = sh.a
     bsq = sh.b * sh.s * sh.heads * sh.head_dim
     bsk = sh.b * sh.s * sh.kv
@@ -116,7 +118,7 @@ def attention_bytes(sh: Shape, kernel: str, o_proj_saves: bool, mask: bool = Fal
     qkv = 3 * a * bsq  # k/v repeated to all heads (repeat_kv / GQA expansion)
     out = a * bsq if o_proj_saves else 0  # transpose(1, 2).contiguous() copy fed to o_proj
     if kernel == "math":
-        return qkv + a * probs + out
+        return 4 * bsq + 2 * 4 * (bsq if kv_repeated else bsk) + 4 * probs + out
     return qkv + (4 + (a if a < 4 else 0)) * probs + out  # eager: fp32 softmax + cast copy
 
 
@@ -157,7 +159,7 @@ def layer_bytes(sh: Shape, lp: LayerPlan, kernel: str, device: str) -> int:
             w = blk.qk_norm_width
             total += probed_bytes(blk.qk_norm_cost, a, bs * (sh.heads * sh.head_dim // w), True, nt)
             total += probed_bytes(blk.qk_norm_cost, a, bs * (sh.kv // w), True, nt)
-        total += attention_bytes(sh, kernel, tr, lp.mask)
+        total += attention_bytes(sh, kernel, tr, lp.mask, blk.sdpa_kv_heads is None)
         if blk.fused_qkv and not blk.rope and kernel in ("flash", "efficient"):
             total += 2 * a * bs * sh.kv  # q is a view of the fused q|k|v output, which stays saved (GPT-2)
         if blk.attn_softcap and kernel in ("eager", "math"):

@@ -27,6 +27,9 @@ class Linear:
     has_bias: bool
     layer: int | None  # decoder-layer index, None outside the repeated blocks
     is_head: bool  # the output projection (lm_head); never quantized, never a LoRA target
+    # transformers' replace_with_bnb_linear converts `type(m) is nn.Linear` or Conv1D only: a subclass
+    # (Falcon's FalconLinear) stays in the model dtype under QLoRA
+    quantizable: bool = True
 
 
 @dataclass(frozen=True)
@@ -285,7 +288,8 @@ def _arch_cached(hf_json: str) -> Arch:
         if isinstance(mod, nn.Linear):
             linears.append(
                 Linear(
-                    name, mod.in_features, mod.out_features, mod.bias is not None, layer_of(name), mod is head
+                    name, mod.in_features, mod.out_features, mod.bias is not None, layer_of(name), mod is head,
+                    type(mod) is nn.Linear,
                 )
             )
         elif type(mod).__name__ == "Conv1D":  # GPT-2: weight is [in, out]

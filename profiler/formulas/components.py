@@ -302,10 +302,14 @@ def components_estimate(
     sh = shape_of(plan.arch, cfg, b, s)
     bsv = sh.b * sh.s * sh.vocab
     fwd_tmp = sh.a * bsv + (4 * bsv if sh.a < 4 else 0)  # logits + their fp32 upcast during the loss
-    bwd_start_tmp = 8 * bsv + act["recompute"]  # nll grad + log_softmax grad (+ one recomputed layer)
-    bwd_end_tmp = 2 * sh.a * sh.b * sh.s * sh.h + act["recompute"]  # hidden-state gradients in flight
-    backward = (  # its start (activations, loss gradients) and its end (gradients): the larger is the peak
+    bwd_start_tmp = 8 * bsv  # nll grad + log_softmax grad, before any layer's backward
+    hidden_grads = 2 * sh.a * sh.b * sh.s * sh.h  # hidden-state gradients in flight
+    bwd_end_tmp = hidden_grads + act["recompute"]
+    backward = (  # its start (activations, loss gradients), a checkpointed layer's recompute once the loss
+        # gradients are freed, and its end (gradients): the largest is the peak
         {"weights": W, "optimizer": Opt, "activations": A, "temporaries": bwd_start_tmp},
+        {"weights": W, "optimizer": Opt, "activations": A - act["logits"],
+         "temporaries": hidden_grads + act["recompute"]},
         {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": bwd_end_tmp},
     )
     phases = {
@@ -318,7 +322,7 @@ def components_estimate(
     comps["overhead"] = overhead_bytes(cfg, sum(comps.values()))
     details = {f"peak_{k}": sum(v.values()) for k, v in phases.items()}
     details |= {f"{ph}:{c}": v for ph, cs in phases.items() for c, v in cs.items()}  # phase:component
-    details |= {f"backward_{e}:{c}": v for e, cs in zip(("start", "end"), backward) for c, v in cs.items()}
+    details |= {f"backward_{e}:{c}": v for e, cs in zip(("start", "recompute", "end"), backward) for c, v in cs.items()}
     details |= {
         "weights": W,
         "gradients": G,

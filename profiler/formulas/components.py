@@ -210,11 +210,19 @@ def activations(
         tail += (bsh if cfg.device == "cuda" else sh.a * bsh) if blk.embed_dropout and out["embed"] else 0
     logits = (4 * bs * sh.vocab + 2 * 8 * bs) if any_grad else 0  # fp32 log_softmax output + labels
     logits += sh.a * bs * sh.vocab if any_grad and blk.final_softcap else 0  # tanh of the capped logits
+    # s x s tensors one layer holds while it runs, beyond what it saves (eager / math attention): in the
+    # forward the scores beside their softmax (under checkpointing nothing is saved, so both are transient),
+    # in the backward the gradients of the probabilities and of the scores
+    probs = sh.b * sh.heads * sh.s * sh.s
+    s2 = {"math": (4, 8, 8), "eager": (sh.a, 4 + sh.a, 8)}  # bytes per score: forward, forward (ckpt), backward
+    worst = max((s2.get(lp.kernel or kernel, (0, 0, 0)) for lp in plans), default=(0, 0, 0))
     return {
         "layers": layers,
         "tail": tail,
         "logits": logits,
         "recompute": max(per_layer) if ckpt and per_layer else 0,
+        "attn_fwd": probs * (worst[1] if ckpt else worst[0]),
+        "attn_bwd": probs * worst[2],
         "kernel_index": KERNELS.index(kernel),
     }
 
@@ -305,15 +313,16 @@ def components_estimate(
     bwd_start_tmp = 8 * bsv  # nll grad + log_softmax grad, before any layer's backward
     hidden_grads = 2 * sh.a * sh.b * sh.s * sh.h  # hidden-state gradients in flight
     bwd_end_tmp = hidden_grads + act["recompute"]
-    backward = (  # its start (activations, loss gradients), a checkpointed layer's recompute once the loss
-        # gradients are freed, and its end (gradients): the largest is the peak
+    backward = (  # its start (activations, loss gradients), the last layer's backward once the loss
+        # gradients are freed (checkpointing: its recompute too), and its end (gradients): the largest is the peak
         {"weights": W, "optimizer": Opt, "activations": A, "temporaries": bwd_start_tmp},
         {"weights": W, "optimizer": Opt, "activations": A - act["logits"],
-         "temporaries": hidden_grads + act["recompute"]},
+         "temporaries": hidden_grads + act["recompute"] + act["attn_bwd"]},
         {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": bwd_end_tmp},
     )
     phases = {
-        "forward": {"weights": W, "optimizer": Opt, "activations": A, "temporaries": fwd_tmp},
+        "forward": {"weights": W, "optimizer": Opt, "activations": A,
+                    "temporaries": max(fwd_tmp, act["attn_fwd"])},
         "backward": max(backward, key=lambda c: sum(c.values())),
         "optimizer_step": {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": opt_tmp},
     }
@@ -322,7 +331,7 @@ def components_estimate(
     comps["overhead"] = overhead_bytes(cfg, sum(comps.values()))
     details = {f"peak_{k}": sum(v.values()) for k, v in phases.items()}
     details |= {f"{ph}:{c}": v for ph, cs in phases.items() for c, v in cs.items()}  # phase:component
-    details |= {f"backward_{e}:{c}": v for e, cs in zip(("start", "recompute", "end"), backward) for c, v in cs.items()}
+    details |= {f"backward_{e}:{c}": v for e, cs in zip(("start", "last_layer", "end"), backward) for c, v in cs.items()}
     details |= {
         "weights": W,
         "gradients": G,

@@ -162,6 +162,8 @@ def layer_bytes(sh: Shape, lp: LayerPlan, kernel: str, device: str) -> int:
         total += attention_bytes(sh, kernel, tr, lp.mask, blk.sdpa_kv_heads is None)
         if blk.fused_qkv and not blk.rope and kernel in ("flash", "efficient"):
             total += 2 * a * bs * sh.kv  # q is a view of the fused q|k|v output, which stays saved (GPT-2)
+        if blk.attn_dropout > 0 and kernel == "math":  # dropout of the fp32 probabilities: mask + output
+            total += (4 if device == "cpu" else 1) * sh.b * sh.heads * sh.s * sh.s + 4 * sh.b * sh.heads * sh.s * sh.s
         if blk.attn_softcap and kernel in ("eager", "math"):
             total += a * sh.b * sh.heads * sh.s * sh.s  # tanh of the scores (Gemma-2)
     total += lora_bytes(sh, lp.lora_o, sh.h, lp, device, 0 if grad_attn else lp.lora_o)

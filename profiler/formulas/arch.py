@@ -70,6 +70,7 @@ class Block:
     windows: tuple = ()  # sliding window of each layer (None: full attention; Gemma-3 alternates)
     mask_always: bool = False  # the model always hands SDPA an explicit mask (Falcon, to add ALiBi onto)
     sdpa_kv_heads: int | None = None  # k/v heads SDPA gets without enable_gqa or repeat (Falcon-7B MQA: 1)
+    attn_dropout: float = 0.0  # dropout_p handed to the attention kernel in training (GPT-2 attn_pdrop)
 
 
 def probe_saved(module: nn.Module, width: int, a: int, grad_in: bool, weight_trains: bool) -> tuple[int, int, int]:
@@ -181,6 +182,7 @@ def block_of(model: nn.Module, layer: nn.Module, hf, n_layers: int = 1) -> Block
         # architecture's multi-query k/v reach F.scaled_dot_product_attention with 1 head, no enable_gqa
         mask_always=hf.model_type == "falcon",
         sdpa_kv_heads=1 if falcon_mqa else None,
+        attn_dropout=max(float(getattr(hf, k, 0.0) or 0.0) for k in ("attention_dropout", "attn_pdrop")),
     )
 
 

@@ -59,13 +59,15 @@ def default_kernel(cfg: RunConfig, a: int | None = None, arch: Arch | None = Non
         impl = arch.default_attention
     if impl == "eager":
         return "eager"
-    if impl == "flash_attention_2" or cfg.device == "cpu":
+    if impl == "flash_attention_2":
         return "flash"
     a = a or activation_bytes_per_element(cfg)
     mask = mask or arch.block.mask_always
     sdpa_kv = arch.block.sdpa_kv_heads
     if sdpa_kv is not None and sdpa_kv != arch.heads:
-        return "math"  # fewer k/v heads and no enable_gqa: both fused kernels refuse them
+        return "math"  # fewer k/v heads and no enable_gqa: the fused kernels (CUDA and CPU) refuse them
+    if cfg.device == "cpu":  # the CPU flash kernel takes masks and GQA, not dropout (sdp_utils_cpp.cpp)
+        return "math" if arch.block.attn_dropout > 0 else "flash"
     if mask:
         return "efficient"
     if arch.kv_heads != arch.heads:  # transformers passes enable_gqa=True: flash only
@@ -210,11 +212,14 @@ def activations(
         tail += (bsh if cfg.device == "cuda" else sh.a * bsh) if blk.embed_dropout and out["embed"] else 0
     logits = (4 * bs * sh.vocab + 2 * 8 * bs) if any_grad else 0  # fp32 log_softmax output + labels
     logits += sh.a * bs * sh.vocab if any_grad and blk.final_softcap else 0  # tanh of the capped logits
-    # s x s tensors one layer holds while it runs, beyond what it saves (eager / math attention): in the
-    # forward the scores beside their softmax (under checkpointing nothing is saved, so both are transient),
-    # in the backward the gradients of the probabilities and of the scores
+    # s x s tensors one layer holds while it runs, beyond what it saves (eager / math attention), in bytes per
+    # score: forward, forward under checkpointing (nothing saved: the softmax output is transient too), backward.
+    # math (fp32): the scores beside their softmax; backward: the gradients of the probabilities and of the
+    # scores (with dropout the dropped copy and its mask are freed first: one). eager: softmax(x, dtype=fp32)
+    # holds x and its fp32 copy beside the output; backward: the fp32 gradient beside the 16-bit one.
     probs = sh.b * sh.heads * sh.s * sh.s
-    s2 = {"math": (4, 8, 8), "eager": (sh.a, 4 + sh.a, 8)}  # bytes per score: forward, forward (ckpt), backward
+    math_bwd = 4 if arch.block.attn_dropout > 0 else 8
+    s2 = {"math": (4, 8, math_bwd), "eager": (4 + sh.a, 8 + sh.a, 4 + sh.a)}
     worst = max((s2.get(lp.kernel or kernel, (0, 0, 0)) for lp in plans), default=(0, 0, 0))
     return {
         "layers": layers,

@@ -189,7 +189,9 @@ def activations(
     plans, out = layer_plans(plan, cfg)
     windows = arch.block.windows or (arch.block.sliding_window,) * arch.layers
     for li, window in enumerate(windows):
-        masked = bool(window and sh.s > window)  # the sliding-window mask is no longer all-causal: SDPA gets it
+        # the sliding-window mask reaches SDPA when it is no longer all-causal, and always without a KV cache
+        # (gradient checkpointing turns the cache off; transformers' masking_utils skips it only with one)
+        masked = bool(window and (sh.s > window or cfg.train.gradient_checkpointing))
         if masked or arch.block.mask_always:
             layer_kernel = default_kernel(cfg, sh.a, arch, mask=True) if kernel_given is None else kernel
             plans[li] = replace(plans[li], mask=layer_kernel == "efficient" or masked, kernel=layer_kernel)

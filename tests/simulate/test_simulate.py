@@ -126,7 +126,9 @@ def test_cuda_target_kernel_choice_and_config_kept():
     assert rec["attention_kernel"] == "flash"  # bf16, no mask
     assert rec["config"]["device"] == "cuda" and rec["config_hash"] == cfg.config_hash()
     rec32 = simulate(tiny("full", "device=cuda", "model.dtype=float32"))
-    assert rec32["attention_kernel"] == "efficient"  # flash needs fp16/bf16
+    assert rec32["attention_kernel"] == "math"  # flash needs fp16/bf16; mem-efficient takes no GQA (2 k/v heads)
+    mha32 = simulate(tiny("full", "device=cuda", "model.dtype=float32", "model.arch=tiny-olmo2"))
+    assert mha32["attention_kernel"] == "efficient"  # as many k/v heads as q heads
     eager = simulate(tiny("full", "device=cuda", "model.attn_implementation=eager"))
     assert eager["attention_kernel"] == "eager"
     assert rec["peaks"]["peak_allocated_bytes"] < eager["peaks"]["peak_allocated_bytes"]  # no s x s probs

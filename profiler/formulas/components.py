@@ -223,11 +223,17 @@ def activations(
     math_bwd = 4 if arch.block.attn_dropout > 0 else 8
     s2 = {"math": (4, 8, math_bwd), "eager": (4 + sh.a, 8 + sh.a, 4 + sh.a)}
     worst = max((s2.get(lp.kernel or kernel, (0, 0, 0)) for lp in plans), default=(0, 0, 0))
+    # the attention half of a layer: what is saved when its attention runs (forward) or is differentiated
+    # (backward: the MLP's saves are freed by then), i.e. the layer without its intermediate-wide MLP terms
+    no_mlp = replace(sh, i=0)
+    attn_half = [layer_bytes(no_mlp, lp, kernel, cfg.device) for lp in plans]
     return {
         "layers": layers,
         "tail": tail,
         "logits": logits,
         "recompute": max(per_layer) if ckpt and per_layer else 0,
+        "recompute_attention": max(attn_half) if ckpt and attn_half else 0,
+        "mlp_last": (per_layer[-1] - attn_half[-1]) if per_layer and not ckpt else 0,
         "attn_fwd": probs * (worst[1] if ckpt else worst[0]),
         "attn_bwd": probs * worst[2],
         "kernel_index": KERNELS.index(kernel),
@@ -323,13 +329,17 @@ def components_estimate(
     backward = (  # its start (activations, loss gradients), the last layer's backward once the loss
         # gradients are freed (checkpointing: its recompute too), and its end (gradients): the largest is the peak
         {"weights": W, "optimizer": Opt, "activations": A, "temporaries": bwd_start_tmp},
-        {"weights": W, "optimizer": Opt, "activations": A - act["logits"],
-         "temporaries": hidden_grads + act["recompute"] + act["attn_bwd"]},
+        {"weights": W, "optimizer": Opt, "activations": A - act["logits"] - act["mlp_last"],
+         "temporaries": hidden_grads + max(act["recompute"], act["recompute_attention"] + act["attn_bwd"])},
         {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": bwd_end_tmp},
     )
+    forward = (  # the loss (logits and their fp32 copy), or the last layer's attention (s x s kernels)
+        {"weights": W, "optimizer": Opt, "activations": A, "temporaries": fwd_tmp},
+        {"weights": W, "optimizer": Opt, "activations": A - act["logits"] - act["mlp_last"],
+         "temporaries": act["attn_fwd"]},
+    )
     phases = {
-        "forward": {"weights": W, "optimizer": Opt, "activations": A,
-                    "temporaries": max(fwd_tmp, act["attn_fwd"])},
+        "forward": max(forward, key=lambda c: sum(c.values())),
         "backward": max(backward, key=lambda c: sum(c.values())),
         "optimizer_step": {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": opt_tmp},
     }

@@ -23,7 +23,15 @@ tensor by tensor with `torch.autograd.graph.saved_tensors_hooks` on CPU), with `
 - qk-norm (Qwen3): the per-head RMSNorms of q and k save like the layer norms, over q's and k's width.
 - sliding window shorter than the sequence (Mistral, Phi-3): the mask is no longer all-causal, so SDPA gets
   an explicit b x 1 x s x s mask (saved in every layer) and transformers repeats k/v to all heads.
-Which blocks this covers is decided in components.py `not_modelled` from the meta-device model (arch.py).
+Other families (`layer_bytes` with the layer's `Block`, read off the meta-device model in arch.py): each block
+norm and the MLP activation save what their meta-tensor probe measured (arch.probe_saved: RMSNorm variants,
+Gemma's fp32 `1 + weight` norm, LayerNorm; gelu_new's four saved tensors); the data flow follows the block:
+pre-norms and post-norms (Gemma-2/3 sandwich, OLMo-2 post-only), parallel attention/MLP (GPT-NeoX: a second
+norm reading the same input; Falcon: one norm feeding both), a fused q|k|v without RoPE whose whole output stays
+saved through q (GPT-2), hidden-state dropout masks (GPT-2), tanh soft-capping of eager attention scores
+(Gemma-2: one more s x s tensor), SDPA's math kernel (fp32 q, k, v and probabilities; k/v broadcast when
+Falcon-7B hands over its single k/v head). Which blocks this covers is decided in components.py
+`not_modelled` from the meta-device model.
 """
 
 from __future__ import annotations

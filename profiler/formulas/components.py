@@ -236,6 +236,9 @@ def activations(
         "mlp_last": (per_layer[-1] - attn_half[-1]) if per_layer and not ckpt else 0,
         "attn_fwd": probs * (worst[1] if ckpt else worst[0]),
         "attn_bwd": probs * worst[2],
+        # a trained tied embedding: its gradient from the embedding lookup and the sum with the head's gradient
+        # are both alive at the end of backward (V x h each, the parameter's dtype)
+        "tied_embed_grad": 2 * sh.vocab * sh.h * plan.param_itemsize if arch.tied and out["embed"] else 0,
         "kernel_index": KERNELS.index(kernel),
     }
 
@@ -325,7 +328,7 @@ def components_estimate(
     fwd_tmp = sh.a * bsv + (4 * bsv if sh.a < 4 else 0)  # logits + their fp32 upcast during the loss
     bwd_start_tmp = 8 * bsv  # nll grad + log_softmax grad, before any layer's backward
     hidden_grads = 2 * sh.a * sh.b * sh.s * sh.h  # hidden-state gradients in flight
-    bwd_end_tmp = hidden_grads + act["recompute"]
+    bwd_end_tmp = hidden_grads + act["recompute"] + act["tied_embed_grad"]
     backward = (  # its start (activations, loss gradients), the last layer's backward once the loss
         # gradients are freed (checkpointing: its recompute too), and its end (gradients): the largest is the peak
         {"weights": W, "optimizer": Opt, "activations": A, "temporaries": bwd_start_tmp},
@@ -348,7 +351,8 @@ def components_estimate(
     comps["overhead"] = overhead_bytes(cfg, sum(comps.values()))
     details = {f"peak_{k}": sum(v.values()) for k, v in phases.items()}
     details |= {f"{ph}:{c}": v for ph, cs in phases.items() for c, v in cs.items()}  # phase:component
-    details |= {f"backward_{e}:{c}": v for e, cs in zip(("start", "last_layer", "end"), backward) for c, v in cs.items()}
+    details |= {f"backward_{e}:{c}": v for e, cs in zip(("start", "last_layer", "end"), backward, strict=True)
+                for c, v in cs.items()}
     details |= {
         "weights": W,
         "gradients": G,

@@ -32,7 +32,7 @@ def stand_in(tmp_path_factory, name: str) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("regime, checkpointing", [("lora", False), ("qlora4", True)])
+@pytest.mark.parametrize("regime, checkpointing", [("full", False), ("lora", False), ("qlora4", True)])
 @pytest.mark.parametrize("name", sorted(STAND_INS))
 def test_components_within_5_percent_of_simulate(tmp_path_factory, name, regime, checkpointing):
     cfg = load_config(None, [], base={

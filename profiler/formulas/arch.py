@@ -2,7 +2,9 @@
 
 No hand-typed sizes: every parameter count comes from `AutoModelForCausalLM.from_config` built on the
 `meta` device (no memory, no weights, seconds even for 70B), so tied embeddings, biases, GQA projections
-and norms are counted exactly as transformers builds them.
+and norms are counted exactly as transformers builds them. What a layer's norms and MLP activation save for
+backward is measured the same way: each is run once on meta tensors (`probe_saved`), so a new norm class or
+activation needs no hand-typed term.
 """
 
 from __future__ import annotations

@@ -45,3 +45,19 @@ def test_components_within_5_percent_of_simulate(tmp_path_factory, name, regime,
     steady = sim["peaks"]["steady_peak_allocated_bytes"]
     assert abs(predicted - steady) <= 0.05 * steady, (name, regime, checkpointing, predicted, steady)
     assert "not modelled" not in est.notes
+
+
+@pytest.mark.parametrize("arch, overrides, kernel", [
+    ("llama-3-8b", [], "flash"),  # bf16, grouped-query k/v with enable_gqa
+    ("llama-3-8b", ["regime.kind=qlora"], "math"),  # fp32 (prepare_kbit): mem-efficient has no GQA
+    ("llama-2-7b", ["regime.kind=qlora"], "efficient"),  # fp32, as many k/v heads as q heads
+    ("falcon-7b", [], "math"),  # one k/v head handed to SDPA without enable_gqa
+    ("gemma-2-9b", [], "eager"),  # transformers' choice: SDPA cannot soft-cap
+    ("gpt2", ["device=cpu"], "math"),  # the CPU flash kernel takes no attention dropout
+    ("pythia-6.9b", ["device=cpu"], "flash"),
+])
+def test_default_kernel_is_what_sdpa_would_dispatch(arch, overrides, kernel):
+    from profiler.formulas.components import default_kernel
+
+    cfg = load_config(None, [f"model.arch={arch}", *overrides], base={"device": "cuda"})
+    assert default_kernel(cfg) == kernel

@@ -47,8 +47,9 @@ def activation_bytes_per_element(cfg: RunConfig) -> int:
 
 
 def default_kernel(cfg: RunConfig, a: int | None = None, arch: Arch | None = None, mask: bool = False) -> str:
-    """The attention path a run takes: eager; flash for flash_attention_2 and on CPU (SDPA's CPU flash
-    kernel); on CUDA what SDPA's dispatcher picks (torch sdp_utils.cpp; simulate.backend.cuda_sdpa_kernel):
+    """The attention path a run takes: eager; flash for flash_attention_2; on CPU SDPA's flash kernel, or
+    its math kernel with attention dropout (GPT-2) or unrepeated k/v heads (Falcon-7B); on CUDA what SDPA's
+    dispatcher picks (torch sdp_utils.cpp; simulate.backend.cuda_sdpa_kernel):
     flash for 16-bit without a mask, mem-efficient for fp32 or with a mask (transformers then repeats
     k/v to all heads), and the math kernel (s x s saved) where neither fused kernel takes the inputs:
     grouped-query k/v with `enable_gqa` in fp32 (mem-efficient has no GQA), or k/v with fewer heads and no

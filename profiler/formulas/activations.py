@@ -23,12 +23,22 @@ tensor by tensor with `torch.autograd.graph.saved_tensors_hooks` on CPU), with `
 - qk-norm (Qwen3): the per-head RMSNorms of q and k save like the layer norms, over q's and k's width.
 - sliding window shorter than the sequence (Mistral, Phi-3): the mask is no longer all-causal, so SDPA gets
   an explicit b x 1 x s x s mask (saved in every layer) and transformers repeats k/v to all heads.
-Which blocks this covers is decided in components.py `not_modelled` from the meta-device model (arch.py).
+Other families (`layer_bytes` with the layer's `Block`, read off the meta-device model in arch.py): each block
+norm and the MLP activation save what their meta-tensor probe measured (arch.probe_saved: RMSNorm variants,
+Gemma's fp32 `1 + weight` norm, LayerNorm; gelu_new's four saved tensors); the data flow follows the block:
+pre-norms and post-norms (Gemma-2/3 sandwich, OLMo-2 post-only), parallel attention/MLP (GPT-NeoX: a second
+norm reading the same input; Falcon: one norm feeding both), a fused q|k|v without RoPE whose whole output stays
+saved through q (GPT-2), hidden-state dropout masks (GPT-2), tanh soft-capping of eager attention scores
+(Gemma-2: one more s x s tensor), SDPA's math kernel (fp32 q, k, v and probabilities; k/v broadcast when
+Falcon-7B hands over its single k/v head). Which blocks this covers is decided in components.py
+`not_modelled` from the meta-device model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from profiler.formulas.arch import Block
 
 KERNELS = ("flash", "efficient", "math", "eager")
 
@@ -64,6 +74,8 @@ class LayerPlan:
     gated: bool = True
     qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3): saves like a norm of q's and k's width
     mask: bool = False  # an explicit attention mask reaches SDPA (sliding window shorter than the sequence)
+    block: Block | None = None  # the layer as built (arch.py); None: a Llama-style block
+    kernel: str | None = None  # this layer's attention kernel where it differs from the model's (Gemma-3)
 
 
 def norm_bytes(sh: Shape, grad_in: bool, weight_trains: bool, width: int | None = None, rows: int = 1) -> int:
@@ -79,10 +91,29 @@ def norm_bytes(sh: Shape, grad_in: bool, weight_trains: bool, width: int | None 
     return out
 
 
-def attention_bytes(sh: Shape, kernel: str, o_proj_saves: bool, mask: bool = False) -> int:
+def probed_bytes(cost: tuple, a: int, rows: int, grad_in: bool, weight_trains: bool, shared_input: bool = False) -> int:
+    """Bytes a norm saves over `rows` rows, from its meta-tensor probe (arch.probe_saved). `shared_input`:
+    another module already saves the same input (NeoX's two norms read one hidden state)."""
+    if not grad_in and not weight_trains:
+        return 0
+    for ca, g, w, per_row, const, own in cost:
+        if ca == (2 if a < 4 else 4) and g == grad_in and w == weight_trains:
+            return (per_row - (own if shared_input else 0)) * rows + const
+    raise ValueError(f"no probe for a={a}, grad_in={grad_in}, weight_trains={weight_trains}")
+
+
+def act_bytes(blk: Block | None, a: int, elements: int) -> int:
+    """What the MLP activation saves over `elements` inputs (one tensor for silu/gelu, four for gelu_new)."""
+    per = dict(blk.act_cost).get(2 if a < 4 else 4) if blk is not None and blk.act_cost else None
+    return (per if per is not None else a) * elements
+
+
+def attention_bytes(sh: Shape, kernel: str, o_proj_saves: bool, mask: bool = False, kv_repeated: bool = True) -> int:
     """q, k, v, output/probabilities saved by the attention kernel (and o_proj's input where distinct).
     With an explicit mask (sliding window), transformers repeats k/v to all heads for SDPA and the kernel
-    saves the b x 1 x s x s mask (activation dtype) in every layer."""
+    saves the b x 1 x s x s mask (activation dtype) in every layer. SDPA's math kernel computes in fp32
+    (it upcasts 16-bit q, k, v: torch `_scaled_dot_product_attention_math`), repeats k/v to all heads for
+    `enable_gqa` (kv_repeated) and broadcasts them otherwise (Falcon-7B's one k/v head)."""
     a = sh.a
     bsq = sh.b * sh.s * sh.heads * sh.head_dim
     bsk = sh.b * sh.s * sh.kv
@@ -95,7 +126,7 @@ def attention_bytes(sh: Shape, kernel: str, o_proj_saves: bool, mask: bool = Fal
     qkv = 3 * a * bsq  # k/v repeated to all heads (repeat_kv / GQA expansion)
     out = a * bsq if o_proj_saves else 0  # transpose(1, 2).contiguous() copy fed to o_proj
     if kernel == "math":
-        return qkv + a * probs + out
+        return 4 * bsq + 2 * 4 * (bsq if kv_repeated else bsk) + 4 * probs + out
     return qkv + (4 + (a if a < 4 else 0)) * probs + out  # eager: fp32 softmax + cast copy
 
 
@@ -116,6 +147,63 @@ def lora_bytes(sh: Shape, n_linears: int, width: int, lp: LayerPlan, device: str
 
 def layer_bytes(sh: Shape, lp: LayerPlan, kernel: str, device: str) -> int:
     """Bytes autograd saves for one decoder layer."""
+    blk = lp.block
+    if blk is None or not blk.norm_cost:
+        return _llama_layer_bytes(sh, lp, lp.kernel or kernel, device)
+    kernel = lp.kernel or kernel
+    bs, bsh, bsi, a = sh.b * sh.s, sh.b * sh.s * sh.h, sh.b * sh.s * sh.i, sh.a
+    tr, nt = lp.linears_train, lp.norms_train
+    mask_bytes = 1 if device == "cuda" else a  # CUDA native_dropout: a bool mask; CPU: a noise tensor
+
+    def norm(grad_in: bool, shared: bool = False) -> int:
+        return probed_bytes(blk.norm_cost, a, bs, grad_in, nt, shared)
+
+    total = norm(lp.grad_in) if blk.pre_norms else 0  # input norm (OLMo-2: none)
+    total += a * bsh if tr else 0  # q/k/v input (normed hidden; OLMo-2: the layer input)
+    total += lora_bytes(sh, lp.lora_qkv, sh.h, lp, device, 0 if lp.grad_in or nt else lp.lora_qkv)
+    grad_attn = lp.grad_in or tr or lp.lora_qkv > 0 or nt
+    if grad_attn:
+        if lp.qk_norm and blk.qk_norm_cost:
+            w = blk.qk_norm_width
+            total += probed_bytes(blk.qk_norm_cost, a, bs * (sh.heads * sh.head_dim // w), True, nt)
+            total += probed_bytes(blk.qk_norm_cost, a, bs * (sh.kv // w), True, nt)
+        total += attention_bytes(sh, kernel, tr, lp.mask, blk.sdpa_kv_heads is None)
+        if blk.fused_qkv and not blk.rope and kernel in ("flash", "efficient"):
+            total += 2 * a * bs * sh.kv  # q is a view of the fused q|k|v output, which stays saved (GPT-2)
+        if blk.attn_dropout > 0 and kernel == "math":  # dropout of the fp32 probabilities: mask + output
+            total += (4 if device == "cpu" else 1) * sh.b * sh.heads * sh.s * sh.s + 4 * sh.b * sh.heads * sh.s * sh.s
+        if blk.attn_softcap and kernel in ("eager", "math"):
+            total += a * sh.b * sh.heads * sh.s * sh.s  # tanh of the scores (Gemma-2)
+    total += lora_bytes(sh, lp.lora_o, sh.h, lp, device, 0 if grad_attn else lp.lora_o)
+    attn_out = grad_attn or lp.lora_o > 0
+    if blk.post_norms:
+        total += norm(attn_out)  # post-attention norm on o_proj's output
+    total += bsh * mask_bytes if blk.layer_dropouts and attn_out else 0  # resid dropout (GPT-2)
+    if blk.parallel:  # the MLP reads the layer input too: its own norm (NeoX) or the attention's (Falcon)
+        grad_mlp = lp.grad_in or nt
+        if blk.pre_norms >= 2:
+            total += norm(lp.grad_in, shared=True)
+            total += a * bsh if tr else 0  # MLP input: the second norm's output
+    else:
+        grad_mlp = attn_out
+        if blk.pre_norms >= 2:
+            total += norm(grad_mlp)  # pre-MLP norm
+        total += a * bsh if tr else 0  # gate/up input
+    total += lora_bytes(sh, lp.lora_gate_up, sh.h, lp, device, 0 if grad_mlp else lp.lora_gate_up)
+    if grad_mlp or lp.lora_gate_up or tr:
+        total += act_bytes(blk, a, bsi)  # the activation's own saves (gate or fc output ...)
+        total += 2 * a * bsi if lp.gated else 0  # act(gate) * up saves both
+        total += a * bsi if tr else 0  # down_proj input
+    total += lora_bytes(sh, lp.lora_down, sh.i, lp, device)
+    mlp_out = grad_mlp or lp.lora_gate_up > 0 or lp.lora_down > 0 or tr
+    if blk.post_norms:
+        total += norm(mlp_out)  # post-MLP norm
+    total += bsh * mask_bytes * (blk.layer_dropouts - 1) if blk.layer_dropouts > 1 and mlp_out else 0
+    return total
+
+
+def _llama_layer_bytes(sh: Shape, lp: LayerPlan, kernel: str, device: str) -> int:
+    """A Llama-style block (RMSNorm pre-norms, SwiGLU), for plans built without the block's probes."""
     bsh, bsi, a = sh.b * sh.s * sh.h, sh.b * sh.s * sh.i, sh.a
     tr = lp.linears_train
     total = norm_bytes(sh, lp.grad_in, lp.norms_train)  # input norm

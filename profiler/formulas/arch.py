@@ -2,7 +2,9 @@
 
 No hand-typed sizes: every parameter count comes from `AutoModelForCausalLM.from_config` built on the
 `meta` device (no memory, no weights, seconds even for 70B), so tied embeddings, biases, GQA projections
-and norms are counted exactly as transformers builds them.
+and norms are counted exactly as transformers builds them. What a layer's norms and MLP activation save for
+backward is measured the same way: each is run once on meta tensors (`probe_saved`), so a new norm class or
+activation needs no hand-typed term.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ class Linear:
     has_bias: bool
     layer: int | None  # decoder-layer index, None outside the repeated blocks
     is_head: bool  # the output projection (lm_head); never quantized, never a LoRA target
+    # transformers' replace_with_bnb_linear converts `type(m) is nn.Linear` or Conv1D only: a subclass
+    # (Falcon's FalconLinear) stays in the model dtype under QLoRA
+    quantizable: bool = True
 
 
 @dataclass(frozen=True)
@@ -51,17 +56,107 @@ class Block:
     parallel: bool  # attention and MLP read the same input (Falcon parallel_attn, NeoX parallel residual)
     softcap: bool  # tanh soft-capping of attention scores or logits (Gemma-2)
     sliding_window: int | None  # sliding-window attention (Mistral, Gemma)
+    # --- what the activation model (activations.py) needs, read off the same layer and config
+    pre_norms: int = 2  # norms before attention / MLP (0: OLMo-2; 1: Falcon-7B's one norm feeds both)
+    post_norms: int = 0  # norms on the attention and MLP outputs (Gemma-2/3 sandwich, OLMo-2)
+    norm_cost: tuple = ()  # SavedCost rows of one block norm, measured on meta tensors (probe_saved)
+    qk_norm_cost: tuple = ()  # the same for q_norm (k_norm is alike), per normalized row
+    qk_norm_width: int = 0  # q_norm's width: head_dim (per head: Qwen3, Gemma-3) or q width (OLMo-2)
+    act_cost: tuple = ()  # (a, bytes saved per input element) of the MLP activation (gelu_new: 4 tensors)
+    rope: bool = True  # rotary q/k: q is a new tensor; without it a fused qkv output stays saved (GPT-2)
+    fused_qkv: bool = False  # one projection makes q, k and v (GPT-2 c_attn, NeoX, Falcon)
+    layer_dropouts: int = 0  # Dropout(p > 0) on the hidden stream per layer (GPT-2: resid + mlp)
+    embed_dropout: bool = False  # Dropout(p > 0) after the embeddings (GPT-2 drop)
+    attn_softcap: bool = False  # eager attention: tanh soft-capping saves one more s x s tensor (Gemma-2)
+    final_softcap: bool = False  # tanh soft-capping of the logits saves one more b x s x V tensor (Gemma-2)
+    windows: tuple = ()  # sliding window of each layer (None: full attention; Gemma-3 alternates)
+    mask_always: bool = False  # the model always hands SDPA an explicit mask (Falcon, to add ALiBi onto)
+    sdpa_kv_heads: int | None = None  # k/v heads SDPA gets without enable_gqa or repeat (Falcon-7B MQA: 1)
+    attn_dropout: float = 0.0  # dropout_p handed to the attention kernel in training (GPT-2 attn_pdrop)
 
 
-def block_of(model: nn.Module, layer: nn.Module, hf) -> Block:
+def probe_saved(module: nn.Module, width: int, a: int, grad_in: bool, weight_trains: bool) -> tuple[int, int, int]:
+    """What `module` saves for backward, measured by running it on meta tensors (no memory, no data):
+    (bytes per input row, constant bytes, bytes per row that are the input itself). Rows of `width`
+    elements in the activation dtype (a = 2: bfloat16, 4: float32); the module's parameters in that dtype
+    too, trainable or not. Two runs (1 and 2 rows) separate the per-row part from the constant (Gemma's
+    fp32 `1 + weight`)."""
+    import copy
+
+    dtype = torch.bfloat16 if a == 2 else torch.float32
+    m = copy.deepcopy(module).to(dtype)
+    for p in m.parameters():
+        p.requires_grad_(weight_trains)
+    params = {p.untyped_storage()._cdata for p in m.parameters()}
+    out = []
+    for rows in (1, 2):
+        x = torch.empty(rows, width, dtype=dtype, device="meta", requires_grad=grad_in)
+        seen: dict[int, int] = {}
+        own = x.untyped_storage()._cdata
+
+        def pack(t, seen=seen):
+            key = t.untyped_storage()._cdata
+            if key not in params:
+                seen[key] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            m(x)
+        out.append((sum(seen.values()), seen.get(own, 0)))
+    (one, in1), (two, in2) = out
+    return two - one, 2 * one - two, in2 - in1
+
+
+def _costs(module: nn.Module | None, width: int) -> tuple:
+    """((a, grad_in, weight_trains, per_row, const, input_per_row), ...) for a = 2 and 4."""
+    if module is None:
+        return ()
+    return tuple((a, g, w, *probe_saved(module, width, a, g, w))
+                 for a in (2, 4) for g, w in ((True, False), (True, True), (False, True)))
+
+
+def _act_cost(module: nn.Module | None, width: int) -> tuple:
+    if module is None:
+        return ()
+    return tuple((a, probe_saved(module, width, a, True, False)[0] // width) for a in (2, 4))
+
+
+def _windows(hf, n_layers: int) -> tuple:
+    if getattr(hf, "use_sliding_window", True) is False or not getattr(hf, "sliding_window", None):
+        return (None,) * n_layers
+    types = getattr(hf, "layer_types", None)
+    if types:  # Gemma-2/3: "sliding_attention" / "full_attention" per layer
+        return tuple(hf.sliding_window if t == "sliding_attention" else None for t in types[:n_layers])
+    return (hf.sliding_window,) * n_layers
+
+
+def block_of(model: nn.Module, layer: nn.Module, hf, n_layers: int = 1) -> Block:
     leaves = [(n, m) for n, m in layer.named_modules() if n and not list(m.children())]
     norms = [(n, type(m).__name__) for n, m in leaves if "norm" in type(m).__name__.lower()]
     qk = [n for n, _ in norms if n.rsplit(".", 1)[-1] in ("q_norm", "k_norm")]
     acts = [type(m).__name__ for n, m in leaves if "act" in n.rsplit(".", 1)[-1]]
+    act_mods = [m for n, m in leaves if "act" in n.rsplit(".", 1)[-1]]
     drops = [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
     drops += [float(getattr(hf, k, 0.0) or 0.0) for k in ("attention_dropout", "attn_pdrop")]
     embeds = [m for m in model.modules() if isinstance(m, nn.Embedding)]
     window = getattr(hf, "sliding_window", None) if getattr(hf, "use_sliding_window", True) is not False else None
+    block_norms = [(n, m) for n, m in leaves if "norm" in type(m).__name__.lower()
+                   and n.rsplit(".", 1)[-1] not in ("q_norm", "k_norm")]
+    # post-norms: a norm on the MLP's output exists (Gemma's sandwich, OLMo-2); the attention output then has
+    # one too, and the remaining norms are pre-norms (Gemma: 2, OLMo-2: 0)
+    post = 2 if any(n.rsplit(".", 1)[-1] == "post_feedforward_layernorm" for n, _ in block_norms) else 0
+    hidden = hf.hidden_size
+    qn = next((m for n, m in leaves if n.rsplit(".", 1)[-1] == "q_norm"), None)
+    qk_width = qn.weight.numel() if qn is not None and getattr(qn, "weight", None) is not None else 0
+    inter = getattr(hf, "intermediate_size", None) or getattr(hf, "n_inner", None) or 4 * hidden
+    # layer dropouts act on the hidden stream; attention dropout goes to the SDPA kernel as dropout_p
+    layer_drops = [n for n, m in layer.named_modules() if isinstance(m, nn.Dropout) and m.p > 0
+                   and "attn_dropout" not in n and "attention_dropout" not in n]
+    base = getattr(model, getattr(model, "base_model_prefix", "model"), model)
+    embed_drop = any(isinstance(m, nn.Dropout) and m.p > 0 for m in base.children())
+    fused = any(n.rsplit(".", 1)[-1] in ("c_attn", "query_key_value", "qkv_proj", "Wqkv") for n, _ in leaves)
+    falcon_mqa = hf.model_type == "falcon" and getattr(hf, "multi_query", False) and not getattr(
+        hf, "new_decoder_architecture", False)
     return Block(
         norm_type=norms[0][1] if norms else "none",
         norms=len(norms) - len(qk),
@@ -72,6 +167,24 @@ def block_of(model: nn.Module, layer: nn.Module, hf) -> Block:
         parallel=bool(getattr(hf, "parallel_attn", False) or getattr(hf, "use_parallel_residual", False)),
         softcap=bool(getattr(hf, "attn_logit_softcapping", None) or getattr(hf, "final_logit_softcapping", None)),
         sliding_window=window,
+        pre_norms=len(block_norms) - post,
+        post_norms=post,
+        norm_cost=_costs(block_norms[0][1] if block_norms else None, hidden),
+        qk_norm_cost=_costs(qn, qk_width),
+        qk_norm_width=qk_width,
+        act_cost=_act_cost(act_mods[0] if act_mods else None, inter),
+        rope=any("rotary" in type(m).__name__.lower() for m in model.modules()),
+        fused_qkv=fused,
+        layer_dropouts=len(layer_drops),
+        embed_dropout=embed_drop,
+        attn_softcap=bool(getattr(hf, "attn_logit_softcapping", None)),
+        final_softcap=bool(getattr(hf, "final_logit_softcapping", None)),
+        windows=_windows(hf, n_layers),
+        # modeling_falcon.py: the mask is always materialised (ALiBi is added onto it), and the old
+        # architecture's multi-query k/v reach F.scaled_dot_product_attention with 1 head, no enable_gqa
+        mask_always=hf.model_type == "falcon",
+        sdpa_kv_heads=1 if falcon_mqa else None,
+        attn_dropout=max(float(getattr(hf, k, 0.0) or 0.0) for k in ("attention_dropout", "attn_pdrop")),
     )
 
 
@@ -153,6 +266,8 @@ def _arch_cached(hf_json: str) -> Arch:
     heads = text.num_attention_heads
     hidden = text.hidden_size
     kv = getattr(text, "num_key_value_heads", None) or heads
+    attn0 = next((m for n, m in model.get_submodule(prefix)[0].named_children() if "att" in n), None)
+    kv = getattr(attn0, "num_kv_heads", None) or kv  # Falcon: 1 k/v head with multi_query (config says heads)
     head_dim = getattr(text, "head_dim", None) or hidden // heads
     inter = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden
     act = str(getattr(text, "hidden_act", None) or getattr(text, "activation_function", "gelu"))
@@ -177,7 +292,8 @@ def _arch_cached(hf_json: str) -> Arch:
         if isinstance(mod, nn.Linear):
             linears.append(
                 Linear(
-                    name, mod.in_features, mod.out_features, mod.bias is not None, layer_of(name), mod is head
+                    name, mod.in_features, mod.out_features, mod.bias is not None, layer_of(name), mod is head,
+                    type(mod) is nn.Linear,
                 )
             )
         elif type(mod).__name__ == "Conv1D":  # GPT-2: weight is [in, out]
@@ -203,7 +319,7 @@ def _arch_cached(hf_json: str) -> Arch:
         buffers=bufs,
         layer_prefix=prefix,
         base_prefix=base,
-        block=block_of(model, model.get_submodule(prefix)[0], text),
+        block=block_of(model, model.get_submodule(prefix)[0], text, n_layers),
         norm_names=tuple((n, type(m).__name__) for n, m in model.get_submodule(prefix)[0].named_modules()
                          if "norm" in type(m).__name__.lower()),
         default_attention=model.config._attn_implementation,

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from profiler.config import RunConfig
 from profiler.formulas import Estimate, make_estimate, register
-from profiler.formulas.activations import KERNELS, LayerPlan, Shape, layer_bytes, norm_bytes
+from profiler.formulas.activations import KERNELS, LayerPlan, Shape, layer_bytes, norm_bytes, probed_bytes
 from profiler.formulas.arch import Arch, arch_of
 from profiler.formulas.moe import layer_bytes_moe
 from profiler.formulas.params import DTYPE_BYTES, ParamPlan, lora_targets, param_plan
@@ -46,19 +46,34 @@ def activation_bytes_per_element(cfg: RunConfig) -> int:
     return DTYPE_BYTES[cfg.model.dtype]
 
 
-def default_kernel(cfg: RunConfig, a: int | None = None, arch: Arch | None = None) -> str:
-    """The attention path a run takes: eager; flash for flash_attention_2; SDPA picks flash for 16-bit on
-    CUDA, mem-efficient for fp32 on CUDA, and its flash kernel on CPU. `auto` is what transformers picks
-    for the model (read off the meta-device model: eager for Gemma-2)."""
+def default_kernel(cfg: RunConfig, a: int | None = None, arch: Arch | None = None, mask: bool = False) -> str:
+    """The attention path a run takes: eager; flash for flash_attention_2; on CPU SDPA's flash kernel, or
+    its math kernel with attention dropout (GPT-2) or unrepeated k/v heads (Falcon-7B); on CUDA what SDPA's
+    dispatcher picks (torch sdp_utils.cpp; simulate.backend.cuda_sdpa_kernel):
+    flash for 16-bit without a mask, mem-efficient for fp32 or with a mask (transformers then repeats
+    k/v to all heads), and the math kernel (s x s saved) where neither fused kernel takes the inputs:
+    grouped-query k/v with `enable_gqa` in fp32 (mem-efficient has no GQA), or k/v with fewer heads and no
+    `enable_gqa` (Falcon-7B). `auto` is what transformers picks for the model (eager for Gemma-2)."""
     impl = cfg.model.attn_implementation
+    arch = arch or arch_of(cfg)
     if impl == "auto":
-        impl = (arch or arch_of(cfg)).default_attention
+        impl = arch.default_attention
     if impl == "eager":
         return "eager"
-    if impl == "flash_attention_2" or cfg.device == "cpu":
+    if impl == "flash_attention_2":
         return "flash"
     a = a or activation_bytes_per_element(cfg)
-    return "flash" if a == 2 else "efficient"
+    mask = mask or arch.block.mask_always
+    sdpa_kv = arch.block.sdpa_kv_heads
+    if sdpa_kv is not None and sdpa_kv != arch.heads:
+        return "math"  # fewer k/v heads and no enable_gqa: the fused kernels (CUDA and CPU) refuse them
+    if cfg.device == "cpu":  # the CPU flash kernel takes masks and GQA, not dropout (sdp_utils_cpp.cpp)
+        return "math" if arch.block.attn_dropout > 0 else "flash"
+    if mask:
+        return "efficient"
+    if arch.kv_heads != arch.heads:  # transformers passes enable_gqa=True: flash only
+        return "flash" if a == 2 and arch.head_dim <= 256 else "math"
+    return "flash" if a == 2 and arch.head_dim <= 256 else "efficient"
 
 
 def _match(name: str, keys: tuple[str, ...]) -> bool:
@@ -81,27 +96,20 @@ def shape_of(arch: Arch, cfg: RunConfig, b: int | None = None, s: int | None = N
 
 def not_modelled(arch: Arch) -> list[str]:
     """What the activation model (activations.py) does not cover in this model's block, read off the
-    meta-device model: empty for Llama-style blocks (Llama, Mistral, Qwen2/2.5/3, Phi-3/4, SmolLM)."""
+    meta-device model. Norms and the MLP activation are measured on meta tensors (arch.probe_saved), so
+    any norm class and activation is covered; what is left is data flow the model does not describe."""
     b = arch.block
     out = []
-    if "rmsnorm" not in b.norm_type.lower():
-        out.append(f"{b.norm_type} (not RMSNorm)")
-    elif b.norm_type.lower().startswith("gemma"):
-        out.append(f"{b.norm_type} (1 + weight, fp32 output)")
-    if b.norms != 2:
-        out.append(f"{b.norms} norms per layer")
-    if any(n.endswith("post_feedforward_layernorm") for n, _ in arch.norm_names):
-        out.append("post-norm block")
-    if not arch.gated_mlp or b.activation not in ("SiLUActivation", "SiLU"):
-        out.append(f"MLP {'gated' if arch.gated_mlp else 'two-matrix'} {b.activation}")
-    if b.dropout > 0:
-        out.append(f"dropout {b.dropout:g}")
-    if b.learned_positions:
-        out.append("learned positions")
-    if b.parallel:
-        out.append("parallel attention/MLP")
-    if b.softcap:
-        out.append("soft-capping")
+    if not b.norm_cost:
+        out.append(f"{b.norm_type} (no block norm to probe)")
+    if b.pre_norms not in (0, 1, 2) or b.post_norms not in (0, 2):
+        out.append(f"{b.pre_norms} pre-norms and {b.post_norms} post-norms per layer")
+    if b.qk_norm and not b.qk_norm_cost:
+        out.append("qk-norm without a weight")
+    if b.parallel and b.post_norms:
+        out.append("parallel attention/MLP with post-norms")
+    if arch.default_attention not in ("sdpa", "eager"):
+        out.append(f"attention {arch.default_attention}")
     return out
 
 
@@ -159,6 +167,7 @@ def layer_plans(plan: ParamPlan, cfg: RunConfig) -> tuple[list[LayerPlan], dict[
                 lora_dropout=rg.lora.dropout > 0,
                 gated=arch.gated_mlp,
                 qk_norm=arch.block.qk_norm,
+                block=arch.block,
             )
         )
         grad = grad or lt or any(q.values())
@@ -174,13 +183,19 @@ def activations(
     plan = param_plan(cfg)
     arch = plan.arch
     sh = shape_of(arch, cfg, b, s)
+    kernel_given = kernel
     kernel = kernel or default_kernel(cfg, sh.a, arch)
     if kernel not in KERNELS:
         raise ValueError(f"kernel {kernel!r}; allowed: {', '.join(KERNELS)}")
     plans, out = layer_plans(plan, cfg)
-    window = arch.block.sliding_window
-    if window and sh.s > window:  # the sliding-window mask is no longer all-causal: SDPA gets it
-        plans = [replace(lp, mask=True) for lp in plans]
+    windows = arch.block.windows or (arch.block.sliding_window,) * arch.layers
+    for li, window in enumerate(windows):
+        # the sliding-window mask reaches SDPA when it is no longer all-causal, and always without a KV cache
+        # (gradient checkpointing turns the cache off; transformers' masking_utils skips it only with one)
+        masked = bool(window and (sh.s > window or cfg.train.gradient_checkpointing))
+        if masked or arch.block.mask_always:
+            layer_kernel = default_kernel(cfg, sh.a, arch, mask=True) if kernel_given is None else kernel
+            plans[li] = replace(plans[li], mask=layer_kernel == "efficient" or masked, kernel=layer_kernel)
     per_layer = [layer_bytes(sh, lp, kernel, cfg.device) for lp in plans]
     per_layer = layer_bytes_moe(cfg, sh, plans, per_layer, kernel)  # MoE hook (formulas/moe.py); dense: as is
     bs, bsh = sh.b * sh.s, sh.b * sh.s * sh.h
@@ -188,17 +203,43 @@ def activations(
     layers = arch.layers * sh.a * bsh if ckpt else sum(per_layer)
     any_grad = out["grad_at_end"]
     tail = 0
+    blk = arch.block
     if any_grad:
-        tail += 2 * sh.s * sh.head_dim * sh.a if arch.gated_mlp else 0  # RoPE cos/sin, shared by layers
-        tail += norm_bytes(sh, any_grad, out["final_norm"])
+        tail += 2 * sh.s * sh.head_dim * sh.a if blk.rope else 0  # RoPE cos/sin, shared by layers
+        if blk.norm_cost:
+            tail += probed_bytes(blk.norm_cost, sh.a, bs, any_grad, out["final_norm"])
+        else:
+            tail += norm_bytes(sh, any_grad, out["final_norm"])
         tail += sh.a * bsh if out["head"] else 0  # lm_head input
-        tail += 8 * bs if out["embed"] else 0  # input ids saved by the embedding
+        tail += 8 * bs * (2 if blk.learned_positions else 1) if out["embed"] else 0  # ids (+ position ids)
+        tail += (bsh if cfg.device == "cuda" else sh.a * bsh) if blk.embed_dropout and out["embed"] else 0
     logits = (4 * bs * sh.vocab + 2 * 8 * bs) if any_grad else 0  # fp32 log_softmax output + labels
+    logits += sh.a * bs * sh.vocab if any_grad and blk.final_softcap else 0  # tanh of the capped logits
+    # s x s tensors one layer holds while it runs, beyond what it saves (eager / math attention), in bytes per
+    # score: forward, forward under checkpointing (nothing saved: the softmax output is transient too), backward.
+    # math (fp32): the scores beside their softmax; backward: the gradients of the probabilities and of the
+    # scores (with dropout the dropped copy and its mask are freed first: one). eager: softmax(x, dtype=fp32)
+    # holds x and its fp32 copy beside the output; backward: the fp32 gradient beside the 16-bit one.
+    probs = sh.b * sh.heads * sh.s * sh.s
+    math_bwd = 4 if arch.block.attn_dropout > 0 else 8
+    s2 = {"math": (4, 8, math_bwd), "eager": (4 + sh.a, 8 + sh.a, 4 + sh.a)}
+    worst = max((s2.get(lp.kernel or kernel, (0, 0, 0)) for lp in plans), default=(0, 0, 0))
+    # the attention half of a layer: what is saved when its attention runs (forward) or is differentiated
+    # (backward: the MLP's saves are freed by then), i.e. the layer without its intermediate-wide MLP terms
+    no_mlp = replace(sh, i=0)
+    attn_half = [layer_bytes(no_mlp, lp, kernel, cfg.device) for lp in plans]
     return {
         "layers": layers,
         "tail": tail,
         "logits": logits,
         "recompute": max(per_layer) if ckpt and per_layer else 0,
+        "recompute_attention": max(attn_half) if ckpt and attn_half else 0,
+        "mlp_last": (per_layer[-1] - attn_half[-1]) if per_layer and not ckpt else 0,
+        "attn_fwd": probs * (worst[1] if ckpt else worst[0]),
+        "attn_bwd": probs * worst[2],
+        # a trained tied embedding: its gradient from the embedding lookup and the sum with the head's gradient
+        # are both alive at the end of backward (V x h each, the parameter's dtype)
+        "tied_embed_grad": 2 * sh.vocab * sh.h * plan.param_itemsize if arch.tied and out["embed"] else 0,
         "kernel_index": KERNELS.index(kernel),
     }
 
@@ -286,14 +327,23 @@ def components_estimate(
     sh = shape_of(plan.arch, cfg, b, s)
     bsv = sh.b * sh.s * sh.vocab
     fwd_tmp = sh.a * bsv + (4 * bsv if sh.a < 4 else 0)  # logits + their fp32 upcast during the loss
-    bwd_start_tmp = 8 * bsv + act["recompute"]  # nll grad + log_softmax grad (+ one recomputed layer)
-    bwd_end_tmp = 2 * sh.a * sh.b * sh.s * sh.h + act["recompute"]  # hidden-state gradients in flight
-    backward = (  # its start (activations, loss gradients) and its end (gradients): the larger is the peak
+    bwd_start_tmp = 8 * bsv  # nll grad + log_softmax grad, before any layer's backward
+    hidden_grads = 2 * sh.a * sh.b * sh.s * sh.h  # hidden-state gradients in flight
+    bwd_end_tmp = hidden_grads + act["recompute"] + act["tied_embed_grad"]
+    backward = (  # its start (activations, loss gradients), the last layer's backward once the loss
+        # gradients are freed (checkpointing: its recompute too), and its end (gradients): the largest is the peak
         {"weights": W, "optimizer": Opt, "activations": A, "temporaries": bwd_start_tmp},
+        {"weights": W, "optimizer": Opt, "activations": A - act["logits"] - act["mlp_last"],
+         "temporaries": hidden_grads + max(act["recompute"], act["recompute_attention"] + act["attn_bwd"])},
         {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": bwd_end_tmp},
     )
+    forward = (  # the loss (logits and their fp32 copy), or the last layer's attention (s x s kernels)
+        {"weights": W, "optimizer": Opt, "activations": A, "temporaries": fwd_tmp},
+        {"weights": W, "optimizer": Opt, "activations": A - act["logits"] - act["mlp_last"],
+         "temporaries": act["attn_fwd"]},
+    )
     phases = {
-        "forward": {"weights": W, "optimizer": Opt, "activations": A, "temporaries": fwd_tmp},
+        "forward": max(forward, key=lambda c: sum(c.values())),
         "backward": max(backward, key=lambda c: sum(c.values())),
         "optimizer_step": {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": opt_tmp},
     }
@@ -302,7 +352,8 @@ def components_estimate(
     comps["overhead"] = overhead_bytes(cfg, sum(comps.values()))
     details = {f"peak_{k}": sum(v.values()) for k, v in phases.items()}
     details |= {f"{ph}:{c}": v for ph, cs in phases.items() for c, v in cs.items()}  # phase:component
-    details |= {f"backward_{e}:{c}": v for e, cs in zip(("start", "end"), backward) for c, v in cs.items()}
+    details |= {f"backward_{e}:{c}": v for e, cs in zip(("start", "last_layer", "end"), backward, strict=True)
+                for c, v in cs.items()}
     details |= {
         "weights": W,
         "gradients": G,

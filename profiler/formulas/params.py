@@ -4,7 +4,8 @@ Mirrors what loading.py + regimes.py build, read from the installed libraries' b
 - bitsandbytes 4-bit (Params4bit): packed uint8 numel/2, absmax per 64-block (fp32; with double quant uint8,
   plus fp32 absmax per 256-block of those, a 256-entry fp32 code and an fp32 offset), a 16-entry fp32 code;
   quantization state is per layer, not shared. 8-bit (LLM.int8 Int8Params): int8 weight + fp32 SCB per
-  output row. Every nn.Linear but the output head is quantized (transformers `get_keys_to_not_convert`).
+  output row. Every nn.Linear but the output head is quantized (transformers `get_keys_to_not_convert`);
+  a subclass of nn.Linear is not (`replace_with_bnb_linear` tests `type(m) is nn.Linear`: Falcon stays 16-bit).
 - peft `prepare_model_for_kbit_training` casts every fp16/bf16 parameter that is not Params4bit to fp32
   (norms, embeddings, lm_head, biases; Int8Params are int8 and stay).
 - peft LoRA: A (r x in) and B (out x r) per targeted linear; `autocast_adapter_dtype=True` (the default of
@@ -111,7 +112,7 @@ def param_plan(cfg: RunConfig) -> ParamPlan:
     base = 4 if qlora and rg.prepare_kbit else d
     plan = ParamPlan(arch, param_itemsize=base)
     by: dict[str, int] = defaultdict(int)
-    quant = {lin.name + ".weight": lin for lin in arch.linears if qlora and not lin.is_head}
+    quant = {lin.name + ".weight": lin for lin in arch.linears if qlora and not lin.is_head and lin.quantizable}
     for p in arch.params:
         if p.name in quant:
             lin = quant[p.name]

@@ -74,16 +74,24 @@ def _round_up(n: int, m: int) -> int:
 
 
 def cuda_sdpa_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
-                     is_causal: bool) -> str:
+                     is_causal: bool, enable_gqa: bool = False) -> str:
     """The SDPA backend CUDA's dispatcher picks on an sm80+ GPU (torch sdp_utils.cpp, default priority
-    flash > efficient > math; cuDNN, preferred on some Hopper setups, saves the same out + stats as flash)."""
+    flash > efficient > math; cuDNN, preferred on some Hopper setups, saves the same out + stats as flash).
+    Both fused kernels need q, k and v with the same number of heads (sdp_utils_cpp.h
+    `check_batch_size_and_num_heads_dense`); only flash takes fewer k/v heads, and only with `enable_gqa`.
+    A caller passing k/v with fewer heads and no `enable_gqa` (Falcon-7B's multi-query attention calls SDPA
+    directly) gets the math kernel, which broadcasts them and saves the s x s probabilities."""
     d, dv = q.shape[-1], v.shape[-1]
     same = q.dtype == k.dtype == v.dtype
     square = q.shape[-2] == k.shape[-2]
-    if same and q.dtype in _HALF and attn_mask is None and d == dv and d <= 256 and (square or not is_causal):
+    hq, hk, hv = q.shape[-3], k.shape[-3], v.shape[-3]
+    same_heads = hq == hk == hv
+    gqa = enable_gqa and hk == hv and hq % hk == 0
+    if (same and q.dtype in _HALF and attn_mask is None and d == dv and d <= 256 and (square or not is_causal)
+            and (same_heads or gqa)):
         return "flash"
     align = 4 if q.dtype == torch.float32 else 8
-    if same and q.dtype in (*_HALF, torch.float32) and d % align == 0 and dv % align == 0:
+    if same and q.dtype in (*_HALF, torch.float32) and d % align == 0 and dv % align == 0 and same_heads:
         return "efficient"
     return "math"
 
@@ -154,7 +162,7 @@ class CudaSdpa:
 
     def __call__(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                  enable_gqa=False):
-        kernel = cuda_sdpa_kernel(query, key, value, attn_mask, is_causal)
+        kernel = cuda_sdpa_kernel(query, key, value, attn_mask, is_causal, enable_gqa)
         self.used[kernel] += 1
         if kernel == "flash":
             return _FlashAttention.apply(query, key, value, is_causal, scale)

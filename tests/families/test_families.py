@@ -1,6 +1,7 @@
 """Every causal-LM family of the coverage matrix (scripts/family_matrix.py): the tiny config runs for real
 on the CPU, `simulate` reproduces its per-phase peaks, and `components` is within 10 % of `simulate` at
-seq 256 and 2048 — or says that the family is not modelled. Gemma-2 works with the default attention.
+seq 256 and 2048 (every family is modelled; a block the model does not describe would say so). Gemma-2 works
+with the default attention.
 Run: `python -m pytest tests/families/test_families.py`."""
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ fm = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fm)
 
 TINY = [tiny for _, tiny, _ in fm.FAMILIES]
-# the families whose decoder block activations.py models (Llama-style: RMSNorm pre-norms, SwiGLU, no dropout)
-MODELLED = {"tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-phi3", "tiny-smollm"}
+# the families whose decoder block activations.py models: all of them since norms and activations are probed
+# on meta tensors and the block's data flow (pre/post norms, parallel attention/MLP, fused qkv) is read off it
+MODELLED = set(TINY)
 
 
 def cfg_of(arch: str, regime: str, seq: int = 32):
@@ -66,13 +68,21 @@ def test_components_within_10_percent_of_simulate(arch):
         assert "not modelled" not in notes
 
 
-@pytest.mark.parametrize("arch", sorted(set(TINY) - MODELLED))
-def test_unmodelled_family_says_so(arch):
-    cfg = cfg_of(arch, "lora")
-    gaps = not_modelled(arch_of(cfg))
-    assert gaps
-    model_type = arch_of(cfg).model_type
-    assert f"{model_type} not modelled; simulate is the reference" in components_estimate(cfg).notes
+def test_a_block_the_model_does_not_describe_says_so(monkeypatch):
+    """A block outside the activation model (here: parallel attention/MLP with post-norms, which no bundled
+    family has) gets a number and the note, never a silent number."""
+    from dataclasses import replace
+
+    import profiler.formulas.components as comp
+
+    cfg = cfg_of("tiny-gpt-neox", "lora")
+    arch = arch_of(cfg)
+    odd = replace(arch, block=replace(arch.block, post_norms=2))
+    assert not_modelled(odd) == ["parallel attention/MLP with post-norms"]
+    assert comp.not_modelled_note(odd) == ("gpt_neox not modelled; simulate is the reference "
+                                           "(parallel attention/MLP with post-norms)")
+    monkeypatch.setattr(comp, "not_modelled", lambda a: ["parallel attention/MLP with post-norms"])
+    assert "gpt_neox not modelled; simulate is the reference" in components_estimate(cfg).notes
 
 
 def test_modelled_set_is_what_the_block_reader_says():
@@ -80,10 +90,19 @@ def test_modelled_set_is_what_the_block_reader_says():
     assert {a for a in TINY if not not_modelled(arch_of(cfg_of(a, "full")))} == MODELLED
 
 
-def test_estimate_prints_not_modelled(capsys):
+def test_estimate_prints_not_modelled(capsys, monkeypatch):
+    import profiler.formulas.components as comp
+
+    monkeypatch.setattr(comp, "not_modelled", lambda a: ["a block the model does not describe"])
     assert main(["estimate", str(REPO_ROOT / "configs" / "tiny_full.yaml"), "model.arch=tiny-falcon",
                  "device=cpu", "--estimator", "components"]) == 0
     assert "components: falcon not modelled; simulate is the reference" in capsys.readouterr().out
+
+
+def test_no_bundled_family_is_not_modelled(capsys):
+    assert main(["estimate", str(REPO_ROOT / "configs" / "tiny_full.yaml"), "model.arch=tiny-falcon",
+                 "device=cpu", "--estimator", "components"]) == 0
+    assert "not modelled" not in capsys.readouterr().out
 
 
 def test_gemma2_default_attention_is_eager_and_recorded():
@@ -125,9 +144,21 @@ def test_real_size_blocks_read_off_the_meta_model():
 
     gemma = arch("gemma-2-9b")
     assert (gemma.default_attention, gemma.block.softcap, gemma.block.norms) == ("eager", True, 4)
-    assert "soft-capping" in not_modelled(gemma)
+    assert (gemma.block.pre_norms, gemma.block.post_norms, gemma.block.attn_softcap, gemma.block.final_softcap) == (
+        2, 2, True, True)
     qwen3, phi3 = arch("qwen3-8b"), arch("phi-3-mini")
-    assert qwen3.block.qk_norm and not not_modelled(qwen3)
+    assert qwen3.block.qk_norm and qwen3.block.qk_norm_width == qwen3.head_dim and not not_modelled(qwen3)
     assert phi3.block.sliding_window == 2047 and not not_modelled(phi3)
     falcon = arch("falcon-7b")
-    assert falcon.block.parallel and falcon.block.norm_type == "LayerNorm"
+    assert falcon.block.parallel and falcon.block.norm_type == "LayerNorm" and falcon.block.pre_norms == 1
+    assert (falcon.kv_heads, falcon.block.sdpa_kv_heads, falcon.block.mask_always) == (1, 1, True)
+    assert not any(lin.quantizable for lin in falcon.linears if lin.layer is not None)  # FalconLinear
+    olmo, gpt2, neox = arch("olmo-2-7b"), arch("gpt2"), arch("pythia-6.9b")
+    assert (olmo.block.pre_norms, olmo.block.post_norms, olmo.block.qk_norm_width) == (0, 2, olmo.hidden)
+    assert (gpt2.block.rope, gpt2.block.fused_qkv, gpt2.block.layer_dropouts, gpt2.block.attn_dropout) == (
+        False, True, 2, 0.1)
+    assert dict(gpt2.block.act_cost) == {2: 8, 4: 16}  # gelu_new saves 4 tensors of its input's size
+    assert neox.block.parallel and neox.block.pre_norms == 2 and neox.block.rope
+    gemma3 = arch("gemma-3-1b")
+    assert gemma3.block.windows.count(None) == 4 and len(gemma3.block.windows) == gemma3.layers  # 1 in 6 global
+    assert not any(not_modelled(a) for a in (gemma, qwen3, phi3, falcon, olmo, gpt2, neox, gemma3))

@@ -162,10 +162,34 @@ def test_cuda_target_kernel_choice_and_config_kept():
     assert rec["attention_kernel"] == "flash"  # bf16, no mask
     assert rec["config"]["device"] == "cuda" and rec["config_hash"] == cfg.config_hash()
     rec32 = simulate(tiny("full", "device=cuda", "model.dtype=float32"))
-    assert rec32["attention_kernel"] == "efficient"  # flash needs fp16/bf16
+    assert rec32["attention_kernel"] == "math"  # flash needs fp16/bf16; mem-efficient takes no GQA (2 k/v heads)
+    mha32 = simulate(tiny("full", "device=cuda", "model.dtype=float32", "model.arch=tiny-olmo2"))
+    assert mha32["attention_kernel"] == "efficient"  # as many k/v heads as q heads
     eager = simulate(tiny("full", "device=cuda", "model.attn_implementation=eager"))
     assert eager["attention_kernel"] == "eager"
     assert rec["peaks"]["peak_allocated_bytes"] < eager["peaks"]["peak_allocated_bytes"]  # no s x s probs
+
+
+def test_cuda_fused_kernels_need_equal_heads_unless_gqa():
+    """torch's sdp_utils: flash and mem-efficient need as many k/v heads as q heads; flash takes fewer only
+    with enable_gqa. Falcon-7B passes 1 k/v head for 71 q heads without it: the math kernel (s x s saved)."""
+    from profiler.simulate.backend import cuda_sdpa_kernel
+
+    def t(h):
+        return torch.empty(1, h, 64, 64, dtype=torch.bfloat16, device="meta")
+
+    mask = torch.empty(1, 1, 64, 64, dtype=torch.bool, device="meta")
+    assert cuda_sdpa_kernel(t(8), t(8), t(8), None, True) == "flash"
+    assert cuda_sdpa_kernel(t(8), t(2), t(2), None, True, enable_gqa=True) == "flash"
+    assert cuda_sdpa_kernel(t(8), t(2), t(2), None, True) == "math"
+    assert cuda_sdpa_kernel(t(8), t(8), t(8), mask, False) == "efficient"
+    assert cuda_sdpa_kernel(t(8), t(1), t(1), mask, False) == "math"  # Falcon-7B: MQA, explicit mask
+    sim = Simulation("cuda")
+    with sim.mode():
+        q = torch.empty(1, 71, 64, 64, dtype=torch.bfloat16, requires_grad=True)
+        kv = torch.empty(1, 1, 64, 64, dtype=torch.bfloat16, requires_grad=True)
+        torch.nn.functional.scaled_dot_product_attention(q, kv, kv, attn_mask=torch.ones(1, 1, 64, 64).bool())
+    assert sim.kernels_used() == "math"
 
 
 def test_untraceable_op_fails_naming_the_op(monkeypatch):

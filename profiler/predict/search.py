@@ -91,7 +91,8 @@ def solve_max(need: Callable[[int], int], limit: int, probes: tuple[int, ...], c
     model = f"{'affine' if degree == 1 else 'quadratic'} in {'batch' if field_name == 'batch_size' else 'seq'}"
     sol = MaxSolution(field_name, 0, False, cap, model, None, memo, limit)
     for p in sorted(p for p in probes if 1 <= p <= cap):
-        at(p)
+        if at(p) > limit:  # a larger probe would be over too: the bracket starts here
+            break
     if not any(m <= limit for m in memo.values()) and at(1) > limit:  # 1 is simulated only when no probe fits
         return sol
     # the polynomial through the degree + 1 largest points that fit and the smallest that does not

@@ -56,3 +56,13 @@ def test_nothing_fits_and_everything_fits():
     sol = solve_max(lambda b: 7, 10, probes=(1, 2), cap=64)
     assert (sol.value, sol.capped) == (64, True)
     assert "capped at 64" in sol.check_text(1, "B")
+
+
+def test_probes_stop_at_the_first_over_the_limit():
+    """batch 1 already does not fit: batch 2 is never simulated (it could only be over too)."""
+    need, calls = counting(lambda b: 100 * b)
+    sol = solve_max(need, 50, probes=(1, 2), cap=64)
+    assert sol.value == 0 and calls == [1]
+    need, calls = counting(lambda s: 10 * s)
+    sol = solve_max(need, 15_000, probes=(2048, 4096), cap=1 << 16)
+    assert sol.value == 1500 and 4096 not in calls

@@ -45,7 +45,7 @@ def _measure(args: argparse.Namespace) -> int:
     quiet_libraries()
     try:
         cfg = load_config(args.config, args.overrides)
-        if (note := ignored_note(cfg)) is not None:
+        if (note := ignored_note(cfg)) is not None and "LOCAL_RANK" not in os.environ:  # once, not per rank
             print(note, file=sys.stderr)
         if args.output is not None:
             cfg.output = args.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,22 @@ def tiny(name: str, *overrides: str, output: Path | None = None):
     if output is not None:
         ov.append(f"output={output}")
     return load_config(CONFIGS / f"tiny_{name}.yaml", ov)
+
+
+def run_watching_the_model(cfg) -> tuple[dict, list[weakref.ref]]:
+    """harness.run(cfg), keeping weak references to every parameter the run loaded (leak tests)."""
+    import profiler.measure.harness as harness
+
+    refs: list[weakref.ref] = []
+    real = harness.load_model
+
+    def load(c):
+        loaded = real(c)
+        refs.extend(weakref.ref(p) for p in loaded.model.parameters())
+        return loaded
+
+    harness.load_model = load
+    try:
+        return harness.run(cfg), refs
+    finally:
+        harness.load_model = real

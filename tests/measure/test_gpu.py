@@ -20,7 +20,7 @@ import weakref
 
 import pytest
 import torch
-from conftest import CONFIGS, gpu, tiny
+from conftest import CONFIGS, gpu, run_watching_the_model, tiny
 
 import profiler.measure.harness as harness
 from profiler.config import load_config
@@ -67,23 +67,6 @@ def assert_simulation_matches(real: dict, sim: dict, tol: float) -> None:
     assert s and set(s) <= set(r), (sorted(s), sorted(r))
     errors = {k: (s[k] - r[k]) / r[k] for k in s}
     assert all(abs(e) <= tol for e in errors.values()), {k: f"{100 * e:+.2f}%" for k, e in errors.items()}
-
-
-def run_watching_the_model(cfg) -> tuple[dict, list[weakref.ref]]:
-    """run(cfg), keeping weak references to every parameter the run loaded."""
-    refs: list[weakref.ref] = []
-    real = harness.load_model
-
-    def load(c):
-        loaded = real(c)
-        refs.extend(weakref.ref(p) for p in loaded.model.parameters())
-        return loaded
-
-    harness.load_model = load
-    try:
-        return run(cfg), refs
-    finally:
-        harness.load_model = real
 
 
 def assert_oom_recorded_and_freed(rec: dict, refs: list[weakref.ref]) -> None:

@@ -426,26 +426,15 @@ def test_hooks_removed_on_exit_and_close():
 
 
 # ---- leaks --------------------------------------------------------------------------------------
-def test_oom_run_frees_the_model(monkeypatch):
+def test_oom_run_frees_the_model():
     """Issue 9 item 9: a forward abandoned by an OOM must not keep weights or saved activations alive.
     The saved-tensor hook returned the tensor itself: a saved output then holds its own grad_fn (a cycle
     through C++ that gc cannot see), and with it the whole graph and the parameters."""
     import gc
 
-    from conftest import tiny
+    from conftest import run_watching_the_model, tiny
 
-    import profiler.measure.harness as harness
-
-    refs: list[weakref.ref] = []
-    real = harness.load_model
-
-    def load(cfg):
-        loaded = real(cfg)
-        refs.extend(weakref.ref(p) for p in loaded.model.parameters())
-        return loaded
-
-    monkeypatch.setattr(harness, "load_model", load)
-    rec = harness.run(tiny("full", "max_memory=400KiB"))
+    rec, refs = run_watching_the_model(tiny("full", "max_memory=400KiB"))
     assert rec["status"] == "oom" and rec["oom_phase"] == "forward", (rec["status"], rec.get("oom_phase"))
     gc.collect()
     assert refs and all(r() is None for r in refs), f"{sum(r() is not None for r in refs)} of {len(refs)} alive"

@@ -5,16 +5,36 @@ nbytes >= 0 allocates storage `key` (a key already live is a resize: torch's res
 then frees the old block), and nbytes == -1 frees it; zero-byte storages allocate nothing (CUDAAllocator::allocate
 skips size 0). Phase marks are (event index, 1 = start / 0 = end, phase name, step): as the CUDA probe resets the peak
 statistics at each phase start, each phase's peak is its own.
+
+What the tracker cannot see and the replay adds: the cuBLAS workspace (at::cuda::getNewWorkspace allocates it
+through the caching allocator at the first cuBLAS call and keeps it per handle and stream; `workspace_bytes`,
+allocated when the first forward phase starts). NCCL buffers and bitsandbytes paged (managed) optimizer state do
+not go through the allocator: outside the replay, as is the CUDA context (profiler.allocator.context).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from profiler.allocator.caching import AllocatorOutOfMemory, CachingAllocator
 from profiler.allocator.conf import AllocatorConf
+
+
+def cublas_workspace_bytes(arch: str | None, environ: dict[str, str] | None = None) -> int:
+    """CublasHandlePool.cpp parseChosenWorkspaceSize (read in the code index): CUBLAS_WORKSPACE_CONFIG ":SIZE:COUNT"
+    sums SIZE x COUNT KiB; unset, "4096 * 8 * 1024" on sm90 (Hopper) else "4096 * 1024 * 2 + 16 * 1024 * 8". The
+    cuBLASLt workspace is the same buffer (TORCH_CUBLASLT_UNIFIED_WORKSPACE unset means unified)."""
+    env = os.environ if environ is None else environ
+    text = env.get("CUBLAS_WORKSPACE_CONFIG")
+    if text:
+        pairs = re.findall(r":([0-9]+):([0-9]+)", text)
+        if pairs:
+            return sum(int(a) * 1024 * int(b) for a, b in pairs)
+    return 4096 * 8 * 1024 if arch == "sm90" else 4096 * 1024 * 2 + 16 * 1024 * 8
 
 
 @dataclass
@@ -47,9 +67,11 @@ class ReplayResult:
 
 def replay(events: Sequence[tuple[int, int]], marks: Sequence[tuple[int, int, str, int | None]] = (),
            conf: AllocatorConf | None = None, capacity: int | None = None, device_total: int | None = None,
-           streams: Sequence[int] | None = None, record_streams: dict[int, int] | None = None) -> ReplayResult:
+           streams: Sequence[int] | None = None, record_streams: dict[int, int] | None = None,
+           workspace_bytes: int = 0) -> ReplayResult:
     """Run every event through a CachingAllocator. `streams[i]`: the stream of event i (default 0);
-    `record_streams`: key -> another stream its storage was used on (its free then waits for an event)."""
+    `record_streams`: key -> another stream its storage was used on (its free then waits for an event);
+    `workspace_bytes`: the cuBLAS workspace, allocated for good when the first forward phase starts."""
     t0 = time.perf_counter()
     alloc = CachingAllocator(conf, capacity=capacity, device_total=device_total)
     malloc, free = alloc.malloc, alloc.free
@@ -60,6 +82,8 @@ def replay(events: Sequence[tuple[int, int]], marks: Sequence[tuple[int, int, st
     mi = 0
     oom = None
     top = [0, 0]  # overall peaks (reserved, allocated), kept across the per-phase resets
+
+    workspace = [workspace_bytes]
 
     def reset() -> None:
         top[0], top[1] = max(top[0], alloc.peak_reserved), max(top[1], alloc.peak_allocated)
@@ -76,6 +100,9 @@ def replay(events: Sequence[tuple[int, int]], marks: Sequence[tuple[int, int, st
                 if start:
                     reset()
                     open_phase = (name, step)
+                    if workspace[0] and name == "forward":
+                        live[object()] = malloc(workspace[0])
+                        workspace[0] = 0
                 elif open_phase is not None:
                     close(name, step)
                     open_phase = None

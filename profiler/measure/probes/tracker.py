@@ -187,6 +187,10 @@ class TensorTracker(TorchDispatchMode):
         self._depth = 0
         self._session: list[Any] = []  # module hook handles + saved-tensors context while entered
         self._scope: list[Category] = []  # category of storages created inside `scope()` (innermost last)
+        # allocation sequence for the caching-allocator replay (profiler.allocator.replay), kept only when set to []:
+        # (key, nbytes) per alloc/resize, (key, -1) per free; alloc_marks: (len(alloc_log), 1 start / 0 end, phase, step)
+        self.alloc_log: list[tuple[int, int]] | None = None
+        self.alloc_marks: list[tuple[int, int, str, int | None]] = []
 
     # ---- public -------------------------------------------------------------------------------
     @property
@@ -279,12 +283,16 @@ class TensorTracker(TorchDispatchMode):
         ph = _Open(name, step, {k: r.nbytes for k, r in self._by_key.items()}, len(self._log),
                    self._live, len(self._log), self._current_module(), self._next_key)
         self._open.append(ph)
+        if self.alloc_log is not None:
+            self.alloc_marks.append((len(self.alloc_log), 1, name, step))
         self._bw_module = None
         try:
             yield self
         finally:
             try:
                 self.phases.append(self._close_phase(ph))
+                if self.alloc_log is not None:
+                    self.alloc_marks.append((len(self.alloc_log), 0, name, step))
             finally:
                 self._open.remove(ph)
                 if not self._open:
@@ -398,6 +406,8 @@ class TensorTracker(TorchDispatchMode):
         self._live += delta
         if self._live > self._peak:
             self._peak = self._live
+        if self.alloc_log is not None:
+            self.alloc_log.append((key, nbytes))
         if self._open:
             self._log.append((key, nbytes))
             for ph in self._open:
@@ -417,6 +427,8 @@ class TensorTracker(TorchDispatchMode):
         del self._by_key[rec.key]
         self._live -= rec.nbytes
         self._cat_bytes[rec.cat] -= rec.nbytes
+        if self.alloc_log is not None:
+            self.alloc_log.append((rec.key, -1))
         if self._open:
             self._log.append((rec.key, -1))
             self._graveyard[rec.key] = rec.cat

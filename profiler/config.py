@@ -211,6 +211,14 @@ class MoeConfig(_Strict):
     routing: Literal["balanced", "worst_case"] = "balanced"
 
 
+class AllocatorSettings(_Strict):
+    """The CUDA caching allocator's settings, in PYTORCH_ALLOC_CONF syntax (e.g. "expandable_segments:True"), that the
+    reserved-memory replay models (docs/allocator.md); unset: the environment's PYTORCH_ALLOC_CONF /
+    PYTORCH_CUDA_ALLOC_CONF. A real CUDA run applies them to torch's allocator too."""
+
+    conf: str | None = None
+
+
 # target_modules names peft 0.21 turns into target_parameters (lora.ParamWrapper) on transformers-5 MoE models
 # (peft.utils.transformers_weight_conversion._MOE_TARGET_MODULE_MAPPING), plus the fused names themselves
 MOE_LORA_NAMES = {"gate", "w1", "w2", "w3", "gate_proj", "up_proj", "down_proj", "gate_up_proj"}
@@ -251,6 +259,7 @@ class RunConfig(_Strict):
     max_memory: str | int | None = None  # CPU only: tracker budget like "2GiB"; exceeding it records an oom
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)  # data parallelism (per-rank memory)
     moe: MoeConfig = Field(default_factory=MoeConfig)  # MoE models: routing a simulation assumes (dense: ignored)
+    allocator: AllocatorSettings = Field(default_factory=AllocatorSettings)  # caching-allocator settings (replay)
 
     _ignored: list[str] = PrivateAttr(default_factory=list)
 
@@ -326,6 +335,8 @@ class RunConfig(_Strict):
             del data["parallel"]  # one-process configs keep the hash they had before `parallel` existed
         if self.moe == MoeConfig():
             del data["moe"]  # the default moe section too: configs written before MoE support keep their hashes
+        if self.allocator == AllocatorSettings():
+            del data["allocator"]  # likewise for the allocator settings (unset: the environment's)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

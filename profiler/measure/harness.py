@@ -19,6 +19,7 @@ from typing import Protocol
 
 import torch
 
+from profiler.allocator.conf import conf_from
 from profiler.config import DEFAULT_CPU_BUDGET_FRACTION, ConfigError, RunConfig, default_cpu_budget, parse_bytes
 from profiler.measure.env import collect_env
 from profiler.measure.loading import LoadedModel, load_model, prepare_source, resolve_hf_config
@@ -186,13 +187,17 @@ def _peaks(phases: list[dict], last_step: int | None) -> dict:
 
 def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None = None,
         on_step: Callable[[int, int], None] | None = None, fake: FakeBackend | None = None,
-        prime_optimizer: bool = False) -> dict:
+        prime_optimizer: bool = False, replay_allocator: bool | None = None) -> dict:
     """Run one config and return its RunRecord dict. ConfigError propagates (nothing is recorded);
     an OOM gives status 'oom', any other failure status 'error'. With `fake`, the same loop runs on fake
     tensors (profiler.simulate.backend): no device memory, the tracker is the only probe.
     `prime_optimizer` (fake only, see `primable`): the warm-up steps are replaced by one optimizer step on
-    zero gradients, which creates the optimizer state as the first step would; only the last step runs."""
+    zero gradients, which creates the optimizer state as the first step would; only the last step runs.
+    `replay_allocator` (default: on CUDA): record the tracker's allocation sequence and replay it through the
+    caching allocator (profiler.measure.reserved): predicted_reserved_bytes / predicted_nvml_bytes."""
     cuda = cfg.device == "cuda" and fake is None
+    replaying = (cuda if replay_allocator is None else replay_allocator) and use_tracker
+    alloc_conf = conf_from(cfg.allocator.conf) if replaying or cfg.allocator.conf else None  # ConfigError: exit 2
     if cuda and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' is not available on this machine; allowed here: cpu")
     if cfg.max_memory is not None and cuda:
@@ -223,6 +228,8 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
         if sampler is not None:  # baseline before this process creates its CUDA context (or the first one's)
             sampler.start(cuda_initialised=torch.cuda.is_initialized())
         torch.cuda.init()
+        if cfg.allocator.conf and hasattr(torch._C, "_accelerator_setAllocatorSettings"):
+            torch._C._accelerator_setAllocatorSettings(cfg.allocator.conf)  # the run uses what the replay models
         if snapshot_path:
             torch.cuda.memory._record_memory_history(max_entries=200_000)
     _import_libraries(cfg)
@@ -232,6 +239,8 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
     if default_budget:
         budget = default_cpu_budget()
     tracker = TensorTracker(budget_bytes=budget, devices={"cuda"} if cuda else None) if use_tracker else None
+    if tracker is not None and replaying:
+        tracker.alloc_log = []
     meter = PhaseMeter(cuda, tracker, sampler)
     model = optimizer = batch = loaded = None
     step_seconds: list[float] = []
@@ -314,6 +323,12 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
         "tokens_per_s": (cfg.train.batch_size * cfg.train.seq_len / statistics.median(step_seconds)
                          if step_seconds and fake is None else None),  # a fake step's speed means nothing
     }
+    if tracker is not None and tracker.alloc_log is not None and record["status"] == "ok":
+        from profiler.measure.reserved import add_predictions
+
+        gpu = _gpu_facts() if cuda else {}
+        add_predictions(record, tracker, alloc_conf, **gpu)
+        tracker.alloc_log = None
     if sampler is not None:
         record.update(nvml_fields(sampler))
         record["peaks"]["nvml_peak_bytes"] = record["nvml"]["peak_used_bytes"] if record["nvml"] else None
@@ -324,6 +339,13 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
             torch.cuda.memory._record_memory_history(enabled=None)
         torch.cuda.empty_cache()  # the next run in this process starts from an empty cache
     return record
+
+
+def _gpu_facts() -> dict:
+    """The GPU's architecture ("sm90"), CUDA version and total memory, for the allocator replay."""
+    major, minor = torch.cuda.get_device_capability()
+    return {"arch": f"sm{major}{minor}", "cuda": torch.version.cuda,
+            "device_total": torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory}
 
 
 def primable(cfg: RunConfig) -> bool:

@@ -401,7 +401,7 @@ def simulate(cfg: RunConfig, on_step=None, *, primed: bool = False) -> dict:
         return _not_simulated(cfg, "CPU offload is not simulated (fake tensors have one device); its per-rank "
                               "memory is predicted by `python -m profiler estimate`")
     with fake_process_group(pc.world_size) if pc.strategy != "none" else nullcontext():
-        record = run(run_cfg, fake=sim, on_step=on_step, prime_optimizer=primed)
+        record = run(run_cfg, fake=sim, on_step=on_step, prime_optimizer=primed, replay_allocator=target == "cuda")
     if pc.strategy != "none":  # rank 0 of world_size symmetric ranks
         record["ranks"] = [rank_summary(record)]
         record["max_rank_peak_allocated_bytes"] = record["ranks"][0]["peak_allocated_bytes"]

@@ -187,8 +187,9 @@ class TensorTracker(TorchDispatchMode):
         self._depth = 0
         self._session: list[Any] = []  # module hook handles + saved-tensors context while entered
         self._scope: list[Category] = []  # category of storages created inside `scope()` (innermost last)
-        # allocation sequence for the caching-allocator replay (profiler.allocator.replay), kept only when set to []:
-        # (key, nbytes) per alloc/resize, (key, -1) per free; alloc_marks: (len(alloc_log), 1 start / 0 end, phase, step)
+        # allocation sequence for the caching-allocator replay (profiler.allocator.replay), kept only when set to
+        # []: (key, nbytes) per alloc/resize, (key, -1) per free; alloc_marks: (len(alloc_log), 1 start / 0 end,
+        # phase, step)
         self.alloc_log: list[tuple[int, int]] | None = None
         self.alloc_marks: list[tuple[int, int, str, int | None]] = []
 

@@ -1,9 +1,10 @@
 """Does this config fit this GPU? One verdict from `simulate` plus an allocator / CUDA-context allowance.
 
 The predictor: the simulated peak allocated bytes (profiler.simulate: the harness on fake tensors) plus an
-allowance for what the allocator holds beyond it and the CUDA context outside it. The allowance is the
-`components` estimator's modelled one (CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK x allocated) unless the GPU has
-a calibration table (results/calibration/<gpu-slug>.csv) with nvml_peak and peak_allocated rows for the
+allowance for what the allocator holds beyond it and the CUDA context outside it. The allowance is the modelled
+one (the CUDA context of profiler/data/cuda_context.csv + what the caching-allocator replay of the simulated
+storages reserves beyond the allocated peak; ALLOCATOR_SLACK x allocated only for a record without a replay) unless
+the GPU has a calibration table (results/calibration/<gpu-slug>.csv) with nvml_peak and peak_allocated rows for the
 regime: then it is the calibrated gap between the two. An error band is reported only from that table's
 cross-validated error (LOMO / LOSO MAPE of nvml_peak); otherwise the answer says "uncalibrated".
 Max batch / max seq come from profiler.predict.search (a few simulations, the answer checked by two more);
@@ -44,17 +45,26 @@ class Allowance:
     gap_bytes: int | None  # calibrated: nvml_peak - peak_allocated for this regime (context included)
     band_pct: float | None  # cross-validated MAPE of the calibrated nvml_peak, None without one
     source: str
+    replayed: bool = False  # modelled: the allocator reserve is the replay's reserved - allocated peak
 
-    def allocator_bytes(self, allocated: int) -> int:
+    def allocator_bytes(self, allocated: int, reserved: int | None = None) -> int:
+        """Bytes the allocator holds beyond the allocated peak. `reserved`: the replayed peak reserved bytes of the
+        simulation (predicted_reserved_bytes), used by the modelled allowance where there is one."""
         if self.gap_bytes is not None:
             return max(0, self.gap_bytes - self.context_bytes)
+        if self.replayed and reserved is not None:
+            return max(0, reserved - allocated)
         return int(self.slack * allocated)
 
 
 def modelled_allowance() -> Allowance:
-    return Allowance("modelled", CUDA_CONTEXT_BYTES, ALLOCATOR_SLACK, None, None,
-                     f"modelled allowance of the `components` estimator: CUDA context "
-                     f"{CUDA_CONTEXT_BYTES / 2**20:.0f} MiB + allocator reserve {ALLOCATOR_SLACK:.0%} of the peak")
+    from profiler.allocator.context import cuda_context
+
+    ctx = cuda_context()
+    return Allowance("modelled", ctx.bytes, ALLOCATOR_SLACK, None, None,
+                     f"modelled allowance: {ctx.label().split(':')[0]} + what the caching-allocator replay of the "
+                     f"simulated storages reserves beyond the allocated peak (profiler.allocator, torch 2.13 rules)",
+                     replayed=True)
 
 
 def _pct(v: str | None) -> float | None:
@@ -186,21 +196,29 @@ class Predictor:
             self.records[key] = rec
         return self.records[key]
 
-    def peak(self, cfg: RunConfig) -> int:
-        """Simulated peak allocated bytes. bitsandbytes' 8-bit optimizer step calls .item() (untraceable on
-        fake tensors): its configs simulate with adamw, less the exact difference in optimizer-state bytes
-        between the two (the `components` byte count; profiler/formulas/params.py)."""
+    def peaks(self, cfg: RunConfig) -> tuple[int, int | None]:
+        """Simulated peak allocated bytes and the replayed peak reserved bytes (None: no replay in the record).
+        bitsandbytes' 8-bit optimizer step calls .item() (untraceable on fake tensors): its configs simulate with
+        adamw, less the exact difference in optimizer-state bytes between the two (the `components` byte count;
+        profiler/formulas/params.py), from both figures."""
+        saved = 0
         if cfg.optimizer.name in EIGHT_BIT:
             from profiler.formulas import estimate
 
             dense = with_changes(cfg, optimizer={"name": "adamw"})
             saved = estimate("components", dense).get("optimizer") - estimate("components", cfg).get("optimizer")
-            return self.record(dense)["peaks"]["peak_allocated_bytes"] - saved
-        return self.record(cfg)["peaks"]["peak_allocated_bytes"]
+            cfg = dense
+        rec = self.record(cfg)
+        reserved = rec.get("predicted_reserved_bytes")
+        return rec["peaks"]["peak_allocated_bytes"] - saved, None if reserved is None else reserved - saved
+
+    def peak(self, cfg: RunConfig) -> int:
+        """Simulated peak allocated bytes (see `peaks`)."""
+        return self.peaks(cfg)[0]
 
     def needed(self, cfg: RunConfig) -> int:
-        peak = self.peak(cfg)
-        return peak + self.allowance.allocator_bytes(peak)
+        peak, reserved = self.peaks(cfg)
+        return peak + self.allowance.allocator_bytes(peak, reserved)
 
     def fits(self, cfg: RunConfig) -> bool:
         return self.needed(cfg) <= self.usable
@@ -439,7 +457,7 @@ def _answer(cfg: RunConfig, gpu: Gpu, pred: Predictor, allowance: Allowance, seq
     say(f"simulating batch {cfg.train.batch_size} x seq {cfg.train.seq_len}")
     sim_cfg = with_changes(cfg, optimizer={"name": "adamw"}) if cfg.optimizer.name in EIGHT_BIT else cfg
     rec = pred.record(sim_cfg)
-    peak = pred.peak(cfg)
+    peak, reserved = pred.peaks(cfg)
     top = max((p for p in rec["phases"] if p.get("step") is not None or p["phase"] == "load"),
               key=lambda p: p["peak_allocated_bytes"])
     fits = pred.fits(cfg)
@@ -474,7 +492,7 @@ def _answer(cfg: RunConfig, gpu: Gpu, pred: Predictor, allowance: Allowance, seq
         optimizer=cfg.optimizer.name, batch_size=t.batch_size, seq_len=t.seq_len,
         gradient_checkpointing=t.gradient_checkpointing, gpu=gpu.name, gpu_source=gpu.source,
         total_bytes=gpu.total_bytes, usable_bytes=pred.usable, simulated_peak_bytes=peak,
-        allocator_bytes=allowance.allocator_bytes(peak), needed_bytes=pred.needed(cfg), fits=fits,
+        allocator_bytes=allowance.allocator_bytes(peak, reserved), needed_bytes=pred.needed(cfg), fits=fits,
         allowance=allowance.kind, allowance_source=allowance.source, error_band_pct=allowance.band_pct,
         breakdown=dict(top.get("breakdown") or {}), peak_phase=f"{top['phase']}"
         + (f" (step {top['step']})" if top.get("step") is not None else ""),

@@ -71,6 +71,9 @@ class PhaseRecord(_Rec):
         None, description="category -> bytes at the phase peak: weights, gradients, optimizer, activations, "
         "temporaries (tracker); CUDA adds untracked, allocator, context (sum = NVML peak - baseline)")
     module_at_peak: str | None = Field(None, description="module running at the phase peak (tracker)")
+    predicted_reserved_bytes: int | None = Field(
+        None, description="CUDA target: peak reserved during the phase, predicted by replaying the run's storages "
+        "through the caching allocator (profiler.allocator)")
 
 
 class Peaks(_Rec):
@@ -92,6 +95,23 @@ class NvmlInfo(_Rec):
     peak_process_bytes: int | None = Field(None, description="None where per-process figures are hidden")
     samples: int = Field(description="number of NVML reads")
     interval_s: float = Field(description="sampling period")
+
+
+class AllocatorReplay(_Rec):
+    """How predicted_reserved_bytes / predicted_nvml_bytes were obtained (docs/allocator.md)."""
+
+    source: str = Field(description="what was replayed through which allocator model")
+    conf: str = Field(description="allocator settings replayed, and where they came from")
+    peak_allocated_bytes: int = Field(description="the replay's allocated peak: rounded block sizes, as "
+                                      "max_memory_allocated counts them, cuBLAS workspace included")
+    cublas_workspace_bytes: int = Field(description="cuBLAS workspace added at the first forward")
+    gpu_arch: str | None = Field(None, description="target GPU architecture (sm90), None in a simulation")
+    context_bytes: int = Field(description="CUDA context added for the NVML figure")
+    context: str = Field(description="the context row used: published or assumed, and its source")
+    events: int = Field(description="allocations and frees replayed")
+    seconds: float = Field(description="time the replay took")
+    retries: int = Field(0, description="times the replayed allocator freed its cache to make room")
+    oom: str | None = Field(None, description="a replayed out-of-memory (only with a capacity)")
 
 
 class Timings(_Rec):
@@ -144,6 +164,12 @@ class RunRecord(_Rec):
     nvml: NvmlInfo | None = None
     timings: Timings | None = None
     memory_stats: dict[str, int] | None = Field(None, description="CUDA: torch.cuda.memory_stats() at the end")
+    predicted_reserved_bytes: int | None = Field(
+        None, description="CUDA target: peak reserved (max_memory_reserved) predicted by the caching-allocator replay "
+        "of the run's storages")
+    predicted_nvml_bytes: int | None = Field(
+        None, description="CUDA target: predicted_reserved_bytes + the CUDA context (what nvidia-smi shows)")
+    allocator_replay: AllocatorReplay | None = None
     free_bytes_at_oom: int | None = Field(None, description="CUDA: free device memory right after the OOM")
     attention_kernel: str | None = Field(None, description="SDPA backend the run used or would use")
     ranks: list[RankRecord] | None = Field(

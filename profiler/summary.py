@@ -26,6 +26,7 @@ def print_summary(record: dict, output: str | None, console: Console | None = No
     steps = sorted({p["step"] for p in phases if p["step"] is not None})
     shown = {None} | ({steps[0], steps[-1]} if steps else set())
     has_reserved = any(p.get("reserved_bytes") is not None for p in phases)
+    has_predicted = any(p.get("predicted_reserved_bytes") is not None for p in phases)
     has_breakdown = any(p.get("breakdown") for p in phases)
     unit, div = pick_unit(max([p["peak_allocated_bytes"] for p in phases] + [p.get("peak_reserved_bytes") or 0
                                                                           for p in phases] + [1]))
@@ -37,6 +38,8 @@ def print_summary(record: dict, output: str | None, console: Console | None = No
     t.add_column("end", justify="right")
     if has_reserved:
         t.add_column("reserved", justify="right")
+    if has_predicted:
+        t.add_column("reserved (replay)", justify="right")
     cats = list(TRACKED) + ([Category.COMM_BUFFERS] if any(
         (p.get("breakdown") or {}).get(Category.COMM_BUFFERS.value) for p in phases) else [])
     if has_breakdown:
@@ -54,6 +57,8 @@ def print_summary(record: dict, output: str | None, console: Console | None = No
         row = [label, phase, fmt_in(p["peak_allocated_bytes"], div), fmt_in(p["allocated_bytes"], div)]
         if has_reserved:
             row.append(fmt_in(p.get("peak_reserved_bytes"), div))
+        if has_predicted:
+            row.append(fmt_in(p.get("predicted_reserved_bytes"), div))
         if has_breakdown:
             bd = p.get("breakdown") or {}
             row += [fmt_in(bd.get(c.value), div) for c in cats]
@@ -74,6 +79,14 @@ def print_summary(record: dict, output: str | None, console: Console | None = No
     if pk.get("nvml_peak_bytes") is not None:
         parts.append(f"NVML peak {fmt_auto(pk['nvml_peak_bytes'])}")
     console.print(" · ".join(p for p in parts if p))
+    if record.get("predicted_reserved_bytes") is not None:
+        rp = record.get("allocator_replay") or {}
+        what = "simulated" if record["backend"] == "fake" else "tracked"
+        console.print(f"predicted: allocated {fmt_auto(pk.get('peak_allocated_bytes'))} ({what} peak) · reserved "
+                      f"{fmt_auto(record['predicted_reserved_bytes'])} (caching-allocator replay, "
+                      f"{escape(str(rp.get('conf', '')))}) · nvidia-smi {fmt_auto(record.get('predicted_nvml_bytes'))} "
+                      f"(reserved + CUDA context {fmt_auto(rp.get('context_bytes'))}, "
+                      f"{'an assumption' if 'assumption' in str(rp.get('context')) else 'published'})")
     if m:
         console.print(f"params {m['total_params']:,} (trainable {m['trainable_params']:,}, quantized "
                       f"{m['quantized_params']:,}) · weights {fmt_auto(m['weight_bytes'])}")

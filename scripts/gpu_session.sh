@@ -6,6 +6,8 @@
 #   scripts/gpu_session.sh tests     # env + tests/measure/test_gpu.py (-m gpu), junit XML beside the log (~5 min)
 #   scripts/gpu_session.sh measure   # env + the six llama7b_* configs + their simulations (~8 min)
 #   scripts/gpu_session.sh sweep     # configs/sweeps/nightly.yaml, resumable: call again to continue
+#   scripts/gpu_session.sh snapshot  # LoRA / full 7B runs with --memory-snapshot, each replayed through the allocator
+#                                    # model by scripts/replay_snapshot.py against the run's max_memory_reserved (~4 min)
 #
 # The device image (Python 3.12, torch 2.11+cu130, transformers 5.17, peft, accelerate, rich, pandas, pyyaml,
 # nvidia-ml-py, pytest) lacks bitsandbytes and pydantic. Carry them as wheels, prepared here with
@@ -62,11 +64,27 @@ case "$stage" in
     python3 -m profiler compare "$runs" --simulated "$DEST/simulated/$slug.jsonl" --out "$DEST/figures/compare" \
       >>"$log" 2>&1
     ;;
+  snapshot)
+    # issue 22's check: a real run's allocation trace replayed through profiler.allocator must give its
+    # max_memory_reserved within 1 %. The pickles stay on the device (large); the comparisons come back.
+    mkdir -p "$DEST/snapshots"
+    for cfg in configs/llama7b_lora.yaml configs/llama7b_full.yaml; do
+      name="$(basename "$cfg" .yaml)"
+      snap="/tmp/memprof-$name.pickle"
+      echo "== run $cfg with a memory snapshot" >>"$log"
+      timeout 240 python3 -m profiler run "$cfg" train.steps=1 --output "$runs" --memory-snapshot "$snap" \
+        >>"$log" 2>&1; echo "exit $?" >>"$log"
+      reserved="$(python3 -c "import json; print(json.loads(open('$runs').read().splitlines()[-1])['peaks']['peak_reserved_bytes'])")"
+      python3 scripts/replay_snapshot.py "$snap" --reserved "$reserved" --json >"$DEST/snapshots/$name.json" 2>>"$log"
+      echo "replay_snapshot exit $? (0: within 1 %)" >>"$log"; cat "$DEST/snapshots/$name.json" >>"$log"
+      pack
+    done
+    ;;
   sweep)
     timeout 560 python3 -m profiler sweep configs/sweeps/nightly.yaml --output "$runs" >>"$log" 2>&1
     echo "sweep exit $?" >>"$log"
     ;;
-  *) echo "gpu_session.sh: unknown stage $stage (tests | measure | sweep)" >&2; exit 2 ;;
+  *) echo "gpu_session.sh: unknown stage $stage (tests | measure | snapshot | sweep)" >&2; exit 2 ;;
 esac
 if [ -n "${OUT:-}" ]; then
   pack

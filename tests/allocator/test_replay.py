@@ -174,6 +174,17 @@ def test_simulate_of_a_cuda_config_predicts_reserved_and_nvidia_smi(monkeypatch)
     steps = [p for p in rec["phases"] if p["step"] is not None]
     assert max(p["predicted_reserved_bytes"] for p in steps) <= rec["predicted_reserved_bytes"]
     assert rp["conf"] == "(torch defaults) [defaults]" and rp["cublas_workspace_bytes"] == 8 * MIB + 128 * 1024
+    import io
+
+    from rich.console import Console
+
+    from profiler.summary import print_summary
+
+    buf = io.StringIO()
+    print_summary(rec, None, Console(file=buf, width=200))
+    text = buf.getvalue()
+    assert "reserved (replay)" in text and "predicted: allocated" in text and "(caching-allocator replay" in text
+    assert "nvidia-smi" in text and "CUDA context 512.00 MiB, an assumption" in text
     cpu = simulate(tiny("full"))  # a CPU target has no caching allocator
     assert "predicted_reserved_bytes" not in cpu
     # the environment's settings and the config key are both honoured (expandable: 2 / 20 MiB pages)

@@ -197,7 +197,15 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
     caching allocator (profiler.measure.reserved): predicted_reserved_bytes / predicted_nvml_bytes."""
     cuda = cfg.device == "cuda" and fake is None
     replaying = (cuda if replay_allocator is None else replay_allocator) and use_tracker
-    alloc_conf = conf_from(cfg.allocator.conf) if replaying or cfg.allocator.conf else None  # ConfigError: exit 2
+    alloc_conf, alloc_note = None, None
+    if cfg.allocator.conf:
+        alloc_conf = conf_from(cfg.allocator.conf)  # a bad config key: ConfigError (exit 2), nothing run
+    elif replaying:
+        try:
+            alloc_conf = conf_from(None)
+        except ConfigError as exc:  # the environment's settings: the run goes on, without the replay
+            replaying = False
+            alloc_note = f"no allocator replay (predicted_reserved_bytes): {exc} (from the environment)"
     if cuda and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' is not available on this machine; allowed here: cpu")
     if cfg.max_memory is not None and cuda:
@@ -212,7 +220,7 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
         "backend": "fake" if fake else ("cuda" if cuda else "cpu"),
         "status": "ok",
         "error": None,
-        "warnings": moe_warnings(cfg),
+        "warnings": moe_warnings(cfg) + ([alloc_note] if alloc_note else []),
     }
     resolve_hf_config(cfg.model)  # a broken or non-causal config.json: ConfigError (exit 2), nothing run
     prepare_error = None

@@ -197,6 +197,17 @@ def test_simulate_of_a_cuda_config_predicts_reserved_and_nvidia_smi(monkeypatch)
     assert key["allocator_replay"]["conf"] == "expandable_segments:True [allocator.conf]"
 
 
+def test_settings_from_the_environment_that_cannot_be_replayed_leave_a_warning_not_a_failure(monkeypatch):
+    from conftest import tiny
+
+    from profiler.simulate.backend import simulate
+
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "backend:cudaMallocAsync")
+    rec = simulate(tiny("lora", "device=cuda"))
+    assert rec["status"] == "ok" and "predicted_reserved_bytes" not in rec
+    assert any("no allocator replay" in w and "cudaMallocAsync" in w for w in rec["warnings"])
+
+
 def test_bad_allocator_conf_is_exit_2_before_the_run(capsys, tmp_path):
     from profiler.cli import main
 

@@ -46,20 +46,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _start(path: str | None) -> dict:
-    """The --config file as a dict (validated later, with everything else)."""
+    """The --config file as a dict (validated later, with everything else); read by the run config's reader
+    (UTF-8, safe tags, unique keys, bounded nesting and alias expansion)."""
     if path is None:
         return {}
-    import yaml
+    from profiler.config import ConfigError, read_yaml
 
-    from profiler.config import ConfigError
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config: file {path!r} does not exist")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--config: {path} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        data = read_yaml(path) or {}
+    except ConfigError as exc:
+        raise ConfigError(f"--config: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config: {path}: top level must be a mapping of keys")
     return data

@@ -70,8 +70,9 @@ def echo(value: Any, limit: int = 200) -> str:
     value early (a long list shows its first items and `...`), so echoing never costs more than the cut."""
     import reprlib
 
-    r = reprlib.Repr(maxlevel=3, maxtuple=6, maxlist=6, maxdict=6, maxset=6, maxstring=limit // 2,
-                     maxother=limit // 2, maxlong=40)
+    r = reprlib.Repr()  # keyword arguments only from Python 3.12
+    r.maxlevel, r.maxtuple, r.maxlist, r.maxdict, r.maxset, r.maxlong = 3, 6, 6, 6, 6, 40
+    r.maxstring = r.maxother = max(20, limit // 2)
     text = r.repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
@@ -634,17 +635,24 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{p}: {yaml_problem(exc)}") from None
 
 
-def _set_dotted(data: dict, dotted: str, raw: str) -> None:
+def parse_override(item: str) -> tuple[str, Any]:
+    """`key.sub=value` -> ("key.sub", the value read as YAML, the same limits as a file); "" is None."""
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        return key, yaml.load(raw, Loader=YamlLoader) if raw != "" else None  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}={echo(raw)}: {yaml_problem(exc)}") from None
+
+
+def _set_dotted(data: dict, item: str) -> None:
+    dotted, value = parse_override(item)
     parts = dotted.split(".")
     node = data
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"{dotted}: cannot override inside a non-mapping value")
-    try:
-        value = yaml.load(raw, Loader=YamlLoader) if raw != "" else None  # noqa: S506 - a SafeLoader
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {dotted}={raw!r}: {yaml_problem(exc)}") from None
     node[parts[-1]] = value
 
 
@@ -663,8 +671,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r}: use key.sub=value, e.g. train.batch_size=4")
-        key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), raw)
+        _set_dotted(data, item)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:

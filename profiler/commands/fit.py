@@ -61,10 +61,51 @@ def _start(path: str | None) -> dict:
     return data
 
 
-def build_config(args: argparse.Namespace, arch: str):
-    """RunConfig from --config, then the fit options, then key=value overrides (validated once)."""
-    from profiler.config import ConfigError, load_config
+def flag_settings(args: argparse.Namespace, arch: str) -> dict[str, tuple[str, object]]:
+    """Every config key a command-line option of fit sets, as {dotted key: (the option as typed, value)}. An
+    option that maps to a config key belongs here, so a key=value override of the same key is refused
+    (refuse_conflicts) instead of silently winning."""
+    out: dict[str, tuple[str, object]] = {"model.arch": (f"MODEL {args.model!r}" if hasattr(args, "model")
+                                                         else "MODEL", arch)}
+    out["model.path"] = out["model.hub"] = (out["model.arch"][0], None)  # MODEL is the one model source
+    if args.regime:
+        out.update({f"regime.{k}": (f"--regime {args.regime}", v) for k, v in REGIMES[args.regime].items()})
+    if args.seq is not None:
+        out["train.seq_len"] = (f"--seq {args.seq}", args.seq)
+    if args.batch is not None:
+        batch = int(args.batch) if str(args.batch).isdigit() else args.batch
+        out["train.batch_size"] = (f"--batch {args.batch}", batch)
+    if args.checkpointing:
+        out["train.gradient_checkpointing"] = ("--checkpointing", True)
+    if args.optimizer:
+        out["optimizer.name"] = (f"--optimizer {args.optimizer}", args.optimizer)
+    out["device"] = ("fit (a verdict for a GPU)", "cuda")
+    return out
 
+
+def refuse_conflicts(settings: dict[str, tuple[str, object]], overrides: list[str]) -> None:
+    """ConfigError where a key=value override sets a key (or a section holding it) that an option also sets,
+    unless both give the same value: the user said two things, and neither may silently win."""
+    from profiler.config import ConfigError, echo, parse_override
+
+    for item in overrides:
+        if "=" not in item:
+            continue  # load_config names the malformed override
+        key, value = parse_override(item)
+        for flagged, (option, flag_value) in settings.items():
+            if key == flagged and value == flag_value:
+                continue
+            if key == flagged or flagged.startswith(key + ".") or key.startswith(flagged + "."):
+                raise ConfigError(f"{key}: the override {echo(item, 120)} conflicts with {option} (which sets "
+                                  f"{flagged}); give one of them")
+
+
+def build_config(args: argparse.Namespace, arch: str):
+    """RunConfig from --config, then the fit options, then key=value overrides (validated once); an override
+    of a key an option sets is refused (refuse_conflicts)."""
+    from profiler.config import ConfigError, echo, load_config
+
+    refuse_conflicts(flag_settings(args, arch), args.overrides)
     data = _start(args.config)
     model = {k: v for k, v in (data.get("model") or {}).items() if k not in ("arch", "path", "hub")}
     data["model"] = {**model, "arch": arch}
@@ -81,7 +122,8 @@ def build_config(args: argparse.Namespace, arch: str):
         try:
             train["batch_size"] = int(args.batch)
         except ValueError:
-            raise ConfigError(f"--batch: {args.batch!r} is not allowed; allowed: a positive integer or auto") from None
+            raise ConfigError(f"--batch: {echo(args.batch, 120)} is not allowed; allowed: a positive integer or "
+                              "auto") from None
     if args.checkpointing:
         train["gradient_checkpointing"] = True
     data["train"] = train
@@ -89,7 +131,13 @@ def build_config(args: argparse.Namespace, arch: str):
         data["optimizer"] = {**(data.get("optimizer") or {}), "name": args.optimizer}
     data["device"] = "cuda"  # a fit is about a GPU
     data.pop("output", None)
-    return load_config(None, args.overrides, base=data)
+    cfg = load_config(None, args.overrides, base=data)
+    from profiler.hf_config import check_seq_len
+
+    new_tokens = cfg.regime.new_tokens if cfg.regime.kind == "inference" else 0
+    check_seq_len(cfg.model, cfg.train.seq_len + new_tokens,
+                  "train.seq_len" + (" + regime.new_tokens" if new_tokens else ""))
+    return cfg
 
 
 def resolve_gpu(args: argparse.Namespace):
@@ -147,7 +195,7 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         gpu = resolve_gpu(args)
-        from profiler.predict.model_source import resolve_model
+        from profiler.model_source import resolve_model
 
         src = resolve_model(args.model)
         cfg = build_config(args, src.arch)

@@ -216,7 +216,7 @@ def with_changes(cfg: RunConfig, **sections: dict) -> RunConfig:
 
 def position_limit(cfg: RunConfig) -> int | None:
     """The model's position count (seq beyond it is not what the model was built for)."""
-    from profiler.measure.loading import resolve_hf_config
+    from profiler.hf_config import resolve_hf_config
 
     text = resolve_hf_config(cfg.model).get_text_config()
     return getattr(text, "n_positions", None) or getattr(text, "max_position_embeddings", None)
@@ -255,7 +255,7 @@ def default_workers(cfg: RunConfig) -> int:
     process's start-up; else 1."""
     import os
 
-    from profiler.measure.loading import resolve_hf_config
+    from profiler.hf_config import resolve_hf_config
 
     try:
         cores = len(os.sched_getaffinity(0))

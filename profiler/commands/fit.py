@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 REGIMES = {"full": {"kind": "full"}, "freeze": {"kind": "freeze"}, "lora": {"kind": "lora"},
            "qlora4": {"kind": "qlora", "bits": 4}, "qlora8": {"kind": "qlora", "bits": 8},
@@ -201,8 +200,10 @@ def main(args: argparse.Namespace) -> int:
         cfg = build_config(args, src.arch)
         if (note := ignored_note(cfg)) is not None:
             print(note, file=sys.stderr)
-        if args.calibration and not Path(args.calibration).is_file():
-            raise ConfigError(f"--calibration: table {args.calibration!r} does not exist")
+        if args.calibration:
+            from profiler.learn.calibrate import checked_calibration
+
+            checked_calibration(args.calibration)  # estimate's reader: a bad table is one line, before any work
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -492,6 +492,11 @@ def _check_size(text: str | int, value: float) -> int:
     return int(value)
 
 
+def format_validation_error(err: ValidationError) -> str:
+    """A pydantic ValidationError of a RunConfig as the one line load_config raises (key, value, allowed)."""
+    return _format_error(err, {})
+
+
 def _format_error(err: ValidationError, data: dict) -> str:
     """First pydantic error as one line: dotted key, bad value, allowed values."""
     e = err.errors()[0]

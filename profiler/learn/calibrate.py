@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from profiler.categories import TRACKED
-from profiler.config import RunConfig
+from profiler.config import RunConfig, format_validation_error
 from profiler.results import RESULTS_DIR, slugify
 
 COMPONENTS = tuple(c.value for c in TRACKED)  # weights, gradients, optimizer, activations, temporaries
@@ -221,11 +222,18 @@ def to_samples(records: list[dict], estimator: str = "components", estimate_fn: 
             latest[key] = rec
     samples = []
     for rec in latest.values():
+        rid = rec.get("run_id", "?")
         try:
             cfg = RunConfig.model_validate(rec["config"])
+        except ValidationError as exc:  # one line naming the field, not pydantic's dump
+            hint = ("; a line of `track` holds the config it could infer: track(..., config=RunConfig) records "
+                    "one calibrate can rebuild") if rec.get("source", "run") != "run" else ""
+            skipped.append(_one_line(f"{rid}: config {_one_line(format_validation_error(exc), 200)}{hint}"))
+            continue
+        try:
             est = estimate_fn(estimator, cfg)
         except Exception as exc:  # noqa: BLE001 - one unreadable run must not stop the fit
-            skipped.append(f"{rec.get('run_id', '?')}: {type(exc).__name__}: {exc}")
+            skipped.append(_one_line(f"{rid}: {estimator}: {type(exc).__name__}: {exc}"))
             continue
         predicted = {k: float(v) for k, v in est.components.items() if k in COMPONENTS}
         predicted.update({t: float(est.total) for t in TOTALS})
@@ -235,6 +243,12 @@ def to_samples(records: list[dict], estimator: str = "components", estimate_fn: 
         samples.append(Sample(slugify(rec["env"]["device_slug"]), rec["env"]["device_name"], group_of(cfg),
                               cfg.model.name, cfg.train.seq_len, label, predicted, measured_targets(rec)))
     return samples, skipped
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    """A skipped-run reason as one line of at most `limit` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # ---------------------------------------------------------------- fitting tables

@@ -94,3 +94,12 @@ def test_one_module_per_command_named_after_it():
     for name, (module, _) in COMMANDS.items():
         assert module == f"profiler.commands.{name}"
     assert {p.stem for p in (PACKAGE / "commands").glob("*.py")} - {"__init__"} == set(COMMANDS)
+
+
+def test_formulas_never_import_the_measuring_room():
+    """Estimators read a model's architecture through the vocabulary (profiler/hf_config.py), never through
+    measure/ (issue 23 item 31): a formula's answer cannot depend on how a run is measured."""
+    bad = [f"{path.relative_to(REPO_ROOT)}:{line} imports {target}"
+           for path in sorted((PACKAGE / "formulas").rglob("*.py"))
+           for line, target in imports_of(path) if room_of(target) == "measure"]
+    assert bad == []

@@ -65,10 +65,11 @@ def test_the_same_value_twice_and_unrelated_keys_are_not_conflicts():
 def test_the_api_defaults_do_not_conflict_with_overrides_and_given_ones_do():
     with pytest.raises(ConfigError, match="conflicts with --seq 64"):
         profiler.fit("tiny-llama", seq=64, gpu="h100", overrides=["train.seq_len=32"])
-    from profiler.api import fit  # noqa: F401  (the signature: regime / seq / batch default to None)
     import inspect
 
-    sig = inspect.signature(fit)
+    from profiler.api import fit
+
+    sig = inspect.signature(fit)  # regime / seq / batch default to None: the command's defaults apply
     assert all(sig.parameters[k].default is None for k in ("regime", "seq", "batch"))
 
 

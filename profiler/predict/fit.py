@@ -224,11 +224,13 @@ def with_changes(cfg: RunConfig, **sections: dict) -> RunConfig:
 
 
 def position_limit(cfg: RunConfig) -> int | None:
-    """The model's position count (seq beyond it is not what the model was built for)."""
+    """The longest sequence the model's config allows (profiler.hf_config.position_limit: n_positions, or
+    max_position_embeddings stretched by a rope scaling factor); fit refuses a --seq beyond it."""
+    from profiler.hf_config import position_limit as limit_of
     from profiler.hf_config import resolve_hf_config
 
-    text = resolve_hf_config(cfg.model).get_text_config()
-    return getattr(text, "n_positions", None) or getattr(text, "max_position_embeddings", None)
+    found = limit_of(resolve_hf_config(cfg.model))
+    return found[0] if found else None
 
 
 def max_batch(pred: Predictor, cfg: RunConfig, cap: int = BATCH_CAP) -> MaxSolution:

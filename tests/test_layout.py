@@ -1,7 +1,7 @@
 """The package layout is the data flow: a room imports only from its own room or rooms below it.
 
 commands -> predict -> integrations -> learn -> (simulate | formulas) -> measure -> vocabulary
-(config, schema, categories, results, summary).
+(config, schema, categories, results, summary, hf_config, model_source).
 Every import counts, including the lazy ones inside functions.
 """
 

@@ -504,8 +504,10 @@ def load_calibration(path: str | Path) -> Calibration:
         raise ValueError(f"{path} is not a calibration table (CSV: {exc})") from None
     missing = set(CSV_FIELDS) - set(data[0] if data else CSV_FIELDS)
     if not data or missing:
-        raise ValueError(f"{path} is not a calibration table ({'no rows' if not data else 'missing columns'}"
-                         f"{' ' + str(sorted(missing)) if missing else ''}; write one with `calibrate`)")
+        gone = sorted(missing)
+        what = "no rows" if not data else (f"missing {len(gone)} of its {len(CSV_FIELDS)} columns: "
+                                           f"{', '.join(gone[:4])}{', ...' if len(gone) > 4 else ''}")
+        raise ValueError(f"{path} is not a calibration table ({what}; write one with `calibrate`)")
     for i, row in enumerate(data, start=2):  # line 1 is the header
         for col in NUMERIC_FIELDS + INT_FIELDS:
             raw = row.get(col)

@@ -164,7 +164,8 @@ def _tables(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("case, message", [
-    ("wrong columns", "missing columns"), ("header only", "no rows"), ("non-UTF-8", "not UTF-8"),
+    ("wrong columns", "missing 18 of its 18 columns: a, b, device_name"), ("header only", "no rows"),
+    ("non-UTF-8", "not UTF-8"),
     ("NaN in a", "line 2: a = 'nan'; allowed: a finite number"),
 ])
 def test_a_bad_calibration_table_is_the_same_line_for_fit_and_estimate(capsys, tmp_path, case, message):

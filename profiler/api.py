@@ -20,6 +20,10 @@ ConfigLike = RunConfig | str | Path
 
 
 def _config(config: ConfigLike, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    if not isinstance(config, RunConfig | str | os.PathLike):
+        raise ConfigError(f"config: {echo(config)} is not allowed; allowed: a RunConfig or a path to a run config YAML")
+    if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError(f"overrides: {echo(overrides)} is not allowed; allowed: a list of key=value strings")
     if isinstance(config, RunConfig):
         return load_config(None, list(overrides), base=config.model_dump(mode="json")) if overrides else config
     return load_config(config, list(overrides))
@@ -87,6 +91,8 @@ def fit(model: str | os.PathLike, regime: str | None = None, seq: int | None = N
         raise ConfigError(f"overrides: {echo(overrides)} is not allowed; allowed: a list of key=value strings")
     if config is not None and not isinstance(config, str | os.PathLike):
         raise ConfigError(f"config: {echo(config)} is not allowed; allowed: a path to a run config YAML")
+    if workers not in (None, 1, 2) or isinstance(workers, bool):
+        raise ConfigError(f"workers: {echo(workers)} is not allowed; allowed: None (the default), 1 or 2")
     g = _gpu(gpu, gpu_memory)
     src = resolve_model(os.fspath(model))
     args = argparse.Namespace(config=config, regime=regime, seq=seq, batch=None if batch is None else str(batch),

@@ -132,10 +132,22 @@ def test_hf_home_that_is_a_file_is_one_line(tmp_path):
     ({"model": "tiny-llama", "gpu": "h100", "overrides": "train.seq_len=64"}, "overrides:"),
     ({"model": "tiny-llama", "gpu_memory": 2.5}, "gpu_memory: 2.5 is not allowed"),
     ({"model": "tiny-llama", "gpu": "h100", "config": 3}, "config: 3 is not allowed"),
+    ({"model": "tiny-llama", "gpu": "h100", "workers": "x"}, "workers: 'x' is not allowed"),
 ])
 def test_api_arguments_of_the_wrong_type_are_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         profiler.fit(**kwargs)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: profiler.simulate(123), "config: 123 is not allowed"),
+    (lambda: profiler.estimate(None), "config: None is not allowed"),
+    (lambda: profiler.max_batch(REPO_ROOT / "configs/tiny_full.yaml", gpu=80), "gpu: 80 is not allowed"),
+    (lambda: profiler.simulate(REPO_ROOT / "configs/tiny_full.yaml", "train.seq_len=8"), "overrides:"),
+])
+def test_the_other_api_functions_check_their_argument_types(call, message):
+    with pytest.raises(ConfigError, match=message):
+        call()
 
 
 # ---------------------------------------------------------------- item 12: a bad --calibration table

@@ -15,7 +15,7 @@ Bad input raises profiler.ConfigError (a ValueError) with the same one-line mess
 
 from __future__ import annotations
 
-import sys
+import importlib
 import types
 
 __version__ = "0.1.0"
@@ -27,7 +27,7 @@ def __getattr__(name: str):
         import profiler.config
 
         return getattr(profiler.config, name)
-    if name in ("estimate", "fit", "max_batch", "simulate"):
+    if name in ("estimate", "fit", "max_batch"):
         from profiler import api
 
         return getattr(api, name)
@@ -38,20 +38,20 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'profiler' has no attribute {name!r}")
 
 
-class _Package(types.ModuleType):
-    """`profiler.simulate` is the API function although a subpackage has the same name: importing
-    profiler.simulate.backend makes the import system set `profiler.simulate = <module>`, which would hide the
-    function. The subpackage stays reachable through sys.modules and `from profiler.simulate... import`."""
+class _CallableSubpackage(types.ModuleType):
+    """The class of the `profiler.simulate` subpackage: calling it is the API function `profiler.api.simulate`.
 
-    @property
-    def simulate(self):
+    One object under one name, so ordinary imports behave: `import profiler.simulate.backend`,
+    `profiler.simulate.backend.simulate`, `from profiler.simulate import backend` and mock.patch reach the
+    subpackage, while `profiler.simulate(cfg)` and `from profiler import simulate; simulate(cfg)` run a
+    simulation (returns a RunRecord)."""
+
+    def __call__(self, config, overrides=()):
         from profiler.api import simulate
 
-        return simulate
-
-    @simulate.setter
-    def simulate(self, module) -> None:  # the import system binding the subpackage: ignored on purpose
-        pass
+        return simulate(config, overrides)
 
 
-sys.modules[__name__].__class__ = _Package
+# The subpackage's __init__ imports nothing (no torch): binding it now costs microseconds, and the import
+# system's own `profiler.simulate = <module>` (on any later `import profiler.simulate.x`) keeps this object.
+importlib.import_module(f"{__name__}.simulate").__class__ = _CallableSubpackage

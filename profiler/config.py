@@ -50,8 +50,31 @@ LIMITS: dict[str, tuple[int, int]] = {
 DEFAULT_CPU_BUDGET_FRACTION = 0.9
 
 
+MAX_ERROR_CHARS = 600  # a ConfigError line longer than this is cut in the middle (its start names the key)
+
+
 class ConfigError(ValueError):
-    """A one-line, user-facing configuration error (exit code 2)."""
+    """A one-line, user-facing configuration error (exit code 2). Whatever the message echoes, the line stays
+    short: a message over MAX_ERROR_CHARS keeps its start (the key, the value) and its end (the allowed values)."""
+
+    def __init__(self, message: object = "", *args: object):
+        text = " ".join(str(message).split("\n"))
+        if len(text) > MAX_ERROR_CHARS:
+            cut = len(text) - MAX_ERROR_CHARS + 40
+            text = f"{text[:400]} ... [{cut} characters cut] ... {text[-(MAX_ERROR_CHARS - 440):]}"
+        super().__init__(text, *args)
+
+
+def echo(value: Any, limit: int = 200) -> str:
+    """repr(value) for an error line, at most about `limit` characters: reprlib stops walking a big nested
+    value early (a long list shows its first items and `...`), so echoing never costs more than the cut."""
+    import reprlib
+
+    r = reprlib.Repr()  # keyword arguments only from Python 3.12
+    r.maxlevel, r.maxtuple, r.maxlist, r.maxdict, r.maxset, r.maxlong = 3, 6, 6, 6, 6, 40
+    r.maxstring = r.maxother = max(20, limit // 2)
+    text = r.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class _Strict(BaseModel):
@@ -442,8 +465,9 @@ def _check_parallel(cfg: RunConfig) -> None:
         raise ValueError(f"parallel.strategy: {pc.strategy} with qlora needs bitsandbytes' quant_storage "
                          "dtype set for sharding (not modelled here); allowed with qlora: none, ddp")
     if cfg.optimizer.name.endswith("8bit") and pc.strategy != "ddp":
+        allowed = "adam, adamw" if s.startswith("zero") else "sgd, sgd_momentum, adam, adamw"  # as the next check
         raise ValueError(f"optimizer.name: {cfg.optimizer.name} (bitsandbytes) does not run on sharded "
-                         f"parameters; allowed with strategy {pc.strategy}: sgd, sgd_momentum, adam, adamw")
+                         f"parameters; allowed with strategy {pc.strategy}: {allowed}")
     if s.startswith("zero") and cfg.optimizer.name not in ("adam", "adamw"):
         raise ValueError(f"optimizer.name: {cfg.optimizer.name} under {s} (DeepSpeed runs torch's Adam/AdamW "
                          "here); allowed: adam, adamw")
@@ -479,6 +503,11 @@ def _check_size(text: str | int, value: float) -> int:
     return int(value)
 
 
+def format_validation_error(err: ValidationError) -> str:
+    """A pydantic ValidationError of a RunConfig as the one line load_config raises (key, value, allowed)."""
+    return _format_error(err, {})
+
+
 def _format_error(err: ValidationError, data: dict) -> str:
     """First pydantic error as one line: dotted key, bad value, allowed values."""
     e = err.errors()[0]
@@ -495,16 +524,16 @@ def _format_error(err: ValidationError, data: dict) -> str:
     value = e.get("input")
     if e["type"] in ("greater_than_equal", "less_than_equal") and key in LIMITS:
         lo, hi = LIMITS[key]
-        return f"{key}: {value!r} is out of range; allowed: {lo}..{hi}"
+        return f"{key}: {echo(value)} is out of range; allowed: {lo}..{hi}"
     if e["type"] == "finite_number":
-        return f"{key}: {value!r} is invalid: must be a finite number (not .inf or .nan)"
+        return f"{key}: {echo(value)} is invalid: must be a finite number (not .inf or .nan)"
     if e["type"] == "literal_error":
         allowed = e.get("ctx", {}).get("expected", "")
-        return f"{key}: {value!r} is not allowed; allowed: {allowed}"
+        return f"{key}: {echo(value)} is not allowed; allowed: {allowed}"
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "value_error":
         return msg if not loc else f"{key}: {msg}"  # whole-config checks name their own key
-    return f"{key}: {value!r} is invalid: {msg}"
+    return f"{key}: {echo(value)} is invalid: {msg}"
 
 
 def _model_at(loc: list[str]) -> type[BaseModel] | None:
@@ -518,9 +547,54 @@ def _model_at(loc: list[str]) -> type[BaseModel] | None:
     return model
 
 
+# A run config is ~100 YAML nodes and a sweep grid a few thousand; beyond these a file is refused before it is
+# built: nesting deeper than MAX_YAML_DEPTH (PyYAML's composer recurses: 100k `[` is a RecursionError), or more
+# than MAX_YAML_NODES nodes once every alias is expanded (a "billion laughs" file is small on disk, but each
+# `*alias` is one more copy of its anchor for everything that walks the value afterwards).
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 100_000
+MAX_YAML_BYTES = 4 * 2**20
+
+
 class YamlLoader(yaml.SafeLoader):
-    """yaml.SafeLoader (no `!!python/...` tags) that refuses a key given twice in one mapping: PyYAML
-    would keep the last silently, so a second `train:` would replace the first."""
+    """yaml.SafeLoader (no `!!python/...` tags) that refuses a key given twice in one mapping (PyYAML
+    would keep the last silently, so a second `train:` would replace the first), nesting deeper than
+    MAX_YAML_DEPTH and documents of more than MAX_YAML_NODES nodes with aliases expanded."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+        self._expanded = 0  # nodes composed so far, an alias counting as the whole node it repeats
+        self._sizes: dict[int, int] = {}  # id(node) -> expanded size, for nodes whose composition finished
+
+    def _count(self, n: int, mark) -> None:
+        self._expanded += n
+        if self._expanded > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"more than {MAX_YAML_NODES} values once aliases are expanded (refused before "
+                "building them; a config is a few hundred)", mark)
+
+    def compose_node(self, parent, index):  # yaml.composer.Composer.compose_node, with the two limits
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            node = super().compose_node(parent, index)
+            if id(node) not in self._sizes:
+                raise yaml.composer.ComposerError(None, None, "an alias inside the node it names (a recursive "
+                                                  "structure)", mark)
+            self._count(self._sizes[id(node)], mark)
+            return node
+        mark = self.peek_event().start_mark
+        if self._depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+        self._depth += 1
+        before = self._expanded
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        self._count(1, mark)
+        self._sizes[id(node)] = self._expanded - before
+        return node
 
 
 def _unique_mapping(loader: YamlLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -563,6 +637,9 @@ def read_yaml(path: str | Path) -> Any:
         raw = p.read_bytes()
     except OSError as exc:
         raise ConfigError(f"config file {str(p)!r} cannot be read: {exc.strerror}") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{p}: {len(raw)} bytes; allowed: up to {MAX_YAML_BYTES // 2**20} MiB (a config is a "
+                          "few KiB)")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -574,17 +651,24 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{p}: {yaml_problem(exc)}") from None
 
 
-def _set_dotted(data: dict, dotted: str, raw: str) -> None:
+def parse_override(item: str) -> tuple[str, Any]:
+    """`key.sub=value` -> ("key.sub", the value read as YAML, the same limits as a file); "" is None."""
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        return key, yaml.load(raw, Loader=YamlLoader) if raw != "" else None  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}={echo(raw)}: {yaml_problem(exc)}") from None
+
+
+def _set_dotted(data: dict, item: str) -> None:
+    dotted, value = parse_override(item)
     parts = dotted.split(".")
     node = data
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"{dotted}: cannot override inside a non-mapping value")
-    try:
-        value = yaml.load(raw, Loader=YamlLoader) if raw != "" else None  # noqa: S506 - a SafeLoader
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {dotted}={raw!r}: {yaml_problem(exc)}") from None
     node[parts[-1]] = value
 
 
@@ -603,8 +687,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r}: use key.sub=value, e.g. train.batch_size=4")
-        key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), raw)
+        _set_dotted(data, item)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:

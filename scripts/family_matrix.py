@@ -113,7 +113,7 @@ REAL_REGIME, REAL_SEQ = "lora", 2048  # LoRA: activations are most of the peak, 
 
 
 def real_size_cell(arch: str, regime: str = REAL_REGIME, seq: int = REAL_SEQ) -> dict:
-    from profiler.measure.loading import resolve_hf_config
+    from profiler.hf_config import resolve_hf_config
 
     cfg = family_config(arch, regime, seq, device="cuda")
     seq = min(seq, getattr(resolve_hf_config(cfg.model), "n_positions", None) or seq)  # GPT-2: 1024 rows
@@ -131,7 +131,7 @@ def real_grid_cell(arch: str, regime: str, checkpointing: bool, seq: int = REAL_
     """components (its allocated part) vs simulate's steady peak for one real-size architecture, CUDA target."""
     import time
 
-    from profiler.measure.loading import resolve_hf_config
+    from profiler.hf_config import resolve_hf_config
 
     cfg = family_config(arch, regime, seq, device="cuda", gradient_checkpointing=checkpointing)
     seq = min(seq, getattr(resolve_hf_config(cfg.model), "n_positions", None) or seq)  # GPT-2: 1024 rows

@@ -49,12 +49,24 @@ def test_bad_input_raises_config_error(call, message):
         call()
 
 
-def test_simulate_stays_the_function_after_the_subpackage_is_imported():
-    import profiler.simulate.backend  # noqa: F401  (binds the subpackage on the package, as any import does)
-    from profiler.api import simulate
-
-    assert profiler.simulate is simulate
-    assert sys.modules["profiler.simulate.backend"].simulate is not simulate
+def test_simulate_is_the_subpackage_and_the_api_function():
+    """One object: ordinary imports of the subpackage work, and calling it runs the API's simulate."""
+    code = """
+import profiler.simulate.backend as b
+import profiler.simulate.backend
+from profiler import simulate
+from profiler.simulate import backend
+import profiler
+assert b is backend is profiler.simulate.backend is __import__('sys').modules['profiler.simulate.backend']
+assert simulate is profiler.simulate and callable(simulate)
+rec = simulate(profiler.load_config('configs/tiny_full.yaml', ['device=cuda', 'train.seq_len=16', 'train.steps=1']))
+assert rec.backend == 'fake' and rec.status == 'ok'
+print(type(rec).__name__)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
+                         env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["RunRecord"]
 
 
 def test_version_and_usage_name(capsys):

@@ -1,8 +1,9 @@
 """The package layout is the data flow: a room imports only from its own room or rooms below it.
 
 commands -> predict -> integrations -> learn -> (simulate | formulas) -> measure -> allocator -> vocabulary
-(config, schema, categories, results, summary). allocator (the caching-allocator replay) reads only an allocation
-sequence, so it sits just above the vocabulary: measure and simulate may replay what they record.
+(config, schema, categories, results, summary, hf_config, model_source). allocator (the caching-allocator replay)
+reads only an allocation sequence, so it sits just above the vocabulary: measure and simulate may replay what they
+record.
 Every import counts, including the lazy ones inside functions.
 """
 
@@ -95,3 +96,12 @@ def test_one_module_per_command_named_after_it():
     for name, (module, _) in COMMANDS.items():
         assert module == f"profiler.commands.{name}"
     assert {p.stem for p in (PACKAGE / "commands").glob("*.py")} - {"__init__"} == set(COMMANDS)
+
+
+def test_formulas_never_import_the_measuring_room():
+    """Estimators read a model's architecture through the vocabulary (profiler/hf_config.py), never through
+    measure/ (issue 23 item 31): a formula's answer cannot depend on how a run is measured."""
+    bad = [f"{path.relative_to(REPO_ROOT)}:{line} imports {target}"
+           for path in sorted((PACKAGE / "formulas").rglob("*.py"))
+           for line, target in imports_of(path) if room_of(target) == "measure"]
+    assert bad == []

@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output directory (default: ./%(default)s of the working directory)")
     parser.add_argument("--figures", help="also write measured-vs-predicted PNGs into this directory")
     parser.add_argument("--estimator", default="components",
-                        help="estimator to calibrate (default: %(default)s)")
+                        help="estimator to calibrate (default: %(default)s), or simulate (the fake-tensor run, "
+                        "one per result line: the table `fit` uses for its verdict and error band)")
     parser.add_argument("--include-fake", action="store_true", help="also fit simulated (backend fake) runs")
 
 

@@ -152,10 +152,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: --gpu-memory: {exc}", file=sys.stderr)
         return 2
     if args.calibration:
-        from pathlib import Path
+        from profiler.learn.calibrate import checked_calibration
 
-        if not Path(args.calibration).is_file():
-            print(f"error: --calibration: table {args.calibration!r} does not exist", file=sys.stderr)
+        try:  # the reader fit uses too: a bad table is one line, before any work
+            checked_calibration(args.calibration)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return 2
     names = list(ESTIMATORS) if args.estimator == "all" else [args.estimator]
     if any(n not in ESTIMATORS for n in names):
@@ -209,7 +211,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def print_min_gpus(cfg: RunConfig, budget: int, unit: str, console: Console) -> int:
-    from profiler.formulas.min_gpus import MAX_GPUS, SHARDING_ESTIMATORS, STRATEGIES, min_gpus
+    from profiler.formulas.min_gpus import MAX_GPUS, SHARDING_ESTIMATORS, STRATEGIES, min_gpus, with_parallel
 
     div = UNITS[unit]
     t = cfg.train
@@ -223,7 +225,22 @@ def print_min_gpus(cfg: RunConfig, budget: int, unit: str, console: Console) -> 
         table.add_column(col, justify="left" if col in ("strategy", "estimator") else "right")
     notes: list[str] = []
     answered = 0
-    for strategy in STRATEGIES:
+    f = lambda v: f"{v / div:.2f}"  # noqa: E731
+    for name in SHARDING_ESTIMATORS:  # one GPU, no parallelism: the answer before any strategy (inference's only one)
+        try:
+            e = estimate(name, with_parallel(cfg, strategy="none", world_size=1))
+        except (NotApplicable, ConfigError):
+            continue
+        fits = e.total <= budget
+        answered += fits
+        table.add_row("none", name, "1" if fits else "more", f(e.total), f(e.get("weights")), f(e.get("gradients")),
+                      f(e.get("optimizer")), f(e.get("activations")), f(e.get("temporaries")), f(e.get("comm_buffers")),
+                      f(e.details.get("host_bytes", 0)))
+    strategies = STRATEGIES
+    if cfg.regime.kind == "inference":  # config.py refuses every data-parallel strategy with inference
+        strategies = ()
+        notes.append(f"{', '.join(STRATEGIES)}: shard training state; inference runs on one GPU here")
+    for strategy in strategies:
         for name in SHARDING_ESTIMATORS:
             try:
                 res = min_gpus(cfg, name, strategy, budget)
@@ -237,7 +254,6 @@ def print_min_gpus(cfg: RunConfig, budget: int, unit: str, console: Console) -> 
                 continue
             n, e = res
             answered += 1
-            f = lambda v: f"{v / div:.2f}"  # noqa: E731
             table.add_row(strategy, name, str(n), f(e.total), f(e.get("weights")), f(e.get("gradients")),
                           f(e.get("optimizer")), f(e.get("activations")), f(e.get("temporaries")),
                           f(e.get("comm_buffers")), f(e.details.get("host_bytes", 0)))
@@ -246,8 +262,8 @@ def print_min_gpus(cfg: RunConfig, budget: int, unit: str, console: Console) -> 
                   "rank; deepspeed_zero: model states only (DeepSpeed's estimator), host = its CPU figure per "
                   "node. Confirm FSDP2/DDP with `python -m profiler simulate CFG "
                   "parallel.strategy=S parallel.world_size=N`.")
-    console.print(f"never: per-rank memory stops falling above the budget (DDP replicates everything), or "
-                  f"{MAX_GPUS} GPUs do not fit.")
+    console.print(f"none: one GPU, no data parallelism (min GPUs 1 where it fits, else more); never: per-rank "
+                  f"memory stops falling above the budget (DDP replicates everything), or {MAX_GPUS} GPUs do not fit.")
     for line in notes:
         console.print(f"  not estimated: {line}")
     return 0 if answered else 1

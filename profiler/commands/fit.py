@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 REGIMES = {"full": {"kind": "full"}, "freeze": {"kind": "freeze"}, "lora": {"kind": "lora"},
            "qlora4": {"kind": "qlora", "bits": 4}, "qlora8": {"kind": "qlora", "bits": 8},
@@ -46,29 +45,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _start(path: str | None) -> dict:
-    """The --config file as a dict (validated later, with everything else)."""
+    """The --config file as a dict (validated later, with everything else); read by the run config's reader
+    (UTF-8, safe tags, unique keys, bounded nesting and alias expansion)."""
     if path is None:
         return {}
-    import yaml
+    from profiler.config import ConfigError, read_yaml
 
-    from profiler.config import ConfigError
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config: file {path!r} does not exist")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--config: {path} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        data = read_yaml(path) or {}
+    except ConfigError as exc:
+        raise ConfigError(f"--config: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config: {path}: top level must be a mapping of keys")
     return data
 
 
-def build_config(args: argparse.Namespace, arch: str):
-    """RunConfig from --config, then the fit options, then key=value overrides (validated once)."""
-    from profiler.config import ConfigError, load_config
+def flag_settings(args: argparse.Namespace, arch: str) -> dict[str, tuple[str, object]]:
+    """Every config key a command-line option of fit sets, as {dotted key: (the option as typed, value)}. An
+    option that maps to a config key belongs here, so a key=value override of the same key is refused
+    (refuse_conflicts) instead of silently winning."""
+    out: dict[str, tuple[str, object]] = {"model.arch": (f"MODEL {args.model!r}" if hasattr(args, "model")
+                                                         else "MODEL", arch)}
+    out["model.path"] = out["model.hub"] = (out["model.arch"][0], None)  # MODEL is the one model source
+    if args.regime:
+        out.update({f"regime.{k}": (f"--regime {args.regime}", v) for k, v in REGIMES[args.regime].items()})
+    if args.seq is not None:
+        out["train.seq_len"] = (f"--seq {args.seq}", args.seq)
+    if args.batch is not None:
+        batch = int(args.batch) if str(args.batch).isdigit() else args.batch
+        out["train.batch_size"] = (f"--batch {args.batch}", batch)
+    if args.checkpointing:
+        out["train.gradient_checkpointing"] = ("--checkpointing", True)
+    if args.optimizer:
+        out["optimizer.name"] = (f"--optimizer {args.optimizer}", args.optimizer)
+    out["device"] = ("fit (a verdict for a GPU)", "cuda")
+    return out
 
+
+def refuse_conflicts(settings: dict[str, tuple[str, object]], overrides: list[str]) -> None:
+    """ConfigError where a key=value override sets a key (or a section holding it) that an option also sets,
+    unless both give the same value: the user said two things, and neither may silently win."""
+    from profiler.config import ConfigError, echo, parse_override
+
+    for item in overrides:
+        if "=" not in item:
+            continue  # load_config names the malformed override
+        key, value = parse_override(item)
+        for flagged, (option, flag_value) in settings.items():
+            if key == flagged and value == flag_value:
+                continue
+            if key == flagged or flagged.startswith(key + ".") or key.startswith(flagged + "."):
+                raise ConfigError(f"{key}: the override {echo(item, 120)} conflicts with {option} (which sets "
+                                  f"{flagged}); give one of them")
+
+
+def build_config(args: argparse.Namespace, arch: str):
+    """RunConfig from --config, then the fit options, then key=value overrides (validated once); an override
+    of a key an option sets is refused (refuse_conflicts)."""
+    from profiler.config import ConfigError, echo, load_config
+
+    refuse_conflicts(flag_settings(args, arch), args.overrides)
     data = _start(args.config)
     model = {k: v for k, v in (data.get("model") or {}).items() if k not in ("arch", "path", "hub")}
     data["model"] = {**model, "arch": arch}
@@ -85,7 +121,8 @@ def build_config(args: argparse.Namespace, arch: str):
         try:
             train["batch_size"] = int(args.batch)
         except ValueError:
-            raise ConfigError(f"--batch: {args.batch!r} is not allowed; allowed: a positive integer or auto") from None
+            raise ConfigError(f"--batch: {echo(args.batch, 120)} is not allowed; allowed: a positive integer or "
+                              "auto") from None
     if args.checkpointing:
         train["gradient_checkpointing"] = True
     data["train"] = train
@@ -93,7 +130,13 @@ def build_config(args: argparse.Namespace, arch: str):
         data["optimizer"] = {**(data.get("optimizer") or {}), "name": args.optimizer}
     data["device"] = "cuda"  # a fit is about a GPU
     data.pop("output", None)
-    return load_config(None, args.overrides, base=data)
+    cfg = load_config(None, args.overrides, base=data)
+    from profiler.hf_config import check_seq_len
+
+    new_tokens = cfg.regime.new_tokens if cfg.regime.kind == "inference" else 0
+    check_seq_len(cfg.model, cfg.train.seq_len + new_tokens,
+                  "train.seq_len" + (" + regime.new_tokens" if new_tokens else ""))
+    return cfg
 
 
 def resolve_gpu(args: argparse.Namespace):
@@ -151,14 +194,16 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         gpu = resolve_gpu(args)
-        from profiler.predict.model_source import resolve_model
+        from profiler.model_source import resolve_model
 
         src = resolve_model(args.model)
         cfg = build_config(args, src.arch)
         if (note := ignored_note(cfg)) is not None:
             print(note, file=sys.stderr)
-        if args.calibration and not Path(args.calibration).is_file():
-            raise ConfigError(f"--calibration: table {args.calibration!r} does not exist")
+        if args.calibration:
+            from profiler.learn.calibrate import checked_calibration
+
+            checked_calibration(args.calibration)  # estimate's reader: a bad table is one line, before any work
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -43,6 +43,25 @@ def main(args: argparse.Namespace) -> int:
         return 2
     from profiler.learn.timeline import plot_timeline
 
+    problem = picture_problem(args.out, path) if args.out else None
+    if problem:
+        print(f"error: --out: {problem}", file=sys.stderr)
+        return 2
     out = plot_timeline(record, args.out or f"timeline-{record['run_id'][:8]}.png")
     print(f"timeline of {record['run_id'][:8]} ({record.get('source') or 'run'}) written to {out}")
     return 0
+
+
+def picture_problem(out: str, results: Path) -> str | None:
+    """Why --out cannot be the picture (None where it can): its suffix names no format matplotlib writes
+    (Figure.canvas.get_supported_filetypes), or it is the results file being read."""
+    from matplotlib.figure import Figure
+
+    formats = sorted(Figure().canvas.get_supported_filetypes())
+    suffix = Path(out).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        return (f"{out!r} does not name a picture format; allowed: a file name ending in "
+                f"{', '.join('.' + f for f in formats)}")
+    if Path(out).resolve() == results.resolve():
+        return f"{out!r} is the results file being drawn; allowed: another file name"
+    return None

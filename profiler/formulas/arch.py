@@ -222,7 +222,7 @@ class Arch:
 
 
 def hf_config_of(cfg: RunConfig):
-    from profiler.measure.loading import resolve_hf_config
+    from profiler.hf_config import resolve_hf_config
 
     return resolve_hf_config(cfg.model)
 

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from profiler.categories import TRACKED
-from profiler.config import RunConfig
+from profiler.config import RunConfig, format_validation_error
 from profiler.results import RESULTS_DIR, slugify
 
 COMPONENTS = tuple(c.value for c in TRACKED)  # weights, gradients, optimizer, activations, temporaries
@@ -183,9 +184,28 @@ def group_of(cfg: RunConfig) -> str:
 
 
 def _default_estimate(name: str, cfg: RunConfig):
+    if name == "simulate":
+        return simulated_estimate(cfg)
     from profiler.formulas import estimate
 
     return estimate(name, cfg)
+
+
+def simulated_estimate(cfg: RunConfig):
+    """`simulate` as the predictor to calibrate (`calibrate --estimator simulate`): the fake-tensor run's
+    breakdown at its peak phase as the components and its peak allocated bytes as the total, the figure fit's
+    verdict starts from, so the table's nvml_peak row is the error of fit's own prediction. bitsandbytes'
+    8-bit step cannot run on fake tensors: such runs are skipped with the reason."""
+    from profiler.formulas import Estimate
+    from profiler.simulate.backend import simulate
+
+    rec = simulate(cfg, primed=True)
+    if rec["status"] != "ok":
+        raise ValueError(f"simulate: {rec['status']}: {rec.get('error')}")
+    top = max((p for p in rec["phases"] if p.get("step") is not None), key=lambda p: p["peak_allocated_bytes"])
+    comps = {k: int(v) for k, v in (top.get("breakdown") or {}).items() if k in COMPONENTS}
+    return Estimate("simulate", comps, int(rec["peaks"]["peak_allocated_bytes"]),
+                    "profiler.simulate: the run's harness on fake tensors")
 
 
 def to_samples(records: list[dict], estimator: str = "components", estimate_fn: Callable | None = None,
@@ -202,11 +222,18 @@ def to_samples(records: list[dict], estimator: str = "components", estimate_fn: 
             latest[key] = rec
     samples = []
     for rec in latest.values():
+        rid = rec.get("run_id", "?")
         try:
             cfg = RunConfig.model_validate(rec["config"])
+        except ValidationError as exc:  # one line naming the field, not pydantic's dump
+            hint = ("; a line of `track` holds the config it could infer: track(..., config=RunConfig) records "
+                    "one calibrate can rebuild") if rec.get("source", "run") != "run" else ""
+            skipped.append(_one_line(f"{rid}: config {_one_line(format_validation_error(exc), 200)}{hint}"))
+            continue
+        try:
             est = estimate_fn(estimator, cfg)
         except Exception as exc:  # noqa: BLE001 - one unreadable run must not stop the fit
-            skipped.append(f"{rec.get('run_id', '?')}: {type(exc).__name__}: {exc}")
+            skipped.append(_one_line(f"{rid}: {estimator}: {type(exc).__name__}: {exc}"))
             continue
         predicted = {k: float(v) for k, v in est.components.items() if k in COMPONENTS}
         predicted.update({t: float(est.total) for t in TOTALS})
@@ -216,6 +243,12 @@ def to_samples(records: list[dict], estimator: str = "components", estimate_fn: 
         samples.append(Sample(slugify(rec["env"]["device_slug"]), rec["env"]["device_name"], group_of(cfg),
                               cfg.model.name, cfg.train.seq_len, label, predicted, measured_targets(rec)))
     return samples, skipped
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    """A skipped-run reason as one line of at most `limit` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # ---------------------------------------------------------------- fitting tables
@@ -443,20 +476,64 @@ class Calibration:
         return result
 
 
+NUMERIC_FIELDS = ("a", "b")  # the fitted line: what `apply` computes with, so each must be a finite number
+INT_FIELDS = ("n_runs",)
+
+
 def load_calibration(path: str | Path) -> Calibration:
-    """Read a <slug>.csv written by `calibrate` (a .md path is read from its sibling .csv)."""
+    """Read a <slug>.csv written by `calibrate` (a .md path is read from its sibling .csv). A table that is not
+    one (missing, not UTF-8, missing columns, no rows, a fitted a/b that is not a finite number, n_runs not an
+    integer) is a ValueError (FileNotFoundError where it does not exist) whose one-line message names the file,
+    the row and the column: `estimate` and `fit` print it as the --calibration error (checked_calibration)."""
     path = Path(path)
     if path.suffix == ".md":
         path = path.with_suffix(".csv")
     if not path.is_file():
         raise FileNotFoundError(f"calibration table {str(path)!r} does not exist")
-    with path.open(newline="") as f:
-        data = list(csv.DictReader(f))
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a calibration table (not UTF-8 text: byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise ValueError(f"{path} cannot be read ({exc.strerror})") from None
+    import io
+
+    try:
+        data = list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise ValueError(f"{path} is not a calibration table (CSV: {exc})") from None
     missing = set(CSV_FIELDS) - set(data[0] if data else CSV_FIELDS)
     if not data or missing:
-        raise ValueError(f"{path} is not a calibration table (empty or missing columns {sorted(missing)})")
+        gone = sorted(missing)
+        what = "no rows" if not data else (f"missing {len(gone)} of its {len(CSV_FIELDS)} columns: "
+                                           f"{', '.join(gone[:4])}{', ...' if len(gone) > 4 else ''}")
+        raise ValueError(f"{path} is not a calibration table ({what}; write one with `calibrate`)")
+    for i, row in enumerate(data, start=2):  # line 1 is the header
+        for col in NUMERIC_FIELDS + INT_FIELDS:
+            raw = row.get(col)
+            try:
+                value = float(raw or ("0" if col == "b" else "nan"))  # an empty b is 0 (fit a only)
+            except ValueError:
+                value = math.nan
+            ok = math.isfinite(value) and (col not in INT_FIELDS or (value == int(value) and value >= 0))
+            if not ok:
+                raise ValueError(f"{path} line {i}: {col} = {str(raw)[:40]!r}; allowed: "
+                                 f"{'a whole number >= 0' if col in INT_FIELDS else 'a finite number'}")
     return Calibration(path, data[0]["device_slug"], data[0]["device_name"], data[0]["estimator"],
                        {(r["regime"], r["target"]): r for r in data})
+
+
+def checked_calibration(path: str | Path, what: str = "--calibration") -> Calibration:
+    """load_calibration for a table the user named: any problem is a ConfigError (exit 2) naming `what`. The
+    commands (estimate, fit) call this before any work, so a bad table is one line, never a traceback."""
+    from profiler.config import ConfigError
+
+    try:
+        return load_calibration(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: table {str(path)!r} does not exist") from None
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
 
 
 def default_calibration_path(gpu_slug: str) -> Path | None:

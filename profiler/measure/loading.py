@@ -22,9 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from transformers import AutoModelForCausalLM, PretrainedConfig
 
-from profiler.config import MODELS_DIR, ConfigError, ModelConfig, RunConfig, architecture_only
+from profiler.config import ConfigError, ModelConfig, RunConfig, architecture_only
+from profiler.hf_config import (  # noqa: F401 - re-exported: what this module's callers imported from here
+    SIZE_KEYS,
+    check_causal_lm,
+    check_model_source,
+    resolve_hf_config,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SHARD_BYTES = 2 * 2**30
@@ -44,103 +50,6 @@ def cache_dir() -> Path:
         return Path(os.environ["LLM_MEMPROF_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "llm-memprof"
-
-
-def resolve_hf_config(mc: ModelConfig) -> PretrainedConfig:
-    """The HF config of the model, without loading any weights, checked to be a causal LM that
-    transformers can build: anything else is a one-line ConfigError naming the field (exit 2)."""
-    if mc.arch:
-        field = "model.arch"
-        src = mc.arch if mc.arch.endswith(".json") else str(MODELS_DIR / f"{mc.arch}.json")
-    else:
-        field = "model.path" if mc.path else "model.hub"
-        src = mc.path or mc.hub
-    if not mc.hub:
-        _check_config_json(field, Path(src))
-    try:
-        hf_config = AutoConfig.from_pretrained(src)
-    except Exception as exc:  # OSError, ValueError, KeyError, TypeError: transformers' words for a bad config
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{field}: cannot read a model config from {src!r} ({why})") from None
-    check_causal_lm(hf_config, field, src)
-    return hf_config
-
-
-# Architecture sizes that must be positive integers where a config.json gives them.
-SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-             "intermediate_size", "vocab_size", "max_position_embeddings", "n_positions", "n_embd", "n_layer",
-             "n_head", "n_inner")
-
-
-def _check_config_json(field: str, path: Path) -> None:
-    """A local config.json (or a checkpoint directory holding one) is UTF-8 JSON: an object with a
-    model_type. Checked here so the message says what is wrong, not transformers' 40 lines."""
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"{field}: directory {str(path)!r} has no config.json; allowed: a checkpoint "
-                              "directory with config.json, or a config.json file")
-        path = path / "config.json"
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{field}: cannot read {str(path)!r} ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{field}: {str(path)!r} is not UTF-8 text (byte at offset {exc.start})") from None
-    if not text.strip():
-        raise ConfigError(f"{field}: {str(path)!r} is empty; allowed: a Hugging Face config.json")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{field}: {str(path)!r} is not JSON (line {exc.lineno}, column {exc.colno}: "
-                          f"{exc.msg})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{field}: {str(path)!r} holds a JSON {type(data).__name__}; allowed: a JSON object "
-                          "(a Hugging Face config.json)")
-    if not isinstance(data.get("model_type"), str):
-        raise ConfigError(f"{field}: {str(path)!r} has no model_type; allowed: a Hugging Face config.json "
-                          "with a model_type such as llama, mistral, qwen2, gpt2")
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
-    if data["model_type"] not in CONFIG_MAPPING_NAMES:
-        import difflib
-
-        import transformers
-
-        hint = difflib.get_close_matches(data["model_type"], CONFIG_MAPPING_NAMES, n=1)
-        raise ConfigError(f"{field}: {str(path)!r} has model_type {data['model_type']!r}, unknown to transformers "
-                          f"{transformers.__version__}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
-
-
-def check_causal_lm(hf_config: PretrainedConfig, field: str, src: str) -> None:
-    """What every command (run, simulate, estimate, sweep) needs of a model config: a class that
-    AutoModelForCausalLM builds (decoder-only), with positive sizes."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL
-
-    if hf_config.model_type not in CAUSAL:
-        raise ConfigError(
-            f"{field}: {src!r} is a {hf_config.model_type!r} model ({type(hf_config).__name__}), which "
-            "AutoModelForCausalLM cannot build; allowed: decoder-only (causal LM) model types such as "
-            "llama, mistral, qwen2, gpt2")
-    text = hf_config.get_text_config()
-    for key in SIZE_KEYS:
-        value = getattr(text, key, None)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"{field}: {src!r} has {key} = {value!r}; allowed: a positive integer")
-
-
-@functools.cache
-def _checked(arch: str | None, path: str | None) -> None:
-    resolve_hf_config(ModelConfig(arch=arch, path=path))
-
-
-def check_model_source(mc: ModelConfig) -> None:
-    """Validation-time check of a user-supplied local config.json or checkpoint (cached per source), for
-    commands that do not build the model themselves (sweep). Bundled architectures are known good and
-    Hub ids need the network, so both are left to the run."""
-    if mc.user_supplied:
-        _checked(mc.arch, mc.path)
 
 
 def resolve_attn_implementation(mc: ModelConfig, hf_config: PretrainedConfig) -> str:

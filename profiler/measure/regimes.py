@@ -46,11 +46,12 @@ def _apply_lora(model: nn.Module, cfg: RunConfig) -> nn.Module:
     if targets != "all-linear":
         present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
         missing = [t for t in targets if t not in present]
-        if missing:
+        if missing or not targets:  # [] targets nothing: peft raises NoMatchingPeftModuleError
             linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                              if isinstance(m, nn.Linear) and "lm_head" not in n})
-            raise ConfigError(f"regime.lora.target_modules: {', '.join(map(repr, missing))} not in the model; "
-                              f"allowed: all-linear or any of {', '.join(linear)}")
+            what = f"{', '.join(map(repr, missing))} not in the model" if missing else "[] adapts nothing"
+            raise ConfigError(f"regime.lora.target_modules: {what}; allowed: all-linear or any of "
+                              f"{', '.join(linear)}")
     peft_cfg = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
                           task_type="CAUSAL_LM")
     return get_peft_model(model, peft_cfg)

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import torch
 
-from profiler.config import RunConfig
+from profiler.config import LIMITS, ConfigError, RunConfig, echo
 from profiler.measure.env import collect_env
 from profiler.measure.harness import OOM_ERRORS, PhaseMeter, _nvml_sampler, _peaks
 from profiler.measure.model_stats import is_quantized, model_stats
@@ -90,6 +90,10 @@ class Tracker:
                  extra_models: tuple[torch.nn.Module, ...] | list[torch.nn.Module] = ()):
         if mode not in MODES:
             raise ValueError(f"mode: {mode!r} is not a tracking mode; allowed: {', '.join(MODES)}")
+        lo, hi = LIMITS["train.warmup_steps"]  # the bound a run config has
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or not lo <= warmup_steps <= hi:
+            raise ConfigError(f"warmup_steps: {echo(warmup_steps)} is not allowed; allowed: a whole number "
+                              f"{lo}..{hi} (the steps before the steady state)")
         self.model = model
         self.extra_models = [m for m in extra_models if m is not None]
         self.optimizer = unwrap_optimizer(optimizer)

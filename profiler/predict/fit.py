@@ -4,9 +4,10 @@ The predictor: the simulated peak allocated bytes (profiler.simulate: the harnes
 allowance for what the allocator holds beyond it and the CUDA context outside it. The allowance is the modelled
 one (the CUDA context of profiler/data/cuda_context.csv + what the caching-allocator replay of the simulated
 storages reserves beyond the allocated peak; ALLOCATOR_SLACK x allocated only for a record without a replay) unless
-the GPU has a calibration table (results/calibration/<gpu-slug>.csv) with nvml_peak and peak_allocated rows for the
-regime: then it is the calibrated gap between the two. An error band is reported only from that table's
-cross-validated error (LOMO / LOSO MAPE of nvml_peak); otherwise the answer says "uncalibrated".
+the GPU has a calibration table of simulate itself (results/calibration/<gpu-slug>.csv written by `calibrate
+--estimator simulate`) with an nvml_peak row for the regime: then the prediction is that row's line on the simulated
+peak, and its cross-validated error (LOMO / LOSO MAPE) is the band. Otherwise the answer says "uncalibrated": a band
+is only ever the error of the prediction it is printed next to.
 Max batch / max seq come from profiler.predict.search (a few simulations, the answer checked by two more);
 when the config does not fit, each suggested change (FSDP2 across more GPUs among them) is checked by the
 same predictor. Simulations are `primed` (same peaks as plain simulate, about half the time), and with 2+
@@ -42,29 +43,30 @@ class Allowance:
     kind: str  # "modelled" or "calibrated"
     context_bytes: int  # outside the allocator; usable = total - context
     slack: float  # modelled: allocator reserve as a fraction of the allocated peak
-    gap_bytes: int | None  # calibrated: nvml_peak - peak_allocated for this regime (context included)
-    band_pct: float | None  # cross-validated MAPE of the calibrated nvml_peak, None without one
+    line: tuple[float, float] | None  # calibrated: nvml_peak (context included) = a x simulated peak + b
+    band_pct: float | None  # cross-validated MAPE of that very line, None without one
     source: str
     replayed: bool = False  # modelled: the allocator reserve is the replay's reserved - allocated peak
 
     def allocator_bytes(self, allocated: int, reserved: int | None = None) -> int:
         """Bytes the allocator holds beyond the allocated peak. `reserved`: the replayed peak reserved bytes of the
         simulation (predicted_reserved_bytes), used by the modelled allowance where there is one."""
-        if self.gap_bytes is not None:
-            return max(0, self.gap_bytes - self.context_bytes)
+        if self.line is not None:
+            a, b = self.line
+            return max(0, round(a * allocated + b) - self.context_bytes - allocated)
         if self.replayed and reserved is not None:
             return max(0, reserved - allocated)
         return int(self.slack * allocated)
 
 
-def modelled_allowance() -> Allowance:
+def modelled_allowance(why: str = "") -> Allowance:
     from profiler.allocator.context import cuda_context
 
     ctx = cuda_context()
     return Allowance("modelled", ctx.bytes, ALLOCATOR_SLACK, None, None,
                      f"modelled allowance: {ctx.label().split(':')[0]} + what the caching-allocator replay of the "
-                     f"simulated storages reserves beyond the allocated peak (profiler.allocator, torch 2.13 rules)",
-                     replayed=True)
+                     f"simulated storages reserves beyond the allocated peak (profiler.allocator, torch 2.13 rules)"
+                     + why, replayed=True)
 
 
 def _pct(v: str | None) -> float | None:
@@ -76,26 +78,32 @@ def _pct(v: str | None) -> float | None:
 
 
 def calibrated_allowance(cfg: RunConfig, gpu: Gpu, table: str | None = None) -> Allowance:
-    """The calibrated allowance where a table for this GPU has nvml_peak and peak_allocated rows for the
-    regime; the modelled one otherwise."""
-    from profiler.learn.calibrate import default_calibration_path, group_of, load_calibration
+    """What fit adds to simulate's peak, and the error band of the sum (the one place that decides both).
+
+    Calibrated where the GPU's table calibrates `simulate` itself (`calibrate --estimator simulate`) and has an
+    nvml_peak row for the regime: the prediction is that row's line, a x simulated peak + b (measured NVML peak
+    less its baseline, so the CUDA context is inside), and the band is that row's cross-validated error, the
+    error of this very prediction. Otherwise the modelled allowance and no band: a table of another estimator
+    (e.g. `components`) measures that estimator's error, not simulate's, so it is named and not used."""
+    from profiler.learn.calibrate import checked_calibration, default_calibration_path, group_of
 
     path = table or (default_calibration_path(gpu.slug) if gpu.slug else None)
     if path is None:
         return modelled_allowance()
-    cal = load_calibration(path)
+    cal = checked_calibration(path, "--calibration" if table else "calibration table")
+    if cal.estimator != "simulate":
+        return modelled_allowance(f"; table {cal.path} calibrates `{cal.estimator}`, not simulate, so it is not "
+                                  f"used (`calibrate --estimator simulate` writes one that is)")
     regime = group_of(cfg)
-    if (regime, "nvml_peak") not in cal.rows or (regime, "peak_allocated") not in cal.rows:
-        return modelled_allowance()
-    from profiler.formulas import estimate
-
-    res = cal.apply(estimate(cal.estimator, cfg), regime)
-    gap = max(0, res["totals"]["nvml_peak"] - res["totals"]["peak_allocated"])
-    row = cal.rows[(regime, "nvml_peak")]
+    row = cal.rows.get((regime, "nvml_peak"))
+    if row is None:
+        return modelled_allowance(f"; table {cal.path} has no nvml_peak row for {regime}")
     cv = [x for x in (_pct(row.get("lomo_mape_pct")), _pct(row.get("loso_mape_pct"))) if x is not None]
-    return Allowance("calibrated", CUDA_CONTEXT_BYTES, 0.0, gap, max(cv) if cv else None,
-                     f"calibrated allowance: nvml_peak - peak_allocated of the calibrated `{cal.estimator}` for "
-                     f"{regime} on {cal.device_name} ({res['n_runs']} runs, table {cal.path})")
+    return Allowance("calibrated", CUDA_CONTEXT_BYTES, 0.0, (float(row["a"]), float(row["b"] or 0)),
+                     max(cv) if cv else None,
+                     f"calibrated: measured nvml_peak = {float(row['a']):.4f} x simulated peak + "
+                     f"{float(row['b'] or 0) / 2**20:.0f} MiB for {regime} on {cal.device_name} ({row['n_runs']} "
+                     f"runs, table {cal.path})")
 
 
 @dataclass
@@ -162,8 +170,8 @@ class FitResult:
     def band(self) -> str:
         if self.error_band_pct is None:
             return "uncalibrated" if self.allowance == "modelled" else \
-                "calibrated allowance, but no cross-validated error in the table (needs >= 2 models or seq lens)"
-        return f"±{self.error_band_pct:.1f} % (cross-validated MAPE of the calibration table)"
+                "calibrated, but no cross-validated error in the table (needs >= 2 models or seq lens)"
+        return f"±{self.error_band_pct:.1f} % (cross-validated MAPE of simulate's calibrated nvml_peak)"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -233,11 +241,13 @@ def with_changes(cfg: RunConfig, **sections: dict) -> RunConfig:
 
 
 def position_limit(cfg: RunConfig) -> int | None:
-    """The model's position count (seq beyond it is not what the model was built for)."""
-    from profiler.measure.loading import resolve_hf_config
+    """The longest sequence the model's config allows (profiler.hf_config.position_limit: n_positions, or
+    max_position_embeddings stretched by a rope scaling factor); fit refuses a --seq beyond it."""
+    from profiler.hf_config import position_limit as limit_of
+    from profiler.hf_config import resolve_hf_config
 
-    text = resolve_hf_config(cfg.model).get_text_config()
-    return getattr(text, "n_positions", None) or getattr(text, "max_position_embeddings", None)
+    found = limit_of(resolve_hf_config(cfg.model))
+    return found[0] if found else None
 
 
 def max_batch(pred: Predictor, cfg: RunConfig, cap: int = BATCH_CAP) -> MaxSolution:
@@ -273,7 +283,7 @@ def default_workers(cfg: RunConfig) -> int:
     process's start-up; else 1."""
     import os
 
-    from profiler.measure.loading import resolve_hf_config
+    from profiler.hf_config import resolve_hf_config
 
     try:
         cores = len(os.sched_getaffinity(0))

@@ -128,19 +128,63 @@ def test_offline_hub_id_from_the_command_line_is_fast(tmp_path):
     assert "| torch\n" not in proc.stderr and " torch\n" not in proc.stderr  # the answer came before torch
 
 
-def test_calibrated_allowance_and_error_band_come_from_the_table(tmp_path, capsys):
+def test_a_table_of_another_estimator_gives_no_band(tmp_path, capsys):
+    """Issue 23 item 7: a `components` table measures that formula's error, not simulate's: fit names it and
+    does not use it (before, its gap was added to simulate's peak and its CV error printed as the band)."""
     fixture = REPO_ROOT / "tests" / "data" / "synthetic_runs.jsonl"
     assert main(["calibrate", str(fixture), "--out", str(tmp_path)]) == 0
     table = str(tmp_path / "nvidia-h100-80gb-hbm3.csv")
     capsys.readouterr()
     rc, res = fit_json(capsys, "--regime", "full", "--seq", "64", "--gpu", "h100", "--calibration", table,
                        "--no-search")
-    assert rc == 0 and res["allowance"] == "calibrated" and "calibrated allowance" in res["allowance_source"]
-    assert res["error_band_pct"] == pytest.approx(1.5749, abs=1e-3)  # the table's LOSO MAPE of nvml_peak
-    assert res["error_band"].startswith("±1.6 %")
+    assert rc == 0 and res["allowance"] == "modelled" and res["error_band_pct"] is None
+    assert res["error_band"] == "uncalibrated" and "calibrates `components`, not simulate" in res["allowance_source"]
+
+
+def _simulate_table(tmp_path, a: float, b: int, lomo: str, loso: str) -> str:
+    from profiler.learn.calibrate import CSV_FIELDS
+
+    row = dict.fromkeys(CSV_FIELDS, "")
+    row.update(device_slug="nvidia-h100-80gb-hbm3", device_name="NVIDIA H100 80GB HBM3", regime="full",
+               target="nvml_peak", estimator="simulate", n_runs="6", n_models="2", n_seq_lens="3", a=str(a), b=str(b),
+               lomo_mape_pct=lomo, loso_mape_pct=loso)
+    path = tmp_path / "sim.csv"
+    path.write_text(",".join(CSV_FIELDS) + "\n" + ",".join(row[k] for k in CSV_FIELDS) + "\n")
+    return str(path)
+
+
+def test_a_simulate_table_calibrates_the_verdict_and_its_error_is_the_band(tmp_path, capsys):
+    from profiler.formulas.components import CUDA_CONTEXT_BYTES
+
+    a, b = 1.25, 700 * 2**20
+    table = _simulate_table(tmp_path, a, b, "2.0", "3.5")
+    rc, res = fit_json(capsys, "--regime", "full", "--seq", "64", "--gpu", "h100", "--calibration", table,
+                       "--no-search")
+    peak = res["simulated_peak_bytes"]
+    assert rc == 0 and res["allowance"] == "calibrated" and "simulated peak" in res["allowance_source"]
+    assert res["needed_bytes"] == round(a * peak + b) - CUDA_CONTEXT_BYTES  # the table's line on simulate's peak
+    assert res["error_band_pct"] == 3.5 and res["error_band"].startswith("±3.5 % (cross-validated MAPE of simulate")
     rc, res = fit_json(capsys, "--regime", "lora", "--seq", "64", "--gpu", "h100", "--calibration", table,
-                       "--no-search")  # the table has no lora nvml_peak row: modelled, and no band
-    assert res["allowance"] == "modelled" and res["error_band"] == "uncalibrated" and res["error_band_pct"] is None
+                       "--no-search")  # no lora row: modelled, no band, and it says why
+    assert res["allowance"] == "modelled" and res["error_band_pct"] is None and "no nvml_peak row for lora" in \
+        res["allowance_source"]
+
+
+def test_calibrate_estimator_simulate_fits_simulates_own_peak(tmp_path, capsys):
+    from profiler.learn.calibrate import load_calibration
+    from profiler.results import read_records
+
+    fixture = tmp_path / "tiny.jsonl"  # the synthetic lines of tiny-llama (llama-2-7b ones cost seconds each)
+    lines = (REPO_ROOT / "tests" / "data" / "synthetic_runs.jsonl").read_text().splitlines()
+    fixture.write_text("".join(x + "\n" for x in lines if '"tiny-llama"' in x))
+    assert main(["calibrate", str(fixture), "--estimator", "simulate", "--out", str(tmp_path)]) == 0
+    cal = load_calibration(tmp_path / "cpu.csv")
+    assert cal.estimator == "simulate" and cal.n_runs("full") == 1
+    rec = next(r for r in read_records([fixture]) if r["config"]["regime"]["kind"] == "full")
+    cfg = load_config(None, base=rec["config"])
+    peak = simulate(cfg, primed=True)["peaks"]["peak_allocated_bytes"]
+    row = cal.rows[("full", "peak_allocated")]  # one run: a only, a = measured / simulated
+    assert float(row["a"]) == pytest.approx(rec["peaks"]["peak_allocated_bytes"] / peak, rel=1e-6)
 
 
 def test_max_seq_in_a_second_process_gives_the_same_answer():
@@ -206,7 +250,7 @@ def test_more_gpus_is_suggested_and_checked_by_simulation(monkeypatch):
     from profiler.predict import fit as fit_module
 
     slack_only = fit_module.Allowance("modelled", fit_module.CUDA_CONTEXT_BYTES, ALLOCATOR_SLACK, None, None, "slack")
-    monkeypatch.setattr(fit_module, "modelled_allowance", lambda: slack_only)
+    monkeypatch.setattr(fit_module, "modelled_allowance", lambda *_: slack_only)
 
     res = fit("tiny-llama", regime="full", seq=8, gpu_memory="512.9MiB", search=False, workers=1)
     assert not res.fits

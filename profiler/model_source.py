@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from profiler.config import ConfigError, bundled_architectures
+from profiler.hf_config import check_config_json
 
 REACH_TIMEOUT_S = 1.2  # one HTTPS request to the Hub endpoint; beyond it the Hub counts as unreachable
 DOWNLOAD_TIMEOUT_S = 10  # config.json is a few KiB once the Hub answered
@@ -56,6 +57,19 @@ def _reachable(url: str, timeout: float = REACH_TIMEOUT_S) -> bool:
     return bool(ok and ok[0])
 
 
+def check_cache_dirs() -> None:
+    """HF_HOME / HF_HUB_CACHE (huggingface_hub.constants) name folders: one that exists as a file is a ConfigError
+    naming the variable (huggingface_hub itself fails with NotADirectoryError on its token file)."""
+    from huggingface_hub import constants
+
+    for var, path in (("HF_HOME", constants.HF_HOME), ("HF_HUB_CACHE", constants.HF_HUB_CACHE)):
+        p = Path(path)
+        bad = next((q for q in (p, *p.parents) if q.exists() and not q.is_dir()), None)
+        if bad is not None:
+            raise ConfigError(f"{var}: {str(p)!r} is not a directory ({str(bad)!r} is a file); allowed: a directory "
+                              f"for the Hugging Face cache, or unset {var}")
+
+
 def hub_config(repo_id: str) -> tuple[Path, str]:
     """config.json of a Hub model: from the local HF cache, else downloaded (if the Hub answers quickly)."""
     from huggingface_hub import constants, hf_hub_download
@@ -67,10 +81,14 @@ def hub_config(repo_id: str) -> tuple[Path, str]:
         RepositoryNotFoundError,
     )
 
+    check_cache_dirs()
     try:
         return Path(hf_hub_download(repo_id, "config.json", local_files_only=True)), "Hub (local cache)"
     except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
         pass
+    except OSError as exc:  # a cache file or folder that cannot be read (permissions, a file in a folder's place)
+        raise ConfigError(f"model {repo_id!r}: the Hugging Face cache cannot be read ({exc.strerror}: "
+                          f"{exc.filename}); fix it, or point HF_HOME at a directory") from None
     offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE") or constants.HF_HUB_OFFLINE
     if offline:
         raise ConfigError(f"model {repo_id!r}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
@@ -96,13 +114,10 @@ def hub_config(repo_id: str) -> tuple[Path, str]:
 
 
 def check_causal(config_json: Path, name: str) -> None:
-    """Reject configs that are not causal LMs (e.g. BERT's masked LM, T5) before anything is built."""
-    try:
-        data = json.loads(config_json.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"model {name!r}: {config_json} is not a readable config.json ({exc})") from None
-    if not isinstance(data, dict) or "model_type" not in data:
-        raise ConfigError(f"model {name!r}: {config_json} has no model_type; is it a Hugging Face config.json?")
+    """Reject what is not a readable config.json (not UTF-8, not JSON, no model_type: hf_config's checks) and
+    configs that are not causal LMs (e.g. BERT's masked LM, T5) before anything is built."""
+    check_config_json(f"model {name!r}", config_json)
+    data = json.loads(config_json.read_bytes().decode("utf-8"))  # checked just above: a JSON object
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL
 
     mt = data["model_type"]

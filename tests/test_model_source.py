@@ -9,7 +9,7 @@ import time
 import pytest
 
 from profiler.config import MODELS_DIR, ConfigError
-from profiler.predict.model_source import resolve_model
+from profiler.model_source import resolve_model
 
 
 @pytest.fixture

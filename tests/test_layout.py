@@ -1,6 +1,6 @@
 """The package layout is the data flow: a room imports only from its own room or rooms below it.
 
-commands -> predict -> integrations -> learn -> (simulate | formulas) -> measure -> vocabulary
+commands -> predict -> integrations -> learn -> timing -> (simulate | formulas) -> measure -> vocabulary
 (config, schema, categories, results, summary).
 Every import counts, including the lazy ones inside functions.
 """
@@ -16,7 +16,7 @@ from profiler.config import REPO_ROOT
 PACKAGE = REPO_ROOT / "profiler"
 # rank of each room: a module may import from a room of equal or lower rank, never higher
 # integrations (the Trainer callback) sit between learn (it draws the timeline) and commands (trace injects it)
-RANKS = {"vocabulary": 0, "measure": 1, "simulate": 2, "formulas": 2, "learn": 3, "integrations": 3.5, "predict": 4,
+RANKS = {"vocabulary": 0, "measure": 1, "simulate": 2, "formulas": 2, "timing": 2.5, "learn": 3, "integrations": 3.5, "predict": 4,
          "commands": 5, "entry": 6}
 ENTRY = {"cli", "__main__", "__init__", "api"}
 

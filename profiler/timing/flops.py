@@ -19,7 +19,8 @@ and stores per phase (`phase["work"]`):
   ("NB: We aren't accounting for causal attention here"). The CPU flash kernel's aten ops are counted the same way.
   The math kernel decomposes into bmm/softmax and is counted by the table as matmul (full s x s: it computes it).
 - `other_bytes`: every other op that moves data (elementwise, norms, softmax, copies, the optimizer's foreach
-  kernels): inputs read + outputs written. Views, empty allocations and storage resizes move nothing.
+  kernels): inputs read + outputs written (an embedding lookup: the rows it gathers). Views, empty allocations,
+  storage resizes and metadata queries (prim.device, sizes) move nothing; only aten and FSDP2's ops are counted.
 - `collectives`: kind -> {count, bytes}: the c10d / functional-collective ops the fake process group sees
   (FSDP2's all-gather and reduce-scatter, DDP's all-reduce). bytes = the full (unsharded) payload: the all-gather
   output, the reduce-scatter input, the all-reduce buffer; model.py turns it into ring traffic per rank.
@@ -46,6 +47,11 @@ CPU_ATTENTION_FWD = {aten._scaled_dot_product_flash_attention_for_cpu}
 CPU_ATTENTION_BWD = {aten._scaled_dot_product_flash_attention_for_cpu_backward}
 FUSED_SDPA = ("flash", "efficient")  # profiler.simulate.backend.CudaSdpa kernels whose math no op shows
 COLLECTIVE_NAMESPACES = ("c10d", "_c10d_functional", "c10d_functional", "_dtensor")
+TRAFFIC_NAMESPACES = ("aten", "fsdp")  # prim.device, profiler.* and other metadata ops move no data
+METADATA = {aten.sym_size.int, aten.sym_stride.int, aten.sym_numel.default, aten.sym_storage_offset.default,
+            aten.is_contiguous.default, aten.is_contiguous.memory_format, aten.is_strides_like_format.default,
+            aten.is_non_overlapping_and_dense.default, aten.size.default, aten.stride.default,
+            aten.storage_offset.default, aten.numel.default, aten.dim.default, aten.is_same_size.default}
 
 
 def _registry() -> dict:
@@ -154,8 +160,9 @@ class WorkRecorder:
 
     key = "work"
 
-    def __init__(self):
+    def __init__(self, detail: bool = False):
         self.registry = _registry()
+        self.detail = detail  # also bytes per op name (phase["work"]["other_by_op"]): to see where bytes go
         self.current: dict | None = None
         self.errors: list[str] = []
         self._last: dict | None = None
@@ -193,11 +200,13 @@ class WorkRecorder:
 
     def count(self, func, args: tuple, kwargs: dict, out) -> None:
         w = self.current
-        if w is None or func in NO_TRAFFIC or func.is_view:
+        if w is None or func in NO_TRAFFIC or func in METADATA:
+            return
+        ns = func.namespace
+        if ns not in COLLECTIVE_NAMESPACES and (ns not in TRAFFIC_NAMESPACES or func.is_view):
             return
         w["ops"] += 1
         packet = func._overloadpacket
-        ns = func.namespace
         if ns in COLLECTIVE_NAMESPACES:
             kind = collective_kind(func.__name__)
             if kind is not None:
@@ -205,7 +214,10 @@ class WorkRecorder:
                 c["count"] += 1
                 c["bytes"] += collective_payload(kind, args, out)
             return
-        moved = sum(tensor_bytes(a) for a in args) + sum(tensor_bytes(v) for v in kwargs.values()) + tensor_bytes(out)
+        if packet is aten.embedding:  # a gather: the rows it reads, not the whole table
+            moved = 2 * tensor_bytes(out) + tensor_bytes(args[1])
+        else:
+            moved = sum(tensor_bytes(a) for a in args) + sum(tensor_bytes(v) for v in kwargs.values()) + tensor_bytes(out)
         if func in CPU_ATTENTION_FWD or func in CPU_ATTENTION_BWD:
             q, k, v = args[:3] if func in CPU_ATTENTION_FWD else args[1:4]
             causal = bool(args[4] if func in CPU_ATTENTION_FWD and len(args) > 4 else
@@ -220,6 +232,9 @@ class WorkRecorder:
             w["matmul_bytes"] += moved
         else:
             w["other_bytes"] += moved
+            if self.detail:
+                by = w.setdefault("other_by_op", {})
+                by[str(packet)] = by.get(str(packet), 0) + moved
 
 
 def step_work(record: dict) -> dict:
@@ -240,7 +255,7 @@ def step_work(record: dict) -> dict:
                     t = total["collectives"].setdefault(kind, {"count": 0, "bytes": 0})
                     t["count"] += c["count"]
                     t["bytes"] += c["bytes"]
-            elif k != "errors":
+            elif k not in ("errors", "other_by_op"):
                 total[k] += v
     total["phases"] = per_phase
     total["step"] = last

@@ -42,8 +42,8 @@ class FitRow:
         """tokens/s per GPU at these efficiencies (floats or numpy arrays of grid points)."""
         step = 0.0
         for u in self.phases:
-            compute = (np.maximum(u["mm_f"] / e_mm, u["mm_b"] / e_mem) + np.maximum(u["att_f"] / e_mm, u["att_b"] / e_mem)
-                       + u["other"] / e_mem)
+            compute = (np.maximum(u["mm_f"] / e_mm, u["mm_b"] / e_mem)
+                       + np.maximum(u["att_f"] / e_mm, u["att_b"] / e_mem) + u["other"] / e_mem)
             step = step + np.maximum(compute, u["comm"] / e_link)
         return self.tokens_per_gpu / step
 

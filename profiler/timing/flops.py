@@ -217,7 +217,8 @@ class WorkRecorder:
         if packet is aten.embedding:  # a gather: the rows it reads, not the whole table
             moved = 2 * tensor_bytes(out) + tensor_bytes(args[1])
         else:
-            moved = sum(tensor_bytes(a) for a in args) + sum(tensor_bytes(v) for v in kwargs.values()) + tensor_bytes(out)
+            moved = (sum(tensor_bytes(a) for a in args) + sum(tensor_bytes(v) for v in kwargs.values())
+                     + tensor_bytes(out))
         if func in CPU_ATTENTION_FWD or func in CPU_ATTENTION_BWD:
             q, k, v = args[:3] if func in CPU_ATTENTION_FWD else args[1:4]
             causal = bool(args[4] if func in CPU_ATTENTION_FWD and len(args) > 4 else

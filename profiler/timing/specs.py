@@ -38,9 +38,9 @@ class GpuSpec:
         key = {"bfloat16": "bf16_tflops", "float16": "fp16_tflops", "float8": "fp8_tflops"}.get(dtype)
         value = getattr(self, key) if key else None
         if not value:
-            raise ConfigError(f"timing: {self.name} has no {dtype} tensor-core peak in profiler/data/gpu_specs.csv; "
-                              f"allowed compute dtypes here: "
-                              f"{', '.join(d for d, k in (('bfloat16', self.bf16_tflops), ('float16', self.fp16_tflops)) if k) or 'none'}")
+            have = [d for d, k in (("bfloat16", self.bf16_tflops), ("float16", self.fp16_tflops)) if k]
+            raise ConfigError(f"timing: {self.name} has no {dtype} tensor-core peak in profiler/data/gpu_specs.csv "
+                              f"(the compute dtype of this config); allowed here: {', '.join(have) or 'none'}")
         return value * 1e12
 
     def link_bytes_per_s(self, world_size: int, gpus_per_node: int = GPUS_PER_NODE,

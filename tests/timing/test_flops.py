@@ -19,13 +19,13 @@ from profiler.config import REPO_ROOT, load_config
 from profiler.simulate.backend import simulate
 from profiler.timing.flops import WorkRecorder, attention_flops, collective_kind, step_work
 
-B, S, H, I, L, V, HEADS = 2, 256, 128, 512, 2, 32, 4
+B, S, H, FF, L, V, HEADS = 2, 256, 128, 512, 2, 32, 4
 
 
 @pytest.fixture(scope="module")
 def arch(tmp_path_factory) -> str:
     d = json.loads((REPO_ROOT / "profiler" / "models" / "tiny-llama.json").read_text())
-    d.update(hidden_size=H, intermediate_size=I, num_hidden_layers=L, num_attention_heads=HEADS,
+    d.update(hidden_size=H, intermediate_size=FF, num_hidden_layers=L, num_attention_heads=HEADS,
              num_key_value_heads=HEADS, vocab_size=V)
     p = tmp_path_factory.mktemp("arch") / "config.json"
     p.write_text(json.dumps(d))
@@ -37,10 +37,10 @@ def _cfg(arch: str, *overrides: str):
                                                     "train": {"batch_size": B, "seq_len": S}})
 
 
-N_LAYERS = L * (4 * H * H + 3 * H * I)  # q, k, v, o + gate, up, down
+N_LAYERS = L * (4 * H * H + 3 * H * FF)  # q, k, v, o + gate, up, down
 N = N_LAYERS + V * H  # + the untied head
 T = B * S
-DOWN = L * H * I
+DOWN = L * H * FF
 
 
 def _attention(kernel: str, passes: float) -> float:
@@ -127,7 +127,8 @@ def test_without_a_recorder_the_record_is_unchanged():
     cfg = load_config(REPO_ROOT / "configs" / "tiny_full.yaml", ["device=cuda"])
     plain, counted = simulate(cfg, primed=True), simulate(cfg, primed=True, recorder=WorkRecorder())
     assert all("work" not in p for p in plain["phases"])
-    assert [p["peak_allocated_bytes"] for p in plain["phases"]] == [p["peak_allocated_bytes"] for p in counted["phases"]]
+    peaks = [[p["peak_allocated_bytes"] for p in r["phases"]] for r in (plain, counted)]
+    assert peaks[0] == peaks[1]
     assert any("work" in p for p in counted["phases"])
 
 

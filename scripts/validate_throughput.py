@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from profiler.config import ConfigError
     from profiler.measure.quiet import quiet_libraries
-    from profiler.timing.validate import DEFAULT_ROWS, median_abs, refit, validate_throughput
+    from profiler.timing.validate import DEFAULT_ROWS, median_abs, out_of_sample, refit, validate_throughput
 
     quiet_libraries()
     path = args.rows or DEFAULT_ROWS
@@ -46,9 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     for _, r in df.iterrows():
         t.add_row(*(str(v) for v in r.values))
     c.print(t)
-    c.print(f"median |error|: {median_abs(df, 'error_pct'):.1f} % with the efficiencies fitted on these rows "
-            f"(in-sample); leave-one-out (each row predicted by a fit without it): "
-            f"{median_abs(df, 'loo_error_pct'):.1f} % over {int(df['fit'].sum())} fitted rows")
+    fitted = list(df["fit"])
+    df["out_of_sample_error_pct"] = out_of_sample(df)
+    c.print(f"median |error| on the {len(df)} published rows, out of sample (fitted rows: leave-one-out; the others: "
+            f"the fit, which never saw them): {median_abs(df, 'out_of_sample_error_pct'):.1f} %")
+    c.print(f"  the {sum(fitted)} fitted rows: leave-one-out {median_abs(df, 'loo_error_pct', fitted):.1f} %, "
+            f"in-sample {median_abs(df, 'error_pct', fitted):.1f} %; the {len(df) - sum(fitted)} rows not fitted on "
+            f"(`fit: false`): {median_abs(df, 'error_pct', [not f for f in fitted]):.1f} %")
     return 0
 
 

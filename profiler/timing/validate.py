@@ -90,13 +90,17 @@ def row_work(row: ThroughputRow, cache: dict, resimulate: bool = False) -> dict:
     hit = cache.get(row.id)
     if hit and hit.get("config_hash") == key and not resimulate:
         return hit["work"]
+    same = [v for v in cache.values() if v.get("config_hash") == key and v.get("fresh")]
+    if same or (not resimulate and (same := [v for v in cache.values() if v.get("config_hash") == key])):
+        cache[row.id] = {**same[0], "fresh": same[0].get("fresh", False)}  # another row with the same config
+        return same[0]["work"]
     from profiler.simulate.backend import simulate
 
     rec = simulate(cfg, primed=True, recorder=WorkRecorder())
     if rec["status"] != "ok":
         raise RuntimeError(f"{row.id}: simulate {rec['status']}: {rec.get('error')}")
     work = step_work(rec)
-    cache[row.id] = {"config_hash": key, "work": work, "attention_kernel": rec.get("attention_kernel")}
+    cache[row.id] = {"config_hash": key, "work": work, "attention_kernel": rec.get("attention_kernel"), "fresh": True}
     return work
 
 
@@ -121,16 +125,24 @@ def fit_row(row: ThroughputRow, work: dict) -> FitRow:
     return FitRow(row.id, tuple(phases), tokens_per_gpu, row.measured_tokens_per_s_per_gpu(n))
 
 
+def _save(cache_file: Path, cache: dict) -> None:
+    out = {k: {kk: vv for kk, vv in v.items() if kk != "fresh"} for k, v in cache.items()}
+    cache_file.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+
+
 def _works(path: Path, resimulate: bool, progress) -> tuple[list[ThroughputRow], list[dict]]:
+    """Each row's counted work; the cache file is rewritten after every simulated row (a crash loses one)."""
     rows = load_rows(path)
     cache_file = _cache_path(path)
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     works = []
     for r in rows:
         if progress:
-            progress(f"{r.id}: counting work" + ("" if r.id in cache else " (simulating)"))
+            progress(f"{r.id}: counting work")
+        before = cache.get(r.id)
         works.append(row_work(r, cache, resimulate))
-    cache_file.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+        if cache.get(r.id) is not before:
+            _save(cache_file, cache)
     return rows, works
 
 
@@ -176,6 +188,13 @@ def validate_throughput(path: str | Path = DEFAULT_ROWS, eff: Efficiency | None 
     return pd.DataFrame(out)
 
 
-def median_abs(df, column: str = "loo_error_pct") -> float:
-    vals = [abs(v) for v in df[column] if v == v]
+def median_abs(df, column: str = "loo_error_pct", rows=None) -> float:
+    vals = [abs(v) for v, keep in zip(df[column], rows if rows is not None else [True] * len(df), strict=True)
+            if keep and v == v]
     return statistics.median(vals) if vals else float("nan")
+
+
+def out_of_sample(df) -> list[float]:
+    """Each row's error where the row did not shape the efficiencies: LOO for fitted rows, the fit for the rest."""
+    return [loo if fitted else err for loo, err, fitted in zip(df["loo_error_pct"], df["error_pct"], df["fit"],
+                                                                 strict=True)]

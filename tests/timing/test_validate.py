@@ -1,0 +1,55 @@
+"""Published throughput rows: the shipped file validates, its cached work re-predicts without simulating, and the
+fitted efficiencies file matches a refit on those rows (so the README's numbers can be reproduced)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from profiler.config import ConfigError
+from profiler.timing import validate as v
+from profiler.timing.efficiency import fit
+from profiler.timing.model import EFFICIENCY_CSV, fitted_efficiency
+
+
+def test_shipped_rows_validate_and_each_has_a_source_and_a_measurement():
+    rows = v.load_rows()
+    assert len(rows) >= 7
+    for r in rows:
+        cfg = r.run_config()
+        assert r.source.startswith("https://") and r.setup
+        assert r.measured_tokens_per_s_per_gpu(cfg.parallel.world_size) > 0
+
+
+def test_validate_uses_the_cached_work_and_returns_a_table(monkeypatch):
+    def no_simulation(*a, **k):
+        raise AssertionError("a cached row was simulated again")
+
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("profiler.simulate.backend"), "simulate", no_simulation)
+    df = v.validate_throughput()
+    assert list(df["id"]) == [r.id for r in v.load_rows()]
+    assert {"measured", "predicted", "error_pct", "loo_error_pct", "mfu", "bound"} <= set(df.columns)
+    assert all(abs(e) < 100 for e in df["error_pct"])
+
+
+def test_the_efficiency_file_is_the_fit_of_the_shipped_rows():
+    rows = v.load_rows()
+    works = v._works(v.DEFAULT_ROWS, False, None)[1]
+    frows = [v.fit_row(r, w) for r, w in zip(rows, works, strict=True) if r.fit]
+    eff, shipped = fit(frows), fitted_efficiency()
+    assert (eff.matmul, eff.memory, eff.link) == (shipped.matmul, shipped.memory, shipped.link)
+    with EFFICIENCY_CSV.open(newline="") as f:
+        params = {r["parameter"]: r["value"] for r in csv.DictReader(f)}
+    assert int(params["n_rows"]) == len(frows)
+
+
+def test_a_bad_row_is_one_config_error(tmp_path):
+    p = tmp_path / "rows.yaml"
+    p.write_text("rows:\n  - {id: x, source: s, setup: s, gpu: h100-sxm, config: {}, measured: {}, colour: red}\n")
+    with pytest.raises(ConfigError, match="colour"):
+        v.load_rows(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        v.load_rows(tmp_path / "none.yaml")

@@ -259,6 +259,8 @@ def time_answer(res, req: TimingRequest):
 
 
 def _duration(hours: float) -> str:
+    if hours * 60 < 1:
+        return f"{hours * 3600:.1f} s"
     if hours < 1:
         return f"{hours * 60:.1f} min"
     if hours < 48:
@@ -279,7 +281,8 @@ def render_timing(t, out=None) -> None:
     bound = ", ".join(f"{k} {v}-bound" for k, v in st.bound.items())
     c.print(f"  where it goes: {parts} (communication overlaps compute); {bound}")
     if t.tokens is not None:
-        c.print(f"  {t.tokens:,} tokens: {t.steps:,} steps, {_duration(t.hours)} wall, {t.gpu_hours:,.1f} GPU-hours"
+        gh = f"{t.gpu_hours:,.1f}" if t.gpu_hours >= 10 else f"{t.gpu_hours:.3g}"
+        c.print(f"  {t.tokens:,} tokens: {t.steps:,} steps, {_duration(t.hours)} wall, {gh} GPU-hours"
                 + (f", cost {t.cost:,.2f} at {t.price_per_gpu_hour:g} per GPU-hour" if t.cost is not None else ""))
     c.print(f"  error band: {t.band}")
     c.print(f"  model: {t.model}")

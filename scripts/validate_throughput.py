@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.fit:
             eff = refit(path, args.resimulate, say)
-            print(f"fitted: e_matmul {eff.matmul:.2f}, e_memory {eff.memory:.2f}, e_link {eff.link:.2f} on "
+            gd = f" (GDDR GPUs: {eff.matmul_gddr:.2f})" if eff.matmul_gddr is not None else ""
+            print(f"fitted: e_matmul {eff.matmul:.2f}{gd}, e_memory {eff.memory:.2f}, e_link {eff.link:.2f} on "
                   f"{eff.n_rows} rows; leave-one-out median |error| {eff.loo_median_pct:.1f} %, p90 "
                   f"{eff.loo_p90_pct:.1f} %")
         df = validate_throughput(path, resimulate=args.resimulate and not args.fit, progress=say)

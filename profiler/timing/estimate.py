@@ -69,5 +69,6 @@ def time_to_train(work: dict, cfg: RunConfig, gpu: str, tokens: int | None = Non
         cost = gpu_hours * price if price is not None else None
     model = (f"estimated: simulate's FLOPs/bytes per phase -> roofline time model (profiler/timing/model.py) on "
              f"{gpu}'s datasheet ({st.dtype} peak {st.peak_flops / 1e12:.0f} TFLOPS), efficiencies matmul "
-             f"{eff.matmul:.2f} / memory {eff.memory:.2f} / link {eff.link:.2f} {eff.source}")
+             f"{eff.matmul_for(spec_for(gpu).memory):.2f} / memory {eff.memory:.2f} / link {eff.link:.2f} "
+             f"{eff.source}")
     return TrainingTime(st, tokens, steps, hours, gpu_hours, price, cost, model, band_text(eff))

@@ -31,13 +31,18 @@ PHASES = ("forward", "backward", "optimizer_step", "generate")
 class Efficiency:
     """Fractions of the datasheet peaks reached: tensor-core FLOP/s, HBM bandwidth, link bandwidth."""
 
-    matmul: float
+    matmul: float  # on HBM (datacenter) GPUs, and on every GPU when matmul_gddr is None
     memory: float
     link: float
     source: str = "assumed"
     loo_median_pct: float | None = None  # leave-one-out median absolute error of tokens/s on the fit rows
     loo_p90_pct: float | None = None
     n_rows: int = 0
+    matmul_gddr: float | None = None  # on GDDR (workstation / consumer) GPUs, where fitted apart
+
+    def matmul_for(self, memory: str) -> float:
+        """The matmul efficiency of a GPU with this memory type ("hbm" / "gddr")."""
+        return self.matmul_gddr if memory == "gddr" and self.matmul_gddr is not None else self.matmul
 
 
 @functools.cache
@@ -55,7 +60,7 @@ def fitted_efficiency() -> Efficiency:
     return Efficiency(num("e_matmul"), num("e_memory"), num("e_link"),
                       source=f"fitted on {int(num('n_rows') or 0)} published rows ({EFFICIENCY_CSV.name})",
                       loo_median_pct=num("loo_median_abs_pct"), loo_p90_pct=num("loo_p90_abs_pct"),
-                      n_rows=int(num("n_rows") or 0))
+                      n_rows=int(num("n_rows") or 0), matmul_gddr=num("e_matmul_gddr"))
 
 
 def compute_dtype(cfg: RunConfig) -> str:
@@ -125,10 +130,11 @@ def unit_seconds(work: dict, spec: GpuSpec, peak: float, world_size: int, gpus_p
             "other": work["other_bytes"] / hbm, "comm": comm / link}
 
 
-def phase_time(u: dict[str, float], eff: Efficiency) -> dict[str, float]:
+def phase_time(u: dict[str, float], eff: Efficiency, memory: str = "hbm") -> dict[str, float]:
     """Seconds of one phase (unit_seconds at the efficiencies): matmul, attention, other, compute, comm, total."""
-    mm = max(u["mm_f"] / eff.matmul, u["mm_b"] / eff.memory)
-    att = max(u["att_f"] / eff.matmul, u["att_b"] / eff.memory)
+    e_mm = eff.matmul_for(memory)
+    mm = max(u["mm_f"] / e_mm, u["mm_b"] / eff.memory)
+    att = max(u["att_f"] / e_mm, u["att_b"] / eff.memory)
     other = u["other"] / eff.memory
     comm = u["comm"] / eff.link
     compute = mm + att + other
@@ -152,7 +158,7 @@ def step_time(step: dict, cfg: RunConfig, spec: GpuSpec, eff: Efficiency, *, hbm
     for name, work in step["phases"].items():
         if name == "backward" and extra_matmul_flops:
             work = {**work, "matmul_flops": work["matmul_flops"] + extra_matmul_flops}
-        t = phase_time(unit_seconds(work, spec, peak, n, gpus_per_node, inter_node_gbps, hbm_gbps), eff)
+        t = phase_time(unit_seconds(work, spec, peak, n, gpus_per_node, inter_node_gbps, hbm_gbps), eff, spec.memory)
         phase_s[name] = t["total"]
         for k in ("matmul", "attention", "other", "comm"):
             parts[k] += t[k]

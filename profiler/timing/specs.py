@@ -27,7 +27,8 @@ class GpuSpec:
     bf16_tflops: float | None
     fp16_tflops: float | None
     fp8_tflops: float | None
-    hbm_gbps: float
+    hbm_gbps: float  # device memory bandwidth (HBM, or GDDR on the "gddr" cards)
+    memory: str  # "hbm" (datacenter parts) or "gddr" (workstation / consumer): the fit's matmul efficiency tier
     nvlink_gbps: float | None
     pcie_gbps: float
     source: str
@@ -62,7 +63,8 @@ def specs() -> dict[str, GpuSpec]:
     with SPECS_CSV.open(newline="") as f:
         rows = list(csv.DictReader(f))
     return {r["name"]: GpuSpec(r["name"], _f(r["bf16_tflops"]), _f(r["fp16_tflops"]), _f(r["fp8_tflops"]),
-                               float(r["hbm_gbps"]), _f(r["nvlink_gbps"]), float(r["pcie_gbps"]), r["source"])
+                               float(r["hbm_gbps"]), r["memory"], _f(r["nvlink_gbps"]), float(r["pcie_gbps"]),
+                               r["source"])
             for r in rows}
 
 

@@ -122,7 +122,7 @@ def fit_row(row: ThroughputRow, work: dict) -> FitRow:
             w = {**w, "matmul_flops": w["matmul_flops"] + _extra(work, row)}
         phases.append(unit_seconds(w, spec, peak, n, row.gpus_per_node, row.inter_node_gbps, row.hbm_gbps))
     tokens_per_gpu = cfg.train.batch_size * cfg.train.seq_len
-    return FitRow(row.id, tuple(phases), tokens_per_gpu, row.measured_tokens_per_s_per_gpu(n))
+    return FitRow(row.id, tuple(phases), tokens_per_gpu, row.measured_tokens_per_s_per_gpu(n), spec.memory)
 
 
 def _save(cache_file: Path, cache: dict) -> None:
@@ -151,17 +151,23 @@ def refit(path: str | Path = DEFAULT_ROWS, resimulate: bool = False, progress=No
     rows, works = _works(Path(path), resimulate, progress)
     pairs = [(r, w) for r, w in zip(rows, works, strict=True) if r.fit]
     frows = [fit_row(r, w) for r, w in pairs]
-    eff = fit(frows)
+    # two models, chosen by their leave-one-out error: one matmul efficiency for every GPU, or one per memory type
+    loos = {tiered: leave_one_out(frows, tiered) for tiered in (False, True)}
+    med = {t: statistics.median(abs(p - f.measured) / f.measured for p, f in zip(lo, frows, strict=True))
+           for t, lo in loos.items()}
+    tiered = med[True] < med[False]
+    eff = fit(frows, tiered)
     fitted = [predict(f, eff) for f in frows]
-    loo = leave_one_out(frows)
+    loo = loos[tiered]
     extra = [{"gpu": r.gpu, "world_size": r.run_config().parallel.world_size, "flops_per_step_per_gpu":
               w["matmul_flops"] + w["attention_flops"] + _extra(w, r), "hbm_bytes_per_step_per_gpu":
               w["matmul_bytes"] + w["attention_bytes"] + w["other_bytes"],
               "collective_payload_bytes": sum(c["bytes"] for c in w["collectives"].values()), "source": r.source}
              for r, w in pairs]
-    med, p90 = write(eff, frows, fitted, loo, extra)
+    other = ("per_memory_type" if not tiered else "shared", 100 * med[not tiered])
+    m, p90 = write(eff, frows, fitted, loo, extra, other)
     fitted_efficiency.cache_clear()
-    return Efficiency(eff.matmul, eff.memory, eff.link, "fitted", med, p90, len(frows))
+    return Efficiency(eff.matmul, eff.memory, eff.link, "fitted", m, p90, len(frows), eff.matmul_gddr)
 
 
 def validate_throughput(path: str | Path = DEFAULT_ROWS, eff: Efficiency | None = None, resimulate: bool = False,
@@ -179,7 +185,7 @@ def validate_throughput(path: str | Path = DEFAULT_ROWS, eff: Efficiency | None 
         st = step_time(w, cfg, spec_for(r.gpu), eff, hbm_gbps=r.hbm_gbps, gpus_per_node=r.gpus_per_node,
                        inter_node_gbps=r.inter_node_gbps, extra_matmul_flops=_extra(w, r))
         others = [x for x in fit_set if x.id != f.id]
-        loo = predict(f, fit(others)) if len(others) >= 2 else float("nan")
+        loo = predict(f, fit(others, eff.matmul_gddr is not None)) if len(others) >= 2 else float("nan")
         out.append({"id": r.id, "gpu": r.gpu, "gpus": st.world_size, "measured": round(f.measured, 1),
                     "predicted": round(st.tokens_per_s_per_gpu, 1),
                     "error_pct": round((st.tokens_per_s_per_gpu - f.measured) / f.measured * 100, 1),

@@ -90,6 +90,16 @@ def test_fit_recovers_the_efficiencies_that_made_the_rows_and_loo_is_exact():
     assert all(math.isclose(p, r.measured, rel_tol=1e-9) for p, r in zip(leave_one_out(rows), rows, strict=True))
 
 
+def test_a_tiered_fit_gives_gddr_gpus_their_own_matmul_efficiency_only_with_two_rows_each():
+    hbm = _rows(Efficiency(0.5, 0.7, 1.0), 3)
+    gddr = [FitRow(r.id + "g", r.phases, r.tokens_per_gpu, predict(r, Efficiency(0.9, 0.7, 1.0)), "gddr")
+            for r in _rows(ONE, 3)]
+    got = fit(hbm + gddr, tiered=True)
+    assert (got.matmul, got.matmul_gddr, got.memory) == (0.5, 0.9, 0.7)
+    assert got.matmul_for("gddr") == 0.9 and got.matmul_for("hbm") == 0.5
+    assert fit(hbm + gddr[:1], tiered=True).matmul_gddr is None  # one GDDR row: no constant of its own
+
+
 def test_fit_needs_two_rows():
     with pytest.raises(ValueError, match="at least 2"):
         fit(_rows(ONE, 1))

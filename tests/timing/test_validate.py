@@ -39,8 +39,10 @@ def test_the_efficiency_file_is_the_fit_of_the_shipped_rows():
     rows = v.load_rows()
     works = v._works(v.DEFAULT_ROWS, False, None)[1]
     frows = [v.fit_row(r, w) for r, w in zip(rows, works, strict=True) if r.fit]
-    eff, shipped = fit(frows), fitted_efficiency()
-    assert (eff.matmul, eff.memory, eff.link) == (shipped.matmul, shipped.memory, shipped.link)
+    shipped = fitted_efficiency()
+    eff = fit(frows, tiered=shipped.matmul_gddr is not None)
+    assert (eff.matmul, eff.memory, eff.link, eff.matmul_gddr) == (shipped.matmul, shipped.memory, shipped.link,
+                                                                    shipped.matmul_gddr)
     with EFFICIENCY_CSV.open(newline="") as f:
         params = {r["parameter"]: r["value"] for r in csv.DictReader(f)}
     assert int(params["n_rows"]) == len(frows)

@@ -4,9 +4,9 @@ Fractions of the datasheet peaks: e_matmul (tensor-core FLOP/s reached by matmul
 per memory type, HBM datacenter vs GDDR workstation/consumer GPUs, `tiered`), e_memory (memory bandwidth reached by
 memory-bound ops), e_link (link bandwidth reached by collectives). Fitted by grid search minimising the sum of
 squared log errors of tokens/s per GPU over the rows marked `fit` (validation/throughput.yaml); ties go to the
-larger e_link (a parameter no communication-bound row constrains stays at the datasheet). The leave-one-out error refits without each row and predicts it: the error
-band `fit` prints. Written to profiler/data/timing_efficiency.csv (parameters) and timing_fit_rows.csv (the rows,
-their counted work, the fitted and the leave-one-out predictions).
+larger e_link (a parameter no communication-bound row constrains stays at the datasheet). The leave-one-out error
+refits without each row and predicts it: the error band `fit` prints. Written to profiler/data/timing_efficiency.csv
+(parameters) and timing_fit_rows.csv (the rows, their counted work, the fitted and the leave-one-out predictions).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Published throughputs vs the time model: prints one line per row of validation/throughput.yaml and the median error.
 
-    python scripts/validate_throughput.py [ROWS.yaml] [--fit] [--resimulate]
+    python scripts/validate_throughput.py [ROWS.yaml] [--fit] [--resimulate] [--runs results/runs/*.jsonl]
 
 --fit refits the efficiencies on the rows (profiler/data/timing_efficiency.csv, timing_fit_rows.csv) first.
 Each row's config is simulated once (minutes for an 8B model at seq 8192) and its counted work cached in
-validation/throughput_work.json; --resimulate redoes it. Exit 2 on bad input (one line), 0 otherwise.
+validation/throughput_work.json; --resimulate redoes it. --runs adds our own timed CUDA runs (`python -m profiler
+run` result files) as rows: once a GPU is lent, they refine the fit. Exit 2 on bad input (one line), 0 otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("rows", nargs="?", default=None, help="rows file (default validation/throughput.yaml)")
     ap.add_argument("--fit", action="store_true", help="refit the efficiencies on the rows first")
     ap.add_argument("--resimulate", action="store_true", help="simulate every row again (ignore the cache)")
+    ap.add_argument("--runs", nargs="+", metavar="JSONL", help="own timed CUDA runs to add as rows (results/runs/)")
     args = ap.parse_args(argv)
     from rich.console import Console
     from rich.table import Table
@@ -31,12 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     say = lambda m: print(f"... {m}", file=sys.stderr, flush=True)  # noqa: E731
     try:
         if args.fit:
-            eff = refit(path, args.resimulate, say)
+            eff = refit(path, args.resimulate, say, args.runs)
             gd = f" (GDDR GPUs: {eff.matmul_gddr:.2f})" if eff.matmul_gddr is not None else ""
             print(f"fitted: e_matmul {eff.matmul:.2f}{gd}, e_memory {eff.memory:.2f}, e_link {eff.link:.2f} on "
                   f"{eff.n_rows} rows; leave-one-out median |error| {eff.loo_median_pct:.1f} %, p90 "
                   f"{eff.loo_p90_pct:.1f} %")
-        df = validate_throughput(path, resimulate=args.resimulate and not args.fit, progress=say)
+        df = validate_throughput(path, resimulate=args.resimulate and not args.fit, progress=say, runs=args.runs)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

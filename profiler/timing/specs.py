@@ -68,6 +68,13 @@ def specs() -> dict[str, GpuSpec]:
             for r in rows}
 
 
+@functools.cache
+def preset_by_device_name() -> dict[str, str]:
+    """device name as torch / NVML report it (profiler/data/gpus.csv) -> preset name (for our own timed runs)."""
+    with (SPECS_CSV.parent / "gpus.csv").open(newline="") as f:
+        return {r["device_name"]: r["name"] for r in csv.DictReader(f)}
+
+
 def spec_for(name: str) -> GpuSpec:
     """The spec of a preset by its canonical name (profiler.predict.gpus resolves aliases first); ConfigError
     naming the presets that have specs."""

@@ -79,6 +79,31 @@ def load_rows(path: str | Path = DEFAULT_ROWS) -> list[ThroughputRow]:
         raise ConfigError(f"{path}: {exc}") from None
 
 
+def rows_from_runs(paths: list[str | Path]) -> list[ThroughputRow]:
+    """Our own timed runs as throughput rows: every ok CUDA record of `python -m profiler run` (results/runs/*.jsonl)
+    with a median step time, on a GPU preset with a datasheet row. Measured tokens/s per GPU = batch x seq / median
+    step seconds (the harness times steps after the warm-up). One row per config hash (the latest run)."""
+    from profiler.results import read_records
+    from profiler.timing.specs import preset_by_device_name, specs
+
+    rows: dict[str, ThroughputRow] = {}
+    for rec in read_records(paths):
+        t, env = rec.get("timings") or {}, rec.get("env") or {}
+        gpu = preset_by_device_name().get(env.get("device_name", ""))
+        timed = rec.get("backend") == "cuda" and rec.get("status") == "ok" and t.get("median_step_s")
+        if not timed or gpu not in specs():
+            continue
+        cfg = rec["config"]
+        train = cfg["train"]
+        config = {k: cfg[k] for k in ("model", "regime", "optimizer", "train", "parallel", "moe") if k in cfg}
+        rows[rec["config_hash"]] = ThroughputRow(
+            id=f"run-{rec['run_id'][:12]}", source=f"own run {rec['run_id']} ({rec.get('timestamp')})",
+            setup=f"python -m profiler run on {env.get('device_name')}, torch {env.get('torch')}, "
+                  f"git {env.get('git_revision')}", gpu=gpu, config=config,
+            measured=Measured(tokens_per_s_per_gpu=train["batch_size"] * train["seq_len"] / t["median_step_s"]))
+    return list(rows.values())
+
+
 def _cache_path(path: Path) -> Path:
     return path.with_name(path.stem + "_work.json")
 
@@ -130,9 +155,10 @@ def _save(cache_file: Path, cache: dict) -> None:
     cache_file.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
 
 
-def _works(path: Path, resimulate: bool, progress) -> tuple[list[ThroughputRow], list[dict]]:
-    """Each row's counted work; the cache file is rewritten after every simulated row (a crash loses one)."""
-    rows = load_rows(path)
+def _works(path: Path, resimulate: bool, progress, runs: list | None = None) -> tuple[list[ThroughputRow], list[dict]]:
+    """Each row's counted work (the file's rows, then our own timed runs'); the cache file is rewritten after every
+    simulated row (a crash loses one)."""
+    rows = load_rows(path) + (rows_from_runs(runs) if runs else [])
     cache_file = _cache_path(path)
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     works = []
@@ -146,9 +172,11 @@ def _works(path: Path, resimulate: bool, progress) -> tuple[list[ThroughputRow],
     return rows, works
 
 
-def refit(path: str | Path = DEFAULT_ROWS, resimulate: bool = False, progress=None) -> Efficiency:
-    """Fit the efficiencies on the `fit` rows and write the data files; returns the efficiency with its LOO error."""
-    rows, works = _works(Path(path), resimulate, progress)
+def refit(path: str | Path = DEFAULT_ROWS, resimulate: bool = False, progress=None, runs: list | None = None
+          ) -> Efficiency:
+    """Fit the efficiencies on the `fit` rows (and `runs`: our own timed runs' JSONL files) and write the data files;
+    returns the efficiency with its LOO error."""
+    rows, works = _works(Path(path), resimulate, progress, runs)
     pairs = [(r, w) for r, w in zip(rows, works, strict=True) if r.fit]
     frows = [fit_row(r, w) for r, w in pairs]
     # two models, chosen by their leave-one-out error: one matmul efficiency for every GPU, or one per memory type
@@ -171,11 +199,12 @@ def refit(path: str | Path = DEFAULT_ROWS, resimulate: bool = False, progress=No
 
 
 def validate_throughput(path: str | Path = DEFAULT_ROWS, eff: Efficiency | None = None, resimulate: bool = False,
-                        progress=None):
-    """One line per published row: measured vs predicted tokens/s per GPU, % error, LOO prediction and error."""
+                        progress=None, runs: list | None = None):
+    """One line per published row (and per own timed run in `runs`): measured vs predicted tokens/s per GPU, % error,
+    LOO prediction and error."""
     import pandas as pd
 
-    rows, works = _works(Path(path), resimulate, progress)
+    rows, works = _works(Path(path), resimulate, progress, runs)
     eff = eff or fitted_efficiency()
     frows = [fit_row(r, w) for r, w in zip(rows, works, strict=True)]
     fit_set = [f for f, r in zip(frows, rows, strict=True) if r.fit]

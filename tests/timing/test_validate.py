@@ -55,3 +55,26 @@ def test_a_bad_row_is_one_config_error(tmp_path):
         v.load_rows(p)
     with pytest.raises(ConfigError, match="does not exist"):
         v.load_rows(tmp_path / "none.yaml")
+
+
+def test_own_timed_cuda_runs_become_rows(tmp_path):
+    """A `run` result line from a CUDA GPU with a preset and a datasheet row becomes a throughput row: tokens/s per GPU
+    = batch x seq / median step; CPU, fake and failed lines are not rows."""
+    import json
+
+    from profiler.config import REPO_ROOT, load_config
+    from profiler.simulate.backend import simulate
+
+    rec = simulate(load_config(REPO_ROOT / "configs" / "tiny_full.yaml", ["device=cuda"]), primed=True)
+    lines = []
+    for backend, status, device in (("cuda", "ok", "NVIDIA H100 80GB HBM3"), ("fake", "ok", "NVIDIA H100 80GB HBM3"),
+                                    ("cuda", "oom", "NVIDIA H100 80GB HBM3"), ("cuda", "ok", "cpu")):
+        r = dict(rec, backend=backend, status=status, timings={**rec["timings"], "median_step_s": 0.5},
+                 env={**rec["env"], "device_name": device}, config_hash=rec["config_hash"] + backend + status + device)
+        lines.append(json.dumps(r))
+    p = tmp_path / "runs.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    rows = v.rows_from_runs([p])
+    assert len(rows) == 1 and rows[0].gpu == "h100-sxm" and rows[0].fit
+    assert rows[0].measured.tokens_per_s_per_gpu == 2 * 64 / 0.5
+    assert rows[0].run_config().train.batch_size == 2

@@ -255,7 +255,10 @@ def time_answer(res, req: TimingRequest):
         from profiler.predict.fit import SimulationFailed
 
         raise SimulationFailed("timing: the simulation counted no work for this config")
-    return time_to_train(res.work, RunConfig.model_validate(res.config), req.gpu, req.tokens, req.price)
+    t = time_to_train(res.work, RunConfig.model_validate(res.config), req.gpu, req.tokens, req.price)
+    if res.optimizer.endswith("8bit"):  # simulated as adamw (see FitResult.notes)
+        t.model += "; the optimizer step is adamw's (an 8-bit step cannot run on fake tensors: it moves fewer bytes)"
+    return t
 
 
 def _duration(hours: float) -> str:

@@ -1,9 +1,9 @@
 """The package layout is the data flow: a room imports only from its own room or rooms below it.
 
-commands -> predict -> integrations -> learn -> (simulate | formulas) -> measure -> allocator -> vocabulary
+commands -> predict -> integrations -> learn -> timing -> (simulate | formulas) -> measure -> allocator -> vocabulary
 (config, schema, categories, results, summary, hf_config, model_source). allocator (the caching-allocator replay)
 reads only an allocation sequence, so it sits just above the vocabulary: measure and simulate may replay what they
-record.
+record. timing (FLOPs/bytes of a simulated step, the time model) runs simulate and sits under learn and predict.
 Every import counts, including the lazy ones inside functions.
 """
 
@@ -18,7 +18,7 @@ from profiler.config import REPO_ROOT
 PACKAGE = REPO_ROOT / "profiler"
 # rank of each room: a module may import from a room of equal or lower rank, never higher
 # integrations (the Trainer callback) sit between learn (it draws the timeline) and commands (trace injects it)
-RANKS = {"vocabulary": 0, "allocator": 0.5, "measure": 1, "simulate": 2, "formulas": 2, "learn": 3,
+RANKS = {"vocabulary": 0, "allocator": 0.5, "measure": 1, "simulate": 2, "formulas": 2, "timing": 2.5, "learn": 3,
          "integrations": 3.5, "predict": 4, "commands": 5, "entry": 6}
 ENTRY = {"cli", "__main__", "__init__", "api"}
 

@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: this machine's CUDA device)")
     parser.add_argument("--calibration", metavar="FILE",
                         help="calibration table (default: results/calibration/<gpu-slug>.csv if it exists)")
+    add_rank_arguments(parser)
 
 
 def _gpu_slug(arg: str | None) -> str | None:
@@ -145,6 +146,7 @@ def main(args: argparse.Namespace) -> int:
         if (note := ignored_note(cfg)) is not None:
             print(note, file=sys.stderr)
         budget = parse_bytes(args.gpu_memory)
+        rank = rank_request(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -189,7 +191,7 @@ def main(args: argparse.Namespace) -> int:
             extra.setdefault(e.estimator, {})[col] = str(v) if v is not None else unbounded(cfg, e.estimator, field)
     console = Console(width=200)
     if args.min_gpus:
-        return print_min_gpus(cfg, budget, args.unit, console)
+        return print_min_gpus(cfg, budget, args.unit, console, rank)
     t = cfg.train
     console.print(
         f"{cfg.model.name} | {cfg.regime.label} | {cfg.optimizer.name} | {cfg.model.dtype} | "
@@ -210,7 +212,7 @@ def main(args: argparse.Namespace) -> int:
     return 0 if ests else 1
 
 
-def print_min_gpus(cfg: RunConfig, budget: int, unit: str, console: Console) -> int:
+def print_min_gpus(cfg: RunConfig, budget: int, unit: str, console: Console, rank: tuple | None = None) -> int:
     from profiler.formulas.min_gpus import MAX_GPUS, SHARDING_ESTIMATORS, STRATEGIES, min_gpus, with_parallel
 
     div = UNITS[unit]
@@ -240,6 +242,7 @@ def print_min_gpus(cfg: RunConfig, budget: int, unit: str, console: Console) -> 
     if cfg.regime.kind == "inference":  # config.py refuses every data-parallel strategy with inference
         strategies = ()
         notes.append(f"{', '.join(STRATEGIES)}: shard training state; inference runs on one GPU here")
+    options: list[tuple[str, int]] = []  # (strategy, fewest GPUs by `components`), for --rank-by-time
     for strategy in strategies:
         for name in SHARDING_ESTIMATORS:
             try:
@@ -254,6 +257,8 @@ def print_min_gpus(cfg: RunConfig, budget: int, unit: str, console: Console) -> 
                 continue
             n, e = res
             answered += 1
+            if name == "components":
+                options.append((strategy, n))
             table.add_row(strategy, name, str(n), f(e.total), f(e.get("weights")), f(e.get("gradients")),
                           f(e.get("optimizer")), f(e.get("activations")), f(e.get("temporaries")),
                           f(e.get("comm_buffers")), f(e.details.get("host_bytes", 0)))
@@ -266,4 +271,52 @@ def print_min_gpus(cfg: RunConfig, budget: int, unit: str, console: Console) -> 
                   f"memory stops falling above the budget (DDP replicates everything), or {MAX_GPUS} GPUs do not fit.")
     for line in notes:
         console.print(f"  not estimated: {line}")
+    if rank is not None and options:
+        print_ranked(cfg, options, rank, console)
     return 0 if answered else 1
+
+
+# ---- --min-gpus --rank-by-time GPU --tokens N (issue #25: profiler.timing.rank) --------------------------------
+
+
+def add_rank_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rank-by-time", metavar="GPU", help="with --min-gpus: rank the options by time to train "
+                        "--tokens on this GPU preset (estimated: one counted simulation + the fitted time model)")
+    parser.add_argument("--tokens", help="with --rank-by-time: tokens to train on, e.g. 2e9, 500M")
+
+
+def rank_request(args: argparse.Namespace) -> tuple[str, int] | None:
+    """(GPU preset, tokens) when --rank-by-time is asked, checked; ConfigError names the flag."""
+    if not args.rank_by_time and not args.tokens:
+        return None
+    if not args.rank_by_time or not args.tokens or not args.min_gpus:
+        raise ConfigError("--rank-by-time: needs --min-gpus and --tokens N (and --tokens needs --rank-by-time GPU)")
+    from profiler.predict.gpus import gpu_by_name
+    from profiler.timing.estimate import parse_count
+    from profiler.timing.specs import spec_for
+
+    gpu = gpu_by_name(args.rank_by_time).name
+    spec_for(gpu)
+    return gpu, parse_count(args.tokens, "--tokens")
+
+
+def print_ranked(cfg: RunConfig, options: list[tuple[str, int]], rank: tuple[str, int], console: Console) -> None:
+    from profiler.timing.estimate import band_text
+    from profiler.timing.model import fitted_efficiency
+    from profiler.timing.rank import rank_options
+
+    gpu, tokens = rank
+    try:
+        ranked = rank_options(cfg, options, gpu, tokens)
+    except (RuntimeError, ConfigError) as exc:
+        console.print(f"  not ranked by time: {exc}")
+        return
+    table = Table(title=f"time to train {tokens:,} tokens on {gpu} (estimated: simulate's FLOPs/bytes + fitted "
+                  f"roofline time model; fastest first)")
+    for col in ("strategy", "GPUs", "step s", "tokens/s", "hours", "GPU-hours", "bound"):
+        table.add_column(col, justify="left" if col in ("strategy", "bound") else "right")
+    for o in ranked:
+        table.add_row(o.strategy, str(o.gpus), f"{o.step_s:.3f}", f"{o.tokens_per_s:,.0f}", f"{o.hours:,.2f}",
+                      f"{o.gpu_hours:,.1f}", o.bound)
+    console.print(table)
+    console.print(f"  error band: {band_text(fitted_efficiency())}; each option at its fewest GPUs (components)")

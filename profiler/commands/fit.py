@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from dataclasses import dataclass
 
 REGIMES = {"full": {"kind": "full"}, "freeze": {"kind": "freeze"}, "lora": {"kind": "lora"},
            "qlora4": {"kind": "qlora", "bits": 4}, "qlora8": {"kind": "qlora", "bits": 8},
@@ -42,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "a second process beside the max batch one (same answer, less wall time)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--all", action="store_true", help="every named estimator's total beside the verdict")
+    add_timing_arguments(parser)
 
 
 def _start(path: str | None) -> dict:
@@ -204,6 +207,7 @@ def main(args: argparse.Namespace) -> int:
             from profiler.learn.calibrate import checked_calibration
 
             checked_calibration(args.calibration)  # estimate's reader: a bad table is one line, before any work
+        timing = timing_request(args, gpu)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -213,7 +217,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         res = predict_fit(cfg, gpu, model_name=src.name, model_source=src.how, auto_batch=args.batch == "auto",
                           calibration=args.calibration, search=not args.no_search, all_estimators=args.all,
-                          progress=progress, workers=1 if args.serial else None)
+                          progress=progress, workers=1 if args.serial else None, count_work=timing is not None)
+        answer = time_answer(res, timing) if timing is not None else None
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -221,7 +226,111 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(res.to_dict(), indent=1, default=str))
+        out = res.to_dict()
+        if answer is not None:
+            out["timing"] = answer.to_dict()
+        print(json.dumps(out, indent=1, default=str))
     else:
         render(res)
+        if answer is not None:
+            render_timing(answer)
     return 0 if res.fits else 1
+
+
+# ---- time and cost (issue #25: profiler.timing) ----------------------------------------------------------------
+# --tokens N | --epochs E --dataset-tokens N, --price-per-hour P, --time: step time, tokens/s, MFU, hours, cost.
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("time and cost (estimates: simulate's FLOPs/bytes + a fitted roofline time model)")
+    g.add_argument("--time", action="store_true", help="step time, tokens/s and MFU (no token count needed)")
+    g.add_argument("--tokens", help="tokens to train on, e.g. 2e9, 500M, 1.5B: adds hours and GPU-hours")
+    g.add_argument("--epochs", type=float, help="epochs over --dataset-tokens (instead of --tokens)")
+    g.add_argument("--dataset-tokens", help="tokens in one epoch of the dataset, e.g. 50M (with --epochs)")
+    g.add_argument("--price-per-hour", type=float, metavar="P", help="price of one GPU-hour: adds the cost")
+
+
+@dataclass
+class TimingRequest:
+    gpu: str
+    tokens: int | None
+    price: float | None
+    how: str  # how the token count was given
+
+
+def timing_request(args: argparse.Namespace, gpu) -> TimingRequest | None:
+    """The time question in the flags, checked (ConfigError names the flag); None when no time is asked."""
+    from profiler.config import ConfigError
+    from profiler.timing.estimate import parse_count
+    from profiler.timing.specs import spec_for
+
+    asked = args.time or args.tokens or args.epochs is not None or args.dataset_tokens or \
+        args.price_per_hour is not None
+    if not asked:
+        return None
+    if args.tokens and (args.epochs is not None or args.dataset_tokens):
+        raise ConfigError("--tokens: give either --tokens N or --epochs E with --dataset-tokens N, not both")
+    if (args.epochs is None) != (args.dataset_tokens is None):
+        raise ConfigError("--epochs: needs --dataset-tokens N (and --dataset-tokens needs --epochs E)")
+    if args.epochs is not None and not (args.epochs > 0 and math.isfinite(args.epochs)):
+        raise ConfigError(f"--epochs: {args.epochs} is not allowed; allowed: a number above 0")
+    if args.price_per_hour is not None and not (args.price_per_hour >= 0 and math.isfinite(args.price_per_hour)):
+        raise ConfigError(f"--price-per-hour: {args.price_per_hour} is not allowed; allowed: a number >= 0")
+    tokens, how = None, ""
+    if args.tokens:
+        tokens, how = parse_count(args.tokens, "--tokens"), f"--tokens {args.tokens}"
+    elif args.epochs is not None:
+        per_epoch = parse_count(args.dataset_tokens, "--dataset-tokens")
+        tokens, how = math.ceil(args.epochs * per_epoch), f"{args.epochs:g} epochs x {per_epoch:,} tokens"
+    if args.price_per_hour is not None and tokens is None:
+        raise ConfigError("--price-per-hour: needs a token count (--tokens N, or --epochs E --dataset-tokens N)")
+    if gpu.device_name is None:
+        raise ConfigError("--gpu: a time estimate needs a GPU preset with a datasheet row (--gpu NAME), not "
+                          "--gpu-memory")
+    spec_for(gpu.name)  # ConfigError where the preset has no datasheet row
+    return TimingRequest(gpu.name, tokens, args.price_per_hour, how)
+
+
+def time_answer(res, req: TimingRequest):
+    """The estimate for the verdict's config (FitResult.work, counted in its simulation)."""
+    from profiler.config import RunConfig
+    from profiler.timing.estimate import time_to_train
+
+    if res.work is None:
+        from profiler.predict.fit import SimulationFailed
+
+        raise SimulationFailed("timing: the simulation counted no work for this config")
+    t = time_to_train(res.work, RunConfig.model_validate(res.config), req.gpu, req.tokens, req.price)
+    if res.optimizer.endswith("8bit"):  # simulated as adamw (see FitResult.notes)
+        t.model += "; the optimizer step is adamw's (an 8-bit step cannot run on fake tensors: it moves fewer bytes)"
+    return t
+
+
+def _duration(hours: float) -> str:
+    if hours * 60 < 1:
+        return f"{hours * 3600:.1f} s"
+    if hours < 1:
+        return f"{hours * 60:.1f} min"
+    if hours < 48:
+        return f"{hours:.1f} h"
+    return f"{hours / 24:.1f} days"
+
+
+def render_timing(t, out=None) -> None:
+    from rich.console import Console
+
+    c = Console(file=out, width=120, soft_wrap=True, markup=False, highlight=False)
+    st = t.step
+    per = f" per rank, {st.world_size} GPUs" if st.world_size > 1 else ""
+    c.print("time (estimated, not measured):", style="bold")
+    c.print(f"  step {st.step_s:.3f} s{per} | {st.tokens_per_s:,.0f} tokens/s ({st.tokens_per_s_per_gpu:,.0f} per GPU) "
+            f"| MFU {st.mfu:.0%} (counted FLOPs incl. recompute / {st.dtype} peak)")
+    parts = ", ".join(f"{k} {v:.3f} s" for k, v in st.parts_s.items())
+    bound = ", ".join(f"{k} {v}-bound" for k, v in st.bound.items())
+    c.print(f"  where it goes: {parts} (communication overlaps compute); {bound}")
+    if t.tokens is not None:
+        gh = f"{t.gpu_hours:,.1f}" if t.gpu_hours >= 10 else f"{t.gpu_hours:.3g}"
+        c.print(f"  {t.tokens:,} tokens: {t.steps:,} steps, {_duration(t.hours)} wall, {gh} GPU-hours"
+                + (f", cost {t.cost:,.2f} at {t.price_per_gpu_hour:g} per GPU-hour" if t.cost is not None else ""))
+    c.print(f"  error band: {t.band}")
+    c.print(f"  model: {t.model}")

@@ -42,16 +42,30 @@ class FakeBackend(Protocol):
     def attention_kernel(self, cfg: RunConfig, loaded: LoadedModel) -> str: ...  # the kernel a CUDA run picks
 
 
+class PhaseRecorder(Protocol):
+    """An optional per-phase observer (e.g. profiler.timing.flops.WorkRecorder: FLOPs and bytes per phase):
+    `phase` is entered inside the memory probes; `take()` returns what it saw there, kept in the phase record
+    under `key`. Absent (None), the run does nothing more than it did without it."""
+
+    key: str
+
+    def phase(self, name: str, step: int | None, warmup: bool) -> AbstractContextManager: ...
+
+    def take(self) -> dict | None: ...
+
+
 OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError, TrackerOutOfMemory)
 
 
 class PhaseMeter:
     """One context manager per phase; appends a PhaseRecord dict (also when the phase raised)."""
 
-    def __init__(self, cuda: bool, tracker: TensorTracker | None, nvml: NvmlSampler | None = None):
+    def __init__(self, cuda: bool, tracker: TensorTracker | None, nvml: NvmlSampler | None = None,
+                 recorder: PhaseRecorder | None = None):
         self.cuda = CudaProbe() if cuda else None
         self.tracker = tracker
         self.nvml = nvml
+        self.recorder = recorder
         self.records: list[dict] = []
         self.current: tuple[str, int | None] | None = None
 
@@ -70,6 +84,8 @@ class PhaseMeter:
                 cuda_rec = stack.enter_context(self.cuda.phase()) if self.cuda else None
                 if self.tracker is not None:
                     stack.enter_context(self.tracker.phase(name, step))
+                if self.recorder is not None:
+                    stack.enter_context(self.recorder.phase(name, step, warmup))
                 started = True
                 yield
         finally:
@@ -85,6 +101,8 @@ class PhaseMeter:
                 rec.update(breakdown=dict(tr.breakdown), module_at_peak=tr.module_at_peak)
             if self.nvml is not None:
                 rec["nvml_peak_bytes"] = self.nvml.read_window()
+            if self.recorder is not None and (seen := self.recorder.take()) is not None:
+                rec[self.recorder.key] = seen
             if cuda_rec is not None and tr is not None:
                 rec["breakdown"].update(cuda_components(rec, tr.peak_bytes, self.nvml))
             if started or "peak_allocated_bytes" in rec:  # a phase whose probes failed to start: no record
@@ -187,14 +205,16 @@ def _peaks(phases: list[dict], last_step: int | None) -> dict:
 
 def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None = None,
         on_step: Callable[[int, int], None] | None = None, fake: FakeBackend | None = None,
-        prime_optimizer: bool = False, replay_allocator: bool | None = None) -> dict:
+        prime_optimizer: bool = False, replay_allocator: bool | None = None,
+        recorder: PhaseRecorder | None = None) -> dict:
     """Run one config and return its RunRecord dict. ConfigError propagates (nothing is recorded);
     an OOM gives status 'oom', any other failure status 'error'. With `fake`, the same loop runs on fake
     tensors (profiler.simulate.backend): no device memory, the tracker is the only probe.
     `prime_optimizer` (fake only, see `primable`): the warm-up steps are replaced by one optimizer step on
     zero gradients, which creates the optimizer state as the first step would; only the last step runs.
     `replay_allocator` (default: on CUDA): record the tracker's allocation sequence and replay it through the
-    caching allocator (profiler.measure.reserved): predicted_reserved_bytes / predicted_nvml_bytes."""
+    caching allocator (profiler.measure.reserved): predicted_reserved_bytes / predicted_nvml_bytes.
+    `recorder` (optional, see PhaseRecorder): observes each phase; its findings go into the phase records."""
     cuda = cfg.device == "cuda" and fake is None
     replaying = (cuda if replay_allocator is None else replay_allocator) and use_tracker
     alloc_conf, alloc_note = None, None
@@ -249,7 +269,7 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
     tracker = TensorTracker(budget_bytes=budget, devices={"cuda"} if cuda else None) if use_tracker else None
     if tracker is not None and replaying:
         tracker.alloc_log = []
-    meter = PhaseMeter(cuda, tracker, sampler)
+    meter = PhaseMeter(cuda, tracker, sampler, recorder)
     model = optimizer = batch = loaded = None
     step_seconds: list[float] = []
     load_s = 0.0

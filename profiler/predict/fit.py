@@ -150,6 +150,7 @@ class FitResult:
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    work: dict | None = None  # counted FLOPs / bytes of the verdict's step (profiler.timing.flops), when time is asked
 
     @property
     def headroom_bytes(self) -> int:
@@ -192,13 +193,20 @@ class Predictor:
         self.allowance = allowance
         self.usable = usable
         self.records: dict[str, dict] = {}
+        self.count_work: str | None = None  # config hash whose simulation also counts FLOPs/bytes (profiler.timing)
 
     def record(self, cfg: RunConfig) -> dict:
         key = cfg.config_hash()
         if key not in self.records:
             from profiler.simulate.backend import simulate
 
-            rec = simulate(cfg, primed=True)  # same peaks as plain simulate (tests/simulate/test_primed.py)
+            recorder = None
+            if key == self.count_work:  # time asked for (fit --tokens ...): this one run also counts its work
+                from profiler.timing.flops import WorkRecorder
+
+                recorder = WorkRecorder()
+            # primed: same peaks as plain simulate (tests/simulate/test_primed.py)
+            rec = simulate(cfg, primed=True, recorder=recorder)
             if rec["status"] != "ok":
                 raise SimulationFailed(f"simulate: {rec['status']}: {rec.get('error')}")
             self.records[key] = rec
@@ -427,9 +435,11 @@ def limit_suggestions(cfg: RunConfig, seq_sol: MaxSolution | None,
 def predict_fit(cfg: RunConfig, gpu: Gpu, *, model_name: str | None = None, model_source: str = "",
                 auto_batch: bool = False, calibration: str | None = None, search: bool = True,
                 all_estimators: bool = False, progress: Callable[[str], None] | None = None,
-                workers: int | None = None) -> FitResult:
+                workers: int | None = None, count_work: bool = False) -> FitResult:
     """The whole answer for one config on one GPU (see the module docstring). `workers`: 2 runs the max seq
-    search in a second process beside the max batch one (None: `default_workers`); the answer is the same."""
+    search in a second process beside the max batch one (None: `default_workers`); the answer is the same.
+    `count_work`: the verdict's simulation also counts FLOPs and bytes per phase (FitResult.work, for the time
+    estimate of profiler.timing)."""
     t0 = time.perf_counter()
     say = progress or (lambda _msg: None)
     from profiler.measure.quiet import quiet_libraries
@@ -448,6 +458,10 @@ def predict_fit(cfg: RunConfig, gpu: Gpu, *, model_name: str | None = None, mode
         say("solving for the largest batch")
         batch_sol = max_batch(pred, cfg)
         cfg = with_changes(cfg, train={"batch_size": max(1, batch_sol.value)})
+    if count_work:
+        key = _simulated(cfg).config_hash()
+        pred.count_work = key
+        pred.records.pop(key, None)  # simulated during the batch search without counting: once more, counting
     seq_job, extra_hashes = None, set()
     if search and not auto_batch and (workers if workers is not None else default_workers(cfg)) > 1:
         say("solving for the longest sequence in a second process")
@@ -465,7 +479,7 @@ def _answer(cfg: RunConfig, gpu: Gpu, pred: Predictor, allowance: Allowance, seq
             model_name: str | None, model_source: str, search: bool, all_estimators: bool) -> FitResult:
     """predict_fit after the set-up: the verdict, the searches, the suggestions."""
     say(f"simulating batch {cfg.train.batch_size} x seq {cfg.train.seq_len}")
-    sim_cfg = with_changes(cfg, optimizer={"name": "adamw"}) if cfg.optimizer.name in EIGHT_BIT else cfg
+    sim_cfg = _simulated(cfg)
     rec = pred.record(sim_cfg)
     peak, reserved = pred.peaks(cfg)
     top = max((p for p in rec["phases"] if p.get("step") is not None or p["phase"] == "load"),
@@ -508,4 +522,19 @@ def _answer(cfg: RunConfig, gpu: Gpu, pred: Predictor, allowance: Allowance, seq
         + (f" (step {top['step']})" if top.get("step") is not None else ""),
         attention_kernel=rec.get("attention_kernel"), max_batch=batch_sol, max_seq=seq_sol, suggestions=tips,
         estimators=ests, simulations=len(set(pred.records) | extra_hashes), processes=2 if seq_job else 1,
-        seconds=time.perf_counter() - t0, config=cfg.model_dump(mode="json"), notes=notes)
+        seconds=time.perf_counter() - t0, config=cfg.model_dump(mode="json"), notes=notes,
+        work=_work(rec) if pred.count_work else None)
+
+
+def _simulated(cfg: RunConfig) -> RunConfig:
+    """The config that is simulated for cfg (8-bit optimizers run as adamw, see Predictor.peak)."""
+    return with_changes(cfg, optimizer={"name": "adamw"}) if cfg.optimizer.name in EIGHT_BIT else cfg
+
+
+def _work(rec: dict) -> dict | None:
+    from profiler.timing.flops import step_work
+
+    try:
+        return step_work(rec)
+    except ValueError:
+        return None

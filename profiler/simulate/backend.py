@@ -381,12 +381,14 @@ class Simulation:
         return "+".join(k for k, _ in self.sdpa.used.most_common())
 
 
-def simulate(cfg: RunConfig, on_step=None, *, primed: bool = False) -> dict:
+def simulate(cfg: RunConfig, on_step=None, *, primed: bool = False, recorder=None) -> dict:
     """Run `cfg` on fake tensors through profiler.measure.harness.run; returns the RunRecord dict (backend fake).
 
     `primed` (for searches that simulate many configs, e.g. `fit`): the warm-up forward and backward are
     skipped where that keeps every peak (profiler.measure.harness.primable); the record then has
-    `primed_optimizer: true` and no warm-up forward/backward phases. About 40 % faster."""
+    `primed_optimizer: true` and no warm-up forward/backward phases. About 40 % faster.
+    `recorder` (optional, profiler.measure.harness.PhaseRecorder): e.g. profiler.timing's FLOP/byte counter;
+    without it the run is unchanged."""
     target = cfg.device
     sim = Simulation(target)
     # The harness places the batch and autocast on cfg.device; fake tensors here are CPU tensors.
@@ -401,7 +403,8 @@ def simulate(cfg: RunConfig, on_step=None, *, primed: bool = False) -> dict:
         return _not_simulated(cfg, "CPU offload is not simulated (fake tensors have one device); its per-rank "
                               "memory is predicted by `python -m profiler estimate`")
     with fake_process_group(pc.world_size) if pc.strategy != "none" else nullcontext():
-        record = run(run_cfg, fake=sim, on_step=on_step, prime_optimizer=primed, replay_allocator=target == "cuda")
+        record = run(run_cfg, fake=sim, on_step=on_step, prime_optimizer=primed, replay_allocator=target == "cuda",
+                     recorder=recorder)
     if pc.strategy != "none":  # rank 0 of world_size symmetric ranks
         record["ranks"] = [rank_summary(record)]
         record["max_rank_peak_allocated_bytes"] = record["ranks"][0]["peak_allocated_bytes"]

@@ -31,7 +31,7 @@ def test_typed_results():
     assert isinstance(rec, RunRecord) and rec.backend == "fake" and rec.status == "ok"
     sol = profiler.max_batch(cfg, gpu_memory="560MiB")  # 512 MiB context + replayed reserve (2/20 MiB segments)
     assert isinstance(sol, MaxSolution) and sol.value >= 1
-    res = profiler.fit("tiny-llama", regime="full", seq=32, batch=2, gpu_memory="516MiB", search=False,
+    res = profiler.fit("tiny-llama", regime="full", seq=32, batch=2, gpu_memory="560MiB", search=False,
                        config=str(REPO_ROOT / "configs/tiny_full.yaml"))
     assert isinstance(res, FitResult) and res.fits and res.verdict().startswith("fits: ")
     assert res.simulated_peak_bytes == rec.peaks.peak_allocated_bytes  # same config, same simulation

@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if _is_rank():  # SIGKILL when torchrun goes (it starts each rank in its own session): no orphan, no late line
+        from profiler.lifeline import die_with_parent
+
+        die_with_parent()
     rc = _measure(args)
     if _is_rank():  # a torchrun rank: leave now, before interpreter teardown can abort a gloo/DDP thread
         sys.stdout.flush()

@@ -17,6 +17,7 @@ here), and everything FSDP2's all-gather / reduce-scatter and DDP's bucket (re)b
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -43,7 +44,20 @@ def launch(cfg: RunConfig, argv: list[str]) -> int:
            "-m", "profiler", "run", *argv]
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONPATH=path)
-    return subprocess.call(cmd, env=env)
+    from profiler.lifeline import preexec_hook
+
+    # torchrun in its own session: a Ctrl-C to the terminal reaches this process only (one "interrupted"
+    # line), and dies with it (SIGKILL on -TERM / -KILL of this process); each rank dies with torchrun
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=preexec_hook())  # noqa: PLW1509
+    try:
+        return proc.wait()
+    except BaseException:  # Ctrl-C: torchrun's group goes at once (its ranks with it), so no line comes later
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+        proc.wait()
+        raise
 
 
 def rank() -> int:

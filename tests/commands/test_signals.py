@@ -83,3 +83,16 @@ def test_ctrl_c_of_a_parallel_run_says_interrupted_once(tmp_path):
     assert text.count("interrupted") == 1, text
     assert "Traceback" not in text and "Warning" not in text, text
     assert not out.exists() or out.read_text() == ""
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_killed_trace_takes_the_script_with_it(tmp_path, sig):
+    marker = tmp_path / "started"
+    script = f"import time; open({str(marker)!r}, 'w').close(); time.sleep(120)"
+    proc = start([sys.executable, "-m", "profiler", "trace", "--", "python", "-c", script], env=ENV, cwd=tmp_path,
+                 stderr=open(tmp_path / "err.txt", "w"))
+    wait_for(marker.exists, 60, "script start", proc)
+    _check(kill_and_check(proc, sig))
+    if sig == signal.SIGTERM:  # passed on to the script: trace reports how it ended, as the shell would
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert "SIGTERM" in (tmp_path / "err.txt").read_text()

@@ -59,6 +59,9 @@ def _measure(args: argparse.Namespace) -> int:
             check_directory(RUNS_DIR, "default output directory")
         if args.memory_snapshot and cfg.device != "cuda":
             raise ConfigError("--memory-snapshot: needs device cuda")
+        from profiler.measure.loading import check_cache
+
+        check_cache(cfg)  # a cache that cannot take the QLoRA checkpoint: bad input, found before the run
         use_tracker = not args.no_tracker
         if cfg.parallel.strategy != "none":  # N ranks through torchrun; rank 0 writes the line
             from profiler.measure import parallel
@@ -84,6 +87,9 @@ def _measure(args: argparse.Namespace) -> int:
         from profiler.summary import print_summary
 
         print_summary(record, out)
+    elif record["status"] == "error":  # exit 1 says why, even with --quiet (the line holds the rest)
+        print(f"error: run ended with status error: {(str(record.get('error') or '').splitlines() or ['?'])[0][:300]}",
+              file=sys.stderr)
     return 0 if record["status"] in ("ok", "oom") else 1
 
 

@@ -90,6 +90,10 @@ class Tracker:
                  extra_models: tuple[torch.nn.Module, ...] | list[torch.nn.Module] = ()):
         if mode not in MODES:
             raise ValueError(f"mode: {mode!r} is not a tracking mode; allowed: {', '.join(MODES)}")
+        if output is not None:  # checked now, before the user's loop runs: never an error after the training
+            from profiler.results import check_output
+
+            check_output(output, "output")
         self.model = model
         self.extra_models = [m for m in extra_models if m is not None]
         self.optimizer = unwrap_optimizer(optimizer)

@@ -55,7 +55,8 @@ def _start(path: str | None) -> dict:
 
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"--config: file {path!r} does not exist")
+        raise ConfigError(f"--config: {path!r} {'is a directory' if p.is_dir() else 'does not exist'}; "
+                          "allowed: a run config YAML file")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:

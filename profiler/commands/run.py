@@ -63,16 +63,21 @@ def _measure(args: argparse.Namespace) -> int:
 
         check_cache(cfg)  # a cache that cannot take the QLoRA checkpoint: bad input, found before the run
         use_tracker = not args.no_tracker
+        record = None
         if cfg.parallel.strategy != "none":  # N ranks through torchrun; rank 0 writes the line
             from profiler.measure import parallel
 
-            if not parallel.under_torchrun():
-                return parallel.launch(cfg, _argv(args))
-            parallel.init_real(cfg)
-            args.quiet = args.quiet or parallel.rank() != 0
-        record = _run_with_progress(cfg, use_tracker, args.memory_snapshot, quiet=args.quiet)
-        if cfg.parallel.strategy != "none" and not parallel.finish(record):
-            return 0 if record["status"] in ("ok", "oom") else 1  # not rank 0: nothing to write
+            if not parallel.under_torchrun():  # the launcher: writes the line only when a failed rank left it
+                rc, record = parallel.launch(cfg, _argv(args))
+                if record is None:
+                    return rc
+            else:
+                parallel.init_real(cfg)
+                args.quiet = args.quiet or parallel.rank() != 0
+        if record is None:
+            record = _run_with_progress(cfg, use_tracker, args.memory_snapshot, quiet=args.quiet)
+            if cfg.parallel.strategy != "none" and parallel.under_torchrun() and not parallel.finish(record):
+                return 0 if record["status"] in ("ok", "oom") else 1  # not rank 0: nothing to write
     except (ConfigError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -83,6 +88,8 @@ def _measure(args: argparse.Namespace) -> int:
     out = cfg.output or str(default_output(record["env"]["device_slug"]))
     if not append_or_report(out, record):
         return 1
+    if _is_rank() and cfg.parallel.strategy != "none":
+        parallel.mark_written()
     if not args.quiet:
         from profiler.summary import print_summary
 

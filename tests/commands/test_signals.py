@@ -13,7 +13,7 @@ import sys
 import textwrap
 
 import pytest
-from proctable import LINUX, descendants, kill_all, kill_and_check, start, wait_for
+from proctable import LINUX, descendants, kill_all, kill_and_check, left_behind, start, wait_for
 
 from profiler.config import REPO_ROOT
 
@@ -69,15 +69,18 @@ def test_killed_parallel_run_leaves_no_rank_and_no_line(tmp_path, sig):
     assert not out.exists() or out.read_text() == ""
 
 
-def test_ctrl_c_of_a_parallel_run_says_interrupted_once(tmp_path):
-    """Ctrl-C reaches the terminal's whole foreground group: here, the command's group."""
+@pytest.mark.parametrize("group", [True, False], ids=["ctrl-c", "kill-INT"])
+def test_interrupted_parallel_run_says_interrupted_once_and_leaves_nothing(tmp_path, group):
+    """Ctrl-C reaches the terminal's whole foreground group (here, the command's group); `kill -INT PID`
+    the command alone. Either way: exit 130, one "interrupted" line, no rank left to append a line later."""
     log = tmp_path / "log.txt"
     proc, out = _parallel_run(tmp_path, open(log, "w"))
     seen = descendants(proc.pid)
-    os.killpg(proc.pid, signal.SIGINT)
+    if group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
-    from proctable import left_behind
-
     _check(left_behind(seen, proc.pid))
     text = log.read_text()
     assert text.count("interrupted") == 1, text

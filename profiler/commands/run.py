@@ -76,7 +76,7 @@ def _measure(args: argparse.Namespace) -> int:
                 args.quiet = args.quiet or parallel.rank() != 0
         if record is None:
             record = _run_with_progress(cfg, use_tracker, args.memory_snapshot, quiet=args.quiet)
-            if cfg.parallel.strategy != "none" and parallel.under_torchrun() and not parallel.finish(record):
+            if cfg.parallel.strategy != "none" and not parallel.finish(record):
                 return 0 if record["status"] in ("ok", "oom") else 1  # not rank 0: nothing to write
     except (ConfigError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)

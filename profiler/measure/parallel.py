@@ -431,8 +431,8 @@ def gather_ranks(record: dict) -> list[dict] | None:
 
 def finish(record: dict) -> bool:
     """Gather every rank's phase peaks into rank 0's record (`ranks`, `max_rank_peak_allocated_bytes`);
-    True on rank 0, which writes the line. Leaves the process group. A failed rank never gets here: see
-    `fail_fast`."""
+    True on rank 0, which writes the line. Leaves the process group. A failed rank enters no collective
+    here: it leaves through `fail_fast`."""
     if record["status"] != "ok" and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         fail_fast(record)
     ranks = gather_ranks(record)

@@ -79,6 +79,9 @@ def check_output(path: str | Path | None, what: str = "--output", create: bool =
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise OutputError(f"{what} {str(path)!r} is {_kind(st.st_mode)}; results are appended to a regular "
                           "file or a path that does not exist yet")
+    if _is_a_stream(given, st):
+        raise OutputError(f"{what} {str(path)!r} is a standard stream or file descriptor of this process; results "
+                          "are appended to a regular file (the table goes to stdout)")
     target = given.resolve()  # a symlink's target: the lock and the line follow it
     if not create:
         return target
@@ -95,6 +98,24 @@ def check_output(path: str | Path | None, what: str = "--output", create: bool =
         raise OutputError(f"{what} {str(path)!r}: cannot write in {str(target.parent)!r} ({exc.strerror})"
                           ) from None
     return target
+
+
+def _is_a_stream(given: Path, st: os.stat_result | None) -> bool:
+    """/dev/stdout, /dev/stderr, /dev/fd/N, /proc/*/fd/N, or the very file this process's stdout or stderr
+    writes to (`--output /dev/stdout > f.txt`: the table would be written over the lines)."""
+    parts = Path(os.path.abspath(given)).parts
+    if parts[:2] == ("/", "dev") and (parts[2:3] == ("fd",) or parts[2:] in (("stdout",), ("stderr",), ("stdin",))):
+        return True
+    if parts[:2] == ("/", "proc") and len(parts) > 3 and parts[3] == "fd":
+        return True
+    for fd in (1, 2):
+        try:
+            mine = os.fstat(fd)
+        except OSError:
+            continue
+        if st is not None and (mine.st_dev, mine.st_ino) == (st.st_dev, st.st_ino) and stat.S_ISREG(st.st_mode):
+            return True
+    return False
 
 
 def check_directory(path: str | Path, what: str) -> Path:

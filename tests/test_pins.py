@@ -49,3 +49,29 @@ def test_ci_installs_with_the_constraints():
     assert any(".[dev,trainer,deepspeed]" in x for x in installs), "CI installs the optional extras it tests"
     newest = (REPO_ROOT / "scripts" / "ci_newest.sh").read_text()  # the newest releases: no pins but torch
     assert "-c constraints.txt" not in newest and "torch==2.13.0" in newest
+
+
+def test_peft_and_deepspeed_have_an_upper_bound():
+    """Issue 23, item 30: the parallel and LoRA code read their internals (lora_A/lora_B parameter names,
+    the DeepSpeed engine's inner optimizer): a new major may move them."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    specs = project["dependencies"] + project["optional-dependencies"]["deepspeed"]
+    reqs = {canonicalize_name(Requirement(s).name): Requirement(s) for s in specs}
+    for name in ("peft", "deepspeed"):
+        assert any(sp.operator == "<" for sp in reqs[name].specifier), name
+
+
+def test_the_nightly_workflow_pins_runs_the_gpu_tests_and_the_newest_releases():
+    """Issue 23, item 30: the nightly GPU job installs the versions CI tests, runs `pytest -m gpu`, and
+    scripts/ci_newest.sh runs on the same schedule."""
+    import yaml
+
+    flow = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "nightly-gpu.yml").read_text())
+    assert flow[True]["schedule"]  # YAML 1.1 reads the `on:` key as True
+    jobs = flow["jobs"]
+    runs = {name: "\n".join(s.get("run", "") for s in job["steps"]) for name, job in jobs.items()}
+    for name, text in runs.items():
+        installs = [x for x in text.splitlines() if "pip install" in x and "--upgrade pip" not in x]
+        assert name == "newest" or installs and all("-c constraints.txt" in x for x in installs), (name, installs)
+    assert "pytest -m gpu" in runs["gpu"]
+    assert "scripts/ci_newest.sh" in runs["newest"]

@@ -32,10 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    missing = [p for p in args.results if not Path(p).is_file()]
-    if missing:
-        print(f"error: result file {missing[0]!r} does not exist", file=sys.stderr)
-        return 2
+    for flag, paths in (("results", args.results), ("--simulated", args.simulated or [])):
+        bad = next((p for p in paths if not Path(p).is_file()), None)
+        if bad is not None:
+            what = "is a directory" if Path(bad).is_dir() else "does not exist"
+            print(f"error: {flag}: {bad!r} {what}; allowed: a JSONL file of result lines", file=sys.stderr)
+            return 2
     try:  # before any work: an unusable --out is bad input
         check_directory(args.out, "--out")
     except OutputError as exc:

@@ -14,6 +14,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 REGIMES = {"full": {"kind": "full"}, "freeze": {"kind": "freeze"}, "lora": {"kind": "lora"},
            "qlora4": {"kind": "qlora", "bits": 4}, "qlora8": {"kind": "qlora", "bits": 8},
@@ -54,6 +55,10 @@ def _start(path: str | None) -> dict:
         return {}
     from profiler.config import ConfigError, read_yaml
 
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config: {path!r} {'is a directory' if p.is_dir() else 'does not exist'}; "
+                          "allowed: a run config YAML file")
     try:
         data = read_yaml(path) or {}
     except ConfigError as exc:

@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if _is_rank():  # SIGKILL when torchrun goes (it starts each rank in its own session): no orphan, no late line
+        from profiler.lifeline import die_with_parent
+
+        die_with_parent()
     rc = _measure(args)
     if _is_rank():  # a torchrun rank: leave now, before interpreter teardown can abort a gloo/DDP thread
         sys.stdout.flush()
@@ -55,17 +59,25 @@ def _measure(args: argparse.Namespace) -> int:
             check_directory(RUNS_DIR, "default output directory")
         if args.memory_snapshot and cfg.device != "cuda":
             raise ConfigError("--memory-snapshot: needs device cuda")
+        from profiler.measure.loading import check_cache
+
+        check_cache(cfg)  # a cache that cannot take the QLoRA checkpoint: bad input, found before the run
         use_tracker = not args.no_tracker
+        record = None
         if cfg.parallel.strategy != "none":  # N ranks through torchrun; rank 0 writes the line
             from profiler.measure import parallel
 
-            if not parallel.under_torchrun():
-                return parallel.launch(cfg, _argv(args))
-            parallel.init_real(cfg)
-            args.quiet = args.quiet or parallel.rank() != 0
-        record = _run_with_progress(cfg, use_tracker, args.memory_snapshot, quiet=args.quiet)
-        if cfg.parallel.strategy != "none" and not parallel.finish(record):
-            return 0 if record["status"] in ("ok", "oom") else 1  # not rank 0: nothing to write
+            if not parallel.under_torchrun():  # the launcher: writes the line only when a failed rank left it
+                rc, record = parallel.launch(cfg, _argv(args))
+                if record is None:
+                    return rc
+            else:
+                parallel.init_real(cfg)
+                args.quiet = args.quiet or parallel.rank() != 0
+        if record is None:
+            record = _run_with_progress(cfg, use_tracker, args.memory_snapshot, quiet=args.quiet)
+            if cfg.parallel.strategy != "none" and not parallel.finish(record):
+                return 0 if record["status"] in ("ok", "oom") else 1  # not rank 0: nothing to write
     except (ConfigError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -76,10 +88,15 @@ def _measure(args: argparse.Namespace) -> int:
     out = cfg.output or str(default_output(record["env"]["device_slug"]))
     if not append_or_report(out, record):
         return 1
+    if _is_rank() and cfg.parallel.strategy != "none":
+        parallel.mark_written()
     if not args.quiet:
         from profiler.summary import print_summary
 
         print_summary(record, out)
+    elif record["status"] == "error":  # exit 1 says why, even with --quiet (the line holds the rest)
+        print(f"error: run ended with status error: {(str(record.get('error') or '').splitlines() or ['?'])[0][:300]}",
+              file=sys.stderr)
     return 0 if record["status"] in ("ok", "oom") else 1
 
 

@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -50,12 +51,14 @@ from typing import Any
 import yaml
 
 from profiler.config import REPO_ROOT, ConfigError, RunConfig, load_config, read_yaml
+from profiler.lifeline import preexec_hook
 from profiler.results import OutputError, check_output, lock_path, read_records, slugify
 from profiler.schema import RunRecord
 
 RUNNER_ENV = "MEMPROF_SWEEP_RUNNER"  # shlex-split command prefix replacing `python -m profiler run`
 SWEEP_KEYS = {"base", "base_config", "grid", "timeout_s", "output"}
 DEFAULT_TIMEOUT_S = 900.0
+MAX_GRID_POINTS = 10_000  # validating one takes ~1-2 ms, running one minutes: past this a grid is a typo
 MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: past that, a "timeout" is a typo (and inf overflows the wait)
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -152,11 +155,19 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
             raise SweepError(f"{path}: base must be a mapping (a run config)")
         base = _merge(base, doc["base"])
 
+    grids = _grids(doc["grid"], str(path))
+    total = sum(math.prod(len(v) for v in g.values()) for g in grids)
+    if total > MAX_GRID_POINTS:  # refused before expanding: each point is validated (~1 ms), then run for real
+        sizes = " + ".join(" x ".join(str(len(v)) for v in g.values()) for g in grids)
+        raise SweepError(f"{path}: grid: {total:,} points ({sizes}); allowed: at most {MAX_GRID_POINTS:,} "
+                         "(each entry is a real run): split the sweep into several files")
+    if total > 1000:
+        print(f"sweep {path}: validating {total:,} grid points ...", file=sys.stderr, flush=True)
     entries: list[Entry] = []
     seen: set[str] = set()
     duplicates = 0
     points = 0
-    for grid in _grids(doc["grid"], str(path)):
+    for grid in grids:
         keys = list(grid)
         for values in itertools.product(*(grid[k] for k in keys)):
             points += 1
@@ -382,29 +393,48 @@ def runner_command(runner: list[str] | None = None) -> list[str]:
     return [str(Path(found).absolute()) if os.sep in prog else prog, *runner[1:]]
 
 
-_LIBC = None
+TMP_PREFIX = "memprof-sweep-"  # an entry's config file lives in such a temporary directory while it runs
+OWNER = ".owner"  # inside it: a file the sweep holds an exclusive flock on (the kernel drops it when it dies)
 
 
-def _die_with_parent_fn():
-    """Linux: a preexec hook giving the child SIGKILL if the sweep dies, so a killed sweep leaves no
-    orphan that could append its line after a resume has started the same entry again. libc is loaded
-    here, before the fork: the hook itself imports nothing (rich's refresh thread may hold locks)."""
-    global _LIBC
-    try:
-        import ctypes
+@contextmanager
+def entry_dir(where: Path | None = None):
+    """A temporary directory for one entry (in `where`, default the temp folder), marked as this sweep's by
+    a locked `.owner` file (locked under a temporary name, then renamed: a directory's `.owner` is never
+    seen unlocked while its sweep lives)."""
+    with tempfile.TemporaryDirectory(prefix=TMP_PREFIX, dir=where) as tmp:
+        fd = os.open(Path(tmp) / f"{OWNER}.new", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, str(os.getpid()).encode())
+            os.rename(Path(tmp) / f"{OWNER}.new", Path(tmp) / OWNER)
+            yield Path(tmp)
+        finally:
+            os.close(fd)
 
-        _LIBC = _LIBC or ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return None
-    parent = os.getpid()
-    libc = _LIBC
 
-    def hook() -> None:  # pragma: no cover - runs in the child between fork and exec
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the sweep died before prctl took effect
-            os._exit(1)
-
-    return hook
+def remove_leftovers(where: str | Path | None = None) -> list[Path]:
+    """Remove the `memprof-sweep-*` directories that a killed sweep (kill -KILL: no clean-up runs) left in
+    the temp folder: this user's, whose `.owner` lock nobody holds. A running sweep's directory, whatever
+    its process namespace, is locked and stays; a directory without `.owner` (being made, or from an older
+    version) is left alone. Returns what was removed."""
+    removed = []
+    for d in Path(where or tempfile.gettempdir()).glob(f"{TMP_PREFIX}*"):
+        try:
+            if d.is_symlink() or not d.is_dir() or d.stat().st_uid != os.getuid():
+                continue
+            fd = os.open(d / OWNER, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its sweep is running
+            continue
+        finally:
+            os.close(fd)
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
 
 
 @dataclass
@@ -422,14 +452,14 @@ def run_entry(entry: Entry, output: Path, timeout_s: float, runner: list[str],
     data = entry.config.model_dump(mode="json")
     data["output"] = str(output)
     size_before = output.stat().st_size if output.exists() else 0
-    with tempfile.TemporaryDirectory(prefix="memprof-sweep-") as tmp:
-        cfg_path = Path(tmp) / f"entry-{entry.index:04d}-{entry.config_hash}.yaml"
+    with entry_dir() as tmp:
+        cfg_path = tmp / f"entry-{entry.index:04d}-{entry.config_hash}.yaml"
         header = f"# sweep entry {entry.index}: {entry.label}\n"
         cfg_path.write_text(header + yaml.safe_dump(data, sort_keys=False))
         cmd = runner + [str(cfg_path), "--output", str(output)]
         # own session: a timeout kills the runner's whole process group, and Ctrl-C reaches only us
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True, preexec_fn=_die_with_parent_fn(),  # noqa: PLW1509
+                                start_new_session=True, preexec_fn=preexec_hook(),  # noqa: PLW1509
                                 cwd=REPO_ROOT)  # the hook imports nothing, takes no lock
         try:
             log, _ = proc.communicate(timeout=timeout_s)
@@ -519,6 +549,10 @@ def main(args: argparse.Namespace) -> int:
     if lock is None:
         console.print(f"[red]error:[/red] another sweep is writing {output}", highlight=False)
         return EXIT_CONFIG
+    gone = remove_leftovers()
+    if gone:
+        console.print(f"removed {len(gone)} temporary folder(s) left by killed sweeps ({gone[0]} ...)",
+                      highlight=False)
     return _run_all(todo, output, plan.timeout_s, runner, gpu, console)
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", help="a JSONL file of result lines")
     parser.add_argument("--run-id", help="the line to draw (run_id or a prefix of it; default: the last line)")
-    parser.add_argument("--out", help="PNG to write (default: timeline-<run_id[:8]>.png here)")
+    parser.add_argument("--out", help="PNG to write, or a directory to write timeline-<run_id[:8]>.png in "
+                        "(default: that name here); an existing file not written by timeline needs --force")
+    parser.add_argument("--force", action="store_true", help="overwrite --out even if timeline did not write it")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -22,13 +24,13 @@ def main(args: argparse.Namespace) -> int:
 
     path = Path(args.results)
     if not path.is_file():
-        print(f"error: results: file {str(path)!r} does not exist; allowed: a JSONL file of result lines",
-              file=sys.stderr)
+        what = "is a directory" if path.is_dir() else "does not exist"
+        print(f"error: results: {str(path)!r} {what}; allowed: a JSONL file of result lines", file=sys.stderr)
         return 2
-    try:
-        records = read_records([path], strict=True)
-    except ValueError as exc:
-        print(f"error: results: {exc}", file=sys.stderr)
+    try:  # damaged lines (a truncated last one) are skipped with one warning, as every reader does
+        records = read_records([path])
+    except OSError as exc:
+        print(f"error: results: {str(path)!r} cannot be read ({exc.strerror})", file=sys.stderr)
         return 2
     if args.run_id:
         records = [r for r in records if r["run_id"].startswith(args.run_id)]
@@ -41,13 +43,21 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: results: line {record['run_id'][:8]} has no phases to draw (status {record['status']})",
               file=sys.stderr)
         return 2
-    from profiler.learn.timeline import plot_timeline
+    from profiler.learn.timeline import plot_timeline, written_by_us
 
-    problem = picture_problem(args.out, path) if args.out else None
+    name = f"timeline-{record['run_id'][:8]}.png"
+    out = Path(args.out or name)
+    if out.is_dir():  # a folder: the default name inside it
+        out = out / name
+    problem = picture_problem(str(out), path)
     if problem:
         print(f"error: --out: {problem}", file=sys.stderr)
         return 2
-    out = plot_timeline(record, args.out or f"timeline-{record['run_id'][:8]}.png")
+    if out.exists() and not args.force and not written_by_us(out):
+        print(f"error: --out: {str(out)!r} exists and was not written by timeline; allowed: a new path, a "
+              "directory, or --force to overwrite it", file=sys.stderr)
+        return 2
+    out = plot_timeline(record, out)
     print(f"timeline of {record['run_id'][:8]} ({record.get('source') or 'run'}) written to {out}")
     return 0
 

@@ -40,6 +40,10 @@ class MemoryProfilerCallback(TrainerCallback):
             raise ValueError(f"mode: {mode!r} is not a tracking mode; allowed: {', '.join(MODES)}")
         if steps is not None and steps < 1:
             raise ValueError(f"steps: {steps!r} must be at least 1 (or None for every step)")
+        if output is not None:  # checked now, before the training (the default one at on_train_begin)
+            from profiler.results import check_output
+
+            check_output(output, "output")
         self.steps, self.mode, self.output, self.picture = steps, mode, output, picture
         self.config, self.warmup_steps, self.summary, self.trainer = config, warmup_steps, summary, trainer
         self.tracker: Tracker | None = None

@@ -56,6 +56,19 @@ def describe(record: dict) -> tuple[str, str]:
     return what, how
 
 
+SOFTWARE = "llm-memprof timeline"  # the PNG's Software text chunk: `timeline` overwrites only such files
+
+
+def written_by_us(path: str | Path) -> bool:
+    """True for a PNG this module wrote (its Software chunk, near the start of the file)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG") and SOFTWARE.encode() in head
+
+
 def plot_timeline(record: dict, out: str | Path) -> Path:
     """Write the timeline PNG of one result line; returns its path."""
     phases = [p for p in record.get("phases") or [] if p.get("peak_allocated_bytes") is not None]
@@ -109,6 +122,6 @@ def plot_timeline(record: dict, out: str | Path) -> Path:
     ax.grid(axis="y", alpha=0.3)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, bbox_inches="tight")
+    fig.savefig(out, dpi=110, bbox_inches="tight", metadata={"Software": SOFTWARE})  # marks the file as ours
     plt.close(fig)
     return out

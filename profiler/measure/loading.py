@@ -201,6 +201,26 @@ def prepare_source(cfg: RunConfig) -> None:
         random_checkpoint(hf_config, DTYPES[cfg.model.dtype], _checkpoint_key(cfg.model, hf_config))
 
 
+def check_cache(cfg: RunConfig) -> None:
+    """Before a run: a quantized load of a bare architecture needs the checkpoint cache. One that cannot
+    hold the checkpoint (a file where the folder should be, not writable while the checkpoint is missing)
+    is a ConfigError naming the variable that put it there, not an error line after the run started."""
+    if bnb_config(cfg) is None or not architecture_only(cfg.model):
+        return
+    var = next((v for v in ("LLM_MEMPROF_CACHE", "XDG_CACHE_HOME") if os.environ.get(v)), "HOME")
+    root = cache_dir() / "checkpoints"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{var}: checkpoint cache {str(root)!r} cannot be created ({exc.strerror}); allowed: "
+                          "a writable directory") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        hf_config = resolve_hf_config(cfg.model)
+        if not (root / _checkpoint_key(cfg.model, hf_config) / "config.json").exists():
+            raise ConfigError(f"{var}: checkpoint cache {str(root)!r} is not writable and holds no checkpoint "
+                              "for this model; allowed: a writable directory")
+
+
 def _checkpoint_key(mc: ModelConfig, hf_config: PretrainedConfig) -> str:
     """`<model_type>-<dtype>-<digest>`: the digest covers the architecture's content, the dtype and the
     versions of the libraries that shape the file, never a path (two checkouts share one copy)."""

@@ -17,6 +17,7 @@ here), and everything FSDP2's all-gather / reduce-scatter and DDP's bucket (re)b
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,15 +36,106 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
 
 
-def launch(cfg: RunConfig, argv: list[str]) -> int:
-    """Run `python -m profiler run ARGV` as `cfg.parallel.world_size` ranks through torchrun; its exit code.
-    Rank 0 writes the line; the other ranks write nothing."""
+RANK_DIR = "LLM_MEMPROF_RANK_DIR"  # where a failed rank leaves its record for the launcher (set by `launch`)
+
+
+def launch(cfg: RunConfig, argv: list[str]) -> tuple[int, dict | None]:
+    """Run `python -m profiler run ARGV` as `cfg.parallel.world_size` ranks through torchrun: (its exit code,
+    None) when rank 0 wrote the line, else (code, the record of the lowest failed rank) for the caller to
+    write. Rank 0 writes the line; the other ranks write nothing."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="memprof-ranks-") as folder:
+        rc = _torchrun(cfg, argv, folder)
+        return rc, (None if rc == 0 else failed_record(folder))
+
+
+def failed_record(folder: str) -> dict | None:
+    """The record a failed rank left (the lowest rank's; `ranks` lists every failed rank), or None when rank
+    0 wrote the line or no rank left one (a crash: torchrun's report says what happened)."""
+    import json
+    from pathlib import Path
+
+    if (Path(folder) / "written").exists():
+        return None
+    left = sorted((json.loads(p.read_text()) for p in Path(folder).glob("rank-*.json")), key=lambda d: d["rank"])
+    if not left:
+        return None
+    record = left[0]["record"]
+    record["ranks"] = [d["summary"] for d in left]
+    record["error"] = f"rank {left[0]['rank']}: {record.get('error') or record['status']}"
+    return record
+
+
+def fail_fast(record: dict) -> None:
+    """A rank whose run failed (an OOM, an exception) while its peers may be blocked in FSDP/DDP collectives:
+    it must not enter another collective (`all_gather_object` would hang an NCCL job). It leaves its record
+    in the launcher's folder and exits 1; torchrun then stops the other ranks, and the launcher writes the
+    line from that record. Never returns."""
+    import json
+
+    me = rank()
+    folder = os.environ.get(RANK_DIR)
+    if not folder:  # a torchrun of the user's: no launcher to report it
+        print(f"error: rank {me}: {record['status']}: {record.get('error') or ''}".strip(), file=sys.stderr)
+    else:
+        tmp = os.path.join(folder, f".rank-{me}.json")
+        with open(tmp, "w") as f:
+            json.dump({"rank": me, "record": record, "summary": rank_summary(record)}, f, default=str)
+        os.replace(tmp, os.path.join(folder, f"rank-{me}.json"))  # whole, or not there
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def mark_written() -> None:
+    """Rank 0 wrote the line: the launcher writes none, whatever torchrun's exit code."""
+    folder = os.environ.get(RANK_DIR)
+    if folder:
+        open(os.path.join(folder, "written"), "w").close()
+
+
+# torchrun's main, less its 30-line ChildFailedError report: one line, and none where a failed rank left its
+# record (the launcher's line says what failed). Its log lines are off unless LOGLEVEL says otherwise.
+_TORCHRUN = """
+import logging, os, sys
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import main
+if not os.environ.get("LOGLEVEL"):
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+try:
+    main(sys.argv[1:])
+except ChildFailedError as exc:
+    rank, failure = exc.get_first_failure()
+    folder = os.environ.get("LLM_MEMPROF_RANK_DIR") or ""
+    if not any(n.startswith("rank-") for n in (os.listdir(folder) if os.path.isdir(folder) else [])):
+        how = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
+        print(f"error: torchrun: rank {rank} ended with {how} and left no result", file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def _torchrun(cfg: RunConfig, argv: list[str], folder: str) -> int:
     n = cfg.parallel.world_size
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+    cmd = [sys.executable, "-c", _TORCHRUN, "--standalone", f"--nproc-per-node={n}",
            "-m", "profiler", "run", *argv]
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONPATH=path)
-    return subprocess.call(cmd, env=env)
+    env[RANK_DIR] = folder
+    from profiler.lifeline import preexec_hook
+
+    # torchrun in its own session: a Ctrl-C to the terminal reaches this process only (one "interrupted"
+    # line), and dies with it (SIGKILL on -TERM / -KILL of this process); each rank dies with torchrun
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=preexec_hook())  # noqa: PLW1509
+    try:
+        return proc.wait()
+    except BaseException:  # Ctrl-C: torchrun's group goes at once (its ranks with it), so no line comes later
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+        proc.wait()
+        raise
 
 
 def rank() -> int:
@@ -339,7 +431,10 @@ def gather_ranks(record: dict) -> list[dict] | None:
 
 def finish(record: dict) -> bool:
     """Gather every rank's phase peaks into rank 0's record (`ranks`, `max_rank_peak_allocated_bytes`);
-    True on rank 0, which writes the line. Leaves the process group."""
+    True on rank 0, which writes the line. Leaves the process group. A failed rank enters no collective
+    here: it leaves through `fail_fast`."""
+    if record["status"] != "ok" and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        fail_fast(record)
     ranks = gather_ranks(record)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()

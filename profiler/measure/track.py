@@ -94,6 +94,10 @@ class Tracker:
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or not lo <= warmup_steps <= hi:
             raise ConfigError(f"warmup_steps: {echo(warmup_steps)} is not allowed; allowed: a whole number "
                               f"{lo}..{hi} (the steps before the steady state)")
+        if output is not None:  # checked now, before the user's loop runs: never an error after the training
+            from profiler.results import check_output
+
+            check_output(output, "output")
         self.model = model
         self.extra_models = [m for m in extra_models if m is not None]
         self.optimizer = unwrap_optimizer(optimizer)

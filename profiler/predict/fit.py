@@ -303,11 +303,16 @@ def default_workers(cfg: RunConfig) -> int:
     return 2 if cores >= 2 and rough >= PARALLEL_MIN_PARAMS else 1
 
 
-def _seq_search_child(conn, cfg_data: dict, allowance: Allowance, usable: int) -> None:
+def _seq_search_child(conn, cfg_data: dict, allowance: Allowance, usable: int, alive=None) -> None:
     """The second process: max_seq with its own Predictor (same allowance and usable bytes); sends
-    ("ok", MaxSolution, config hashes simulated) or ("error", the exception)."""
+    ("ok", MaxSolution, config hashes simulated) or ("error", the exception). It ends itself when `alive`'s
+    write end closes: `fit` exited, even by kill -TERM / -KILL, so it never simulates on as an orphan."""
     import signal
 
+    if alive is not None:
+        from profiler.lifeline import watch
+
+        watch(alive)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends this process
     try:
         from profiler.measure.quiet import quiet_libraries
@@ -333,10 +338,12 @@ class SeqSearch:
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")  # Windows: spawn
         self._recv, send = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_seq_search_child, args=(send, cfg.model_dump(), allowance, usable),
+        alive, self._alive = ctx.Pipe(duplex=False)  # only this process holds the write end: EOF = it is gone
+        self._proc = ctx.Process(target=_seq_search_child, args=(send, cfg.model_dump(), allowance, usable, alive),
                                  daemon=True, name="fit-max-seq")
         self._proc.start()
         send.close()
+        alive.close()
 
     def result(self, pred: Predictor, cfg: RunConfig) -> tuple[MaxSolution, set[str]]:
         """The answer; where the process died without one, the search runs here instead."""
@@ -355,6 +362,7 @@ class SeqSearch:
             self._proc.terminate()
         self._proc.join()
         self._recv.close()
+        self._alive.close()
 
 
 def simulated_suggestions(pred: Predictor, cfg: RunConfig) -> list[Suggestion]:

@@ -311,3 +311,11 @@ def _cmdline(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def test_a_config_that_is_a_directory_is_named_as_one(tmp_path, capsys):
+    """Issue 23, item 23: `fit --config somedir` does not say "does not exist" of a directory that exists."""
+    assert main(["fit", "tiny-llama", "--gpu", "h100", "--no-search", "--config", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--config" in err and "is a directory" in err and "does not exist" not in err
+    assert len(err.splitlines()) == 1

@@ -111,3 +111,44 @@ def test_default_outputs_go_under_the_working_directory(tmp_path, monkeypatch, s
     assert [json.loads(x)["backend"] for x in (tmp_path / "results/runs/cpu.jsonl").read_text().splitlines()] \
         == ["cpu"]
     assert (tmp_path / "results/simulated/cpu.jsonl").is_file()
+
+
+@pytest.mark.parametrize("output", ["/dev/stdout", "/dev/stderr", "/dev/fd/1", "/proc/self/fd/1", "same_file"])
+def test_our_own_stdout_is_refused_as_output_even_when_redirected_to_a_file(tmp_path, output):
+    """`run ... --output /dev/stdout > f.txt`: f.txt is a regular file, but the table would be written over
+    the lines: refused before the run (issue 23, item 19)."""
+    import subprocess
+    import sys
+
+    f = tmp_path / "f.txt"
+    out = str(f) if output == "same_file" else output
+    with open(f, "w") as stdout:
+        res = subprocess.run([sys.executable, "-m", "profiler", "run", TINY, "--output", out], stdout=stdout,
+                             stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 2, res.stderr
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: --output"), err
+    assert "standard stream" in err or output == "/dev/stderr" and "pipe" in err, err  # stderr: a pipe here
+    assert f.read_text() == ""
+
+
+def test_a_checkpoint_cache_that_is_a_file_is_one_line_exit_2_before_the_run(tmp_path, capsys, stub,
+                                                                             monkeypatch):
+    """Issue 23, item 20: LLM_MEMPROF_CACHE=somefile run configs/tiny_qlora4.yaml --quiet."""
+    calls, _ = stub
+    (tmp_path / "somefile.jsonl").write_text("x\n")
+    monkeypatch.setenv("LLM_MEMPROF_CACHE", str(tmp_path / "somefile.jsonl"))
+    qlora = str(REPO_ROOT / "configs" / "tiny_qlora4.yaml")
+    assert main(["run", qlora, "--output", str(tmp_path / "r.jsonl"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert calls == [] and len(err.splitlines()) == 1 and err.startswith("error: LLM_MEMPROF_CACHE:"), err
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_an_error_run_says_why_on_stderr_even_with_quiet(tmp_path, capsys, stub):
+    _, extra = stub
+    extra.update(status="error", error="RuntimeError: boom\nmore detail")
+    assert main(["run", TINY, "--output", str(tmp_path / "r.jsonl"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "error: run ended with status error: RuntimeError: boom"
+    assert json.loads((tmp_path / "r.jsonl").read_text())["status"] == "error"

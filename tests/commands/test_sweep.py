@@ -364,3 +364,58 @@ def test_end_to_end_tiny_sweep_then_calibrate(tmp_path):
     assert ("full", "peak_allocated") in table.rows
     assert "| peak_allocated | 3 |" in (cal_dir / "cpu.md").read_text()
 
+
+
+def test_a_grid_over_the_limit_is_refused_before_it_is_expanded(tmp_path, capsys):
+    path = tmp_path / "huge.yaml"
+    values = ", ".join(map(str, range(100)))
+    path.write_text("base: {device: cpu, model: {arch: tiny-llama}}\n"
+                    f"grid:\n  train.seq_len: [{values}]\n  train.batch_size: [{values}]\n  optimizer.lr: [{values}]\n")
+    started = time.time()
+    assert sweep.main(args_for(path, tmp_path / "out.jsonl", dry_run=True)) == 2
+    assert time.time() - started < 10  # 1,000,000 points are counted, not validated one by one
+    err = capsys.readouterr().err.strip()
+    assert "1,000,000 points" in err and f"at most {sweep.MAX_GRID_POINTS:,}" in err and len(err.splitlines()) == 1
+
+
+def test_leftovers_of_a_killed_sweep_are_removed_and_a_running_sweeps_are_kept(tmp_path):
+    dead = tmp_path / f"{sweep.TMP_PREFIX}dead"
+    dead.mkdir()
+    (dead / sweep.OWNER).write_text("12345")  # nobody holds its lock: its sweep was SIGKILLed
+    (dead / "entry-0001.yaml").write_text("x: 1\n")
+    unmarked = tmp_path / f"{sweep.TMP_PREFIX}old"  # no .owner: being made, or an older version's
+    unmarked.mkdir()
+    other = tmp_path / "not-ours"
+    other.mkdir()
+    (other / sweep.OWNER).write_text("1")
+    with sweep.entry_dir(tmp_path) as live:  # a running sweep's directory (its lock held in this process)
+        assert sweep.remove_leftovers(tmp_path) == [dead]
+        assert live.is_dir() and unmarked.is_dir() and other.is_dir() and not dead.exists()
+    assert not live.exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
+def test_killed_sweep_leaves_no_process_and_no_line(tmp_path, fake_runner, sig):
+    """kill -TERM (handled: the runner's group is killed, exit 130) and kill -KILL (no handler runs: the
+    runner dies by PR_SET_PDEATHSIG) leave no process behind; the temporary folder goes on the next run."""
+    from proctable import LINUX, kill_all, kill_and_check, start, wait_for
+
+    if not LINUX:
+        pytest.skip("reads /proc")
+    path = write_sweep(tmp_path, [16, 48])
+    out = tmp_path / "runs.jsonl"
+    env = dict(os.environ, FAKE_BEHAVIOR=json.dumps({"48": "hang"}), PYTHONPATH=str(REPO_ROOT),
+               TMPDIR=str(tmp_path))
+    proc = start([sys.executable, "-m", "profiler", "sweep", str(path), "--output", str(out), "--runner", fake_runner],
+                 env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = tmp_path / "hanging.pid"
+    wait_for(lambda: marker.exists() and marker.read_text(), 60, "the hanging second entry", proc)
+    left = kill_and_check(proc, sig)
+    kill_all(left)
+    assert left == []
+    assert proc.returncode == (130 if sig == signal.SIGTERM else -signal.SIGKILL)
+    time.sleep(0.5)
+    assert [r["config"]["train"]["seq_len"] for r in read_lines(out)] == [16]  # nothing after the stop
+    leftovers = list(tmp_path.glob(f"{sweep.TMP_PREFIX}*"))
+    assert len(leftovers) == (0 if sig == signal.SIGTERM else 1)
+    assert sweep.remove_leftovers(tmp_path) == leftovers

@@ -44,3 +44,31 @@ def test_bad_input_is_one_line(capsys):
         assert main(["trace", *args]) == 2
         err = capsys.readouterr().err
         assert field in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_script_killed_by_a_signal_exits_128_plus_n_with_one_line():
+    res = trace("--", "python", "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    assert res.returncode == 128 + 11, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "SIGSEGV" in lines[0] and "139" in lines[0], res.stderr
+
+
+def test_a_command_that_cannot_be_run_is_one_line_exit_2(tmp_path, capsys):
+    script = tmp_path / "not_executable.py"
+    script.write_text("print('hi')\n")  # no execute bit
+    folder = tmp_path / "somedir"
+    folder.mkdir()
+    for command in (script, folder, f"{folder}/"):
+        assert main(["trace", "--", str(command)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: command:") and "cannot be run" in err, err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_an_unusable_output_is_refused_before_the_script_runs(tmp_path, capsys):
+    ran = tmp_path / "ran"
+    for output in ("/dev/null", str(tmp_path)):
+        assert main(["trace", "--output", output, "--", "python", "-c", f"open({str(ran)!r}, 'w')"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --output") and len(err.strip().splitlines()) == 1, err
+    assert not ran.exists()  # the script never started

@@ -149,3 +149,18 @@ def test_trainer_callback_on_cuda_adds_up_to_nvml(tmp_path):
         assert abs(p.peak_allocated_bytes - tracked) <= 0.02 * p.peak_allocated_bytes, p
         assert sum(bd.values()) == p.nvml_peak_bytes - rec.nvml.baseline_used_bytes
         assert bd["allocator"] >= 0 and bd["context"] >= 0, p
+
+
+def test_an_unusable_output_is_refused_before_the_training(cfg, tmp_path):
+    """Issue 23, item 18: an output that cannot take lines fails at once, not after the training."""
+    from profiler.results import OutputError
+
+    with pytest.raises(OutputError, match="output '/dev/null' is a character device"):
+        MemoryProfilerCallback(output="/dev/null")
+    (tmp_path / "memprof.jsonl").mkdir()  # the default output, <output_dir>/memprof.jsonl, is a directory
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=2, **SAME_AS_RUN)
+    trainer = Trainer(model=model_for(cfg), args=args, train_dataset=RandomTokens(8, 16))
+    profile_trainer(trainer, summary=False, picture=False)
+    with pytest.raises(OutputError, match="is a directory"):
+        trainer.train()
+    assert trainer.state.global_step == 0  # no step ran

@@ -138,3 +138,14 @@ def test_unusable_out_is_one_line_exit_2_before_any_work(tmp_path, capsys, monke
     assert main(parser.parse_args([str(DATA), "--out", str(blocker / "figs")])) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --out") and blocker.read_text() == "keep me"
+
+
+def test_a_directory_given_as_results_is_named_as_one(tmp_path, capsys):
+    """Issue 23, item 23: `compare somedir/` says what it is, not "does not exist"."""
+    from profiler.cli import main as cli
+
+    for args in ([f"{tmp_path}/"], [str(tmp_path / "none.jsonl")]):
+        assert cli(["compare", *args, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert ("is a directory" in err) == args[0].endswith("/") and ("does not exist" in err) != args[0].endswith("/")

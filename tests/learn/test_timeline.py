@@ -67,3 +67,54 @@ def test_light_record_and_command(tmp_path, capsys):
         assert main(["timeline", *args]) == 2
         err = capsys.readouterr().err
         assert field in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def light_line(tmp_path_factory) -> tuple:
+    rec = tracked("light")
+    results = tmp_path_factory.mktemp("lines") / "good.jsonl"
+    append_record(results, rec)
+    return results, rec
+
+
+def test_a_truncated_last_line_is_skipped_with_one_warning(light_line, tmp_path, capsys):
+    """Issue 23, item 22: good lines, then a truncated one: the good line is drawn (exit 0), one warning."""
+    good, rec = light_line
+    half = tmp_path / "goodthenhalf.jsonl"
+    text = good.read_text()
+    half.write_text(text + text[: len(text) // 2])
+    png = tmp_path / "t.png"
+    assert main(["timeline", str(half), "--out", str(png)]) == 0
+    assert png.stat().st_size > 10_000
+    out, err = capsys.readouterr()
+    assert rec["run_id"][:8] in out
+    assert len(err.strip().splitlines()) == 1 and "skipped" in err and "truncated" in err, err
+
+
+def test_out_never_overwrites_a_file_timeline_did_not_write(light_line, tmp_path, capsys):
+    """Issue 23, item 21: an existing file that is not ours is refused (exit 2, untouched) unless --force;
+    our own picture is overwritten on a rerun; --out DIR writes the default name inside DIR and says so."""
+    good, rec = light_line
+    theirs = tmp_path / "existing.png"
+    theirs.write_bytes(b"\x89PNG someone else's picture")
+    assert main(["timeline", str(good), "--out", str(theirs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not written by timeline" in err and "--force" in err
+    assert theirs.read_bytes() == b"\x89PNG someone else's picture"
+    assert main(["timeline", str(good), "--out", str(theirs), "--force"]) == 0
+    assert theirs.stat().st_size > 10_000
+    assert main(["timeline", str(good), "--out", str(theirs)]) == 0  # ours now: a rerun may replace it
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    capsys.readouterr()
+    assert main(["timeline", str(good), "--out", str(folder)]) == 0
+    inside = folder / f"timeline-{rec['run_id'][:8]}.png"
+    assert inside.stat().st_size > 10_000 and not (tmp_path / "pics.png").exists()
+    assert str(inside) in capsys.readouterr().out
+
+
+def test_a_directory_is_not_called_missing(tmp_path, capsys):
+    """Issue 23, item 23 (timeline's share): a directory given as the results file is named as one."""
+    assert main(["timeline", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a directory" in err and "does not exist" not in err and len(err.splitlines()) == 1

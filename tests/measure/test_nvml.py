@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from profiler.measure.probes import nvml
 from profiler.measure.probes.nvml import NvmlSampler
 
 
@@ -243,3 +244,57 @@ def test_nvml_baseline_read_failing_voids_nvml(fresh_process):
     assert s.reset_window() is None and s.read_window() is None
     s.__exit__(None, None, None)
     assert nvml_fields(s) == {"nvml": None, "nvml_note": s.error} and "NO_PERMISSION" in s.error
+
+
+class FakeNvml:
+    """Two GPUs in NVML's (PCI bus) order; handles are their names."""
+
+    UUIDS = {"bus0": "GPU-aaaaaaaa-0000-0000-0000-000000000000", "bus1": "GPU-bbbbbbbb-1111-1111-1111-111111111111"}
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return f"bus{i}"
+
+    def nvmlDeviceGetUUID(self, handle):
+        return self.UUIDS[handle].encode()  # older pynvml returns bytes
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        return next(h for h, u in self.UUIDS.items() if u == uuid)
+
+
+class FakeCuda:
+    def __init__(self, current: int, uuids: list[str], initialised: bool = True):
+        self.current, self.uuids, self.initialised = current, uuids, initialised
+
+    def is_initialized(self):
+        return self.initialised
+
+    def current_device(self):
+        assert self.initialised, "would initialise CUDA"
+        return self.current
+
+    def get_device_properties(self, i):
+        return type("Props", (), {"uuid": self.uuids[i]})()
+
+
+def test_each_rank_samples_its_own_gpu_matched_by_uuid(monkeypatch):
+    """Issue 23, item 28: under torchrun rank 1 (current device 1) samples its GPU, not GPU 0, even where
+    CUDA's order (fastest first) is not NVML's (PCI bus): torch's cuda:1 here is NVML's bus0."""
+    torch_order = ["aaaaaaaa-0000-0000-0000-000000000000", "bbbbbbbb-1111-1111-1111-111111111111"][::-1]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert nvml._visible_handle(FakeNvml(), FakeCuda(1, torch_order)) == "bus0"
+    assert nvml._visible_handle(FakeNvml(), FakeCuda(0, torch_order)) == "bus1"
+
+
+def test_before_cuda_is_initialised_the_rank_entry_of_visible_devices_is_used(monkeypatch):
+    cuda = FakeCuda(0, [], initialised=False)  # asking torch would initialise CUDA before the baseline
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    assert nvml._visible_handle(FakeNvml(), cuda) == "bus0"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"{FakeNvml.UUIDS['bus0']},{FakeNvml.UUIDS['bus1']}")
+    assert nvml._visible_handle(FakeNvml(), cuda) == "bus1"
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert nvml._visible_handle(FakeNvml(), cuda) == "bus0"

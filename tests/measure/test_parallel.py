@@ -153,3 +153,43 @@ def test_deepspeed_zero_world_1_on_gpu(strategy, tmp_path):
                  "--output", str(out), "--quiet"]) == 0
     rec = _line(out)
     assert rec["status"] == "ok" and rec["backend"] == "cuda" and len(rec["ranks"]) == 1
+
+
+FAIL_ON_RANK_1 = '''
+import os
+if os.environ.get("RANK") == "1":  # rank 1's second optimizer step raises; rank 0 goes on into step 2's
+    import torch.optim             # FSDP all-gather, where it waits for a peer that never comes
+
+    real, calls = torch.optim.AdamW.step, []
+
+    def step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected failure on rank 1")
+        return real(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = step
+'''
+
+
+def test_a_rank_that_fails_mid_run_ends_the_job_and_its_error_is_the_line(tmp_path):
+    """Issue 23, item 29: the failed rank must not enter `all_gather_object` while its peer is blocked in an
+    FSDP collective (an NCCL hang). It leaves its record and exits; torchrun stops the peer; the launcher
+    writes the line (status error, naming the rank), with one line on stderr and no torchrun report."""
+    import os
+    import subprocess
+    import sys
+
+    from profiler.config import REPO_ROOT
+
+    (tmp_path / "sitecustomize.py").write_text(FAIL_ON_RANK_1)
+    out = tmp_path / "out.jsonl"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO_ROOT)]))
+    res = subprocess.run([sys.executable, "-m", "profiler", "run", TINY, "parallel.strategy=fsdp2",
+                          "parallel.world_size=2", "train.steps=3", "--output", str(out), "--quiet"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1, res.stderr[-3000:]
+    rec = _line(out)
+    assert rec["status"] == "error" and rec["error"] == "rank 1: RuntimeError: injected failure on rank 1"
+    assert [r["rank"] for r in rec["ranks"]] == [1]
+    assert res.stderr.strip() == f"error: run ended with status error: {rec['error']}"

@@ -170,3 +170,15 @@ def test_extra_model_counts_as_weights():
         opt.step()
     fwd = t.record["phases"][0]
     assert fwd["phase"] == "forward" and fwd["breakdown"]["weights"] == 2 * t.record["model"]["weight_bytes"]
+
+
+def test_an_unusable_output_is_refused_before_the_loop(tmp_path):
+    """Issue 23, item 18: `track(..., output="/dev/null")` fails when called, before the user's loop runs,
+    and leaves no hook behind."""
+    from profiler.results import OutputError
+
+    model = torch.nn.Linear(2, 2)
+    for out in ("/dev/null", tmp_path):
+        with pytest.raises(OutputError, match="output"):
+            track(model, output=out)
+    assert not model._forward_pre_hooks and torch.autograd.backward.__module__ == "torch.autograd"

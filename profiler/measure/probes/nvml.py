@@ -153,12 +153,38 @@ class NvmlSampler:
                               self.baseline_source, self.failed_reads)
 
 
-def _visible_handle(pynvml):
-    """NVML handle of the GPU that torch will call cuda:0 (respects CUDA_VISIBLE_DEVICES)."""
-    first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
-    if first.isdigit():
-        return pynvml.nvmlDeviceGetHandleByIndex(int(first))
-    return pynvml.nvmlDeviceGetHandleByUUID(first)
+def _uuid(value) -> str:
+    """A GPU UUID as NVML ('GPU-8-4-4-4-12', str or bytes) or torch (the bare 8-4-4-4-12) writes it."""
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    text = text.strip().lower()
+    return text[4:] if text.startswith("gpu-") else text
+
+
+def _visible_handle(pynvml, cuda=None):
+    """NVML handle of the GPU this process's torch uses (under torchrun each rank its own, not GPU 0).
+
+    Once CUDA is initialised (a torchrun rank has called `set_device(LOCAL_RANK)` in parallel.init_real):
+    `torch.cuda.current_device()`, matched to an NVML device by UUID (`get_device_properties().uuid`): NVML
+    numbers GPUs by PCI bus, CUDA fastest first, so their indices need not agree. Before that (the baseline
+    is read before CUDA is initialised, and asking torch for the device would initialise it): entry
+    LOCAL_RANK (else 0) of CUDA_VISIBLE_DEVICES, an index or a UUID, as the rank will pick it."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda
+    if cuda.is_initialized():
+        want = _uuid(cuda.get_device_properties(cuda.current_device()).uuid)
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            if _uuid(pynvml.nvmlDeviceGetUUID(handle)) == want:
+                return handle
+    local = os.environ.get("LOCAL_RANK", "0").strip()
+    local = int(local) if local.isdigit() else 0
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    entry = visible[local] if local < len(visible) else str(local)
+    if entry.isdigit():
+        return pynvml.nvmlDeviceGetHandleByIndex(int(entry))
+    return pynvml.nvmlDeviceGetHandleByUUID(entry)
 
 
 def pynvml_reader() -> Reader:

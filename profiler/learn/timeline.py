@@ -122,6 +122,7 @@ def plot_timeline(record: dict, out: str | Path) -> Path:
     ax.grid(axis="y", alpha=0.3)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, bbox_inches="tight", metadata={"Software": SOFTWARE})  # marks the file as ours
+    png = Path(out).suffix.lower() == ".png"  # only PNG has a Software chunk (SVG/PDF writers refuse that key)
+    fig.savefig(out, dpi=110, bbox_inches="tight", metadata={"Software": SOFTWARE} if png else None)  # marks it ours
     plt.close(fig)
     return out

@@ -48,11 +48,14 @@ def predictor_for(cfg: RunConfig) -> str:
 
 
 def code_digest() -> str:
-    """sha256 over the package's .py files, the bundled config.json files and the library versions."""
+    """sha256 over the package's .py files that make predictions (all but the commands and this package's report
+    and rows modules; this module included), the bundled config.json files and the library versions."""
     import importlib.metadata as md
 
     h = hashlib.sha256()
-    for p in sorted([*PACKAGE.rglob("*.py"), *(PACKAGE / "models").glob("*.json")]):
+    skip = (PACKAGE / "commands", PACKAGE / "predict" / "validation")  # read predictions, never make them
+    files = [p for p in PACKAGE.rglob("*.py") if not p.is_relative_to(skip[0]) and not p.is_relative_to(skip[1])]
+    for p in sorted([*files, Path(__file__), *(PACKAGE / "models").glob("*.json")]):
         h.update(str(p.relative_to(PACKAGE)).encode())
         h.update(p.read_bytes())
     for lib in ("torch", "transformers", "peft", "bitsandbytes", "accelerate"):

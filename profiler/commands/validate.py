@@ -89,12 +89,12 @@ def main(args: argparse.Namespace) -> int:
         from profiler.predict.validation.rows import load_rows
 
         rows = select(load_rows(args.rows), args.subset, args.only)
-        out = _out_dir(args.out)
         baseline = Path(args.baseline) if args.baseline else DEFAULT_BASELINE
         if args.write_baseline and not args.subset:
             raise ConfigError("--write-baseline: needs --subset (the baseline is a subset's median)")
         if args.baseline and not args.write_baseline and not baseline.is_file():
             raise ConfigError(f"--baseline: file {str(baseline)!r} does not exist")
+        out = _out_dir(args.out)  # last: nothing is created for a refused command
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

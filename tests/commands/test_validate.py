@@ -167,3 +167,47 @@ def test_baseline_allows_two_points(tmp_path):
     df["abs_error_pct"] = [12.1, 12.1, 30.0]
     ok, line = baseline_check(df, base)
     assert ok is False and "FAILED" in line and "12.1" in line
+
+
+def _report_script():
+    import importlib.util
+
+    from profiler.config import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("validation_report", REPO_ROOT / "scripts" / "validation_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_block_comes_from_the_csv(tmp_path, capsys):
+    """scripts/validation_report.py: the block between the markers is the CSV's summary, with date and commit,
+    and every miss over 25 % with its cause (or says none is stated)."""
+    import pandas as pd
+
+    from profiler.predict.validation.run import COLUMNS
+
+    rows = [{"id": "near", "group": "g", "era_group": "current HF stack", "gpu_class": "single GPU", "moe": "dense",
+             "published": 10.0, "unit": "GiB", "predicted": 10.5, "error_pct": 5.0, "abs_error_pct": 5.0,
+             "expressible": True},
+            {"id": "far", "group": "g", "era_group": "old stack", "gpu_class": "multi-GPU", "moe": "dense",
+             "published": 10.0, "unit": "GiB", "predicted": 15.0, "error_pct": 50.0, "abs_error_pct": 50.0,
+             "expressible": False, "cause": "activation checkpointing is selective there"}]
+    csv = tmp_path / "validation.csv"
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(csv, index=False)
+    (tmp_path / "validation.json").write_text(json.dumps({"date": "2026-12-06", "commit": "abc1234"}))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- validation:start -->\nSTALE\n<!-- validation:end -->\nafter\n")
+    script = _report_script()
+    assert script.main(["--csv", str(csv), "--readme", str(readme), "--check"]) == 1
+    assert script.main(["--csv", str(csv), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "STALE" not in text.split("<!-- validation:start -->")[1]
+    assert text.endswith("<!-- validation:end -->\nafter\n")
+    assert "2026-12-06" in text and "abc1234" in text
+    assert "| all rows | 2 | 2 | 27.5 % | 50.0 % (far) | 1 | 5.0 % | 5.0 % (near) |" in text
+    assert "| far | 10 GiB | 15.0 GiB | +50.0 % | activation checkpointing is selective there |" in text
+    assert script.main(["--csv", str(csv), "--readme", str(readme), "--check"]) == 0
+    bare = tmp_path / "bare.md"
+    bare.write_text("no markers\n")
+    assert script.main(["--csv", str(csv), "--readme", str(bare)]) == 2

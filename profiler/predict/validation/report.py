@@ -61,6 +61,10 @@ def _f(x: float | None) -> str:
     return "-" if x is None or pd.isna(x) else f"{x:.1f}"
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None or pd.isna(x) else f"{x:.1f} %"
+
+
 def render(df: pd.DataFrame, summ: pd.DataFrame, console) -> None:
     """The rich tables: every row, then the summary by group."""
     from rich.table import Table
@@ -167,8 +171,8 @@ def markdown(df: pd.DataFrame, meta: dict) -> str:
         name = "all rows" if r.grouping == "all" else f"{r.grouping}: {r.value}"
         worst = f"{_f(r.worst_abs_pct)} % ({r.worst_id})" if r.ran else "-"
         worste = f"{_f(r.expressible_worst_abs_pct)} % ({r.expressible_worst_id})" if r.expressible_ran else "-"
-        lines.append(f"| {name} | {r.rows} | {r.ran} | {_f(r.median_abs_pct)} % | {worst} | {r.expressible_ran} | "
-                     f"{_f(r.expressible_median_abs_pct)} % | {worste} |")
+        lines.append(f"| {name} | {r.rows} | {r.ran} | {_pct(r.median_abs_pct)} | {worst} | {r.expressible_ran} | "
+                     f"{_pct(r.expressible_median_abs_pct)} | {worste} |")
     misses = done[done["abs_error_pct"] > MISS_PCT].sort_values("abs_error_pct", ascending=False)
     if not misses.empty:
         lines += ["", f"Misses over {MISS_PCT:g} % and their causes:", "",

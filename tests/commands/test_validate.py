@@ -211,3 +211,18 @@ def test_readme_block_comes_from_the_csv(tmp_path, capsys):
     bare = tmp_path / "bare.md"
     bare.write_text("no markers\n")
     assert script.main(["--csv", str(csv), "--readme", str(bare)]) == 2
+
+
+def test_a_predictor_failure_fails_that_row_only(tmp_path, monkeypatch):
+    import profiler.predict.validation.run as run
+
+    rows = load_rows(write_rows(tmp_path / "rows.yaml", tiny_rows()))
+
+    def boom(cfg):
+        raise KeyError("gradients")
+
+    monkeypatch.setattr(run, "predict", boom)
+    df = run.evaluate(rows, run.Cache(None)).set_index("id")
+    assert df.loc["tiny-sim", "error"] == "KeyError: 'gradients'"
+    assert df["predicted"].isna().all()  # no number made up for a failed row
+    assert df.loc["tiny-tp", "not_run"] == "tensor parallelism (TP8)" and df.loc["tiny-tp", "error"] is None

@@ -214,6 +214,8 @@ def test_readme_block_comes_from_the_csv(tmp_path, capsys):
 
 
 def test_a_predictor_failure_fails_that_row_only(tmp_path, monkeypatch):
+    import pandas as pd
+
     import profiler.predict.validation.run as run
 
     rows = load_rows(write_rows(tmp_path / "rows.yaml", tiny_rows()))
@@ -225,4 +227,4 @@ def test_a_predictor_failure_fails_that_row_only(tmp_path, monkeypatch):
     df = run.evaluate(rows, run.Cache(None)).set_index("id")
     assert df.loc["tiny-sim", "error"] == "KeyError: 'gradients'"
     assert df["predicted"].isna().all()  # no number made up for a failed row
-    assert df.loc["tiny-tp", "not_run"] == "tensor parallelism (TP8)" and df.loc["tiny-tp", "error"] is None
+    assert df.loc["tiny-tp", "not_run"] == "tensor parallelism (TP8)" and pd.isna(df.loc["tiny-tp", "error"])

@@ -160,9 +160,13 @@ def markdown(df: pd.DataFrame, meta: dict) -> str:
     """The README block: what was compared, the summary, and every miss over MISS_PCT with its cause."""
     summ = summary(df)
     done = ran(df)
+    failed = df[df["error"].notna()]
+    fail_text = "" if failed.empty else (f", {len(failed)} failed (" + "; ".join(
+        f"{r.id}: {r.error}" for r in failed.itertuples()) + ")")
+    n_not_run = int(df["not_run"].notna().sum())
     lines = [f"Predictions against {len(df)} published GPU-memory figures measured by others "
-             f"(validation/published.yaml; {len(done)} predicted, {len(df) - len(done)} not run: the reason is "
-             f"in the table). Written by `scripts/validation_report.py` from `python -m profiler validate` "
+             f"(validation/published.yaml; {len(done)} predicted, {n_not_run} not run, each with its reason in the "
+             f"table{fail_text}). Written by `scripts/validation_report.py` from `python -m profiler validate` "
              f"on {meta.get('date', '?')}, commit {meta.get('commit', '?')}. Error = (predicted - published) / "
              f"published, per GPU; *expressible* = no setting of the source our config cannot express.", "",
              "| group | rows | predicted | median \\|error\\| | worst | expressible | median \\|error\\| | worst |",

@@ -75,6 +75,14 @@ def test_rows_inherit_their_source_and_only_filters(tmp_path):
     assert [r.id for r in select(rows, None, "tiny-compiled")] == ["tiny-compiled"]
 
 
+def test_rows_of_another_metric_are_kept_for_their_own_check(tmp_path):
+    """A throughput row (a later check) loads, but `validate` compares memory rows only."""
+    extra = {"id": "tiny-speed", "source": "tiny", "value": 1234.0, "metric": "tokens_per_s", "unit": "tokens/s"}
+    rows = load_rows(write_rows(tmp_path / "rows.yaml", [*tiny_rows(), extra]))
+    assert "tiny-speed" in {r.id for r in rows}
+    assert "tiny-speed" not in {r.id for r in select(rows, None, None)}
+
+
 def test_the_table_flags_what_we_cannot_express(tmp_path, capsys):
     rows = write_rows(tmp_path / "rows.yaml", tiny_rows())
     assert main(["validate", "--rows", str(rows), "--out", str(tmp_path / "out")]) == 0

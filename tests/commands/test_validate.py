@@ -236,3 +236,11 @@ def test_a_predictor_failure_fails_that_row_only(tmp_path, monkeypatch):
     assert df.loc["tiny-sim", "error"] == "KeyError: 'gradients'"
     assert df["predicted"].isna().all()  # no number made up for a failed row
     assert df.loc["tiny-tp", "not_run"] == "tensor parallelism (TP8)" and pd.isna(df.loc["tiny-tp", "error"])
+
+
+def test_readme_block_matches_the_committed_csv():
+    """README's "How accurate is it?" numbers are the committed CSV's, through the script (never typed by hand)."""
+    from profiler.config import REPO_ROOT
+
+    csv = REPO_ROOT / "results" / "validation" / "validation.csv"
+    assert _report_script().main(["--csv", str(csv), "--readme", str(REPO_ROOT / "README.md"), "--check"]) == 0

@@ -134,4 +134,4 @@ def _offloaded(cfg: RunConfig, comps: dict[str, int]) -> dict[str, int]:
         out["weights"] = comps.get("weights", 0)
         if cfg.parallel.strategy == "fsdp2":  # CPUOffloadPolicy: sharded gradients go to the host too
             out["gradients"] = comps.get("gradients", 0)
-    return out
+    return {c: v for c, v in out.items() if c in comps}  # a phase without gradients (forward) has none to move

@@ -38,12 +38,40 @@ _GATE_UP = ("gate_proj", "up_proj", "c_fc", "fc1", "gate_up_proj", "dense_h_to_4
 _DOWN = ("down_proj", "mlp.c_proj", "fc2", "dense_4h_to_h")
 
 
+def compute_dtype(cfg: RunConfig) -> str:
+    """The dtype the inputs of matmuls and of attention (SDPA) have in a training step, as the real run has them.
+
+    - `train.autocast` bf16/fp16: that dtype. torch.autocast casts the inputs of the lower-precision ops before
+      the op runs, and both the CUDA and the CPU lists hold linear/matmul/bmm and `scaled_dot_product_attention`
+      (ATen aten/src/ATen/autocast_mode.h, `AT_FORALL_LOWER_PRECISION_FP`; autocast_mode.cpp registers it for
+      the CUDA and CPU keys): SDPA's dispatcher (sdp_utils.cpp) sees cast q, k, v and picks its kernel on them.
+    - otherwise the dtype the tensors have:
+      - `regime.kind: qlora` with `prepare_kbit`: float32. peft `prepare_model_for_kbit_training`
+        (peft/utils/other.py) casts every fp16/bf16 parameter left unquantized to fp32 (embeddings, norms,
+        head), and bitsandbytes `Linear4bit.forward` / `Linear8bitLt` return their output in the input's dtype
+        (bitsandbytes/nn/modules.py), so hidden states, q, k and v stay fp32 (FACTS.md).
+      - `parallel.strategy: fsdp2` with `parallel.param_dtype`: that dtype. FSDP2's MixedPrecisionPolicy
+        all-gathers each layer's parameters in param_dtype and, with its default `cast_forward_inputs=True`,
+        casts the floating inputs of every sharded module's forward to it (torch/distributed/fsdp/_fully_shard/
+        _fsdp_api.py MixedPrecisionPolicy, _fsdp_state.py `_pre_forward`): an fp32 model computes in bf16.
+      - else `model.dtype`.
+    """
+    if cfg.train.autocast in ("bf16", "fp16"):
+        return {"bf16": "bfloat16", "fp16": "float16"}[cfg.train.autocast]
+    if cfg.regime.kind == "qlora" and cfg.regime.prepare_kbit:
+        return "float32"
+    if cfg.parallel.strategy == "fsdp2" and cfg.parallel.param_dtype:
+        return cfg.parallel.param_dtype
+    return cfg.model.dtype
+
+
 def activation_bytes_per_element(cfg: RunConfig) -> int:
+    """Bytes of an element of the hidden-state stream (what norms and most saved tensors hold): fp32 under
+    prepare_kbit even with autocast (fp32 embeddings and norms, bitsandbytes casts back to the input dtype; the
+    residual adds promote), else the compute dtype (compute_dtype)."""
     if cfg.regime.kind == "qlora" and cfg.regime.prepare_kbit:
         return 4  # prepare_model_for_kbit_training makes embeddings/norms fp32: the hidden stream is fp32
-    if cfg.train.autocast != "none":
-        return 2
-    return DTYPE_BYTES[cfg.model.dtype]
+    return DTYPE_BYTES[compute_dtype(cfg)]
 
 
 def default_kernel(cfg: RunConfig, a: int | None = None, arch: Arch | None = None, mask: bool = False) -> str:
@@ -53,7 +81,9 @@ def default_kernel(cfg: RunConfig, a: int | None = None, arch: Arch | None = Non
     flash for 16-bit without a mask, mem-efficient for fp32 or with a mask (transformers then repeats
     k/v to all heads), and the math kernel (s x s saved) where neither fused kernel takes the inputs:
     grouped-query k/v with `enable_gqa` in fp32 (mem-efficient has no GQA), or k/v with fewer heads and no
-    `enable_gqa` (Falcon-7B). `auto` is what transformers picks for the model (eager for Gemma-2)."""
+    `enable_gqa` (Falcon-7B). `auto` is what transformers picks for the model (eager for Gemma-2).
+    `a`: bytes of an element of SDPA's inputs, by default those of `compute_dtype(cfg)` (under autocast the cast
+    q, k, v: flash for a QLoRA model's fp32 q/k/v with bf16 autocast)."""
     impl = cfg.model.attn_implementation
     arch = arch or arch_of(cfg)
     if impl == "auto":
@@ -62,7 +92,7 @@ def default_kernel(cfg: RunConfig, a: int | None = None, arch: Arch | None = Non
         return "eager"
     if impl == "flash_attention_2":
         return "flash"
-    a = a or activation_bytes_per_element(cfg)
+    a = a or DTYPE_BYTES[compute_dtype(cfg)]
     mask = mask or arch.block.mask_always
     sdpa_kv = arch.block.sdpa_kv_heads
     if sdpa_kv is not None and sdpa_kv != arch.heads:
@@ -91,6 +121,7 @@ def shape_of(arch: Arch, cfg: RunConfig, b: int | None = None, s: int | None = N
         head_dim=arch.head_dim,
         vocab=arch.vocab,
         a=activation_bytes_per_element(cfg),
+        c=DTYPE_BYTES[compute_dtype(cfg)],
     )
 
 
@@ -184,7 +215,7 @@ def activations(
     arch = plan.arch
     sh = shape_of(arch, cfg, b, s)
     kernel_given = kernel
-    kernel = kernel or default_kernel(cfg, sh.a, arch)
+    kernel = kernel or default_kernel(cfg, sh.c, arch)
     if kernel not in KERNELS:
         raise ValueError(f"kernel {kernel!r}; allowed: {', '.join(KERNELS)}")
     plans, out = layer_plans(plan, cfg)
@@ -194,7 +225,7 @@ def activations(
         # (gradient checkpointing turns the cache off; transformers' masking_utils skips it only with one)
         masked = bool(window and (sh.s > window or cfg.train.gradient_checkpointing))
         if masked or arch.block.mask_always:
-            layer_kernel = default_kernel(cfg, sh.a, arch, mask=True) if kernel_given is None else kernel
+            layer_kernel = default_kernel(cfg, sh.c, arch, mask=True) if kernel_given is None else kernel
             plans[li] = replace(plans[li], mask=layer_kernel == "efficient" or masked, kernel=layer_kernel)
     per_layer = [layer_bytes(sh, lp, kernel, cfg.device) for lp in plans]
     per_layer = layer_bytes_moe(cfg, sh, plans, per_layer, kernel)  # MoE hook (formulas/moe.py); dense: as is

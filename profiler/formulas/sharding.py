@@ -15,7 +15,9 @@ per rank, so activations do not):
 
 FSDP2's layer counts are what its all-gather path holds at the phase peaks in simulate (flat all-gather
 output + the per-parameter copy-out of one layer while the previous layer is still unsharded; in backward
-also the prefetched next layer), checked by tests/formulas/test_sharding.py against simulate.
+also the prefetched next layer; at the start of forward the root twice, flat output and copy-out, beside
+layer 0's; at the end of backward the root and its first parameter's unsharded gradient), checked by
+tests/formulas/test_sharding.py against simulate and by the consistency grid (tests/formulas/test_grid.py).
 ZeRO (DeepSpeed, bf16/fp16 training): the optimizer holds an fp32 master copy next to the two fp32
 Adam moments (12 bytes/param; 8 for fp32 training; Rajbhandari et al. 2020, https://arxiv.org/abs/1910.02054), and
 DeepSpeed's default `reduce_bucket_size` is 5e8 elements. Offload moves the offloaded bytes to the host:
@@ -39,6 +41,7 @@ ADAM_MASTER_BYTES = 4  # fp32 master weights DeepSpeed keeps for 16-bit training
 FSDP2_FORWARD_LAYERS = 3
 FSDP2_BACKWARD_LAYERS = 4
 ZERO3_LAYERS = 2
+FSDP2_ROOT_START, FSDP2_ROOT_START_LAYERS = 2, 2  # forward start: the root twice, layer 0 twice (see shard)
 
 
 def _split(plan: ParamPlan) -> tuple[int, int, int]:
@@ -81,7 +84,9 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
         "ddp": dict.fromkeys(PHASES, grads),
         "fsdp2": {"forward": outside + FSDP2_FORWARD_LAYERS * layer,
                   "backward_start": outside + FSDP2_BACKWARD_LAYERS * layer + (head if grads else 0),
-                  "backward_end": outside + FSDP2_BACKWARD_LAYERS * layer + (head if grads else 0),
+                  # the end of backward: the layers are resharded; the root is still unsharded and its
+                  # first-used parameter's (the embedding's, head-sized) unsharded gradient awaits its reduce-scatter
+                  "backward_end": outside + (head if grads else 0),
                   "optimizer_step": 0},
         "zero1": dict.fromkeys(PHASES, bucket),
         "zero2": dict.fromkeys(PHASES, bucket),
@@ -107,6 +112,12 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
         for c, v in off.items():
             comps[c] -= v
         phases[ph] = comps
+    if s == "fsdp2":  # the root's all-gather: its flat output stays alive (AllGatherState) until layer 0's
+        # all-gather is waited on, beside the root's unsharded parameters and layer 0's flat output + copy-out,
+        # before any activation exists; the peak of shallow models whose embeddings and head outweigh a layer
+        fwd = phases["forward"]
+        phases["forward_start"] = {c: fwd[c] for c in ("weights", "optimizer") if c in fwd} | {
+            "comm_buffers": FSDP2_ROOT_START * outside + FSDP2_ROOT_START_LAYERS * layer}
     start, end = phases.pop("backward_start"), phases.pop("backward_end")
     phases["backward"] = max(start, end, key=lambda c: sum(c.values()))
     if s == "fsdp2" and cfg.parallel_init == "full":  # every rank builds the whole model, then fully_shard splits it

@@ -90,17 +90,23 @@ def valid(point: dict) -> bool:
     return not (fam is not None and fam not in MOE and point.get("routing") == "worst_case")
 
 
-def pairwise(grid: dict[str, tuple] = GRID, ok=valid) -> list[dict]:
+def pairwise(grid: dict[str, tuple] = GRID, ok=valid, tries: int = 1) -> list[dict]:
     """A deterministic all-pairs cover: every pair of values of two factors that some valid point holds appears in
-    at least one returned point. Greedy (AETG-like): each new point starts from the first uncovered pair and takes,
-    factor by factor, the value covering the most still-uncovered pairs (ties: the first value)."""
+    at least one returned point. Greedy (AETG-like): for each of the first `tries` uncovered pairs (in grid order)
+    a candidate point starts from that pair and takes, factor by factor, the value covering the most still-uncovered
+    pairs (ties: the first value); the candidate covering the most pairs is kept."""
     keys = list(grid)
     uncovered = {((a, va), (b, vb)) for a, b in itertools.combinations(keys, 2)
                  for va in grid[a] for vb in grid[b] if ok({a: va, b: vb})}
-    points: list[dict] = []
-    while uncovered:
-        (a, va), (b, vb) = min(uncovered, key=lambda p: (keys.index(p[0][0]), keys.index(p[1][0]),
-                                                         grid[p[0][0]].index(p[0][1]), grid[p[1][0]].index(p[1][1])))
+
+    def order(p):
+        return keys.index(p[0][0]), keys.index(p[1][0]), grid[p[0][0]].index(p[0][1]), grid[p[1][0]].index(p[1][1])
+
+    def covers(point: dict) -> set:
+        return {((k1, point[k1]), (k2, point[k2])) for k1, k2 in itertools.combinations(keys, 2)} & uncovered
+
+    def complete(seed: tuple) -> dict | None:
+        (a, va), (b, vb) = seed
         point = {a: va, b: vb}
         for k in keys:
             if k in point:
@@ -115,15 +121,20 @@ def pairwise(grid: dict[str, tuple] = GRID, ok=valid) -> list[dict]:
                 if g > gain:
                     best, gain = v, g
             if best is None:
-                break
+                return None
             point[k] = best
-        if len(point) < len(keys) or not ok(point):
-            uncovered.discard(((a, va), (b, vb)))  # no valid completion: the pair is not in the space
+        return {k: point[k] for k in keys} if ok(point) else None
+
+    points: list[dict] = []
+    while uncovered:
+        seeds = sorted(uncovered, key=order)[:tries]
+        cands = [(c, covers(c)) for c in map(complete, seeds) if c is not None]
+        if not cands:  # the first pairs have no valid completion: they are not in the space
+            uncovered -= set(seeds)
             continue
-        ordered = {k: point[k] for k in keys}
-        for (k1, k2) in itertools.combinations(keys, 2):
-            uncovered.discard(((k1, ordered[k1]), (k2, ordered[k2])))
-        points.append(ordered)
+        best, got = max(cands, key=lambda c: len(c[1]))
+        uncovered -= got
+        points.append(best)
     return points
 
 

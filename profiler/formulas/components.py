@@ -385,6 +385,8 @@ def components_estimate(
     details |= {f"{ph}:{c}": v for ph, cs in phases.items() for c, v in cs.items()}  # phase:component
     details |= {f"backward_{e}:{c}": v for e, cs in zip(("start", "last_layer", "end"), backward, strict=True)
                 for c, v in cs.items()}
+    details |= {f"forward_{e}:{c}": v for e, cs in zip(("loss", "last_layer"), forward, strict=True)
+                for c, v in cs.items()}
     details |= {
         "weights": W,
         "gradients": G,

@@ -242,13 +242,15 @@ def compare(point: dict, real: bool = False, run_simulate: bool = True) -> dict:
 
 
 def load_known(path: Path = KNOWN) -> dict[str, str]:
-    """known_differences.yaml: {point id: cause}."""
+    """known_differences.yaml as {point id: cause text}: `causes` names each cause once (key: text), `points` maps a
+    point id to a cause key (or to its own text)."""
     import yaml
 
     if not path.exists():
         return {}
     data = yaml.safe_load(path.read_text()) or {}
-    return {k: v["cause"] if isinstance(v, dict) else str(v) for k, v in (data.get("points") or {}).items()}
+    causes = data.get("causes") or {}
+    return {k: causes.get(v, v) for k, v in (data.get("points") or {}).items()}
 
 
 def verdict(row: dict, known: dict[str, str]) -> str:

@@ -206,6 +206,25 @@ def layer_plans(plan: ParamPlan, cfg: RunConfig) -> tuple[list[LayerPlan], dict[
     return plans, outside
 
 
+def int8_kept_inputs(arch: Arch, cfg: RunConfig, sh: Shape) -> int:
+    """Bytes per decoder layer that 8-bit QLoRA keeps beyond autograd's saved tensors: bitsandbytes
+    `MatMul8bitLt.forward` (bitsandbytes/autograd/_functions.py) stores its input in `ctx.tensors` (an
+    attribute, not `save_for_backward`), so non-reentrant gradient checkpointing cannot drop it: each distinct
+    input of a quantized linear (q/k/v share one, gate/up share one) stays alive until that layer's backward.
+    0 outside qlora 8-bit (4-bit `MatMul4Bit` keeps only the packed weight)."""
+    if cfg.regime.kind != "qlora" or cfg.regime.bits != 8:
+        return 0
+    widths: dict[str, int] = {}
+    for lin in arch.linears:
+        if lin.layer != 0 or not lin.quantizable:
+            continue
+        short = lin.name.split(".", 3)[-1] if lin.name.count(".") >= 3 else lin.name
+        key = next((k for k, names in (("qkv", _QKV), ("o", _O), ("gu", _GATE_UP), ("down", _DOWN))
+                    if _match(short, names) or _match(lin.name, names)), lin.name)
+        widths[key] = lin.in_features
+    return sh.a * sh.b * sh.s * sum(widths.values())
+
+
 def activations(
     cfg: RunConfig, b: int | None = None, s: int | None = None, kernel: str | None = None
 ) -> dict[str, int]:
@@ -221,9 +240,11 @@ def activations(
     plans, out = layer_plans(plan, cfg)
     windows = arch.block.windows or (arch.block.sliding_window,) * arch.layers
     for li, window in enumerate(windows):
-        # the sliding-window mask reaches SDPA when it is no longer all-causal, and always without a KV cache
-        # (gradient checkpointing turns the cache off; transformers' masking_utils skips it only with one)
-        masked = bool(window and (sh.s > window or cfg.train.gradient_checkpointing))
+        # the sliding-window mask reaches SDPA when it is no longer all-causal (s > window). Checkpointing (no KV
+        # cache) does not change that in a real run: masking_utils' packed-sequence check finds no packing on real
+        # position ids (checked on CPU: tests/formulas/test_compute_dtype.py); only fake tensors, which transformers
+        # treats as tracing, get a mask there (a simulate gap, tests/formulas/known_differences.yaml: fake-mask)
+        masked = bool(window and sh.s > window)
         if masked or arch.block.mask_always:
             layer_kernel = default_kernel(cfg, sh.c, arch, mask=True) if kernel_given is None else kernel
             plans[li] = replace(plans[li], mask=layer_kernel == "efficient" or masked, kernel=layer_kernel)
@@ -231,7 +252,7 @@ def activations(
     per_layer = layer_bytes_moe(cfg, sh, plans, per_layer, kernel)  # MoE hook (formulas/moe.py); dense: as is
     bs, bsh = sh.b * sh.s, sh.b * sh.s * sh.h
     ckpt = cfg.train.gradient_checkpointing
-    layers = arch.layers * sh.a * bsh if ckpt else sum(per_layer)
+    layers = arch.layers * (sh.a * bsh + int8_kept_inputs(arch, cfg, sh)) if ckpt else sum(per_layer)
     any_grad = out["grad_at_end"]
     tail = 0
     blk = arch.block
@@ -263,7 +284,7 @@ def activations(
         "layers": layers,
         "tail": tail,
         "logits": logits,
-        "recompute": max(per_layer) if ckpt and per_layer else 0,
+        "recompute": max(per_layer) + int8_kept_inputs(arch, cfg, sh) if ckpt and per_layer else 0,
         "recompute_attention": max(attn_half) if ckpt and attn_half else 0,
         "mlp_last": (per_layer[-1] - attn_half[-1]) if per_layer and not ckpt else 0,
         "attn_fwd": probs * (worst[1] if ckpt else worst[0]),

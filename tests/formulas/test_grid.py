@@ -1,8 +1,9 @@
-"""The consistency grid, sampled: `components` within 5 % of `simulate` on every pairwise-sampled point where both
-run, or the point is in tests/formulas/known_differences.yaml with its cause; a listed point that agrees fails
-too, so the file stays honest; no estimator raises on any sampled config (an estimate, or NotApplicable: 'not
-modelled: why'). The grid, the sampler and the stand-ins (real-size widths, 2 layers) are
-scripts/grid_consistency.py; its real-size table is docs/consistency.md.
+"""The consistency grid, sampled: `components` within 5 % of `simulate` on every point of the CI sample (all pairs
+of factor values but the family's, every family present) where both run, or the point is in
+tests/formulas/known_differences.yaml with its cause; a listed point that agrees fails too, so the file stays
+honest. No estimator raises on any point of the all-pairs sample, family included (an estimate, or NotApplicable:
+'not modelled: why'). The grid, the samplers and the stand-ins (real widths, 2 layers) are
+scripts/grid_consistency.py; its table is docs/consistency.md.
 Run: `python -m pytest tests/formulas/test_grid.py`."""
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ _spec = importlib.util.spec_from_file_location("grid_consistency", REPO_ROOT / "
 gc = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gc)
 
-POINTS = gc.pairwise()
+POINTS = gc.pairwise()  # every pair of factor values, family included (~140 points): the crash check
+SIMULATED = gc.ci_sample()  # every pair but the family's, each family present (~30 points): components vs simulate
 KNOWN = gc.load_known()
 
 
@@ -30,10 +32,14 @@ def test_the_sample_covers_every_valid_pair():
     possible = {((a, p[a]), (b, p[b])) for p in full for a, b in itertools.combinations(keys, 2)}
     assert have == possible
     assert all(gc.valid(p) for p in POINTS) and len(POINTS) < len(full) / 50
+    rest = [k for k in keys if k != "family"]
+    have = {((a, p[a]), (b, p[b])) for p in SIMULATED for a, b in itertools.combinations(rest, 2)}
+    assert have == {((a, p[a]), (b, p[b])) for p in full for a, b in itertools.combinations(rest, 2)}
+    assert {p["family"] for p in SIMULATED} == set(gc.FAMILIES) and all(gc.valid(p) for p in SIMULATED)
 
 
 def test_every_known_difference_is_a_sampled_point_with_a_cause():
-    ids = {gc.point_id(p) for p in POINTS}
+    ids = {gc.point_id(p) for p in POINTS + SIMULATED}  # the script's table lists the pairwise sample's causes too
     assert set(KNOWN) <= ids, sorted(set(KNOWN) - ids)
     assert all(cause.strip() for cause in KNOWN.values())
 
@@ -50,7 +56,7 @@ def test_no_estimator_raises(point):
         assert line.startswith("ok ") or (line.startswith("not modelled: ") and len(line) > 15), (name, line)
 
 
-@pytest.mark.parametrize("point", [p for p in POINTS if not gc.PARALLEL[p["parallel"]].get("offload")],
+@pytest.mark.parametrize("point", [p for p in SIMULATED if not gc.PARALLEL[p["parallel"]].get("offload")],
                          ids=gc.point_id)
 def test_components_within_5_percent_of_simulate_or_known(point):
     row = gc.compare(point, real=False, run_simulate=True)

@@ -254,9 +254,11 @@ def compare(point: dict, real: bool = False, run_simulate: bool = True) -> dict:
         rec = simulate(cfg, primed=True)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         row["simulate_status"] = rec["status"] if rec["status"] == "ok" else f"{rec['status']}: {rec.get('error')}"
-        if rec["status"] == "ok":
-            steady = rec.get("max_rank_peak_allocated_bytes") or rec["peaks"]["steady_peak_allocated_bytes"]
+        if rec["status"] == "ok":  # the steady step (rank 0 under ddp/fsdp2), as components predicts it; the
+            # load (DDP's coalesced broadcast of the module states at construction) is not a step phase
+            steady = rec["peaks"]["steady_peak_allocated_bytes"]
             row["simulate"] = steady
+            row["simulate_load"] = next((p["peak_allocated_bytes"] for p in rec["phases"] if p["phase"] == "load"), 0)
             row["pct"] = round(100 * (row["components"] - steady) / steady, 2)
             row["kernel"] = rec.get("attention_kernel")
     return row

@@ -332,7 +332,9 @@ def inference_bytes(
     n = cfg.regime.new_tokens
     kv_per_token = 2 * arch.layers * sh.kv * sh.a * sh.b
     layer_tmp = (3 if arch.gated_mlp else 2) * sh.a * sh.b * sh.s * sh.i + 2 * sh.a * sh.b * sh.s * sh.h
-    logits = sh.a * sh.b * sh.s * sh.vocab
+    # logits; with tanh soft-capping (Gemma-2) `logits / cap`, tanh and `* cap` each make a new b x s x V
+    # tensor while the previous one is alive: two at a time
+    logits = sh.a * sh.b * sh.s * sh.vocab * (2 if arch.block.final_softcap else 1)
     fwd = kv_per_token * sh.s + max(layer_tmp, logits)
     gen = kv_per_token * (sh.s + n) + layer_tmp if n else 0
     return {

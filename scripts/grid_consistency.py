@@ -380,7 +380,12 @@ def main(argv: list[str] | None = None) -> int:
                   "What `components` predicts against what `simulate` computes, point by point over the grid of "
                   "scripts/grid_consistency.py (README, section \"components and simulate agree\"). Known "
                   "differences and their causes: tests/formulas/known_differences.yaml.\n\n")
-        page.write_text(header + table)
+        import yaml
+
+        causes = (yaml.safe_load(KNOWN.read_text()) or {}).get("causes") or {} if KNOWN.exists() else {}
+        notes = "\n## The causes of the known differences\n\n" + "".join(
+            f"- **{k}**: {v.strip()}\n" for k, v in causes.items())
+        page.write_text(header + table + notes)
     return 1 if any(verdict(r, known).startswith(("DIFFERS", "STALE")) for r in rows) else 0
 
 

@@ -96,7 +96,8 @@ def test_a_real_run_hands_sdpa_no_mask_under_checkpointing(monkeypatch):
     hf = resolve_hf_config(cfg(arch="tiny-llama").model)
     model = AutoModelForCausalLM.from_config(hf, attn_implementation="sdpa")
     model.train()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # transformers 5 renamed it
     seen = []
     native = torch.nn.functional.scaled_dot_product_attention
 

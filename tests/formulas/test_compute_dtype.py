@@ -96,8 +96,10 @@ def test_a_real_run_hands_sdpa_no_mask_under_checkpointing(monkeypatch):
     hf = resolve_hf_config(cfg(arch="tiny-llama").model)
     model = AutoModelForCausalLM.from_config(hf, attn_implementation="sdpa")
     model.train()
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # transformers 5 renamed it
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it (profiler/measure/regimes.py)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     seen = []
     native = torch.nn.functional.scaled_dot_product_attention
 

@@ -279,6 +279,8 @@ def load_known(path: Path = KNOWN) -> dict[str, str]:
 def verdict(row: dict, known: dict[str, str]) -> str:
     """agrees / known: <cause> / DIFFERS / STALE (known but agrees) / estimate only (no simulation)."""
     if row["pct"] is None:
+        if row["simulate_status"].startswith("error") and row["id"] in known:
+            return "known (simulate fails)"
         return "estimate only" if row["simulate_status"] != "not run" else "not simulated"
     agrees = abs(row["pct"]) <= 100 * TOLERANCE
     if row["id"] in known:
@@ -288,15 +290,17 @@ def verdict(row: dict, known: dict[str, str]) -> str:
 
 def markdown(rows: list[dict], known: dict[str, str], title: str) -> str:
     import pandas as pd
+    import yaml
 
+    keys = ((yaml.safe_load(KNOWN.read_text()) or {}).get("points") or {}) if KNOWN.exists() else {}
     df = pd.DataFrame([{
         "point": r["id"],
         "components GiB": f"{r['components'] / 2**30:.2f}",
         "simulate GiB": "–" if r["simulate"] is None else f"{r['simulate'] / 2**30:.2f}",
         "diff": "–" if r["pct"] is None else f"{r['pct']:+.1f}%",
         "verdict": verdict(r, known),
-        "why (known differences / no simulation)": known.get(r["id"], "") if r["pct"] is not None
-        else r["simulate_status"].split(": ", 1)[-1][:90],
+        "cause (known_differences.yaml) / why no simulation": keys.get(r["id"]) or (
+            "" if r["pct"] is not None else r["simulate_status"].split(": ", 1)[-1][:90]),
     } for r in rows])
     counts = df["verdict"].value_counts().to_dict()
     head = f"{title}\n\n" + ", ".join(f"{v}: {n}" for v, n in sorted(counts.items())) + "\n\n"

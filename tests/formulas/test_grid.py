@@ -60,8 +60,10 @@ def test_no_estimator_raises(point):
                          ids=gc.point_id)
 def test_components_within_5_percent_of_simulate_or_known(point):
     row = gc.compare(point, real=False, run_simulate=True)
-    assert row["pct"] is not None, row["simulate_status"]  # every non-offload point simulates
     pid, pct = row["id"], row["pct"]
+    if pct is None:  # simulate failed on a config the config accepts: only as a listed, explained difference
+        assert pid in KNOWN, (pid, row["simulate_status"])
+        return
     if pid in KNOWN:
         assert abs(pct) > 100 * gc.TOLERANCE, (f"{pid} now agrees ({pct:+.2f} %): remove it from "
                                                "tests/formulas/known_differences.yaml")

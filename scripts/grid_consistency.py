@@ -140,7 +140,7 @@ def pairwise(grid: dict[str, tuple] = GRID, ok=valid, tries: int = 1) -> list[di
 
 
 def ci_sample(grid: dict[str, tuple] = GRID, ok=valid) -> list[dict]:
-    """The sample CI simulates (~3 min on an idle 2-core machine): an all-pairs cover of every factor but the
+    """The sample CI simulates (30 points; the test file costs ~65 s of CPU): an all-pairs cover of every factor but the
     family, each point then given a family in turn: the points with a routing choice cycle through the MoE
     models, the others through all families (the first that makes the point valid), so each family appears."""
     rest = {k: v for k, v in grid.items() if k != "family"}

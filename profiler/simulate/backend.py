@@ -13,7 +13,10 @@ What a `device: cuda` config simulates, and how:
   flash > memory-efficient > math) with the tensors that kernel allocates and saves; see `CudaSdpa`.
   The record's `attention_kernel` names the kernel(s) used.
 - bitsandbytes layers become stand-ins with identical storage and transient buffers (profiler.simulate.fake_bnb).
-- Autocast follows the CPU autocast op lists (fake tensors are CPU tensors): a known gap for autocast runs.
+- Autocast (train.autocast bf16/fp16) casts by CUDA's op lists, not CPU's (profiler.simulate.cuda_autocast);
+  SDPA's inputs are cast before its kernel is chosen.
+- Masks: only those the real run builds (`unpacked_sequence_indices`: transformers takes fake tensors for
+  tracing and would build a packed-sequence mask with checkpointing).
 Where an op cannot run on fake tensors (data-dependent control flow, `.item()`, ops without a meta
 kernel) the run fails with status error naming the op; no number is written for it.
 
@@ -44,6 +47,7 @@ from profiler.measure.loading import (
     resolve_hf_config,
 )
 from profiler.measure.parallel import fake_process_group, rank_summary
+from profiler.simulate.cuda_autocast import cuda_autocast, lower_precision, no_autocast
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -162,6 +166,13 @@ class CudaSdpa:
 
     def __call__(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                  enable_gqa=False):
+        # CUDA autocast lists scaled_dot_product_attention as lower precision: its kernel is chosen on the
+        # cast inputs, and runs with autocast off (profiler.simulate.cuda_autocast)
+        query, key, value, attn_mask = lower_precision(query, key, value, attn_mask)
+        with no_autocast():
+            return self._run(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+    def _run(self, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
         kernel = cuda_sdpa_kernel(query, key, value, attn_mask, is_causal, enable_gqa)
         self.used[kernel] += 1
         if kernel == "flash":
@@ -194,6 +205,22 @@ class CpuSdpa:
         dense = query.dtype in (*_HALF, torch.float32) and query.shape[-1] == value.shape[-1]
         self.used["flash_cpu" if dense else "math"] += 1
         return self.native(query, key, value, *args, **kwargs)
+
+
+def unpacked_sequence_indices(position_ids: torch.Tensor) -> None:
+    """transformers.masking_utils.find_packed_sequence_indices as the real run answers it for the harness's
+    batches. transformers treats a fake tensor as tracing (utils/import_utils.py `is_tracing`), so under
+    FakeTensorMode the function skips its `(packed_sequence_mask[:, -1] == 0).all()` check and returns the
+    indices: the model then builds a 4-D mask that the real run does not (with no cache, i.e. with gradient
+    checkpointing), and SDPA gets a mask. The harness never packs (it passes no position_ids: they are
+    transformers' own arange, one sequence per row), so the check is True there and the answer None. The same
+    tensors are allocated (diff, cumsum, the comparison) as in the real run; only the answer is given."""
+    first_dummy_value = position_ids[:, :1] - 1
+    position_diff = torch.diff(position_ids, prepend=first_dummy_value, dim=-1)
+    packed_sequence_mask = (position_diff != 1).cumsum(-1)
+    unpacked = (packed_sequence_mask[:, -1] == 0).all()  # True for arange positions; not read (no values)
+    del unpacked
+    return None
 
 
 def _optim_modules() -> list:
@@ -309,9 +336,12 @@ class Simulation:
             memo.clear()
             return swap(t1, t2)
 
+        from transformers import masking_utils
+
         patches: list[tuple[object, str, object]] = [
             (torch.nn.functional, "scaled_dot_product_attention", self.sdpa),
             (torch.utils, "swap_tensors", swap_fake),
+            (masking_utils, "find_packed_sequence_indices", unpacked_sequence_indices),
         ]
         if self.target == "cuda":  # torch.optim picks foreach kernels for CUDA params (not for fake ones)
             patches += [(m, "_default_to_fused_or_foreach", _cuda_foreach_default) for m in _optim_modules()]
@@ -320,7 +350,7 @@ class Simulation:
         for obj, name, value in patches:
             setattr(obj, name, value)
         try:
-            with self.fake_mode:
+            with self.fake_mode, cuda_autocast() if self.target == "cuda" else nullcontext():
                 yield
         finally:
             for obj, name, value in saved:

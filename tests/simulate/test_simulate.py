@@ -39,6 +39,28 @@ def test_cpu_target_reproduces_real_cpu_run_exactly():
     assert fake["phases"][1]["breakdown"]["weights"] == real["model"]["weight_bytes"]
 
 
+@pytest.mark.parametrize("regime", ["full", "lora", "qlora4"])
+@pytest.mark.parametrize("settings", [("train.gradient_checkpointing=true",), ("train.autocast=bf16",),
+                                      ("train.gradient_checkpointing=true", "train.autocast=bf16")],
+                         ids=["checkpointing", "autocast-bf16", "both"])
+def test_cpu_target_reproduces_real_cpu_run_under_user_settings(regime, settings):
+    """Byte for byte with checkpointing and bf16 autocast too (transformers builds no packed-sequence mask
+    under simulate any more: profiler.simulate.backend.unpacked_sequence_indices)."""
+    cfg = tiny(regime, "train.steps=1", *settings)
+    real, fake = run(cfg), simulate(cfg)
+    assert (fake["status"], real["status"]) == ("ok", "ok"), fake["error"]
+    assert _peaks(fake) == _peaks(real)
+    assert [p["breakdown"] for p in fake["phases"]] == [p["breakdown"] for p in real["phases"]]
+
+
+def test_checkpointing_builds_no_mask_the_real_run_does_not():
+    """With checkpointing there is no cache, and transformers' packed-sequence check (which it skips for fake
+    tensors) would give SDPA a mask: the fused kernel must see none, as in the real run."""
+    rec = simulate(tiny("full", "device=cuda", "train.gradient_checkpointing=true", "train.steps=1"))
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["attention_kernel"] == "flash"
+
+
 @pytest.mark.parametrize("regime", ["qlora4", "qlora8"])
 def test_fake_qlora_weights_equal_real_bitsandbytes_model(regime):
     cfg = tiny(regime, "train.steps=1")

@@ -77,6 +77,6 @@ def fit(model: str, regime: str = "lora", seq: int = 2048, batch: int | str = 1,
     src = resolve_model(model)
     args = argparse.Namespace(config=config, regime=regime, seq=seq, batch=str(batch), optimizer=optimizer,
                               checkpointing=checkpointing, overrides=list(overrides))
-    cfg = build_config(args, src.arch)
+    cfg = build_config(args, src.arch, g)
     return predict_fit(cfg, g, model_name=src.name, model_source=src.how, auto_batch=str(batch) == "auto",
                        search=search, all_estimators=all_estimators, workers=workers)

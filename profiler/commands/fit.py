@@ -65,8 +65,9 @@ def _start(path: str | None) -> dict:
     return data
 
 
-def build_config(args: argparse.Namespace, arch: str):
-    """RunConfig from --config, then the fit options, then key=value overrides (validated once)."""
+def build_config(args: argparse.Namespace, arch: str, gpu=None):
+    """RunConfig from --config, then the fit options, then key=value overrides (validated once). `gpu` (a
+    preset) sets `gpu_arch` where --config does not, so the simulation picks that GPU's attention kernel."""
     from profiler.config import ConfigError, load_config
 
     data = _start(args.config)
@@ -92,6 +93,8 @@ def build_config(args: argparse.Namespace, arch: str):
     if args.optimizer:
         data["optimizer"] = {**(data.get("optimizer") or {}), "name": args.optimizer}
     data["device"] = "cuda"  # a fit is about a GPU
+    if gpu is not None and "gpu_arch" not in data:
+        data["gpu_arch"] = gpu.arch
     data.pop("output", None)
     return load_config(None, args.overrides, base=data)
 
@@ -105,6 +108,17 @@ def resolve_gpu(args: argparse.Namespace):
     if args.gpu_memory:
         return gpu_by_size(args.gpu_memory)
     raise ConfigError(f"--gpu: give --gpu NAME ({', '.join(presets())}) or --gpu-memory SIZE (e.g. 24GB)")
+
+
+def _arch_note(gpu_name: str) -> str:
+    """Which SDPA rules chose the attention kernel: the preset's architecture, or sm80's where it is unknown."""
+    from profiler.predict.gpus import presets
+    from profiler.simulate.cuda_sdpa import SDPA_RULES_TORCH
+
+    g = presets().get(gpu_name)
+    arch = g.arch if g is not None else "auto"
+    which = f"{arch} rules" if arch != "auto" else "sm80 rules: this GPU's compute capability is not known"
+    return f"torch {SDPA_RULES_TORCH} SDPA dispatch, {which}"
 
 
 def render(res, out=None) -> None:
@@ -122,6 +136,8 @@ def render(res, out=None) -> None:
             f"{res.simulated_peak_bytes / d:.2f} {u}) + {res.allowance_source}")
     c.print(f"  error band: {res.band()}")
     c.print(f"  GPU: {res.gpu_source}")
+    if res.attention_kernel:
+        c.print(f"  attention: {res.attention_kernel} ({_arch_note(res.gpu)})")
     t = Table(title=f"simulated breakdown at the peak ({res.peak_phase}; {u} = 2^{d.bit_length() - 1} bytes)")
     for k in res.breakdown:
         t.add_column(k, justify="right")
@@ -154,7 +170,7 @@ def main(args: argparse.Namespace) -> int:
         from profiler.predict.model_source import resolve_model
 
         src = resolve_model(args.model)
-        cfg = build_config(args, src.arch)
+        cfg = build_config(args, src.arch, gpu)
         if (note := ignored_note(cfg)) is not None:
             print(note, file=sys.stderr)
         if args.calibration and not Path(args.calibration).is_file():

@@ -26,7 +26,6 @@ from profiler.predict.gpus import Gpu
 from profiler.predict.search import MaxSolution, solve_max
 
 BATCH_CAP = 4096
-EIGHT_BIT = ("adamw_8bit", "paged_adamw_8bit")  # simulated as adamw + the exact state-size difference
 GIB = 2**30
 
 
@@ -187,15 +186,7 @@ class Predictor:
         return self.records[key]
 
     def peak(self, cfg: RunConfig) -> int:
-        """Simulated peak allocated bytes. bitsandbytes' 8-bit optimizer step calls .item() (untraceable on
-        fake tensors): its configs simulate with adamw, less the exact difference in optimizer-state bytes
-        between the two (the `components` byte count; profiler/formulas/params.py)."""
-        if cfg.optimizer.name in EIGHT_BIT:
-            from profiler.formulas import estimate
-
-            dense = with_changes(cfg, optimizer={"name": "adamw"})
-            saved = estimate("components", dense).get("optimizer") - estimate("components", cfg).get("optimizer")
-            return self.record(dense)["peaks"]["peak_allocated_bytes"] - saved
+        """Simulated peak allocated bytes (bitsandbytes' 8-bit optimizers run their own step on fake tensors)."""
         return self.record(cfg)["peaks"]["peak_allocated_bytes"]
 
     def needed(self, cfg: RunConfig) -> int:
@@ -334,7 +325,7 @@ def simulated_suggestions(pred: Predictor, cfg: RunConfig) -> list[Suggestion]:
         tries.append(("QLoRA 4-bit (--regime qlora4)", ["regime.kind=qlora", "regime.bits=4"],
                       {"regime": {"kind": "qlora", "bits": 4}}))
     if training and cfg.optimizer.name in ("adam", "adamw"):
-        tries.append(("8-bit AdamW (--optimizer adamw_8bit; simulated as adamw less the 8-bit state saving)",
+        tries.append(("8-bit AdamW (--optimizer adamw_8bit)",
                       ["optimizer.name=adamw_8bit"],
                       {"optimizer": {"name": "adamw_8bit"}}))
     out = []
@@ -437,8 +428,7 @@ def _answer(cfg: RunConfig, gpu: Gpu, pred: Predictor, allowance: Allowance, seq
             model_name: str | None, model_source: str, search: bool, all_estimators: bool) -> FitResult:
     """predict_fit after the set-up: the verdict, the searches, the suggestions."""
     say(f"simulating batch {cfg.train.batch_size} x seq {cfg.train.seq_len}")
-    sim_cfg = with_changes(cfg, optimizer={"name": "adamw"}) if cfg.optimizer.name in EIGHT_BIT else cfg
-    rec = pred.record(sim_cfg)
+    rec = pred.record(cfg)
     peak = pred.peak(cfg)
     top = max((p for p in rec["phases"] if p.get("step") is not None or p["phase"] == "load"),
               key=lambda p: p["peak_allocated_bytes"])
@@ -459,10 +449,6 @@ def _answer(cfg: RunConfig, gpu: Gpu, pred: Predictor, allowance: Allowance, seq
             seq_sol = max_seq(pred, cfg)
     tips += [] if fits else limit_suggestions(cfg, seq_sol, batch_sol)
     notes = []
-    if cfg.optimizer.name in EIGHT_BIT:
-        notes.append(f"{cfg.optimizer.name}: bitsandbytes' 8-bit step cannot run on fake tensors; simulated as "
-                     f"adamw less the exact optimizer-state difference (`components` byte count); the breakdown "
-                     f"is adamw's")
     ests: dict[str, int] = {}
     if all_estimators:
         from profiler.formulas import estimate_all

@@ -17,6 +17,8 @@ What a `device: cuda` config simulates, and how:
   SDPA's inputs are cast before its kernel is chosen.
 - Masks: only those the real run builds (`unpacked_sequence_indices`: transformers takes fake tensors for
   tracing and would build a packed-sequence mask with checkpointing).
+- bitsandbytes' 8-bit optimizers run their own step (its registered fake kernel); the one value they read
+  off a tensor (the quantization map, built by `.tolist()`) gets a placeholder (`_bnb_dynamic_map`).
 Where an op cannot run on fake tensors (data-dependent control flow, `.item()`, ops without a meta
 kernel) the run fails with status error naming the op; no number is written for it.
 
@@ -24,6 +26,7 @@ kernel) the run fails with status error naming the op; no number is written for 
 
 from __future__ import annotations
 
+import sys
 import types
 from collections import Counter
 from collections.abc import Iterator
@@ -111,6 +114,23 @@ def unpacked_sequence_indices(position_ids: torch.Tensor) -> None:
     unpacked = (packed_sequence_mask[:, -1] == 0).all()  # True for arange positions; not read (no values)
     del unpacked
     return None
+
+
+def _bnb_dynamic_map(native):
+    """bitsandbytes.functional.create_dynamic_map with a placeholder value: the table (fp32 [256] for the
+    default 8 bits) is built by `.tolist()` of linspace values, which fake tensors cannot give, and its values
+    never change what is allocated. The 8-bit optimizers build it once (optim/optimizer.py `fill_qmap`) and
+    keep it as qmap1/qmap2; the step itself is bitsandbytes' own op, whose registered fake kernel
+    (_ops.py `optimizer_update_8bit_blockwise`) allocates nothing, as the CUDA kernel updates in place."""
+
+    def create_dynamic_map(*args, **kwargs):
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+        with unset_fake_temporarily():
+            table = native(*args, **kwargs)
+        return torch.empty(table.shape, dtype=table.dtype)
+
+    return create_dynamic_map
 
 
 def _optim_modules() -> list:
@@ -234,6 +254,9 @@ class Simulation:
             (torch.utils, "swap_tensors", swap_fake),
             (masking_utils, "find_packed_sequence_indices", unpacked_sequence_indices),
         ]
+        bnb_functional = sys.modules.get("bitsandbytes.functional")  # imported before the mode when used
+        if bnb_functional is not None:
+            patches.append((bnb_functional, "create_dynamic_map", _bnb_dynamic_map(bnb_functional.create_dynamic_map)))
         if self.target == "cuda":  # torch.optim picks foreach kernels for CUDA params (not for fake ones)
             patches += [(m, "_default_to_fused_or_foreach", _cuda_foreach_default) for m in _optim_modules()]
             patches.append((torch.nn.functional, "dropout", cuda_dropout))

@@ -318,3 +318,20 @@ def test_cuda_target_dropout_saves_a_one_byte_mask():
     saved = tr.phases[-1].end_breakdown["activations"] + tr.phases[-1].end_breakdown["temporaries"]
     assert y.shape == x.shape
     assert saved == 1000 * 1000 * (4 + 4 + 1)  # x and the output (fp32) + a bool mask, no fp32 noise
+
+
+@pytest.mark.parametrize("name", ["adamw_8bit", "paged_adamw_8bit"])
+def test_bitsandbytes_8bit_adamw_step_runs_on_fake_tensors(name):
+    """The real bnb 8-bit step (its fake kernel); its quantization map gets a placeholder value. State: two uint8
+    moments + fp32 absmax per 256-block for tensors of 4096+ elements, two fp32 moments below that (bnb
+    min_8bit_size), plus the signed and unsigned maps (fp32 [256] each, shared by all parameters)."""
+    from profiler.measure.harness import paged_state_bytes
+
+    cfg = tiny("full", "device=cuda", "train.steps=1", f"optimizer.name={name}")
+    rec = simulate(cfg)
+    assert rec["status"] == "ok", rec["error"]
+    sim = Simulation("cuda")
+    with sim.mode():
+        params = list(sim.load_model(cfg).model.parameters())
+    opt = [p for p in rec["phases"] if p["phase"] == "optimizer_step"][-1]
+    assert opt["breakdown"]["optimizer"] == paged_state_bytes(params) + 2 * 256 * 4

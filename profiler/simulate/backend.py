@@ -50,6 +50,7 @@ from profiler.measure.loading import (
     resolve_hf_config,
 )
 from profiler.measure.parallel import fake_process_group, rank_summary
+from profiler.measure.patches import patched
 from profiler.simulate.cuda_autocast import cuda_autocast
 from profiler.simulate.cuda_sdpa import DEFAULT_ARCH, SDPA_RULES_TORCH, CudaSdpa, cuda_sdpa_kernel, rules_warning
 
@@ -260,15 +261,8 @@ class Simulation:
         if self.target == "cuda":  # torch.optim picks foreach kernels for CUDA params (not for fake ones)
             patches += [(m, "_default_to_fused_or_foreach", _cuda_foreach_default) for m in _optim_modules()]
             patches.append((torch.nn.functional, "dropout", cuda_dropout))
-        saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
-        for obj, name, value in patches:
-            setattr(obj, name, value)
-        try:
-            with self.fake_mode, cuda_autocast() if self.target == "cuda" else nullcontext():
-                yield
-        finally:
-            for obj, name, value in saved:
-                setattr(obj, name, value)
+        with patched(patches), self.fake_mode, cuda_autocast() if self.target == "cuda" else nullcontext():
+            yield
 
     def load_model(self, cfg: RunConfig) -> LoadedModel:
         from transformers import AutoModelForCausalLM

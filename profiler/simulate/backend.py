@@ -9,9 +9,10 @@ What a `device: cuda` config simulates, and how:
 - Tensors are fake *CPU* tensors: a CPU-only torch can create fake CUDA tensors, but autograd aborts on
   them (no CUDA device guard), so the run uses CPU fake tensors and picks kernels as CUDA would.
 - Attention (`attn_implementation: sdpa`): `F.scaled_dot_product_attention` is replaced, inside the mode
-  only, by the kernel CUDA's dispatcher would pick (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp:
-  flash > memory-efficient > math) with the tensors that kernel allocates and saves; see `CudaSdpa`.
-  The record's `attention_kernel` names the kernel(s) used.
+  only, by the kernel torch 2.13's CUDA dispatcher picks on the config's `gpu_arch` (cuDNN first on
+  sm90/sm100, else flash > memory-efficient > math) with the tensors that kernel allocates and saves
+  (profiler.simulate.cuda_sdpa). The record's `attention_kernel` names the kernel(s) used,
+  `attention_kernels` the kernel per layer kind, `sdpa_rules` the architecture and torch version.
 - bitsandbytes layers become stand-ins with identical storage and transient buffers (profiler.simulate.fake_bnb).
 - Autocast (train.autocast bf16/fp16) casts by CUDA's op lists, not CPU's (profiler.simulate.cuda_autocast);
   SDPA's inputs are cast before its kernel is chosen.
@@ -53,8 +54,6 @@ from profiler.measure.parallel import fake_process_group, rank_summary
 from profiler.measure.patches import patched
 from profiler.simulate.cuda_autocast import cuda_autocast
 from profiler.simulate.cuda_sdpa import DEFAULT_ARCH, SDPA_RULES_TORCH, CudaSdpa, cuda_sdpa_kernel, rules_warning
-
-__all__ = ["CudaSdpa", "Simulation", "cuda_sdpa_kernel", "simulate"]  # cuda_sdpa_kernel: read here by tests
 
 _HALF = (torch.float16, torch.bfloat16)
 

@@ -51,16 +51,11 @@ def predict(cfg: RunConfig) -> Prediction:
         est = estimate("components", cfg)
         return Prediction("components", est.total - est.get("overhead"), note="per rank, overhead removed",
                           seconds=time.perf_counter() - t0)
-    from profiler.predict.fit import EIGHT_BIT, Predictor, modelled_allowance, with_changes
+    from profiler.predict.fit import Predictor, modelled_allowance
 
     pred = Predictor(modelled_allowance(), 0)
-    peak = pred.peak(cfg)  # 8-bit optimizers: simulated as adamw less the exact state difference
-    sim_cfg = with_changes(cfg, optimizer={"name": "adamw"}) if cfg.optimizer.name in EIGHT_BIT else cfg
-    rec = pred.records[sim_cfg.config_hash()]
-    shift = _field(rec, "peak_allocated_bytes") - peak if _field(rec, "peak_allocated_bytes") else 0
+    peak = pred.peak(cfg)  # 8-bit optimizers run bitsandbytes' own step on fake tensors
+    rec = pred.records[cfg.config_hash()]
     reserved, nvml = _field(rec, "predicted_reserved_bytes"), _field(rec, "predicted_nvml_bytes")
     note = f"attention {rec.get('attention_kernel') or '?'}"
-    if cfg.optimizer.name in EIGHT_BIT:
-        note += f"; {cfg.optimizer.name} simulated as adamw less the 8-bit state saving"
-    return Prediction("simulate", peak, None if reserved is None else reserved - shift,
-                      None if nvml is None else nvml - shift, note, time.perf_counter() - t0)
+    return Prediction("simulate", peak, reserved, nvml, note, time.perf_counter() - t0)

@@ -411,7 +411,8 @@ def derived_defaults(data: dict) -> dict[str, tuple[Any, str]]:
         return {}
     out: dict[str, tuple[Any, str]] = {}
     targets = lora.get("target_modules", "all-linear")
-    on_experts = targets == "all-linear" or (isinstance(targets, list) and bool(set(map(str, targets)) & MOE_LORA_NAMES))
+    on_experts = targets == "all-linear" or (isinstance(targets, list)
+                                             and bool(set(map(str, targets)) & MOE_LORA_NAMES))
     if on_experts and "dropout" not in lora:
         out["regime.lora.dropout"] = (0.0, "mixture-of-experts: peft's lora.ParamWrapper on the fused experts "
                                       "refuses dropout")

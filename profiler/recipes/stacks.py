@@ -119,7 +119,8 @@ TRAINER_OPTIMIZERS: dict[str, str] = {
 REFUSED_OPTIMIZERS: dict[str, str] = {
     "adafactor": "factored second moments (transformers.optimization.Adafactor) are not modelled",
     "paged_adamw_32bit": "bitsandbytes 32-bit paged state is not modelled",
-    "adamw_torch_4bit": "torchao 4-bit state is not modelled", "adamw_torch_8bit": "torchao 8-bit state is not modelled",
+    "adamw_torch_4bit": "torchao 4-bit state is not modelled",
+    "adamw_torch_8bit": "torchao 8-bit state is not modelled",
     "adagrad": "not modelled", "rmsprop": "not modelled", "lion_8bit": "not modelled", "lion_32bit": "not modelled",
     "adamw_anyprecision": "not modelled", "ademamix": "not modelled", "ademamix_8bit": "not modelled",
     "galore_adamw": "GaLore projections are not modelled", "galore_adamw_8bit": "GaLore projections are not modelled",

@@ -44,6 +44,7 @@ from profiler.measure.loading import (
     resolve_hf_config,
 )
 from profiler.measure.parallel import fake_process_group, rank_summary
+from profiler.simulate.trl_cuda import trl_cuda_kernels
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -196,6 +197,14 @@ class CpuSdpa:
         return self.native(query, key, value, *args, **kwargs)
 
 
+def unpacked_sequences(position_ids: torch.Tensor) -> None:
+    """transformers.masking_utils.find_packed_sequence_indices as it answers for the harness's batches (one sequence
+    per row, positions 0..s-1): None, no packed-sequence mask. Under fake tensors transformers takes them for
+    tracing and builds the mask (masking_utils.py:776) whenever the forward has no cache (use_cache=False: gradient
+    checkpointing, TRL's fused LM head), which turns grouped-query SDPA into repeat_kv copies a real run never makes."""
+    return None
+
+
 def _optim_modules() -> list:
     import importlib
 
@@ -309,9 +318,12 @@ class Simulation:
             memo.clear()
             return swap(t1, t2)
 
+        import transformers.masking_utils as masking
+
         patches: list[tuple[object, str, object]] = [
             (torch.nn.functional, "scaled_dot_product_attention", self.sdpa),
             (torch.utils, "swap_tensors", swap_fake),
+            (masking, "find_packed_sequence_indices", unpacked_sequences),
         ]
         if self.target == "cuda":  # torch.optim picks foreach kernels for CUDA params (not for fake ones)
             patches += [(m, "_default_to_fused_or_foreach", _cuda_foreach_default) for m in _optim_modules()]
@@ -320,7 +332,7 @@ class Simulation:
         for obj, name, value in patches:
             setattr(obj, name, value)
         try:
-            with self.fake_mode:
+            with self.fake_mode, trl_cuda_kernels(self.target == "cuda"):  # train.loss chunked: TRL's CUDA path
                 yield
         finally:
             for obj, name, value in saved:

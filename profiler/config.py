@@ -682,9 +682,10 @@ def _set_dotted(data: dict, dotted: str, raw: str) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
-                ) -> RunConfig:
-    """Read a YAML file (or `base` dict), apply `key.sub=value` overrides, validate; ConfigError on any problem."""
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None,
+                recipe: str | None = None) -> RunConfig:
+    """Read a YAML file (or `base` dict), apply `key.sub=value` overrides, validate; ConfigError on any problem.
+    `recipe` (a command's --recipe) replaces the file's; with a recipe=... override too it is refused."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         p = Path(path)
@@ -694,6 +695,10 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping of keys (model, regime, optimizer, train, ...)")
         data.update(loaded)
+    if recipe is not None:
+        from profiler.recipes.options import recipe_into
+
+        data = recipe_into(data, recipe, overrides)
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r}: use key.sub=value, e.g. train.batch_size=4")

@@ -43,6 +43,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "a second process beside the max batch one (same answer, less wall time)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--all", action="store_true", help="every named estimator's total beside the verdict")
+    from profiler.recipes.options import add_recipe_argument
+
+    add_recipe_argument(parser, default_text=DEFAULT_RECIPE)
+
+
+# --- recipes (issue 20): --recipe, the stack whose defaults fill unset keys --------------------------------------
+DEFAULT_RECIPE = "trl"  # what most people fine-tune with today (TRL 1.16 SFTTrainer)
+
+
+def defaults_lines(cfg) -> list[str]:
+    """The header's account of the defaults a recipe or the model filled (each with its source)."""
+    from profiler.recipes.stacks import source_of
+
+    lines = []
+    for key, (value, why) in cfg.recipe_defaults.items():
+        src = source_of(cfg.recipe, cfg.regime.kind, key) if why.startswith("recipe") else why
+        lines.append(f"{key}={json.dumps(value)}  ({src})")
+    return lines
+# --- end recipes --------------------------------------------------------------------------------------------------
 
 
 def _start(path: str | None) -> dict:
@@ -68,8 +87,9 @@ def _start(path: str | None) -> dict:
 def build_config(args: argparse.Namespace, arch: str):
     """RunConfig from --config, then the fit options, then key=value overrides (validated once)."""
     from profiler.config import ConfigError, load_config
+    from profiler.recipes.options import recipe_into
 
-    data = _start(args.config)
+    data = recipe_into(_start(args.config), getattr(args, "recipe", None), args.overrides, DEFAULT_RECIPE)
     model = {k: v for k, v in (data.get("model") or {}).items() if k not in ("arch", "path", "hub")}
     data["model"] = {**model, "arch": arch}
     regime = dict(data.get("regime") or {})
@@ -90,7 +110,10 @@ def build_config(args: argparse.Namespace, arch: str):
         train["gradient_checkpointing"] = True
     data["train"] = train
     if args.optimizer:
-        data["optimizer"] = {**(data.get("optimizer") or {}), "name": args.optimizer}
+        from profiler.recipes.stacks import TRAINER_OPTIMIZERS
+
+        name = TRAINER_OPTIMIZERS.get(args.optimizer, args.optimizer)  # Trainer's optim names too
+        data["optimizer"] = {**(data.get("optimizer") or {}), "name": name}
     data["device"] = "cuda"  # a fit is about a GPU
     data.pop("output", None)
     return load_config(None, args.overrides, base=data)
@@ -117,6 +140,12 @@ def render(res, out=None) -> None:
     ck = ", gradient checkpointing" if res.gradient_checkpointing else ""
     c.print(f"{res.model} | {res.regime} | {res.optimizer} | batch {res.batch_size} x seq {res.seq_len}{ck} | "
             f"{res.gpu} ({res.total_bytes / 2**30:.2f} GiB total)")
+    if res.defaults:
+        c.print(f"  recipe {res.recipe}: defaults it filled (override any with key=value):")
+        for line in res.defaults:
+            c.print(f"    {line}")
+    else:
+        c.print(f"  recipe {res.recipe}: no default filled")
     c.print(res.verdict(), style="bold")
     c.print(f"  predictor: simulate (fake-tensor run of the training step; peak allocated "
             f"{res.simulated_peak_bytes / d:.2f} {u}) + {res.allowance_source}")
@@ -169,6 +198,7 @@ def main(args: argparse.Namespace) -> int:
         res = predict_fit(cfg, gpu, model_name=src.name, model_source=src.how, auto_batch=args.batch == "auto",
                           calibration=args.calibration, search=not args.no_search, all_estimators=args.all,
                           progress=progress, workers=1 if args.serial else None)
+        res.recipe, res.defaults = cfg.recipe, defaults_lines(cfg)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

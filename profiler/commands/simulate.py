@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.seq_len=4096")
     parser.add_argument("--output", help="JSONL file to append to (default ./results/simulated/<device>.jsonl)")
     parser.add_argument("--quiet", action="store_true", help="no table")
+    from profiler.recipes.options import add_recipe_argument
+
+    add_recipe_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -34,7 +37,7 @@ def main(args: argparse.Namespace) -> int:
 
     quiet_libraries()
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, recipe=getattr(args, "recipe", None))
         if (note := ignored_note(cfg)) is not None:
             print(note, file=sys.stderr)
         # cfg.output names measured files: not used here

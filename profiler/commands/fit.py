@@ -139,14 +139,12 @@ def render(res, out=None) -> None:
     u, d = res.unit()
     ck = ", gradient checkpointing" if res.gradient_checkpointing else ""
     c.print(f"{res.model} | {res.regime} | {res.optimizer} | batch {res.batch_size} x seq {res.seq_len}{ck} | "
-            f"{res.gpu} ({res.total_bytes / 2**30:.2f} GiB total)")
+            f"{res.gpu} ({res.total_bytes / 2**30:.2f} GiB total) | recipe {res.recipe}")
+    c.print(res.verdict(), style="bold")
     if res.defaults:
         c.print(f"  recipe {res.recipe}: defaults it filled (override any with key=value):")
         for line in res.defaults:
             c.print(f"    {line}")
-    else:
-        c.print(f"  recipe {res.recipe}: no default filled")
-    c.print(res.verdict(), style="bold")
     c.print(f"  predictor: simulate (fake-tensor run of the training step; peak allocated "
             f"{res.simulated_peak_bytes / d:.2f} {u}) + {res.allowance_source}")
     c.print(f"  error band: {res.band()}")

@@ -24,7 +24,8 @@ def test_fit_uses_trl_by_default_and_says_which_defaults_it_filled(capsys):
     assert rc == 0 and res["recipe"] == "trl"
     c = res["config"]
     assert c["train"]["gradient_checkpointing"] and c["train"]["autocast"] == "bf16"
-    assert c["train"]["loss"] == "chunked" and not c["regime"]["prepare_kbit"] and c["regime"]["lora"]["dtype"] == "bfloat16"
+    assert c["train"]["loss"] == "chunked" and not c["regime"]["prepare_kbit"]
+    assert c["regime"]["lora"]["dtype"] == "bfloat16"
     assert [d.split("=")[0] for d in res["defaults"]] == [
         "train.gradient_checkpointing", "train.autocast", "optimizer.name", "train.max_grad_norm", "train.loss",
         "regime.prepare_kbit", "regime.lora.dtype"]
@@ -34,6 +35,7 @@ def test_fit_uses_trl_by_default_and_says_which_defaults_it_filled(capsys):
 def test_fit_header_prints_the_recipe(capsys):
     main(["fit", "tiny-llama", "--regime", "lora", "--seq", "64", "--gpu", "rtx4090", "--no-search"])
     out = capsys.readouterr().out
+    assert out.splitlines()[0].endswith("| recipe trl") and out.splitlines()[1].startswith("fits: ")
     assert "recipe trl: defaults it filled" in out and "train.loss=\"chunked\"" in out
 
 

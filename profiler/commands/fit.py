@@ -110,9 +110,13 @@ def build_config(args: argparse.Namespace, arch: str):
         train["gradient_checkpointing"] = True
     data["train"] = train
     if args.optimizer:
-        from profiler.recipes.stacks import TRAINER_OPTIMIZERS
+        from profiler.recipes.stacks import REFUSED_OPTIMIZERS, TRAINER_OPTIMIZERS
 
         name = TRAINER_OPTIMIZERS.get(args.optimizer, args.optimizer)  # Trainer's optim names too
+        if name in REFUSED_OPTIMIZERS:
+            raise ConfigError(f"--optimizer: {name!r} is refused ({REFUSED_OPTIMIZERS[name]}); allowed: sgd, "
+                              "sgd_momentum, adam, adamw, adamw_fused, adamw_8bit, paged_adamw_8bit or a Trainer "
+                              f"name among {', '.join(TRAINER_OPTIMIZERS)}")
         data["optimizer"] = {**(data.get("optimizer") or {}), "name": name}
     data["device"] = "cuda"  # a fit is about a GPU
     data.pop("output", None)

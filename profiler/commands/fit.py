@@ -22,8 +22,9 @@ DEFAULT_REGIME = "lora"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="bundled name (llama-3-8b, ...), path to a config.json or checkpoint "
-                        "directory, or a Hub id (reads only its config.json; local HF cache first)")
+    parser.add_argument("model", nargs="?", help="bundled name (llama-3-8b, ...), path to a config.json or checkpoint "
+                        "directory, or a Hub id (reads only its config.json; local HF cache first); may be left out "
+                        "when --from names the model")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. regime.lora.r=64 model.dtype=float16")
     parser.add_argument("--regime", choices=list(REGIMES),
                         help=f"what trains (default: --config's, else {DEFAULT_REGIME})")
@@ -35,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gpu.add_argument("--gpu", help="GPU preset, e.g. rtx4090, a100-40gb, h100 (profiler/data/gpus.csv)")
     gpu.add_argument("--gpu-memory", help="memory to fit in, with a unit: 24GB (10^9 bytes), 24GiB (2^30)")
     parser.add_argument("--config", metavar="FILE", help="run config YAML as the starting point")
+    parser.add_argument("--from", dest="from_file", metavar="FILE",
+                        help="the training config you already have: a TRL SFTConfig / TrainingArguments JSON or YAML, "
+                        "an axolotl or LLaMA-Factory YAML, an accelerate config, a DeepSpeed JSON (what it maps and "
+                        "ignores goes to stderr)")
     parser.add_argument("--calibration", metavar="FILE",
                         help="calibration table (default results/calibration/<gpu-slug>.csv where it exists)")
     parser.add_argument("--no-search", action="store_true", help="verdict only: skip max batch / max seq")
@@ -50,6 +55,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # --- recipes (issue 20): --recipe, the stack whose defaults fill unset keys --------------------------------------
 DEFAULT_RECIPE = "trl"  # what most people fine-tune with today (TRL 1.16 SFTTrainer)
+
+
+def read_from(args: argparse.Namespace):
+    """--from FILE parsed (None without it); --from with --config is refused (two starting points)."""
+    path = getattr(args, "from_file", None)
+    if not path:
+        return None
+    from profiler.config import ConfigError
+    from profiler.recipes.from_file import FromFileError, read
+
+    if args.config:
+        raise ConfigError("--from: give --from or --config, not both")
+    try:
+        return read(path)
+    except FromFileError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def from_data(args: argparse.Namespace) -> dict:
+    return args.parsed_from.data() if getattr(args, "parsed_from", None) else {}
 
 
 def defaults_lines(cfg) -> list[str]:
@@ -89,7 +114,8 @@ def build_config(args: argparse.Namespace, arch: str):
     from profiler.config import ConfigError, load_config
     from profiler.recipes.options import recipe_into
 
-    data = recipe_into(_start(args.config), getattr(args, "recipe", None), args.overrides, DEFAULT_RECIPE)
+    start = _start(args.config) if not getattr(args, "from_file", None) else from_data(args)
+    data = recipe_into(start, getattr(args, "recipe", None), args.overrides, DEFAULT_RECIPE)
     model = {k: v for k, v in (data.get("model") or {}).items() if k not in ("arch", "path", "hub")}
     data["model"] = {**model, "arch": arch}
     regime = dict(data.get("regime") or {})
@@ -184,7 +210,18 @@ def main(args: argparse.Namespace) -> int:
         gpu = resolve_gpu(args)
         from profiler.predict.model_source import resolve_model
 
-        src = resolve_model(args.model)
+        args.parsed_from = read_from(args)
+        if args.parsed_from is not None:
+            for line in args.parsed_from.lines():
+                print(line, file=sys.stderr)
+        model = args.model or (args.parsed_from.model if args.parsed_from else None)
+        if args.model and args.parsed_from is not None and args.parsed_from.model:
+            print(f"  ignored the file's model {args.parsed_from.model!r}: MODEL {args.model!r} given on the command "
+                  "line", file=sys.stderr)
+        if not model:
+            raise ConfigError("MODEL: required (a bundled name, config.json, checkpoint or Hub id), unless --from "
+                              "names the model")
+        src = resolve_model(model)
         cfg = build_config(args, src.arch)
         if (note := ignored_note(cfg)) is not None:
             print(note, file=sys.stderr)

@@ -162,7 +162,7 @@ def _hf(doc: dict, path: str, fmt: str) -> FromFile:
     ck = take("activation_checkpointing")
     gc = take("gradient_checkpointing")
     if ck is not None or gc is not None:
-        res.put("gradient_checkpointing" if gc is not None else "activation_checkpointing",
+        res.put("activation_checkpointing" if ck is not None else "gradient_checkpointing",  # the alias second
                 "train.gradient_checkpointing", bool(ck if ck is not None else gc))
     kwargs = take("gradient_checkpointing_kwargs") or take("activation_checkpointing_kwargs") or {}
     if isinstance(kwargs, dict) and "use_reentrant" in kwargs:

@@ -93,7 +93,11 @@ def fill_recipe(data: dict) -> tuple[dict, dict[str, Any]]:
         return data, {}
     out = dict(data)
     filled: dict[str, Any] = {}
+    parallel = data.get("parallel")
+    zero = isinstance(parallel, dict) and str(parallel.get("strategy", "")).startswith("zero")
     for key, value, _ in recipe_table(recipe, kind):
+        if zero and key == "optimizer.name":  # DeepSpeed runs its own (torch) AdamW here: the key's default stands
+            continue
         given, _old = _get(out, key)
         if given:
             continue

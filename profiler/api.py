@@ -64,8 +64,8 @@ def max_batch(config: ConfigLike, gpu: str | None = None, gpu_memory: str | None
 def fit(model: str, regime: str = "lora", seq: int = 2048, batch: int | str = 1, gpu: str | None = None,
         gpu_memory: str | None = None, optimizer: str | None = None, checkpointing: bool = False,
         overrides: list[str] | tuple[str, ...] = (), config: str | None = None, search: bool = True,
-        all_estimators: bool = False, workers: int | None = None) -> FitResult:
-    """`fit MODEL ...` as a function: the FitResult the command prints."""
+        all_estimators: bool = False, workers: int | None = None, recipe: str | None = None) -> FitResult:
+    """`fit MODEL ...` as a function: the FitResult the command prints (`recipe` None: the command's default, trl)."""
     import argparse
 
     from profiler.commands.fit import REGIMES, build_config
@@ -76,7 +76,11 @@ def fit(model: str, regime: str = "lora", seq: int = 2048, batch: int | str = 1,
     g = _gpu(gpu, gpu_memory)
     src = resolve_model(model)
     args = argparse.Namespace(config=config, regime=regime, seq=seq, batch=str(batch), optimizer=optimizer,
-                              checkpointing=checkpointing, overrides=list(overrides))
+                              checkpointing=checkpointing, overrides=list(overrides), recipe=recipe)
     cfg = build_config(args, src.arch)
-    return predict_fit(cfg, g, model_name=src.name, model_source=src.how, auto_batch=str(batch) == "auto",
-                       search=search, all_estimators=all_estimators, workers=workers)
+    res = predict_fit(cfg, g, model_name=src.name, model_source=src.how, auto_batch=str(batch) == "auto",
+                      search=search, all_estimators=all_estimators, workers=workers)
+    from profiler.commands.fit import defaults_lines
+
+    res.recipe, res.defaults = cfg.recipe, defaults_lines(cfg)
+    return res

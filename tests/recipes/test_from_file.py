@@ -140,3 +140,13 @@ def test_a_file_in_no_known_format_is_one_line(tmp_path, capsys):
     rc = main(["fit", "tiny-llama", "--from", str(bad), "--gpu", "h100"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: --from: not a format this reads")
+
+
+def test_simulate_from_a_trl_json_writes_a_line_with_its_keys(tmp_path, capsys):
+    out = tmp_path / "sim.jsonl"
+    rc = main(["simulate", "--from", str(EXAMPLES / "trl_sftconfig.json"), "model.arch=tiny-llama", "regime.kind=lora",
+               "train.seq_len=32", "train.batch_size=1", "--output", str(out), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    rec = json.loads(out.read_text().splitlines()[-1])
+    assert rec["config"]["recipe"] == "trl" and rec["config"]["train"]["grad_accum_steps"] == 4
+    assert rec["config"]["optimizer"]["name"] == "adamw_fused" and rec["config"]["train"]["loss"] == "chunked"

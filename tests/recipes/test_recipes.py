@@ -130,3 +130,15 @@ def test_cuda_target_runs_the_triton_path_with_no_tile_temporaries():
     ends = 2 * 1000 * 4  # log_z and log_probs, computed while the tile buffer is still referenced
     assert forward_peak(True) == inputs + stats + tile + ends
     assert forward_peak(False) > inputs + stats + tile + 1000 * 32768 * 4  # the CPU fold's float32 tile
+
+
+def test_fused_adamw_state_in_components_equals_the_simulated_state():
+    """transformers' default optim (adamw_torch_fused): two moments and a device `step` tensor per parameter, no
+    foreach temporaries in the step."""
+    from profiler.formulas import estimate
+
+    cfg = tiny("full", "optimizer.name=adamw_fused", "device=cuda", "train.steps=1")
+    rec = simulate(cfg)
+    step = [p for p in rec["phases"] if p["phase"] == "optimizer_step"][-1]["breakdown"]
+    assert estimate("components", cfg).get("optimizer") == step["optimizer"]
+    assert step["temporaries"] == 0

@@ -348,9 +348,9 @@ class RunConfig(_Strict):
             raise ValueError(f"regime.lora.dropout: {rg.lora.dropout} is refused by peft for this mixture-of-experts "
                              "model (its fused expert parameters get lora.ParamWrapper, which has no dropout); "
                              "allowed: 0")
-        if moe and rg.kind == "qlora" and rg.prepare_kbit:
+        if moe and rg.kind == "qlora" and rg.prepare_kbit and self.device == "cuda":  # the CPU kernel takes fp32
             raise ValueError("regime.prepare_kbit: true upcasts this mixture-of-experts model's fused experts to "
-                             "float32, which torch's grouped_mm refuses (bf16 only); allowed: false")
+                             "float32, which torch's grouped_mm refuses on CUDA (bf16 only); allowed: false")
         if self.train.loss == "chunked" and self.regime.kind != "inference":
             from profiler.recipes.stacks import trl_available
 

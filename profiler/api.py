@@ -73,10 +73,11 @@ def max_batch(config: ConfigLike, gpu: str | None = None, gpu_memory: str | None
 def fit(model: str | os.PathLike, regime: str | None = None, seq: int | None = None, batch: int | str | None = None,
         gpu: str | None = None, gpu_memory: str | None = None, optimizer: str | None = None,
         checkpointing: bool = False, overrides: list[str] | tuple[str, ...] = (), config: str | None = None,
-        search: bool = True, all_estimators: bool = False, workers: int | None = None) -> FitResult:
+        search: bool = True, all_estimators: bool = False, workers: int | None = None,
+        recipe: str | None = None) -> FitResult:
     """`fit MODEL ...` as a function: the FitResult the command prints. regime / seq / batch left as None take
     the command's defaults (lora, 2048, 1; or --config's); one given and also set by an override is a
-    ConfigError, as on the command line."""
+    ConfigError, as on the command line. `recipe` None: the command's default, trl."""
     import argparse
 
     from profiler.commands.fit import REGIMES, build_config
@@ -96,7 +97,12 @@ def fit(model: str | os.PathLike, regime: str | None = None, seq: int | None = N
     g = _gpu(gpu, gpu_memory)
     src = resolve_model(os.fspath(model))
     args = argparse.Namespace(config=config, regime=regime, seq=seq, batch=None if batch is None else str(batch),
-                              optimizer=optimizer, checkpointing=checkpointing, overrides=list(overrides))
+                              optimizer=optimizer, checkpointing=checkpointing, overrides=list(overrides),
+                              recipe=recipe)
     cfg = build_config(args, src.arch, g)
-    return predict_fit(cfg, g, model_name=src.name, model_source=src.how, auto_batch=str(batch) == "auto",
-                       search=search, all_estimators=all_estimators, workers=workers)
+    res = predict_fit(cfg, g, model_name=src.name, model_source=src.how, auto_batch=str(batch) == "auto",
+                      search=search, all_estimators=all_estimators, workers=workers)
+    from profiler.commands.fit import defaults_lines
+
+    res.recipe, res.defaults = cfg.recipe, defaults_lines(cfg)
+    return res

@@ -38,6 +38,7 @@ LIMITS: dict[str, tuple[int, int]] = {
     "train.seq_len": (1, 2**24),  # 16M tokens
     "train.steps": (1, 10_000),
     "train.warmup_steps": (0, 1_000),
+    "train.grad_accum_steps": (1, 4_096),
     "regime.lora.r": (1, 65_536),
     "regime.lora.alpha": (1, 65_536),
     "regime.freeze.trainable_layers": (0, 65_536),
@@ -155,6 +156,9 @@ class LoraSettings(_Strict):
     alpha: StrictInt = _bounded("regime.lora.alpha", 32)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: Literal["all-linear"] | list[str] = "all-linear"
+    # dtype of the adapter weights: float32 is peft's autocast_adapter_dtype=True (get_peft_model's default);
+    # TRL casts QLoRA adapters to bfloat16 (recipe trl)
+    dtype: Dtype = "float32"
 
 
 class FreezeSettings(_Strict):
@@ -186,7 +190,8 @@ class RegimeConfig(_Strict):
 class OptimizerConfig(_Strict):
     """Optimizer; 8-bit and paged variants come from bitsandbytes (paged state lives in CUDA managed memory)."""
 
-    name: Literal["sgd", "sgd_momentum", "adam", "adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
+    # adamw_fused: torch.optim.AdamW(fused=True), transformers' default optim adamw_torch_fused
+    name: Literal["sgd", "sgd_momentum", "adam", "adamw", "adamw_fused", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
     lr: float = Field(1e-4, gt=0)  # finite (allow_inf_nan=False): a line never holds Infinity
 
 
@@ -199,6 +204,12 @@ class TrainConfig(_Strict):
     warmup_steps: StrictInt = _bounded("train.warmup_steps", 1)  # the first step allocates optimizer state lazily
     gradient_checkpointing: bool = False  # trades compute for activation memory
     autocast: Literal["none", "bf16", "fp16"] = "none"
+    # recipes (profiler/recipes/stacks.py); the defaults are the plain loop's, and are left out of config_hash
+    use_reentrant: bool = False  # gradient_checkpointing_kwargs use_reentrant (transformers' default: False)
+    # full: the model's own loss on full (batch, seq, vocab) logits; chunked: TRL's fused LM head (needs trl)
+    loss: Literal["full", "chunked"] = "full"
+    max_grad_norm: float = Field(0.0, ge=0.0)  # > 0: clip_grad_norm_ before each optimizer step (Trainer: 1.0)
+    grad_accum_steps: StrictInt = _bounded("train.grad_accum_steps", 1)  # micro-batches per optimizer step
 
 
 class OffloadSettings(_Strict):
@@ -269,9 +280,17 @@ def moe_experts(mc: ModelConfig) -> int:
     return max(int(data.get(k) or 0) for k in ("num_local_experts", "num_experts", "n_routed_experts"))
 
 
+# keys added after results were recorded: at these values they are left out of config_hash, so a config that does
+# not use them keeps the hash it had before they existed
+HASH_NEUTRAL = {"recipe": "plain", "regime.lora.dtype": "float32", "train.use_reentrant": False, "train.loss": "full",
+                "train.max_grad_norm": 0.0, "train.grad_accum_steps": 1}
+
+
 class RunConfig(_Strict):
     """One measured run."""
 
+    # which training stack's defaults fill unset keys (profiler/recipes/stacks.py); plain: the harness's own loop
+    recipe: Literal["plain", "trl", "trainer"] = "plain"
     model: ModelConfig
     regime: RegimeConfig = Field(default_factory=RegimeConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
@@ -288,6 +307,7 @@ class RunConfig(_Strict):
     gpu_arch: Literal["auto", "sm70", "sm75", "sm80", "sm86", "sm89", "sm90", "sm100", "sm120"] = "auto"
 
     _ignored: list[str] = PrivateAttr(default_factory=list)
+    _defaults: dict[str, tuple[Any, str]] = PrivateAttr(default_factory=dict)  # key -> (value, why)
 
     @field_validator("max_memory", mode="before")
     @classmethod
@@ -300,21 +320,38 @@ class RunConfig(_Strict):
     @classmethod
     def _drop_not_applicable(cls, data: Any, handler: ModelWrapValidatorHandler[RunConfig]) -> RunConfig:
         """Keys that do not apply to the regime are validated, then reset to their defaults, so a run has
-        one identity (config_hash) whatever else the file sets; `ignored_keys` lists what was dropped."""
+        one identity (config_hash) whatever else the file sets; `ignored_keys` lists what was dropped.
+        Before that, the recipe's defaults fill unset keys, then the settings a mixture-of-experts model needs
+        (`derived_defaults`); `recipe_defaults` lists both."""
+        filled: dict[str, tuple[Any, str]] = {}
+        if isinstance(data, dict):
+            from profiler.recipes.stacks import fill_recipe
+
+            data, by_recipe = fill_recipe(data)
+            filled = {k: (v, f"recipe {data.get('recipe')}") for k, v in by_recipe.items()}
+            derived = derived_defaults(data)
+            for key, (value, _) in derived.items():
+                data = _with_path(data, key, value)
+            filled.update(derived)
         cfg = handler(data)
-        drop = not_applicable_keys(cfg)
-        if not drop:
-            return cfg
-        pruned = cfg.model_dump(exclude_unset=True)
-        for dotted in drop:
-            *parents, last = dotted.split(".")
-            node = pruned
-            for p in parents:
-                node = node[p]
-            del node[last]
-        out = handler(pruned)
-        out._ignored = drop
-        return out
+        drop = [k for k in not_applicable_keys(cfg) if k not in filled]
+        if drop:
+            pruned = cfg.model_dump(exclude_unset=True)
+            for dotted in drop:
+                *parents, last = dotted.split(".")
+                node = pruned
+                for p in parents:
+                    node = node[p]
+                del node[last]
+            cfg = handler(pruned)
+        cfg._ignored = drop
+        cfg._defaults = filled
+        return cfg
+
+    @property
+    def recipe_defaults(self) -> dict[str, tuple[Any, str]]:
+        """Keys this config did not set that a recipe or the model filled: key -> (value, why)."""
+        return dict(self._defaults)
 
     @property
     def parallel_init(self) -> Literal["meta", "full"]:
@@ -341,10 +378,20 @@ class RunConfig(_Strict):
         rg = self.regime
         targets = rg.lora.target_modules  # all-linear, or names peft maps onto the router / fused experts
         on_experts = targets == "all-linear" or bool(set(targets) & MOE_LORA_NAMES)
-        if rg.kind in ("lora", "qlora") and rg.lora.dropout != 0 and on_experts and moe_experts(self.model) > 1:
+        moe = rg.kind in ("lora", "qlora") and moe_experts(self.model) > 1
+        if moe and rg.lora.dropout != 0 and on_experts:
             raise ValueError(f"regime.lora.dropout: {rg.lora.dropout} is refused by peft for this mixture-of-experts "
                              "model (its fused expert parameters get lora.ParamWrapper, which has no dropout); "
                              "allowed: 0")
+        if moe and rg.kind == "qlora" and rg.prepare_kbit and self.device == "cuda":  # the CPU kernel takes fp32
+            raise ValueError("regime.prepare_kbit: true upcasts this mixture-of-experts model's fused experts to "
+                             "float32, which torch's grouped_mm refuses on CUDA (bf16 only); allowed: false")
+        if self.train.loss == "chunked" and self.regime.kind != "inference":
+            from profiler.recipes.stacks import trl_available
+
+            if not trl_available():
+                raise ValueError("train.loss: chunked runs TRL's fused LM head and needs trl (pip install "
+                                 "'llm-memprof[trainer]'); allowed without trl: full")
         _check_parallel(self)
         return self
 
@@ -365,8 +412,66 @@ class RunConfig(_Strict):
             del data["allocator"]  # likewise for the allocator settings (unset: the environment's)
         if self.gpu_arch == "auto":
             del data["gpu_arch"]  # configs written before gpu_arch keep their hashes
+        for dotted, neutral in HASH_NEUTRAL.items():
+            *parents, last = dotted.split(".")
+            node = data
+            for p in parents:
+                node = node[p]
+            if node[last] == neutral:
+                del node[last]
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _with_path(data: dict, dotted: str, value: Any) -> dict:
+    """A copy of `data` with one dotted key set (the sections on its path copied, never the caller's dicts)."""
+    head, _, rest = dotted.partition(".")
+    out = dict(data)
+    out[head] = _with_path(out.get(head) if isinstance(out.get(head), dict) else {}, rest, value) if rest else value
+    return out
+
+
+def derived_defaults(data: dict) -> dict[str, tuple[Any, str]]:
+    """Settings a mixture-of-experts model needs where the config dict left them unset (key -> (value, why)), so
+    that every bundled MoE model runs with the defaults: lora dropout 0 (peft's lora.ParamWrapper on fused experts
+    has no dropout) and, under qlora, no prepare_model_for_kbit_training (it upcasts the fused experts to float32,
+    which torch's grouped_mm refuses: "Expected inputs of BF16 type"). Malformed input is left to validation."""
+    regime = data.get("regime") or {}
+    if not isinstance(regime, dict) or regime.get("kind") not in ("lora", "qlora"):
+        return {}
+    lora = regime.get("lora") or {}
+    if not isinstance(lora, dict):
+        return {}
+    try:
+        experts = moe_experts(ModelConfig.model_validate(data.get("model")))
+    except (ValidationError, TypeError, ValueError):
+        return {}
+    if experts < 2:
+        return {}
+    out: dict[str, tuple[Any, str]] = {}
+    targets = lora.get("target_modules", "all-linear")
+    on_experts = targets == "all-linear" or (isinstance(targets, list)
+                                             and bool(set(map(str, targets)) & MOE_LORA_NAMES))
+    if on_experts and "dropout" not in lora:
+        out["regime.lora.dropout"] = (0.0, "mixture-of-experts: peft's lora.ParamWrapper on the fused experts "
+                                      "refuses dropout")
+    if regime["kind"] == "qlora" and "prepare_kbit" not in regime:
+        out["regime.prepare_kbit"] = (False, "mixture-of-experts: prepare_model_for_kbit_training would upcast the "
+                                      "fused experts to float32, which torch's grouped_mm refuses")
+    return out
+
+
+def user_data(cfg: RunConfig) -> dict:
+    """What the config's author set (model_dump of set keys), without the keys a recipe or the model filled: a copy
+    changed and validated again gets the defaults that fit the change (a switch to qlora gets TRL's qlora ones)."""
+    data = cfg.model_dump(exclude_unset=True)
+    for dotted in cfg.recipe_defaults:
+        *parents, last = dotted.split(".")
+        node = data
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(last, None)
+    return data
 
 
 _QLORA_ONLY = ("bits", "prepare_kbit")
@@ -677,9 +782,10 @@ def _set_dotted(data: dict, item: str) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
-                ) -> RunConfig:
-    """Read a YAML file (or `base` dict), apply `key.sub=value` overrides, validate; ConfigError on any problem."""
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None,
+                recipe: str | None = None) -> RunConfig:
+    """Read a YAML file (or `base` dict), apply `key.sub=value` overrides, validate; ConfigError on any problem.
+    `recipe` (a command's --recipe) replaces the file's; with a recipe=... override too it is refused."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         p = Path(path)
@@ -689,6 +795,10 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping of keys (model, regime, optimizer, train, ...)")
         data.update(loaded)
+    if recipe is not None:
+        from profiler.recipes.options import recipe_into
+
+        data = recipe_into(data, recipe, overrides)
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r}: use key.sub=value, e.g. train.batch_size=4")

@@ -14,7 +14,7 @@ SCHEMA_VERSION = 1
 
 Status = Literal["ok", "oom", "error", "timeout"]
 Backend = Literal["cuda", "cpu", "fake"]
-PhaseName = Literal["load", "forward", "backward", "optimizer_step", "generate"]
+PhaseName = Literal["load", "accumulate", "forward", "backward", "optimizer_step", "generate"]
 Source = Literal["run", "simulate", "track"]
 
 

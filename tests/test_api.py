@@ -32,7 +32,7 @@ def test_typed_results():
     sol = profiler.max_batch(cfg, gpu_memory="560MiB")  # 512 MiB context + replayed reserve (2/20 MiB segments)
     assert isinstance(sol, MaxSolution) and sol.value >= 1
     res = profiler.fit("tiny-llama", regime="full", seq=32, batch=2, gpu_memory="560MiB", search=False,
-                       config=str(REPO_ROOT / "configs/tiny_full.yaml"))
+                       config=str(REPO_ROOT / "configs/tiny_full.yaml"), recipe="plain")  # the config as simulated
     assert isinstance(res, FitResult) and res.fits and res.verdict().startswith("fits: ")
     assert res.simulated_peak_bytes == rec.peaks.peak_allocated_bytes  # same config, same simulation
 

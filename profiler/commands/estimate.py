@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration", metavar="FILE",
                         help="calibration table (default: results/calibration/<gpu-slug>.csv if it exists)")
     add_rank_arguments(parser)
+    from profiler.recipes.options import add_recipe_argument
+
+    add_recipe_argument(parser)
 
 
 def _gpu_slug(arg: str | None) -> str | None:
@@ -142,7 +145,7 @@ def render(
 def main(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, recipe=getattr(args, "recipe", None))
         if (note := ignored_note(cfg)) is not None:
             print(note, file=sys.stderr)
         budget = parse_bytes(args.gpu_memory)

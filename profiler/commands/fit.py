@@ -24,8 +24,9 @@ DEFAULT_REGIME = "lora"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="bundled name (llama-3-8b, ...), path to a config.json or checkpoint "
-                        "directory, or a Hub id (reads only its config.json; local HF cache first)")
+    parser.add_argument("model", nargs="?", help="bundled name (llama-3-8b, ...), path to a config.json or checkpoint "
+                        "directory, or a Hub id (reads only its config.json; local HF cache first); may be left out "
+                        "when --from names the model")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. regime.lora.r=64 model.dtype=float16")
     parser.add_argument("--regime", choices=list(REGIMES),
                         help=f"what trains (default: --config's, else {DEFAULT_REGIME})")
@@ -37,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gpu.add_argument("--gpu", help="GPU preset, e.g. rtx4090, a100-40gb, h100 (profiler/data/gpus.csv)")
     gpu.add_argument("--gpu-memory", help="memory to fit in, with a unit: 24GB (10^9 bytes), 24GiB (2^30)")
     parser.add_argument("--config", metavar="FILE", help="run config YAML as the starting point")
+    parser.add_argument("--from", dest="from_file", metavar="FILE",
+                        help="the training config you already have: a TRL SFTConfig / TrainingArguments JSON or YAML, "
+                        "an axolotl or LLaMA-Factory YAML, an accelerate config, a DeepSpeed JSON (what it maps and "
+                        "ignores goes to stderr)")
     parser.add_argument("--calibration", metavar="FILE",
                         help="calibration table (default results/calibration/<gpu-slug>.csv where it exists)")
     parser.add_argument("--no-search", action="store_true", help="verdict only: skip max batch / max seq")
@@ -46,6 +51,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--all", action="store_true", help="every named estimator's total beside the verdict")
     add_timing_arguments(parser)
+    from profiler.recipes.options import add_recipe_argument
+
+    add_recipe_argument(parser, default_text=DEFAULT_RECIPE)
+
+
+# --- recipes (issue 20): --recipe, the stack whose defaults fill unset keys --------------------------------------
+DEFAULT_RECIPE = "trl"  # what most people fine-tune with today (TRL 1.16 SFTTrainer)
+
+
+def read_from(args: argparse.Namespace):
+    """--from FILE parsed (None without it); --from with --config is refused (two starting points)."""
+    path = getattr(args, "from_file", None)
+    if not path:
+        return None
+    from profiler.config import ConfigError
+    from profiler.recipes.from_file import FromFileError, read
+
+    if args.config:
+        raise ConfigError("--from: give --from or --config, not both")
+    try:
+        return read(path)
+    except FromFileError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def from_data(args: argparse.Namespace) -> dict:
+    return args.parsed_from.data() if getattr(args, "parsed_from", None) else {}
+
+
+def defaults_lines(cfg) -> list[str]:
+    """The header's account of the defaults a recipe or the model filled (each with its source)."""
+    from profiler.recipes.stacks import source_of
+
+    lines = []
+    for key, (value, why) in cfg.recipe_defaults.items():
+        src = source_of(cfg.recipe, cfg.regime.kind, key) if why.startswith("recipe") else why
+        lines.append(f"{key}={json.dumps(value)}  ({src})")
+    return lines
+# --- end recipes --------------------------------------------------------------------------------------------------
 
 
 def _start(path: str | None) -> dict:
@@ -112,9 +156,11 @@ def build_config(args: argparse.Namespace, arch: str, gpu=None):
     of a key an option sets is refused (refuse_conflicts). `gpu` (a preset) sets `gpu_arch` where --config does
     not, so the simulation picks that GPU's attention kernel."""
     from profiler.config import ConfigError, echo, load_config
+    from profiler.recipes.options import recipe_into
 
     refuse_conflicts(flag_settings(args, arch), args.overrides)
-    data = _start(args.config)
+    start = _start(args.config) if not getattr(args, "from_file", None) else from_data(args)
+    data = recipe_into(start, getattr(args, "recipe", None), args.overrides, DEFAULT_RECIPE)
     model = {k: v for k, v in (data.get("model") or {}).items() if k not in ("arch", "path", "hub")}
     data["model"] = {**model, "arch": arch}
     regime = dict(data.get("regime") or {})
@@ -136,7 +182,14 @@ def build_config(args: argparse.Namespace, arch: str, gpu=None):
         train["gradient_checkpointing"] = True
     data["train"] = train
     if args.optimizer:
-        data["optimizer"] = {**(data.get("optimizer") or {}), "name": args.optimizer}
+        from profiler.recipes.stacks import REFUSED_OPTIMIZERS, TRAINER_OPTIMIZERS
+
+        name = TRAINER_OPTIMIZERS.get(args.optimizer, args.optimizer)  # Trainer's optim names too
+        if name in REFUSED_OPTIMIZERS:
+            raise ConfigError(f"--optimizer: {name!r} is refused ({REFUSED_OPTIMIZERS[name]}); allowed: sgd, "
+                              "sgd_momentum, adam, adamw, adamw_fused, adamw_8bit, paged_adamw_8bit or a Trainer "
+                              f"name among {', '.join(TRAINER_OPTIMIZERS)}")
+        data["optimizer"] = {**(data.get("optimizer") or {}), "name": name}
     data["device"] = "cuda"  # a fit is about a GPU
     if gpu is not None and "gpu_arch" not in data:
         data["gpu_arch"] = gpu.arch
@@ -181,8 +234,12 @@ def render(res, out=None) -> None:
     u, d = res.unit()
     ck = ", gradient checkpointing" if res.gradient_checkpointing else ""
     c.print(f"{res.model} | {res.regime} | {res.optimizer} | batch {res.batch_size} x seq {res.seq_len}{ck} | "
-            f"{res.gpu} ({res.total_bytes / 2**30:.2f} GiB total)")
+            f"{res.gpu} ({res.total_bytes / 2**30:.2f} GiB total) | recipe {res.recipe}")
     c.print(res.verdict(), style="bold")
+    if res.defaults:
+        c.print(f"  recipe {res.recipe}: defaults it filled (override any with key=value):")
+        for line in res.defaults:
+            c.print(f"    {line}")
     c.print(f"  predictor: simulate (fake-tensor run of the training step; peak allocated "
             f"{res.simulated_peak_bytes / d:.2f} {u}) + {res.allowance_source}")
     c.print(f"  error band: {res.band()}")
@@ -220,7 +277,18 @@ def main(args: argparse.Namespace) -> int:
         gpu = resolve_gpu(args)
         from profiler.model_source import resolve_model
 
-        src = resolve_model(args.model)
+        args.parsed_from = read_from(args)
+        if args.parsed_from is not None:
+            for line in args.parsed_from.lines():
+                print(line, file=sys.stderr)
+        model = args.model or (args.parsed_from.model if args.parsed_from else None)
+        if args.model and args.parsed_from is not None and args.parsed_from.model:
+            print(f"  ignored the file's model {args.parsed_from.model!r}: MODEL {args.model!r} given on the command "
+                  "line", file=sys.stderr)
+        if not model:
+            raise ConfigError("MODEL: required (a bundled name, config.json, checkpoint or Hub id), unless --from "
+                              "names the model")
+        src = resolve_model(model)
         cfg = build_config(args, src.arch, gpu)
         if (note := ignored_note(cfg)) is not None:
             print(note, file=sys.stderr)
@@ -240,6 +308,7 @@ def main(args: argparse.Namespace) -> int:
                           calibration=args.calibration, search=not args.no_search, all_estimators=args.all,
                           progress=progress, workers=1 if args.serial else None, count_work=timing is not None)
         answer = time_answer(res, timing) if timing is not None else None
+        res.recipe, res.defaults = cfg.recipe, defaults_lines(cfg)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

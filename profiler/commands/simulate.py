@@ -23,10 +23,17 @@ def default_output(cfg: RunConfig) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="run config YAML (see configs/); device cuda simulates a CUDA run")
+    parser.add_argument("config", nargs="?", help="run config YAML (see configs/); device cuda simulates a CUDA run "
+                        "(may be left out with --from and model.arch=... or model.hub=...)")
+    parser.add_argument("--from", dest="from_file", metavar="FILE",
+                        help="a TRL / Trainer / axolotl / LLaMA-Factory / accelerate / DeepSpeed config to start from "
+                        "(under CONFIG's keys; what it maps and ignores goes to stderr)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.seq_len=4096")
     parser.add_argument("--output", help="JSONL file to append to (default ./results/simulated/<device>.jsonl)")
     parser.add_argument("--quiet", action="store_true", help="no table")
+    from profiler.recipes.options import add_recipe_argument
+
+    add_recipe_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -34,7 +41,24 @@ def main(args: argparse.Namespace) -> int:
 
     quiet_libraries()
     try:
-        cfg = load_config(args.config, args.overrides)
+        base = None
+        if args.config and "=" in args.config and not Path(args.config).exists():  # `--from F key=value ...`
+            args.overrides, args.config = [args.config, *args.overrides], None
+        if getattr(args, "from_file", None):
+            from profiler.recipes.from_file import FromFileError, read
+
+            try:
+                parsed = read(args.from_file)
+            except FromFileError as exc:
+                raise ConfigError(str(exc)) from None
+            for line in parsed.lines():
+                print(line, file=sys.stderr)
+            base = parsed.data()
+            if parsed.model and args.config is None and not any(o.startswith("model.") for o in args.overrides):
+                base["model"] = {**base.get("model", {}), "hub": parsed.model}
+        elif args.config is None:
+            raise ConfigError("CONFIG: required (a run config YAML), unless --from gives a starting point")
+        cfg = load_config(args.config, args.overrides, base=base, recipe=getattr(args, "recipe", None))
         if (note := ignored_note(cfg)) is not None:
             print(note, file=sys.stderr)
         # cfg.output names measured files: not used here

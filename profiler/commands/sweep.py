@@ -120,7 +120,7 @@ def _override(key: str, value: Any) -> str:
 
 
 def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
-               output: str | Path | None = None, timeout_s: float | None = None) -> Plan:
+               output: str | Path | None = None, timeout_s: float | None = None, recipe: str | None = None) -> Plan:
     """Read and expand a sweep file; every entry validated; SweepError (one line) on any problem."""
     path = Path(path)
     if not path.is_file():
@@ -154,6 +154,15 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         if not isinstance(doc["base"], dict):
             raise SweepError(f"{path}: base must be a mapping (a run config)")
         base = _merge(base, doc["base"])
+    if recipe is not None:  # --recipe: every entry's recipe (a grid over `recipe` would contradict it)
+        if any("recipe" in g for g in _grids(doc["grid"], str(path))):
+            raise SweepError(f"--recipe: {recipe} conflicts with the grid key 'recipe' of {path}; give one of them")
+        from profiler.recipes.options import recipe_into
+
+        try:
+            base = recipe_into(base, recipe, overrides)
+        except ConfigError as err:
+            raise SweepError(str(err)) from None
 
     grids = _grids(doc["grid"], str(path))
     total = sum(math.prod(len(v) for v in g.values()) for g in grids)
@@ -515,6 +524,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run again entries whose lines are all status error")
     parser.add_argument("--dry-run", action="store_true", help="print the plan; run nothing")
     parser.add_argument("--runner", help=f"command replacing 'python -m profiler run' (also ${RUNNER_ENV})")
+    from profiler.recipes.options import add_recipe_argument
+
+    add_recipe_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -523,7 +535,7 @@ def main(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True, soft_wrap=True)
     try:
-        plan = load_sweep(args.sweep, args.overrides, args.output, args.timeout)
+        plan = load_sweep(args.sweep, args.overrides, args.output, args.timeout, getattr(args, "recipe", None))
         runner = runner_command(shlex.split(args.runner) if args.runner else None)
         output = check_output(resolve_output(plan), "output", create=not args.dry_run)  # after the runner
     except (ConfigError, OutputError) as err:

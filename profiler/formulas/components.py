@@ -304,6 +304,8 @@ def optimizer_bytes(plan: ParamPlan, cfg: RunConfig) -> tuple[int, int]:
         return 0, 0
     if name == "sgd_momentum":
         return sum(t.numel * t.itemsize for t in ts), 0
+    if name == "adamw_fused":  # torch's _fused_adamw_: one kernel, no temporaries; `step` is a tensor on the device
+        return sum(2 * t.numel * t.itemsize for t in ts) + 4 * len(ts), 0
     if name in ("adam", "adamw"):
         state = sum(2 * t.numel * t.itemsize for t in ts)
         if cfg.device == "cpu":

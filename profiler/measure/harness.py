@@ -23,6 +23,7 @@ from profiler.allocator.conf import conf_from
 from profiler.config import DEFAULT_CPU_BUDGET_FRACTION, ConfigError, RunConfig, default_cpu_budget, parse_bytes
 from profiler.measure.env import collect_env
 from profiler.measure.loading import LoadedModel, load_model, prepare_source, resolve_hf_config
+from profiler.measure.losses import add_chunked_loss, forward_loss
 from profiler.measure.model_stats import model_stats
 from profiler.measure.optimizers import make_optimizer
 from profiler.measure.parallel import comm_probe, optimizer_for, unwrap, wrap
@@ -289,7 +290,10 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
             with meter.phase("load"):
                 loaded = fake.load_model(cfg) if fake is not None else load_model(cfg)
                 _check_sequence(cfg, loaded.hf_config)
-                model = wrap(apply_regime(loaded.model, cfg), cfg, tracker)  # parallel.strategy
+                model = apply_regime(loaded.model, cfg)
+                if training and cfg.train.loss == "chunked":  # TRL's fused LM head, patched as SFTTrainer does
+                    add_chunked_loss(model)
+                model = wrap(model, cfg, tracker)  # parallel.strategy
                 if tracker is not None:
                     tracker.attach(model)
                 if training:
@@ -314,7 +318,7 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
                 warm = step < cfg.train.warmup_steps
                 t_step = time.perf_counter()
                 if training:
-                    _train_step(model, optimizer, batch, cfg, meter, step, warm)
+                    _train_step(model, optimizer, batch, cfg, meter, step, warm, fake is not None)
                 else:
                     _inference_step(model, batch, cfg, meter, step, warm)
                 if not warm:
@@ -399,14 +403,31 @@ def _prime(model, optimizer, tracker: TensorTracker | None) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def _train_step(model, optimizer, batch, cfg: RunConfig, meter: PhaseMeter, step: int, warm: bool) -> None:
+def _train_step(model, optimizer, batch, cfg: RunConfig, meter: PhaseMeter, step: int, warm: bool,
+                fake: bool = False) -> None:
+    """One optimizer step. With train.grad_accum_steps K > 1 the first K-1 micro-batches (forward + backward into
+    the gradients the last one adds to) run in phase `accumulate`; a fake run does one of them, since every
+    micro-batch after the first starts from the same state. train.max_grad_norm > 0 clips the gradients in the
+    optimizer phase, before the step, as Trainer does (transformers/trainer.py:1930; torch clip_grad_norm_)."""
+    backward = getattr(optimizer, "backward", None) or torch.Tensor.backward  # DeepSpeed's engine: engine.backward
+    k = cfg.train.grad_accum_steps
+    early = min(k - 1, 1) if fake else k - 1
+    if early:
+        with meter.phase("accumulate", step, warm):
+            for _ in range(early):
+                loss = forward_loss(model, batch, cfg, _autocast(cfg))
+                backward(loss / k)
+                del loss
     with meter.phase("forward", step, warm):
-        with _autocast(cfg):
-            loss = model(input_ids=batch, labels=batch).loss  # outputs (logits) dropped as HF Trainer does
+        loss = forward_loss(model, batch, cfg, _autocast(cfg))  # outputs (logits) dropped as HF Trainer does
+        if k > 1:
+            loss = loss / k
     with meter.phase("backward", step, warm):
-        getattr(optimizer, "backward", type(loss).backward)(loss)  # DeepSpeed's engine: engine.backward
+        backward(loss)
         del loss
     with meter.phase("optimizer_step", step, warm):
+        if cfg.train.max_grad_norm > 0 and not cfg.parallel.strategy.startswith("zero"):  # DeepSpeed clips itself
+            torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.train.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

@@ -19,6 +19,8 @@ def make_optimizer(oc: OptimizerConfig, params: list[torch.nn.Parameter]) -> tor
         return torch.optim.Adam(params, lr=oc.lr)
     if oc.name == "adamw":
         return torch.optim.AdamW(params, lr=oc.lr)
+    if oc.name == "adamw_fused":  # transformers' adamw_torch_fused (trainer_optimizer.py: AdamW(fused=True))
+        return torch.optim.AdamW(params, lr=oc.lr, fused=True)
     import bitsandbytes as bnb
 
     if oc.name == "adamw_8bit":

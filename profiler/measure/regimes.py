@@ -54,13 +54,20 @@ def _apply_lora(model: nn.Module, cfg: RunConfig) -> nn.Module:
                               f"{', '.join(linear)}")
     peft_cfg = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
                           task_type="CAUSAL_LM")
-    return get_peft_model(model, peft_cfg)
+    model = get_peft_model(model, peft_cfg)  # autocast_adapter_dtype=True: 16-bit adapters become float32
+    if lc.dtype != "float32":  # TRL's QLoRA cast (trl/trainer/sft_trainer.py:908-913): DoRA magnitudes stay
+        dtype = getattr(torch, lc.dtype)
+        for name, param in model.named_parameters():
+            if param.requires_grad and "lora_magnitude_vector" not in name:
+                param.data = param.data.to(dtype)
+    return model
 
 
 def apply_regime(model: nn.Module, cfg: RunConfig) -> nn.Module:
     """Set requires_grad / wrap with peft; enable gradient checkpointing the way HF Trainer does."""
     kind = cfg.regime.kind
     ckpt = cfg.train.gradient_checkpointing and kind != "inference"
+    ck_kwargs = {"use_reentrant": cfg.train.use_reentrant}
     if kind == "inference":
         model.requires_grad_(False)
         model.eval()
@@ -69,12 +76,12 @@ def apply_regime(model: nn.Module, cfg: RunConfig) -> nn.Module:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=ckpt, gradient_checkpointing_kwargs={"use_reentrant": False})
+            model, use_gradient_checkpointing=ckpt, gradient_checkpointing_kwargs=ck_kwargs)
     elif ckpt:  # transformers 5 renamed gradient_checkpointing_enable (kept as a deprecated alias)
         if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=ck_kwargs)
         else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ck_kwargs)
     if kind == "full":
         model.requires_grad_(True)
     elif kind == "freeze":
@@ -83,6 +90,10 @@ def apply_regime(model: nn.Module, cfg: RunConfig) -> nn.Module:
         if kind == "qlora" and not cfg.regime.prepare_kbit:
             model.requires_grad_(False)
         model = _apply_lora(model, cfg)
+        if ckpt and (cfg.recipe == "trl" or cfg.train.use_reentrant):
+            # SFTTrainer does this for PEFT + checkpointing (trl/trainer/sft_trainer.py:899-900); reentrant
+            # checkpointing needs it to reach the adapters (prepare_model_for_kbit_training does it too)
+            model.enable_input_require_grads()
     model.train()
     return model
 

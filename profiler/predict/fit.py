@@ -150,6 +150,8 @@ class FitResult:
     config: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     work: dict | None = None  # counted FLOPs / bytes of the verdict's step (profiler.timing.flops), when time is asked
+    recipe: str = "plain"  # the training stack whose defaults filled unset keys (profiler/recipes/stacks.py)
+    defaults: list[str] = field(default_factory=list)  # "key=value  (source)" for each default a recipe filled
 
     @property
     def headroom_bytes(self) -> int:
@@ -230,10 +232,14 @@ class Predictor:
 
 
 def with_changes(cfg: RunConfig, **sections: dict) -> RunConfig:
-    """A validated copy of cfg with some keys of some sections replaced: with_changes(cfg, train={...})."""
-    data = cfg.model_dump()
+    """A validated copy of cfg with some keys of some sections replaced: with_changes(cfg, train={...}). Starts from
+    what the config's author set, so the recipe's and the model's defaults are derived again for the changed
+    config (a switch to QLoRA under recipe trl gets TRL's QLoRA settings)."""
+    from profiler.config import user_data
+
+    data = user_data(cfg)
     for sec, upd in sections.items():
-        data[sec].update(upd)
+        data[sec] = {**data.get(sec, {}), **upd}
     return RunConfig.model_validate(data)
 
 
@@ -366,7 +372,7 @@ def simulated_suggestions(pred: Predictor, cfg: RunConfig) -> list[Suggestion]:
     if training and cfg.regime.label != "qlora4":
         tries.append(("QLoRA 4-bit (--regime qlora4)", ["regime.kind=qlora", "regime.bits=4"],
                       {"regime": {"kind": "qlora", "bits": 4}}))
-    if training and cfg.optimizer.name in ("adam", "adamw"):
+    if training and cfg.optimizer.name in ("adam", "adamw", "adamw_fused"):
         tries.append(("8-bit AdamW (--optimizer adamw_8bit)",
                       ["optimizer.name=adamw_8bit"],
                       {"optimizer": {"name": "adamw_8bit"}}))

@@ -1,0 +1,1 @@
+"""The training stacks users run (TRL, transformers Trainer, our plain loop): their memory-relevant defaults."""

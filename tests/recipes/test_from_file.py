@@ -1,0 +1,152 @@
+"""`fit --from FILE` (profiler/recipes/from_file.py): each shipped example in examples/configs/ goes through fit, and
+each mapped field changes the config it feeds. Run: `python -m pytest tests/recipes/test_from_file.py -q`."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from profiler.cli import main
+from profiler.config import REPO_ROOT, load_config
+from profiler.recipes import from_file
+from profiler.recipes.from_file import PARSERS, detect
+
+EXAMPLES = REPO_ROOT / "examples" / "configs"
+FORMAT = {"trl_sftconfig.json": "trl", "axolotl_llama3_qlora.yml": "axolotl",
+          "llamafactory_llama3_lora_sft_otfq.yaml": "llamafactory", "accelerate_fsdp2.yaml": "accelerate",
+          "deepspeed_z3_offload.json": "deepspeed"}
+
+
+def test_every_example_is_shipped_and_detected():
+    assert sorted(p.name for p in EXAMPLES.glob("*") if p.suffix != ".md") == sorted(FORMAT)
+    for name, fmt in FORMAT.items():
+        assert from_file.read(EXAMPLES / name).format == fmt
+
+
+@pytest.mark.parametrize("name", sorted(FORMAT))
+def test_each_example_goes_through_fit_from(capsys, name):
+    rc = main(["fit", "tiny-llama", "--from", str(EXAMPLES / name), "--gpu", "h100", "--no-search", "--json",
+               "train.seq_len=64", "train.batch_size=1"])
+    out, err = capsys.readouterr()
+    assert err.startswith(f"--from {EXAMPLES / name} ({FORMAT[name]}): mapped ")
+    parsed = from_file.read(EXAMPLES / name)
+    if name.startswith("deepspeed"):  # ZeRO has no fake-tensor run: fit says so in one line and exits 1
+        assert rc == 1 and "DeepSpeed zero3 cannot run on fake tensors" in err
+        return
+    assert rc in (0, 1), err
+    res = json.loads(out)
+    cfg = load_config(None, base=res["config"])
+    for _their, ours in parsed.mapped:  # every mapped key reached the simulated config (unless overridden above)
+        if ours in ("train.seq_len", "train.batch_size"):
+            continue
+        node = cfg
+        for part in ours.split("."):
+            node = getattr(node, part)
+        assert node == parsed.keys[ours], ours
+    if parsed.model:
+        assert "ignored the file's model" in err
+
+
+# (format, path in the document, a different value, our dotted key): changing the field changes that key
+FIELDS = [
+    ("trl", "per_device_train_batch_size", 7, "train.batch_size"), ("trl", "max_length", 333, "train.seq_len"),
+    ("trl", "activation_checkpointing", False, "train.gradient_checkpointing"),
+    ("trl", "bf16", False, "train.autocast"), ("trl", "optim", "adamw_torch", "optimizer.name"),
+    ("trl", "learning_rate", 0.5, "optimizer.lr"), ("trl", "max_grad_norm", 0.0, "train.max_grad_norm"),
+    ("trl", "gradient_accumulation_steps", 2, "train.grad_accum_steps"),
+    ("trl", "gradient_checkpointing_kwargs", {"use_reentrant": True}, "train.use_reentrant"),
+    ("axolotl", "lora_r", 8, "regime.lora.r"), ("axolotl", "lora_alpha", 8, "regime.lora.alpha"),
+    ("axolotl", "lora_dropout", 0.0, "regime.lora.dropout"), ("axolotl", "sequence_len", 333, "train.seq_len"),
+    ("axolotl", "micro_batch_size", 3, "train.batch_size"), ("axolotl", "adapter", None, "regime.kind"),
+    ("axolotl", "gradient_accumulation_steps", 2, "train.grad_accum_steps"),
+    ("axolotl", "gradient_checkpointing", False, "train.gradient_checkpointing"),
+    ("axolotl", "bf16", False, "train.autocast"), ("axolotl", "flash_attention", False, "model.attn_implementation"),
+    ("axolotl", "optimizer", "adamw_torch", "optimizer.name"),
+    ("llamafactory", "quantization_bit", 8, "regime.bits"), ("llamafactory", "cutoff_len", 333, "train.seq_len"),
+    ("llamafactory", "per_device_train_batch_size", 3, "train.batch_size"),
+    ("llamafactory", "gradient_accumulation_steps", 2, "train.grad_accum_steps"),
+    ("llamafactory", "lora_target", "q_proj,v_proj", "regime.lora.target_modules"),
+    ("llamafactory", "bf16", False, "train.autocast"), ("llamafactory", "learning_rate", 0.5, "optimizer.lr"),
+    ("llamafactory", "disable_gradient_checkpointing", True, "train.gradient_checkpointing"),
+    ("llamafactory", "use_reentrant_gc", False, "train.use_reentrant"),
+    ("accelerate", "num_processes", 4, "parallel.world_size"),
+    ("accelerate", "mixed_precision", "no", "train.autocast"),
+    ("accelerate", "fsdp_config.fsdp_reshard_after_forward", False, "parallel.reshard_after_forward"),
+    ("accelerate", "fsdp_config.fsdp_offload_params", True, "parallel.offload.params"),
+    ("accelerate", "distributed_type", "MULTI_GPU", "parallel.strategy"),
+    ("deepspeed", "zero_optimization.stage", 2, "parallel.strategy"),
+    ("deepspeed", "zero_optimization.offload_optimizer.device", "none", "parallel.offload.optimizer"),
+    ("deepspeed", "fp16.enabled", True, "model.dtype"),
+]
+
+
+def _doc(fmt: str) -> dict:
+    name = next(n for n, f in FORMAT.items() if f == fmt)
+    path = EXAMPLES / name
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def _config(fmt: str, doc: dict):
+    parsed = PARSERS[detect(doc)](doc, "x")
+    data = parsed.data()
+    data["model"] = {**data.get("model", {}), "arch": "tiny-llama"}
+    data.setdefault("regime", {}).setdefault("kind", "lora")
+    data["device"] = "cuda"
+    if data.get("parallel", {}).get("strategy") and "world_size" not in data["parallel"]:
+        data["parallel"]["world_size"] = 2
+    if data.get("parallel", {}).get("offload", {}).get("params") and data["parallel"]["strategy"] == "fsdp2":
+        data["parallel"]["offload"]["optimizer"] = True
+    if data.get("parallel", {}).get("strategy") in ("zero1", "zero2"):  # they offload the optimizer only
+        data["parallel"].get("offload", {}).pop("params", None)
+    if str(data.get("parallel", {}).get("strategy", "")).startswith("zero") and data["regime"]["kind"] == "qlora":
+        data["regime"]["kind"] = "lora"
+    return load_config(None, base=data)
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+@pytest.mark.parametrize("fmt,field,value,ours", FIELDS, ids=[f"{f[0]}:{f[1]}" for f in FIELDS])
+def test_each_mapped_field_changes_the_config(fmt, field, value, ours):
+    doc = _doc(fmt)
+    changed = copy.deepcopy(doc)
+    node = changed
+    *parents, last = field.split(".")
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    before, after = _config(fmt, doc), _config(fmt, changed)
+    assert _get(before, ours) != _get(after, ours)
+
+
+def test_an_unmodelled_optimizer_and_packing_are_listed_as_ignored_with_why():
+    res = from_file.read(EXAMPLES / "axolotl_llama3_qlora.yml")
+    assert "paged_adamw_32bit" in res.ignored["optimizer"] and "packing" in res.ignored["sample_packing"]
+    assert "optimizer.name" not in res.keys
+
+
+def test_a_file_in_no_known_format_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "x.yaml"
+    bad.write_text("hello: 1\n")
+    rc = main(["fit", "tiny-llama", "--from", str(bad), "--gpu", "h100"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: --from: not a format this reads")
+
+
+def test_simulate_from_a_trl_json_writes_a_line_with_its_keys(tmp_path, capsys):
+    out = tmp_path / "sim.jsonl"
+    rc = main(["simulate", "--from", str(EXAMPLES / "trl_sftconfig.json"), "model.arch=tiny-llama", "regime.kind=lora",
+               "train.seq_len=32", "train.batch_size=1", "--output", str(out), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    rec = json.loads(out.read_text().splitlines()[-1])
+    assert rec["config"]["recipe"] == "trl" and rec["config"]["train"]["grad_accum_steps"] == 4
+    assert rec["config"]["optimizer"]["name"] == "adamw_fused" and rec["config"]["train"]["loss"] == "chunked"

@@ -20,6 +20,7 @@ MEMORY_METRICS = ("allocated", "reserved", "nvidia-smi", "not-stated")
 UNIT_BYTES = {"GiB": 2**30, "GB": 10**9, "MiB": 2**20, "MB": 10**6}
 ERAS = ("current", "old")
 INHERITED = ("group", "ref", "stack", "era", "metric", "unit", "setup", "config", "not_expressed", "caveats")
+RECIPE_OF_STACK = {"trl": "trl", "trainer": "trainer"}  # stack -> the `recipe` whose defaults it runs with
 
 
 class Row(BaseModel):
@@ -56,11 +57,14 @@ class Row(BaseModel):
         return self.not_run is None and not self.not_expressed
 
     def run_config(self) -> RunConfig:
-        """The row's config as a validated RunConfig (device cuda); ConfigError names the row."""
+        """The row's config as a validated RunConfig (device cuda), with the recipe of the row's stack filling
+        the keys the row leaves unset (a TRL or Trainer run gets that stack's defaults, README "Recipes");
+        ConfigError names the row."""
         if self.config is None:
             raise ConfigError(f"row {self.id}: no config (not_run: {self.not_run})")
+        base = {"recipe": RECIPE_OF_STACK.get(self.stack, "plain"), **self.config, "device": "cuda"}
         try:
-            return load_config(None, [], base={**self.config, "device": "cuda"})
+            return load_config(None, [], base=base)
         except ConfigError as exc:
             raise ConfigError(f"row {self.id}: config: {exc}") from None
 

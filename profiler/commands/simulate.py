@@ -23,13 +23,41 @@ def default_output(cfg: RunConfig) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="run config YAML (see configs/); device cuda simulates a CUDA run")
+    parser.add_argument("config", nargs="?", help="run config YAML (see configs/); device cuda simulates a CUDA run")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.seq_len=4096")
     parser.add_argument("--output", help="JSONL file to append to (default ./results/simulated/<device>.jsonl)")
     parser.add_argument("--quiet", action="store_true", help="no table")
+    # the dry-run of the user's own script: `simulate [--gpu NAME] [--steps N] -- python train.py ARGS`
+    parser.add_argument("--gpu", help="dry-run: GPU preset for the verdict (e.g. rtx4090; 'cpu': CPU semantics)")
+    parser.add_argument("--steps", default="2", help="dry-run: measured optimizer steps after 1 warm-up (default 2)")
+    native = parser.parse_args
+
+    def parse(argv=None, namespace=None):  # what follows `--` reaches the script untouched
+        argv = list(sys.argv[2:] if argv is None else argv)
+        if "--" not in argv:
+            ns = native(argv, namespace)
+            ns.command = None
+            return ns
+        i = argv.index("--")
+        ns = native(argv[:i], namespace)
+        ns.command = argv[i + 1:]
+        return ns
+
+    parser.parse_intermixed_args = parse
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "command", None) is not None:
+        from profiler.commands.dryrun import run as dryrun
+
+        if args.config is not None or args.overrides:
+            print("error: command: give a run config or `-- python SCRIPT ARGS`, not both", file=sys.stderr)
+            return 2
+        return dryrun(args)
+    if args.config is None:
+        print("error: config: missing; allowed: a run config YAML, or `-- python SCRIPT ARGS` for a dry-run",
+              file=sys.stderr)
+        return 2
     from profiler.measure.quiet import quiet_libraries
 
     quiet_libraries()

@@ -295,14 +295,76 @@ def _done(record: dict) -> None:
     _finish({"record": record}, 0)
 
 
-def _unfake_next(native):
-    def __next__(self):
-        from torch._subclasses.fake_tensor import unset_fake_temporarily
+_REAL: dict = {}  # id(fake batch tensor) -> (weakref to it, the real tensor it copies)
 
-        with unset_fake_temporarily():
+
+def real_of(t: torch.Tensor) -> torch.Tensor | None:
+    """The real batch tensor a fake batch tensor stands for (its values), or None."""
+    hit = _REAL.get(id(t))
+    return hit[1] if hit is not None and hit[0]() is t else None
+
+
+def _fake_copy(t: torch.Tensor) -> torch.Tensor:
+    import weakref
+
+    # a fresh fake tensor of the same size and layout, made by an op with no tensor input: the tracker sees
+    # it allocated now, as it sees the collator's output in a real run (an op on the real tensor would show
+    # it the real storage too; the converter's copy would be counted only from its first use)
+    fake = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, requires_grad=t.requires_grad)
+    _REAL[id(fake)] = (weakref.ref(fake, lambda _, k=id(fake): _REAL.pop(k, None)), t)
+    return fake
+
+
+def _to_fake(obj):
+    from collections.abc import Mapping
+
+    if isinstance(obj, torch.Tensor):
+        return _fake_copy(obj)
+    if isinstance(obj, Mapping):
+        return type(obj)({k: _to_fake(v) for k, v in obj.items()})
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(_to_fake(v) for v in obj)
+    return obj
+
+
+def _unfake_next(native):
+    """The data pipeline on real tensors with no mode at all (neither fake nor tracker: its tensors are not
+    the device's), then each batch tensor becomes one fake tensor of its size (the one storage the real
+    batch has on the device), its real values kept aside for the answers that need them."""
+
+    def __next__(self):
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        if _STATE["mode_cm"] is None:
             return native(self)
+        with _disable_current_modes():
+            batch = native(self)
+        return _to_fake(batch)
 
     return __next__
+
+
+def _packed_indices(native):
+    """transformers.masking_utils.find_packed_sequence_indices as the real run answers it: transformers takes
+    a fake tensor for tracing (utils/import_utils.py `is_tracing`) and skips its `(mask[:, -1] == 0).all()`
+    check, building a 4-D mask the real run does not build. The same tensors are allocated; the answer comes
+    from the real position_ids of the batch (the data pipeline is real) or, for the model's own arange
+    (a fake tensor: one sequence per row), is None as in the real run."""
+
+    def find_packed_sequence_indices(position_ids):
+        from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+
+        first_dummy_value = position_ids[:, :1] - 1
+        position_diff = torch.diff(position_ids, prepend=first_dummy_value, dim=-1)
+        packed_sequence_mask = (position_diff != 1).cumsum(-1)
+        real_ids = position_ids if not isinstance(position_ids, FakeTensor) else real_of(position_ids)
+        if real_ids is None:  # the model's own arange: one sequence per row
+            return None
+        with unset_fake_temporarily():
+            real = native(real_ids)
+        return None if real is None else packed_sequence_mask
+
+    return find_packed_sequence_indices
 
 
 def install() -> None:
@@ -319,3 +381,6 @@ def install() -> None:
     register_optimizer_step_pre_hook(_step_pre)
     register_optimizer_step_post_hook(_step_post)
     _patch_transformers()
+    from transformers import masking_utils
+
+    masking_utils.find_packed_sequence_indices = _packed_indices(masking_utils.find_packed_sequence_indices)

@@ -253,6 +253,9 @@ def _patch_transformers() -> None:
 
 def _on_forward(module, args, kwargs) -> None:
     tr = _STATE["tracker"]
+    if getattr(tr, "_bw_depth", 0) == 0:
+        mask = kwargs.get("attention_mask")
+        _STATE["attention_mask"] = real_of(mask) if isinstance(mask, torch.Tensor) else None
     if torch.is_grad_enabled() or not module.training:
         ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
         if isinstance(ids, torch.Tensor) and ids.dim() >= 2 and getattr(tr, "_bw_depth", 0) == 0:
@@ -352,7 +355,8 @@ def _packed_indices(native):
     (a fake tensor: one sequence per row), is None as in the real run."""
 
     def find_packed_sequence_indices(position_ids):
-        from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+        from torch._subclasses.fake_tensor import FakeTensor
+        from torch.utils._python_dispatch import _disable_current_modes
 
         first_dummy_value = position_ids[:, :1] - 1
         position_diff = torch.diff(position_ids, prepend=first_dummy_value, dim=-1)
@@ -360,11 +364,43 @@ def _packed_indices(native):
         real_ids = position_ids if not isinstance(position_ids, FakeTensor) else real_of(position_ids)
         if real_ids is None:  # the model's own arange: one sequence per row
             return None
-        with unset_fake_temporarily():
+        with _disable_current_modes():  # neither fake nor counted: the real batch is not the device's
             real = native(real_ids)
         return None if real is None else packed_sequence_mask
 
     return find_packed_sequence_indices
+
+
+def _not_tracing(native):
+    """masking_utils.is_tracing as the real run answers it: transformers counts a fake tensor as tracing
+    (utils/import_utils.py `is_tracing`) and then never skips the causal mask (masking_utils
+    `_ignore_causal_mask_sdpa`); in the dry-run a fake tensor stands for a real one."""
+
+    def is_tracing(tensor=None):
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        return native(None if isinstance(tensor, FakeTensor) else tensor)
+
+    return is_tracing
+
+
+def _fast_all(native):
+    """masking_utils.fast_all on a fake padding mask: the same ops, the answer from the real attention_mask
+    of the batch in the model's forward (cut to the mask's length); the placeholder (True) without one."""
+
+    def fast_all(tensor):
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        out = native(tensor)
+        real = _STATE.get("attention_mask")
+        if isinstance(tensor, FakeTensor) and real is not None and real.dim() == 2:
+            from torch.utils._python_dispatch import _disable_current_modes
+
+            with _disable_current_modes():  # neither fake nor counted: the real batch is not the device's
+                return bool(real[:, : tensor.shape[-1]].bool().all())
+        return out
+
+    return fast_all
 
 
 def install() -> None:
@@ -384,3 +420,5 @@ def install() -> None:
     from transformers import masking_utils
 
     masking_utils.find_packed_sequence_indices = _packed_indices(masking_utils.find_packed_sequence_indices)
+    masking_utils.is_tracing = _not_tracing(masking_utils.is_tracing)
+    masking_utils.fast_all = _fast_all(masking_utils.fast_all)

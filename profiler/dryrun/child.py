@@ -59,7 +59,8 @@ def user_frame(stack=None) -> str | None:
     for fs in reversed(stack if stack is not None else traceback.extract_stack()[:-1]):
         f = os.path.abspath(fs.filename)
         if f.startswith(here + os.sep) and not any(s in f for s in _SITE) and "/profiler/" not in f:
-            return f"{os.path.relpath(f)}:{fs.lineno}"
+            rel = os.path.relpath(f)
+            return f"{f if rel.startswith('..') else rel}:{fs.lineno}"
     return None
 
 

@@ -1,0 +1,117 @@
+"""`simulate -- python SCRIPT`: the dry-run of the user's own script (profiler.dryrun, profiler/commands/dryrun.py).
+
+The Trainer example's dry-run (fake tensors, CPU semantics) equals, per phase and per category, the real CPU run of
+the same script under `trace --`; bad cases end with one line and exit 2, leaving the script's folder as it was."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from profiler.config import REPO_ROOT
+
+EXAMPLE = str(REPO_ROOT / "examples" / "train_trainer.py")
+
+
+def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "profiler", *args], capture_output=True, text=True,
+                          cwd=cwd or REPO_ROOT, timeout=600)
+
+
+def last(path: Path) -> dict:
+    return json.loads(path.read_text().splitlines()[-1])
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("extra", [[], ["--gradient-checkpointing"]], ids=["plain", "checkpointing"])
+def test_trainer_dry_run_equals_the_traced_cpu_run(tmp_path, extra):
+    """Rows of varied length cut at 96 characters: batches are padded, so the causal mask is built in some steps."""
+    script = ["--", "python", EXAMPLE, "--steps", "4", "--seq-len", "96", *extra]
+    dry, real = tmp_path / "dry.jsonl", tmp_path / "real.jsonl"
+    res = cli("simulate", "--gpu", "cpu", "--quiet", "--output", str(dry), *script, "--output-dir", str(tmp_path / "a"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = cli("trace", "--steps", "3", "--picture", "none", "--output", str(real), *script,
+              "--output-dir", str(tmp_path / "b"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    d, r = last(dry), last(real)
+    assert d["backend"] == "fake" and d["source"] == "dryrun" and r["backend"] == "cpu"
+    key = ("step", "phase", "peak_allocated_bytes", "allocated_bytes", "breakdown")
+    assert [{k: p[k] for k in key} for p in d["phases"]] == [{k: p[k] for k in key} for p in r["phases"]]
+    assert len(d["phases"]) == 9
+    lens = d["dryrun"]["seq_lens"]
+    assert len(lens) == 3 and all(b == 2 and s <= 96 for b, s in lens)
+
+
+def test_verdict_against_the_named_gpu(tmp_path):
+    out = tmp_path / "dry.jsonl"
+    res = cli("simulate", "--gpu", "rtx4090", "--output", str(out), "--", "python", EXAMPLE, "--steps", "4",
+              "--seq-len", "32", "--output-dir", str(tmp_path / "run"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    v = last(out)["dryrun"]["verdict"]
+    assert v["gpu"] == "rtx4090" and v["fits"] is True and v["usable_bytes"] == v["total_bytes"] - v["context_bytes"]
+    assert "fits: simulated allocated peak" in res.stdout
+
+
+def _script(tmp_path: Path, body: str) -> Path:
+    folder = tmp_path / "user"
+    folder.mkdir()
+    path = folder / "train.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def _one_line_exit_2(res: subprocess.CompletedProcess) -> str:
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    return lines[0]
+
+
+def test_a_hub_model_without_a_cached_config_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    path = _script(tmp_path, """
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained("some-org/no-such-model-7b")
+        print("loaded")
+    """)
+    before = snapshot(path.parent)
+    res = cli("simulate", "--output", str(tmp_path / "o.jsonl"), "--", "python", str(path))
+    line = _one_line_exit_2(res)
+    assert "some-org/no-such-model-7b" in line and "loaded" not in res.stdout
+    assert snapshot(path.parent) == before and not (tmp_path / "o.jsonl").exists()
+
+
+def test_item_used_as_a_size_stops_at_the_script_line(tmp_path):
+    path = _script(tmp_path, f"""
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained({str(REPO_ROOT / "profiler/models/tiny-llama.json")!r}))
+        opt = torch.optim.AdamW(model.parameters())
+        ids = torch.randint(0, 100, (2, 16))
+        out = model(input_ids=ids, labels=ids)
+        print(f"loss {{out.loss.item():.3f}}")  # a placeholder: fine for logging
+        keep = out.logits.argmax(-1).sum().item()
+        buf = torch.zeros(int(keep), 1024)
+    """)
+    before = snapshot(path.parent)
+    res = cli("simulate", "--output", str(tmp_path / "o.jsonl"), "--", "python", str(path))
+    line = _one_line_exit_2(res)
+    assert "train.py:10" in line and "train.py:9" in line and ".item()" in line
+    assert "loss 1.000" in res.stdout
+    assert snapshot(path.parent) == before and not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("launcher", [["torchrun", "--nproc_per_node", "2"],
+                                      ["accelerate", "launch", "--num_processes", "2"]], ids=["torchrun", "accelerate"])
+def test_an_unsupported_launcher_is_one_line(tmp_path, launcher):
+    res = cli("simulate", "--", *launcher, EXAMPLE)
+    line = _one_line_exit_2(res)
+    assert repr(launcher[0]) in line and "not supported yet" in line

@@ -213,7 +213,14 @@ def _patch_transformers() -> None:
             model.is_loaded_in_4bit = bool(getattr(quant, "load_in_4bit", False))
             model.is_loaded_in_8bit = bool(getattr(quant, "load_in_8bit", False))
             model.config.quantization_config = quant
-            model.hf_quantizer = None
+            from transformers.quantizers.auto import AutoHfQuantizer
+
+            # what Trainer/peft/TRL ask of a quantized model (trainer_utils.validate_quantization_for_training:
+            # `hf_quantizer.is_trainable`); the quantizer itself never loads anything here
+            model.hf_quantizer = AutoHfQuantizer.from_config(quant)
+            # Trainer does not move a bitsandbytes model (trainer.py: `quantization_method != BITS_AND_BYTES`);
+            # a move would swap the packed weights for plain tensors
+            model.quantization_method = quant.quant_method
         from profiler.simulate.backend import materialize_meta
 
         materialize_meta(model, "cpu")

@@ -221,6 +221,9 @@ def _patch_transformers() -> None:
             # Trainer does not move a bitsandbytes model (trainer.py: `quantization_method != BITS_AND_BYTES`);
             # a move would swap the packed weights for plain tensors
             model.quantization_method = quant.quant_method
+            # a bitsandbytes load always has a device map; with it accelerate's prepare_model leaves the model
+            # where it is (accelerator.py prepare_model) instead of `.to(device)`
+            model.hf_device_map = {"": "cpu"}
         from profiler.simulate.backend import materialize_meta
 
         materialize_meta(model, "cpu")

@@ -288,9 +288,10 @@ def _step_pre(optimizer, args, kwargs) -> None:
 
     tr.optimizer = unwrap_optimizer(optimizer)
     tr.tracker.attach(None, tr.optimizer)
-    tr._handles.append(tr.optimizer.register_step_post_hook(tr._on_step_post))
-    tr._on_step_pre(optimizer, args, kwargs)
+    # instance hooks run after the global ones (torch/optim/optimizer.py `profile_hook_step`): these
+    # already fire for this first step
     tr._handles.append(tr.optimizer.register_step_pre_hook(tr._on_step_pre))
+    tr._handles.append(tr.optimizer.register_step_post_hook(tr._on_step_post))
 
 
 def _step_post(optimizer, args, kwargs) -> None:

@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if getattr(args, "command", None) is not None:
-        from profiler.commands.dryrun import run as dryrun
+        from profiler.dryrun.run import run as dryrun
 
         if args.config is not None or args.overrides:
             print("error: command: give a run config or `-- python SCRIPT ARGS`, not both", file=sys.stderr)

@@ -27,7 +27,7 @@ each undone by nothing (the process ends when the dry-run has its steps):
 |                                                          | forward, the optimizer attached at its first step     |
 
 The result (the tracker's record plus `dryrun` facts: sequence lengths, attention kernels) goes as JSON to
-LLM_MEMPROF_DRYRUN_RESULT; the parent (profiler/commands/dryrun.py) adds the verdict and writes the line.
+LLM_MEMPROF_DRYRUN_RESULT; the parent (profiler/dryrun/run.py) adds the verdict and writes the line.
 A stop for a reason (a placeholder used as a size, no config) writes {"error": ...} there and exits 2.
 """
 
@@ -205,8 +205,8 @@ def _patch_transformers() -> None:
             model = native_from_config(cls, config, **kwargs)
         quant, _STATE["quant"] = _STATE["quant"], None
         if quant is not None:
-            from profiler.simulate.fake_bnb import replace_linear_layers
             from profiler.simulate.backend import materialize_meta
+            from profiler.simulate.fake_bnb import replace_linear_layers
 
             replace_linear_layers(model, quant, cuda=_env("TARGET", "cuda") == "cuda", device="cpu")
             model.is_quantized = True
@@ -326,7 +326,8 @@ def _fake_copy(t: torch.Tensor) -> torch.Tensor:
     # it allocated now, as it sees the collator's output in a real run (an op on the real tensor would show
     # it the real storage too; the converter's copy would be counted only from its first use)
     fake = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, requires_grad=t.requires_grad)
-    _REAL[id(fake)] = (weakref.ref(fake, lambda _, k=id(fake): _REAL.pop(k, None)), t)
+    key = id(fake)
+    _REAL[key] = (weakref.ref(fake, lambda _: _REAL.pop(key, None)), t)
     return fake
 
 

@@ -1,4 +1,4 @@
-"""`simulate -- python SCRIPT`: the dry-run of the user's own script (profiler.dryrun, profiler/commands/dryrun.py).
+"""`simulate -- python SCRIPT`: the dry-run of the user's own script (profiler/dryrun: child.py and run.py).
 
 The Trainer example's dry-run (fake tensors, CPU semantics) equals, per phase and per category, the real CPU run of
 the same script under `trace --`; bad cases end with one line and exit 2, leaving the script's folder as it was."""
@@ -93,7 +93,8 @@ def test_item_used_as_a_size_stops_at_the_script_line(tmp_path):
     path = _script(tmp_path, f"""
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained({str(REPO_ROOT / "profiler/models/tiny-llama.json")!r}))
+        config = AutoConfig.from_pretrained({str(REPO_ROOT / "profiler/models/tiny-llama.json")!r})
+        model = AutoModelForCausalLM.from_config(config)
         opt = torch.optim.AdamW(model.parameters())
         ids = torch.randint(0, 100, (2, 16))
         out = model(input_ids=ids, labels=ids)
@@ -104,7 +105,7 @@ def test_item_used_as_a_size_stops_at_the_script_line(tmp_path):
     before = snapshot(path.parent)
     res = cli("simulate", "--output", str(tmp_path / "o.jsonl"), "--", "python", str(path))
     line = _one_line_exit_2(res)
-    assert "train.py:10" in line and "train.py:9" in line and ".item()" in line
+    assert "train.py:11" in line and "train.py:10" in line and ".item()" in line
     assert "loss 1.000" in res.stdout
     assert snapshot(path.parent) == before and not (tmp_path / "o.jsonl").exists()
 

@@ -1,4 +1,4 @@
-"""`simulate [--gpu NAME] [--steps N] [--output F] -- python SCRIPT ARGS`: dry-run the user's own script.
+"""The parent side of `simulate [--gpu NAME] [--steps N] [--output F] -- python SCRIPT ARGS` (the dry-run).
 
 The script runs for real in a child Python whose start-up (profiler/dryrun/bootstrap/sitecustomize.py) makes
 its models fake (profiler.dryrun.child: config.json only, no weights, HF_HUB_OFFLINE=1) and stops it after N
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from profiler.config import REPO_ROOT
 
-BOOTSTRAP = Path(__file__).resolve().parents[1] / "dryrun" / "bootstrap"
+BOOTSTRAP = Path(__file__).resolve().parent / "bootstrap"
 LAUNCHERS = ("accelerate", "torchrun", "deepspeed")
 
 
@@ -138,8 +138,9 @@ def _print(record: dict, out: str) -> None:
     console.print(table)
     d = record["dryrun"]
     lens = sorted({tuple(s) for s in d["seq_lens"]})
-    console.print(f"batches (batch, seq) seen: {', '.join(map(str, lens)) or 'none'}; optimizer steps {d['optimizer_steps']}"
-                  f" ({len(steps)} profiled); attention kernels: {d['attention_kernels'] or 'none'}")
+    console.print(f"batches (batch, seq) seen: {', '.join(map(str, lens)) or 'none'}; optimizer steps "
+                  f"{d['optimizer_steps']} ({len(steps)} profiled); "
+                  f"attention kernels: {d['attention_kernels'] or 'none'}")
     if "verdict" in d:
         console.print(d["verdict"]["text"])
     console.print(f"line appended to {out}")

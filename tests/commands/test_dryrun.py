@@ -16,6 +16,7 @@ import pytest
 from profiler.config import REPO_ROOT
 
 EXAMPLE = str(REPO_ROOT / "examples" / "train_trainer.py")
+TRL = str(REPO_ROOT / "examples" / "train_trl_sft.py")
 
 
 def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -31,10 +32,19 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("extra", [[], ["--gradient-checkpointing"]], ids=["plain", "checkpointing"])
-def test_trainer_dry_run_equals_the_traced_cpu_run(tmp_path, extra):
+CASES = {
+    "trainer": (EXAMPLE, ["--steps", "4", "--seq-len", "96"]),
+    "trainer-checkpointing": (EXAMPLE, ["--steps", "4", "--seq-len", "96", "--gradient-checkpointing"]),
+    # SFTConfig defaults: bf16 autocast, gradient checkpointing; LoRA; TRL's chunked LM-head loss
+    "trl-sft-lora": (TRL, ["--steps", "4", "--max-length", "96", "--lora"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_dry_run_equals_the_traced_cpu_run(tmp_path, case):
     """Rows of varied length cut at 96 characters: batches are padded, so the causal mask is built in some steps."""
-    script = ["--", "python", EXAMPLE, "--steps", "4", "--seq-len", "96", *extra]
+    path, args = CASES[case]
+    script = ["--", "python", path, *args]
     dry, real = tmp_path / "dry.jsonl", tmp_path / "real.jsonl"
     res = cli("simulate", "--gpu", "cpu", "--quiet", "--output", str(dry), *script, "--output-dir", str(tmp_path / "a"))
     assert res.returncode == 0, res.stderr[-2000:]

@@ -106,6 +106,7 @@ def run(args) -> int:
     record = payload["record"]
     record.update(backend="fake", source="dryrun", simulated_device=target)
     record["env"]["device"] = "cpu (fake tensors)"
+    record["config"]["device"] = target  # the tracker inferred it from the (fake CPU) parameters
     if gpu is not None:
         record["dryrun"]["verdict"] = verdict(record, gpu)
     from profiler.results import append_or_report

@@ -70,6 +70,18 @@ def test_verdict_against_the_named_gpu(tmp_path):
     assert "fits: simulated allocated peak" in res.stdout
 
 
+def test_qlora_builds_4bit_stand_ins_from_the_config(tmp_path):
+    """`from_pretrained(quantization_config=BitsAndBytesConfig(4-bit))` on a config without weights: stand-ins."""
+    out = tmp_path / "dry.jsonl"
+    res = cli("simulate", "--gpu", "rtx4090", "--quiet", "--output", str(out), "--", "python", TRL, "--qlora",
+              "--steps", "4", "--max-length", "64", "--output-dir", str(tmp_path / "run"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    d = last(out)
+    assert d["config"]["regime"] == {"kind": "qlora", "bits": 4} and d["config"]["device"] == "cuda"
+    assert d["model"]["quantized_params"] > 0 and 0 < d["model"]["trainable_params"] < d["model"]["total_params"]
+    assert sum(d["dryrun"]["attention_kernels"].values()) > 0
+
+
 def _script(tmp_path: Path, body: str) -> Path:
     folder = tmp_path / "user"
     folder.mkdir()

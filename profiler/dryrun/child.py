@@ -21,6 +21,8 @@ each undone by nothing (the process ends when the dry-run has its steps):
 | `aten._local_scalar_dense` in the fake mode               | library `.item()`/`bool()` (loss logging, Adam's step |
 |                                                          | count, grad-norm): 1 (0 would divide by zero in Adam's |
 |                                                          | bias correction; FACTS.md "Checked for the dry-run")  |
+| `.to("cuda")`, `.cuda()`, `device="cuda"` (a         | the simulated device: fake tensors are CPU tensors   |
+| TorchFunctionMode, `_CudaIsTheSimulatedDevice`)      | (autograd aborts on fake CUDA tensors in a CPU torch)  |
 | `Trainer.__init__`                                       | the same MemoryProfilerCallback as `trace` (so phases  |
 |                                                          | match a traced real run); stops after N steps         |
 | `register_optimizer_step_post_hook` (global)             | loops without a Trainer: a tracker opened at the first |
@@ -416,6 +418,27 @@ def _fast_all(native):
     return fast_all
 
 
+def _is_cuda(device) -> bool:
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    return isinstance(device, torch.device) and device.type == "cuda"
+
+
+class _CudaIsTheSimulatedDevice(torch.overrides.TorchFunctionMode):
+    """`.to("cuda")`, `.cuda()` and `device="cuda"` in the script land on the simulated device (the fake
+    tensors are CPU tensors: a CPU torch can make fake CUDA tensors, but autograd aborts on them)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if _is_cuda(kwargs.get("device")):
+            kwargs["device"] = "cpu"
+        if func is torch.Tensor.to and any(_is_cuda(a) for a in args[1:]):
+            args = tuple("cpu" if i and _is_cuda(a) else a for i, a in enumerate(args))
+        return func(*args, **kwargs)
+
+
 def install() -> None:
     """Every patch of the table in this module's docstring."""
     from torch.utils.data import dataloader
@@ -435,3 +458,5 @@ def install() -> None:
     masking_utils.find_packed_sequence_indices = _packed_indices(masking_utils.find_packed_sequence_indices)
     masking_utils.is_tracing = _not_tracing(masking_utils.is_tracing)
     masking_utils.fast_all = _fast_all(masking_utils.fast_all)
+    _STATE["cuda_mode"] = _CudaIsTheSimulatedDevice()
+    _STATE["cuda_mode"].__enter__()

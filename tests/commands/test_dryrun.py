@@ -97,6 +97,33 @@ def _one_line_exit_2(res: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+def test_a_loop_written_for_cuda_runs_on_the_simulated_device(tmp_path):
+    """No Trainer: `.to("cuda")`, `.cuda()`, `device="cuda"`, `device_map`; the run stops after 1 + 2 steps of 5."""
+    path = _script(tmp_path, """
+        import torch
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained("tiny-llama", device_map={"": 0}).to("cuda").cuda()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        model.train()
+        for step in range(5):
+            ids = torch.randint(0, 100, (2, 32), device="cuda")
+            loss = model(input_ids=ids.to("cuda"), labels=ids.cuda()).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            print(f"step {step} loss {loss.item():.3f}")
+    """)
+    out = tmp_path / "dry.jsonl"
+    res = cli("simulate", "--gpu", "h100", "--quiet", "--output", str(out), "--", "python", str(path))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "step 2 loss 1.000" in res.stdout and "step 3" not in res.stdout
+    d = last(out)
+    assert [(p["step"], p["phase"]) for p in d["phases"]] == [
+        (s, ph) for s in range(3) for ph in ("forward", "backward", "optimizer_step")]
+    assert d["dryrun"]["seq_lens"] == [[2, 32]] * 3 and d["dryrun"]["verdict"]["gpu"] == "h100-sxm"
+    assert d["peaks"]["steady_peak_allocated_bytes"] > 0
+
+
 def test_a_hub_model_without_a_cached_config_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
     path = _script(tmp_path, """

@@ -97,6 +97,6 @@ def fit(model: str | os.PathLike, regime: str | None = None, seq: int | None = N
     src = resolve_model(os.fspath(model))
     args = argparse.Namespace(config=config, regime=regime, seq=seq, batch=None if batch is None else str(batch),
                               optimizer=optimizer, checkpointing=checkpointing, overrides=list(overrides))
-    cfg = build_config(args, src.arch)
+    cfg = build_config(args, src.arch, g)
     return predict_fit(cfg, g, model_name=src.name, model_source=src.how, auto_batch=str(batch) == "auto",
                        search=search, all_estimators=all_estimators, workers=workers)

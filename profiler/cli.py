@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "timeline": ("profiler.commands.timeline", "draw one result line's memory by phase and category (PNG)"),
     "env": ("profiler.commands.env", "print what a result line would record about this machine"),
     "fit": ("profiler.commands.fit", "does it fit on my GPU? one verdict, max batch / seq, what would make it fit"),
+    "validate": ("profiler.commands.validate", "every prediction against published GPU measurements: error by group"),
 }
 
 

@@ -283,6 +283,9 @@ class RunConfig(_Strict):
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)  # data parallelism (per-rank memory)
     moe: MoeConfig = Field(default_factory=MoeConfig)  # MoE models: routing a simulation assumes (dense: ignored)
     allocator: AllocatorSettings = Field(default_factory=AllocatorSettings)  # caching-allocator settings (replay)
+    # simulate, device cuda: the GPU architecture whose SDPA kernel rules apply (profiler.simulate.cuda_sdpa);
+    # `fit --gpu` sets it from the preset; auto: the sm80 rules (A100), as before the key existed
+    gpu_arch: Literal["auto", "sm70", "sm75", "sm80", "sm86", "sm89", "sm90", "sm100", "sm120"] = "auto"
 
     _ignored: list[str] = PrivateAttr(default_factory=list)
 
@@ -360,6 +363,8 @@ class RunConfig(_Strict):
             del data["moe"]  # the default moe section too: configs written before MoE support keep their hashes
         if self.allocator == AllocatorSettings():
             del data["allocator"]  # likewise for the allocator settings (unset: the environment's)
+        if self.gpu_arch == "auto":
+            del data["gpu_arch"]  # configs written before gpu_arch keep their hashes
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -172,6 +172,12 @@ class RunRecord(_Rec):
     allocator_replay: AllocatorReplay | None = None
     free_bytes_at_oom: int | None = Field(None, description="CUDA: free device memory right after the OOM")
     attention_kernel: str | None = Field(None, description="SDPA backend the run used or would use")
+    attention_kernels: dict[str, str] | None = Field(
+        None, description="simulate, cuda: kernel(s) per attention layer kind (config.layer_types, e.g. "
+        "full_attention / sliding_attention), most used first, e.g. {'full_attention': 'cudnn'}")
+    sdpa_rules: dict | None = Field(
+        None, description="simulate, cuda: {gpu_arch, torch, assumed}: the architecture whose SDPA rules chose the "
+        "kernel (assumed: gpu_arch auto, sm80 taken) and the torch version the rules were read from")
     ranks: list[RankRecord] | None = Field(
         None, description="data-parallel runs: per rank {rank, status, phases [{phase, step, peak_allocated_bytes, "
         "allocated_bytes, peak_reserved_bytes, nvml_peak_bytes}], peak_allocated_bytes}; phases/breakdown above "

@@ -1,7 +1,10 @@
 """Simulated vs measured peaks, matched by config hash (same config => same hash): how far is `simulate`
 from the real run? Prints a markdown table and, with --out, writes it (results/simulate_vs_cuda.md).
+With --kernels (on a CUDA machine): the SDPA kernel simulate picks for this GPU's architecture against
+`torch._fused_sdp_choice` on real tensors, case by case (profiler/simulate/cuda_sdpa.py).
 
 Run: python scripts/simulate_vs_cuda.py [--measured results/runs] [--simulated results/simulated] [--out FILE]
+     python scripts/simulate_vs_cuda.py --kernels
 Damaged result lines are skipped with one warning (profiler.results.read_records).
 """
 
@@ -24,7 +27,53 @@ def _label(cfg: dict) -> str:
     regime = f"qlora{rg['bits']}" if rg["kind"] == "qlora" else rg["kind"]
     model = cfg["model"].get("arch") or cfg["model"].get("path") or cfg["model"].get("hub")
     ckpt = " ckpt" if tr["gradient_checkpointing"] else ""
-    return f"{model} {regime} {cfg['optimizer']['name']} b{tr['batch_size']} s{tr['seq_len']}{ckpt}"
+    autocast = f" autocast-{tr['autocast']}" if tr.get("autocast", "none") != "none" else ""
+    return f"{model} {regime} {cfg['optimizer']['name']} b{tr['batch_size']} s{tr['seq_len']}{ckpt}{autocast}"
+
+
+BACKENDS = {-1: "error", 0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}  # SDPBackend
+# (label, q heads, k/v heads, head dim, dtype name, boolean mask, enable_gqa): what transformers hands SDPA
+KERNEL_CASES = [
+    ("GQA bf16, no mask (Llama-3 under autocast)", 32, 8, 128, "bfloat16", False, True),
+    ("GQA fp32, no mask (QLoRA, no autocast)", 32, 8, 128, "float32", False, True),
+    ("MHA bf16, no mask", 32, 32, 128, "bfloat16", False, False),
+    ("MHA bf16, mask (sliding window, padding)", 32, 32, 128, "bfloat16", True, False),
+    ("MHA fp32, mask", 32, 32, 128, "float32", True, False),
+    ("MQA bf16, mask, no enable_gqa (Falcon-7B)", 71, 1, 64, "bfloat16", True, False),
+    ("GQA bf16 head dim 256 (Gemma-3)", 8, 4, 256, "bfloat16", False, True),
+    ("MHA bf16 head dim 208", 8, 8, 208, "bfloat16", False, False),
+]
+
+
+def kernel_rows(device: str, ours, seq: int = 256) -> list[dict]:
+    """Each KERNEL_CASES entry: `ours(q, k, v, mask, is_causal, enable_gqa)` against torch's own choice for
+    tensors on `device` (training: inputs require grad)."""
+    import torch
+
+    rows = []
+    for label, hq, hk, d, dtype, masked, gqa in KERNEL_CASES:
+        dt = getattr(torch, dtype)
+        q = torch.randn(1, hq, seq, d, dtype=dt, device=device, requires_grad=True)
+        k, v = (torch.randn(1, hk, seq, d, dtype=dt, device=device, requires_grad=True) for _ in range(2))
+        mask = torch.ones(1, 1, seq, seq, dtype=torch.bool, device=device).tril() if masked else None
+        theirs = BACKENDS[torch._fused_sdp_choice(q, k, v, mask, 0.0, not masked, enable_gqa=gqa)]
+        rows.append({"case": label, "simulated": ours(q, k, v, mask, not masked, gqa), "torch": theirs})
+    return rows
+
+
+def cuda_kernel_rows() -> tuple[str, list[dict]]:
+    """kernel_rows on this machine's GPU, simulate's rules taken for its compute capability."""
+    import torch
+
+    from profiler.simulate.cuda_sdpa import cuda_sdpa_kernel
+
+    major, minor = torch.cuda.get_device_capability()
+    arch = f"sm{major}{minor}"
+
+    def ours(q, k, v, mask, causal, gqa):
+        return cuda_sdpa_kernel(q, k, v, mask, causal, gqa, arch, requires_grad=True)
+
+    return arch, kernel_rows("cuda", ours)
 
 
 def _peak(rec: dict) -> int | None:
@@ -78,7 +127,15 @@ def main() -> int:
     ap.add_argument("--measured", type=Path, default=RESULTS_DIR / "runs", help="default: ./%(default)s")
     ap.add_argument("--simulated", type=Path, default=RESULTS_DIR / "simulated", help="default: ./%(default)s")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--kernels", action="store_true", help="compare SDPA kernel choices on this GPU")
     args = ap.parse_args()
+    if args.kernels:
+        arch, krows = cuda_kernel_rows()
+        print(f"| case ({arch}) | simulated | torch._fused_sdp_choice |\n|---|---|---|")
+        for r in krows:
+            differs = "" if r["simulated"] == r["torch"] else " (differs)"
+            print(f"| {r['case']} | {r['simulated']} | {r['torch']}{differs} |")
+        return int(any(r["simulated"] != r["torch"] for r in krows))
     rows = pair_rows(read_records(_files(args.measured)), read_records(_files(args.simulated)))
     text = markdown(rows) if rows else "no measured run has a simulation with the same config hash"
     print(text)

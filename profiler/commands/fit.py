@@ -107,9 +107,10 @@ def refuse_conflicts(settings: dict[str, tuple[str, object]], overrides: list[st
                                   f"{flagged}); give one of them")
 
 
-def build_config(args: argparse.Namespace, arch: str):
+def build_config(args: argparse.Namespace, arch: str, gpu=None):
     """RunConfig from --config, then the fit options, then key=value overrides (validated once); an override
-    of a key an option sets is refused (refuse_conflicts)."""
+    of a key an option sets is refused (refuse_conflicts). `gpu` (a preset) sets `gpu_arch` where --config does
+    not, so the simulation picks that GPU's attention kernel."""
     from profiler.config import ConfigError, echo, load_config
 
     refuse_conflicts(flag_settings(args, arch), args.overrides)
@@ -137,6 +138,8 @@ def build_config(args: argparse.Namespace, arch: str):
     if args.optimizer:
         data["optimizer"] = {**(data.get("optimizer") or {}), "name": args.optimizer}
     data["device"] = "cuda"  # a fit is about a GPU
+    if gpu is not None and "gpu_arch" not in data:
+        data["gpu_arch"] = gpu.arch
     data.pop("output", None)
     cfg = load_config(None, args.overrides, base=data)
     from profiler.hf_config import check_seq_len
@@ -158,6 +161,17 @@ def resolve_gpu(args: argparse.Namespace):
     raise ConfigError(f"--gpu: give --gpu NAME ({', '.join(presets())}) or --gpu-memory SIZE (e.g. 24GB)")
 
 
+def _arch_note(gpu_name: str) -> str:
+    """Which SDPA rules chose the attention kernel: the preset's architecture, or sm80's where it is unknown."""
+    from profiler.predict.gpus import presets
+    from profiler.simulate.cuda_sdpa import SDPA_RULES_TORCH
+
+    g = presets().get(gpu_name)
+    arch = g.arch if g is not None else "auto"
+    which = f"{arch} rules" if arch != "auto" else "sm80 rules: this GPU's compute capability is not known"
+    return f"torch {SDPA_RULES_TORCH} SDPA dispatch, {which}"
+
+
 def render(res, out=None) -> None:
     """The human answer: verdict first, then where it came from, the breakdown, the limits, the fixes."""
     from rich.console import Console
@@ -173,6 +187,8 @@ def render(res, out=None) -> None:
             f"{res.simulated_peak_bytes / d:.2f} {u}) + {res.allowance_source}")
     c.print(f"  error band: {res.band()}")
     c.print(f"  GPU: {res.gpu_source}")
+    if res.attention_kernel:
+        c.print(f"  attention: {res.attention_kernel} ({_arch_note(res.gpu)})")
     t = Table(title=f"simulated breakdown at the peak ({res.peak_phase}; {u} = 2^{d.bit_length() - 1} bytes)")
     for k in res.breakdown:
         t.add_column(k, justify="right")
@@ -205,7 +221,7 @@ def main(args: argparse.Namespace) -> int:
         from profiler.model_source import resolve_model
 
         src = resolve_model(args.model)
-        cfg = build_config(args, src.arch)
+        cfg = build_config(args, src.arch, gpu)
         if (note := ignored_note(cfg)) is not None:
             print(note, file=sys.stderr)
         if args.calibration:

@@ -143,11 +143,15 @@ def _enter_mode() -> None:
                 return True if t.dtype == torch.bool else (1 if not t.is_floating_point() else 1.0)
             return super().__torch_dispatch__(func, types, args, kwargs)
 
-    sim = Simulation(_env("TARGET", "cuda"))
+    sim = Simulation(_env("TARGET", "cuda"), _env("ARCH", "auto"))
     sim.fake_mode = _DryMode(allow_non_fake_inputs=True)
-    cm = sim.mode()
+    cm = sim.mode()  # SDPA kernel per GPU arch, CUDA autocast op lists, foreach optimizers (profiler.simulate)
     cm.__enter__()
     _STATE.update(sim=sim, mode_cm=cm)
+    from transformers import masking_utils
+
+    # the mode answers "one sequence per row" (the harness never packs); the script's batches may pack
+    masking_utils.find_packed_sequence_indices = _STATE["packed"]
 
 
 def _resolve_config(name, kwargs: dict):
@@ -455,7 +459,8 @@ def install() -> None:
     _patch_transformers()
     from transformers import masking_utils
 
-    masking_utils.find_packed_sequence_indices = _packed_indices(masking_utils.find_packed_sequence_indices)
+    _STATE["packed"] = _packed_indices(masking_utils.find_packed_sequence_indices)
+    masking_utils.find_packed_sequence_indices = _STATE["packed"]
     masking_utils.is_tracing = _not_tracing(masking_utils.is_tracing)
     masking_utils.fast_all = _fast_all(masking_utils.fast_all)
     _STATE["cuda_mode"] = _CudaIsTheSimulatedDevice()

@@ -55,7 +55,12 @@ class Shape:
     heads: int
     head_dim: int
     vocab: int
-    a: int  # bytes of an activation element
+    a: int  # bytes of an activation element (the hidden-state stream)
+    c: int = 0  # bytes of an element of SDPA's inputs (components.compute_dtype; autocast casts q/k/v); 0: a
+
+    @property
+    def sdpa(self) -> int:
+        return self.c or self.a
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,8 @@ def attention_bytes(sh: Shape, kernel: str, o_proj_saves: bool, mask: bool = Fal
     a = sh.a
     bsq = sh.b * sh.s * sh.heads * sh.head_dim
     bsk = sh.b * sh.s * sh.kv
-    if kernel in ("flash", "efficient"):
+    if kernel in ("flash", "efficient"):  # the fused kernels save their (autocast-cast) inputs and output
+        a = sh.sdpa
         s_lse = sh.s if kernel == "flash" else -(-sh.s // 32) * 32
         if mask:
             return 4 * a * bsq + 4 * sh.b * sh.heads * s_lse + a * sh.b * sh.s * sh.s

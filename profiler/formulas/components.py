@@ -38,12 +38,40 @@ _GATE_UP = ("gate_proj", "up_proj", "c_fc", "fc1", "gate_up_proj", "dense_h_to_4
 _DOWN = ("down_proj", "mlp.c_proj", "fc2", "dense_4h_to_h")
 
 
+def compute_dtype(cfg: RunConfig) -> str:
+    """The dtype the inputs of matmuls and of attention (SDPA) have in a training step, as the real run has them.
+
+    - `train.autocast` bf16/fp16: that dtype. torch.autocast casts the inputs of the lower-precision ops before
+      the op runs, and both the CUDA and the CPU lists hold linear/matmul/bmm and `scaled_dot_product_attention`
+      (ATen aten/src/ATen/autocast_mode.h, `AT_FORALL_LOWER_PRECISION_FP`; autocast_mode.cpp registers it for
+      the CUDA and CPU keys): SDPA's dispatcher (sdp_utils.cpp) sees cast q, k, v and picks its kernel on them.
+    - otherwise the dtype the tensors have:
+      - `regime.kind: qlora` with `prepare_kbit`: float32. peft `prepare_model_for_kbit_training`
+        (peft/utils/other.py) casts every fp16/bf16 parameter left unquantized to fp32 (embeddings, norms,
+        head), and bitsandbytes `Linear4bit.forward` / `Linear8bitLt` return their output in the input's dtype
+        (bitsandbytes/nn/modules.py), so hidden states, q, k and v stay fp32 (FACTS.md).
+      - `parallel.strategy: fsdp2` with `parallel.param_dtype`: that dtype. FSDP2's MixedPrecisionPolicy
+        all-gathers each layer's parameters in param_dtype and, with its default `cast_forward_inputs=True`,
+        casts the floating inputs of every sharded module's forward to it (torch/distributed/fsdp/_fully_shard/
+        _fsdp_api.py MixedPrecisionPolicy, _fsdp_state.py `_pre_forward`): an fp32 model computes in bf16.
+      - else `model.dtype`.
+    """
+    if cfg.train.autocast in ("bf16", "fp16"):
+        return {"bf16": "bfloat16", "fp16": "float16"}[cfg.train.autocast]
+    if cfg.regime.kind == "qlora" and cfg.regime.prepare_kbit:
+        return "float32"
+    if cfg.parallel.strategy == "fsdp2" and cfg.parallel.param_dtype:
+        return cfg.parallel.param_dtype
+    return cfg.model.dtype
+
+
 def activation_bytes_per_element(cfg: RunConfig) -> int:
+    """Bytes of an element of the hidden-state stream (what norms and most saved tensors hold): fp32 under
+    prepare_kbit even with autocast (fp32 embeddings and norms, bitsandbytes casts back to the input dtype; the
+    residual adds promote), else the compute dtype (compute_dtype)."""
     if cfg.regime.kind == "qlora" and cfg.regime.prepare_kbit:
         return 4  # prepare_model_for_kbit_training makes embeddings/norms fp32: the hidden stream is fp32
-    if cfg.train.autocast != "none":
-        return 2
-    return DTYPE_BYTES[cfg.model.dtype]
+    return DTYPE_BYTES[compute_dtype(cfg)]
 
 
 def default_kernel(cfg: RunConfig, a: int | None = None, arch: Arch | None = None, mask: bool = False) -> str:
@@ -53,7 +81,9 @@ def default_kernel(cfg: RunConfig, a: int | None = None, arch: Arch | None = Non
     flash for 16-bit without a mask, mem-efficient for fp32 or with a mask (transformers then repeats
     k/v to all heads), and the math kernel (s x s saved) where neither fused kernel takes the inputs:
     grouped-query k/v with `enable_gqa` in fp32 (mem-efficient has no GQA), or k/v with fewer heads and no
-    `enable_gqa` (Falcon-7B). `auto` is what transformers picks for the model (eager for Gemma-2)."""
+    `enable_gqa` (Falcon-7B). `auto` is what transformers picks for the model (eager for Gemma-2).
+    `a`: bytes of an element of SDPA's inputs, by default those of `compute_dtype(cfg)` (under autocast the cast
+    q, k, v: flash for a QLoRA model's fp32 q/k/v with bf16 autocast)."""
     impl = cfg.model.attn_implementation
     arch = arch or arch_of(cfg)
     if impl == "auto":
@@ -62,7 +92,7 @@ def default_kernel(cfg: RunConfig, a: int | None = None, arch: Arch | None = Non
         return "eager"
     if impl == "flash_attention_2":
         return "flash"
-    a = a or activation_bytes_per_element(cfg)
+    a = a or DTYPE_BYTES[compute_dtype(cfg)]
     mask = mask or arch.block.mask_always
     sdpa_kv = arch.block.sdpa_kv_heads
     if sdpa_kv is not None and sdpa_kv != arch.heads:
@@ -91,6 +121,7 @@ def shape_of(arch: Arch, cfg: RunConfig, b: int | None = None, s: int | None = N
         head_dim=arch.head_dim,
         vocab=arch.vocab,
         a=activation_bytes_per_element(cfg),
+        c=DTYPE_BYTES[compute_dtype(cfg)],
     )
 
 
@@ -175,6 +206,25 @@ def layer_plans(plan: ParamPlan, cfg: RunConfig) -> tuple[list[LayerPlan], dict[
     return plans, outside
 
 
+def int8_kept_inputs(arch: Arch, cfg: RunConfig, sh: Shape) -> int:
+    """Bytes per decoder layer that 8-bit QLoRA keeps beyond autograd's saved tensors: bitsandbytes
+    `MatMul8bitLt.forward` (bitsandbytes/autograd/_functions.py) stores its input in `ctx.tensors` (an
+    attribute, not `save_for_backward`), so non-reentrant gradient checkpointing cannot drop it: each distinct
+    input of a quantized linear (q/k/v share one, gate/up share one) stays alive until that layer's backward.
+    0 outside qlora 8-bit (4-bit `MatMul4Bit` keeps only the packed weight)."""
+    if cfg.regime.kind != "qlora" or cfg.regime.bits != 8:
+        return 0
+    widths: dict[str, int] = {}
+    for lin in arch.linears:
+        if lin.layer != 0 or not lin.quantizable:
+            continue
+        short = lin.name.split(".", 3)[-1] if lin.name.count(".") >= 3 else lin.name
+        key = next((k for k, names in (("qkv", _QKV), ("o", _O), ("gu", _GATE_UP), ("down", _DOWN))
+                    if _match(short, names) or _match(lin.name, names)), lin.name)
+        widths[key] = lin.in_features
+    return sh.a * sh.b * sh.s * sum(widths.values())
+
+
 def activations(
     cfg: RunConfig, b: int | None = None, s: int | None = None, kernel: str | None = None
 ) -> dict[str, int]:
@@ -184,23 +234,25 @@ def activations(
     arch = plan.arch
     sh = shape_of(arch, cfg, b, s)
     kernel_given = kernel
-    kernel = kernel or default_kernel(cfg, sh.a, arch)
+    kernel = kernel or default_kernel(cfg, sh.c, arch)
     if kernel not in KERNELS:
         raise ValueError(f"kernel {kernel!r}; allowed: {', '.join(KERNELS)}")
     plans, out = layer_plans(plan, cfg)
     windows = arch.block.windows or (arch.block.sliding_window,) * arch.layers
     for li, window in enumerate(windows):
-        # the sliding-window mask reaches SDPA when it is no longer all-causal, and always without a KV cache
-        # (gradient checkpointing turns the cache off; transformers' masking_utils skips it only with one)
-        masked = bool(window and (sh.s > window or cfg.train.gradient_checkpointing))
+        # the sliding-window mask reaches SDPA when it is no longer all-causal (s > window). Checkpointing (no KV
+        # cache) does not change that in a real run: masking_utils' packed-sequence check finds no packing on real
+        # position ids (checked on CPU: tests/formulas/test_compute_dtype.py); only fake tensors, which transformers
+        # treats as tracing, get a mask there (a simulate gap, tests/formulas/known_differences.yaml: fake-mask)
+        masked = bool(window and sh.s > window)
         if masked or arch.block.mask_always:
-            layer_kernel = default_kernel(cfg, sh.a, arch, mask=True) if kernel_given is None else kernel
+            layer_kernel = default_kernel(cfg, sh.c, arch, mask=True) if kernel_given is None else kernel
             plans[li] = replace(plans[li], mask=layer_kernel == "efficient" or masked, kernel=layer_kernel)
     per_layer = [layer_bytes(sh, lp, kernel, cfg.device) for lp in plans]
     per_layer = layer_bytes_moe(cfg, sh, plans, per_layer, kernel)  # MoE hook (formulas/moe.py); dense: as is
     bs, bsh = sh.b * sh.s, sh.b * sh.s * sh.h
     ckpt = cfg.train.gradient_checkpointing
-    layers = arch.layers * sh.a * bsh if ckpt else sum(per_layer)
+    layers = arch.layers * (sh.a * bsh + int8_kept_inputs(arch, cfg, sh)) if ckpt else sum(per_layer)
     any_grad = out["grad_at_end"]
     tail = 0
     blk = arch.block
@@ -232,7 +284,7 @@ def activations(
         "layers": layers,
         "tail": tail,
         "logits": logits,
-        "recompute": max(per_layer) if ckpt and per_layer else 0,
+        "recompute": max(per_layer) + int8_kept_inputs(arch, cfg, sh) if ckpt and per_layer else 0,
         "recompute_attention": max(attn_half) if ckpt and attn_half else 0,
         "mlp_last": (per_layer[-1] - attn_half[-1]) if per_layer and not ckpt else 0,
         "attn_fwd": probs * (worst[1] if ckpt else worst[0]),
@@ -280,7 +332,9 @@ def inference_bytes(
     n = cfg.regime.new_tokens
     kv_per_token = 2 * arch.layers * sh.kv * sh.a * sh.b
     layer_tmp = (3 if arch.gated_mlp else 2) * sh.a * sh.b * sh.s * sh.i + 2 * sh.a * sh.b * sh.s * sh.h
-    logits = sh.a * sh.b * sh.s * sh.vocab
+    # logits; with tanh soft-capping (Gemma-2) `logits / cap`, tanh and `* cap` each make a new b x s x V
+    # tensor while the previous one is alive: two at a time
+    logits = sh.a * sh.b * sh.s * sh.vocab * (2 if arch.block.final_softcap else 1)
     fwd = kv_per_token * sh.s + max(layer_tmp, logits)
     gen = kv_per_token * (sh.s + n) + layer_tmp if n else 0
     return {
@@ -353,6 +407,8 @@ def components_estimate(
     details = {f"peak_{k}": sum(v.values()) for k, v in phases.items()}
     details |= {f"{ph}:{c}": v for ph, cs in phases.items() for c, v in cs.items()}  # phase:component
     details |= {f"backward_{e}:{c}": v for e, cs in zip(("start", "last_layer", "end"), backward, strict=True)
+                for c, v in cs.items()}
+    details |= {f"forward_{e}:{c}": v for e, cs in zip(("loss", "last_layer"), forward, strict=True)
                 for c, v in cs.items()}
     details |= {
         "weights": W,

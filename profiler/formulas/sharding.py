@@ -7,15 +7,19 @@ per rank, so activations do not):
 | strategy | weights | gradients | optimizer | comm_buffers (per phase) |
 |---|---|---|---|---|
 | ddp | 1 | 1 | 1 | gradient buckets = all gradients (DDP's default `gradient_as_bucket_view=False`) |
-| fsdp2 | 1/N | 1/N | 1/N | unsharded root (embeddings, head, final norm) + 3 layers in forward; |
-| | | | | root + 4 layers + the head's unsharded gradient in backward |
+| fsdp2 | 1/N | 1/N | 1/N | unsharded root (embeddings, head, final norm) + 1 layer at the loss and the start |
+| | | | | of backward, + 3 layers while the last layer's forward runs, + 4 layers and the head's unsharded |
+| | | | | gradient in the last layer's backward; the root twice + layer 0 twice at the start of forward; |
+| | | | | the root + the embedding's unsharded gradient at the end of backward |
 | zero1 | 1 | 1 | 1/N | reduce bucket |
 | zero2 | 1 | 1/N | 1/N | reduce bucket |
 | zero3 | 1/N | 1/N | 1/N | reduce bucket + 2 layers gathered (in flight + prefetch) |
 
 FSDP2's layer counts are what its all-gather path holds at the phase peaks in simulate (flat all-gather
 output + the per-parameter copy-out of one layer while the previous layer is still unsharded; in backward
-also the prefetched next layer), checked by tests/formulas/test_sharding.py against simulate.
+also the prefetched next layer; at the start of forward the root twice, flat output and copy-out, beside
+layer 0's; at the end of backward the root and its first parameter's unsharded gradient), checked by
+tests/formulas/test_sharding.py against simulate and by the consistency grid (tests/formulas/test_grid.py).
 ZeRO (DeepSpeed, bf16/fp16 training): the optimizer holds an fp32 master copy next to the two fp32
 Adam moments (12 bytes/param; 8 for fp32 training; Rajbhandari et al. 2020, https://arxiv.org/abs/1910.02054), and
 DeepSpeed's default `reduce_bucket_size` is 5e8 elements. Offload moves the offloaded bytes to the host:
@@ -34,11 +38,15 @@ from profiler.formulas import Estimate, make_estimate
 from profiler.formulas.params import DTYPE_BYTES, ParamPlan
 
 PHASES = ("forward", "backward_start", "backward_end", "optimizer_step")  # components' details keys
+# fsdp2: the moments of a step whose all-gathered bytes differ (components' details keys `<moment>:<component>`)
+FSDP2_MOMENTS = ("forward_loss", "forward_last_layer", "backward_start", "backward_last_layer", "backward_end",
+                 "optimizer_step")
 ZERO_REDUCE_BUCKET = 500_000_000  # DeepSpeed ZeRO default reduce_bucket_size (elements)
 ADAM_MASTER_BYTES = 4  # fp32 master weights DeepSpeed keeps for 16-bit training
 FSDP2_FORWARD_LAYERS = 3
 FSDP2_BACKWARD_LAYERS = 4
 ZERO3_LAYERS = 2
+FSDP2_ROOT_START, FSDP2_ROOT_START_LAYERS = 2, 2  # forward start: the root twice, layer 0 twice (see shard)
 
 
 def _split(plan: ParamPlan) -> tuple[int, int, int]:
@@ -79,9 +87,15 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
     bucket = min(ZERO_REDUCE_BUCKET, plan.trainable_numel) * plan.param_itemsize
     comm = {
         "ddp": dict.fromkeys(PHASES, grads),
-        "fsdp2": {"forward": outside + FSDP2_FORWARD_LAYERS * layer,
-                  "backward_start": outside + FSDP2_BACKWARD_LAYERS * layer + (head if grads else 0),
-                  "backward_end": outside + FSDP2_BACKWARD_LAYERS * layer + (head if grads else 0),
+        # fsdp2, per moment: at the loss and the start of backward the root and the last layer (not resharded:
+        # backward needs it first); while the last layer runs, 3 layers (forward) / 4 layers and the head's
+        # unsharded gradient (backward); at the end the root and its first parameter's (the embedding's,
+        # head-sized) unsharded gradient awaiting its reduce-scatter
+        "fsdp2": {"forward_loss": outside + layer,
+                  "forward_last_layer": outside + FSDP2_FORWARD_LAYERS * layer,
+                  "backward_start": outside + layer,
+                  "backward_last_layer": outside + FSDP2_BACKWARD_LAYERS * layer + (head if grads else 0),
+                  "backward_end": outside + (head if grads else 0),
                   "optimizer_step": 0},
         "zero1": dict.fromkeys(PHASES, bucket),
         "zero2": dict.fromkeys(PHASES, bucket),
@@ -91,7 +105,7 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
     }[s]
     host = 0
     phases: dict[str, dict[str, int]] = {}
-    for ph in PHASES:
+    for ph in FSDP2_MOMENTS if s == "fsdp2" else PHASES:
         parts = {c: v for c, v in est.details.items() if c.startswith(ph + ":")}
         comps = {k.split(":", 1)[1]: v for k, v in parts.items()}
         for c, d in div.items():
@@ -107,8 +121,17 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
         for c, v in off.items():
             comps[c] -= v
         phases[ph] = comps
-    start, end = phases.pop("backward_start"), phases.pop("backward_end")
-    phases["backward"] = max(start, end, key=lambda c: sum(c.values()))
+    if s == "fsdp2":  # the root's all-gather: its flat output stays alive (AllGatherState) until layer 0's
+        # all-gather is waited on, beside the root's unsharded parameters and layer 0's flat output + copy-out,
+        # before any activation exists; the peak of shallow models whose embeddings and head outweigh a layer
+        loss, last = phases.pop("forward_loss"), phases.pop("forward_last_layer")
+        phases["forward"] = max(loss, last, key=lambda c: sum(c.values()))
+        phases["forward_start"] = {c: loss[c] for c in ("weights", "optimizer") if c in loss} | {
+            "comm_buffers": FSDP2_ROOT_START * outside + FSDP2_ROOT_START_LAYERS * layer}
+        moments = [phases.pop(k) for k in ("backward_start", "backward_last_layer", "backward_end")]
+    else:
+        moments = [phases.pop("backward_start"), phases.pop("backward_end")]
+    phases["backward"] = max(moments, key=lambda c: sum(c.values()))
     if s == "fsdp2" and cfg.parallel_init == "full":  # every rank builds the whole model, then fully_shard splits it
         phases["load"] = {"weights": est.details.get("forward:weights", 0)}
     peak = max(phases, key=lambda k: sum(phases[k].values()))
@@ -118,10 +141,12 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
     details |= {f"peak_{ph}": sum(cs.values()) for ph, cs in phases.items()}
     details |= {"host_bytes": host, "world_size": n, "unsharded_layer_bytes": layer, "unsharded_root_bytes": outside}
     note = f"{s} x {n}, per rank; peak in {peak}"
-    kernel = est.notes.rsplit("; ", 1)[-1]
+    kernel = next((part for part in est.notes.split("; ") if part.startswith("attention kernel")), "")
     if host:
         note += f"; offload: {host / 2**30:.2f} GiB on the host per rank"
-    return make_estimate(est.estimator, out, est.source, f"{note}; {kernel}", details=details)
+    tail = "; ".join(part for part in (kernel, est.notes.rsplit("; ", 1)[-1] if "overhead assumed" in est.notes else "")
+                     if part)
+    return make_estimate(est.estimator, out, est.source, f"{note}; {tail}" if tail else note, details=details)
 
 
 def _offloaded(cfg: RunConfig, comps: dict[str, int]) -> dict[str, int]:
@@ -134,4 +159,4 @@ def _offloaded(cfg: RunConfig, comps: dict[str, int]) -> dict[str, int]:
         out["weights"] = comps.get("weights", 0)
         if cfg.parallel.strategy == "fsdp2":  # CPUOffloadPolicy: sharded gradients go to the host too
             out["gradients"] = comps.get("gradients", 0)
-    return out
+    return {c: v for c, v in out.items() if c in comps}  # a phase without gradients (forward) has none to move

@@ -21,13 +21,14 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 
 from profiler.categories import Category
 from profiler.config import REPO_ROOT, ConfigError, RunConfig
 from profiler.measure.loading import DTYPES
+from profiler.measure.patches import patched
 
 COMM = Category.COMM_BUFFERS
 
@@ -400,11 +401,7 @@ def comm_probe(cfg: RunConfig, tracker) -> Iterator[None]:
                (_fsdp_param, "alloc_storage", alloc_storage), (_fsdp_param, "free_storage", free_storage),
                (_fsdp_param_group, "alloc_storage", alloc_storage), (group, "post_backward", post_backward)]
     patches += [(group, n, _in_scope(getattr(group, n), tracker)) for n in ("unshard", "wait_for_unshard")]
-    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
-    with ExitStack() as stack:
-        for obj, name, value in patches:
-            setattr(obj, name, value)
-        stack.callback(lambda: [setattr(o, n, v) for o, n, v in saved])
+    with patched(patches):
         yield
 
 

@@ -28,7 +28,6 @@ from profiler.predict.gpus import Gpu
 from profiler.predict.search import MaxSolution, solve_max
 
 BATCH_CAP = 4096
-EIGHT_BIT = ("adamw_8bit", "paged_adamw_8bit")  # simulated as adamw + the exact state-size difference
 GIB = 2**30
 
 
@@ -213,20 +212,10 @@ class Predictor:
         return self.records[key]
 
     def peaks(self, cfg: RunConfig) -> tuple[int, int | None]:
-        """Simulated peak allocated bytes and the replayed peak reserved bytes (None: no replay in the record).
-        bitsandbytes' 8-bit optimizer step calls .item() (untraceable on fake tensors): its configs simulate with
-        adamw, less the exact difference in optimizer-state bytes between the two (the `components` byte count;
-        profiler/formulas/params.py), from both figures."""
-        saved = 0
-        if cfg.optimizer.name in EIGHT_BIT:
-            from profiler.formulas import estimate
-
-            dense = with_changes(cfg, optimizer={"name": "adamw"})
-            saved = estimate("components", dense).get("optimizer") - estimate("components", cfg).get("optimizer")
-            cfg = dense
+        """Simulated peak allocated bytes and the replayed peak reserved bytes (None: no replay in the record);
+        bitsandbytes' 8-bit optimizers run their own step on fake tensors."""
         rec = self.record(cfg)
-        reserved = rec.get("predicted_reserved_bytes")
-        return rec["peaks"]["peak_allocated_bytes"] - saved, None if reserved is None else reserved - saved
+        return rec["peaks"]["peak_allocated_bytes"], rec.get("predicted_reserved_bytes")
 
     def peak(self, cfg: RunConfig) -> int:
         """Simulated peak allocated bytes (see `peaks`)."""
@@ -378,7 +367,7 @@ def simulated_suggestions(pred: Predictor, cfg: RunConfig) -> list[Suggestion]:
         tries.append(("QLoRA 4-bit (--regime qlora4)", ["regime.kind=qlora", "regime.bits=4"],
                       {"regime": {"kind": "qlora", "bits": 4}}))
     if training and cfg.optimizer.name in ("adam", "adamw"):
-        tries.append(("8-bit AdamW (--optimizer adamw_8bit; simulated as adamw less the 8-bit state saving)",
+        tries.append(("8-bit AdamW (--optimizer adamw_8bit)",
                       ["optimizer.name=adamw_8bit"],
                       {"optimizer": {"name": "adamw_8bit"}}))
     out = []
@@ -467,7 +456,7 @@ def predict_fit(cfg: RunConfig, gpu: Gpu, *, model_name: str | None = None, mode
         batch_sol = max_batch(pred, cfg)
         cfg = with_changes(cfg, train={"batch_size": max(1, batch_sol.value)})
     if count_work:
-        key = _simulated(cfg).config_hash()
+        key = cfg.config_hash()
         pred.count_work = key
         pred.records.pop(key, None)  # simulated during the batch search without counting: once more, counting
     seq_job, extra_hashes = None, set()
@@ -487,8 +476,7 @@ def _answer(cfg: RunConfig, gpu: Gpu, pred: Predictor, allowance: Allowance, seq
             model_name: str | None, model_source: str, search: bool, all_estimators: bool) -> FitResult:
     """predict_fit after the set-up: the verdict, the searches, the suggestions."""
     say(f"simulating batch {cfg.train.batch_size} x seq {cfg.train.seq_len}")
-    sim_cfg = _simulated(cfg)
-    rec = pred.record(sim_cfg)
+    rec = pred.record(cfg)
     peak, reserved = pred.peaks(cfg)
     top = max((p for p in rec["phases"] if p.get("step") is not None or p["phase"] == "load"),
               key=lambda p: p["peak_allocated_bytes"])
@@ -509,10 +497,6 @@ def _answer(cfg: RunConfig, gpu: Gpu, pred: Predictor, allowance: Allowance, seq
             seq_sol = max_seq(pred, cfg)
     tips += [] if fits else limit_suggestions(cfg, seq_sol, batch_sol)
     notes = []
-    if cfg.optimizer.name in EIGHT_BIT:
-        notes.append(f"{cfg.optimizer.name}: bitsandbytes' 8-bit step cannot run on fake tensors; simulated as "
-                     f"adamw less the exact optimizer-state difference (`components` byte count); the breakdown "
-                     f"is adamw's")
     ests: dict[str, int] = {}
     if all_estimators:
         from profiler.formulas import estimate_all
@@ -532,11 +516,6 @@ def _answer(cfg: RunConfig, gpu: Gpu, pred: Predictor, allowance: Allowance, seq
         estimators=ests, simulations=len(set(pred.records) | extra_hashes), processes=2 if seq_job else 1,
         seconds=time.perf_counter() - t0, config=cfg.model_dump(mode="json"), notes=notes,
         work=_work(rec) if pred.count_work else None)
-
-
-def _simulated(cfg: RunConfig) -> RunConfig:
-    """The config that is simulated for cfg (8-bit optimizers run as adamw, see Predictor.peak)."""
-    return with_changes(cfg, optimizer={"name": "adamw"}) if cfg.optimizer.name in EIGHT_BIT else cfg
 
 
 def _work(rec: dict) -> dict | None:

@@ -26,6 +26,16 @@ class Gpu:
     total_bytes: int
     device_name: str | None  # as torch/NVML report it (presets only)
     source: str  # URL of the driver-reported total, or how a typed size was read
+    compute_capability: str | None = None  # "8.9" (presets with a cited figure: cc_source in gpus.csv)
+
+    @property
+    def arch(self) -> str:
+        """The config's `gpu_arch` for this GPU ('sm89'); 'auto' (the sm80 rules) where the compute
+        capability is not known."""
+        if not self.compute_capability:
+            return "auto"
+        major, minor = self.compute_capability.split(".")
+        return f"sm{major}{minor}"
 
     @property
     def slug(self) -> str | None:
@@ -44,7 +54,8 @@ def presets() -> dict[str, Gpu]:
     """Preset name -> Gpu, from the package data file."""
     with GPUS_CSV.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    return {r["name"]: Gpu(r["name"], int(r["total_mib"]) * 2**20, r["device_name"], r["source"]) for r in rows}
+    return {r["name"]: Gpu(r["name"], int(r["total_mib"]) * 2**20, r["device_name"], r["source"],
+                           r.get("compute_capability") or None) for r in rows}
 
 
 @functools.cache

@@ -9,11 +9,17 @@ What a `device: cuda` config simulates, and how:
 - Tensors are fake *CPU* tensors: a CPU-only torch can create fake CUDA tensors, but autograd aborts on
   them (no CUDA device guard), so the run uses CPU fake tensors and picks kernels as CUDA would.
 - Attention (`attn_implementation: sdpa`): `F.scaled_dot_product_attention` is replaced, inside the mode
-  only, by the kernel CUDA's dispatcher would pick (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp:
-  flash > memory-efficient > math) with the tensors that kernel allocates and saves; see `CudaSdpa`.
-  The record's `attention_kernel` names the kernel(s) used.
+  only, by the kernel torch 2.13's CUDA dispatcher picks on the config's `gpu_arch` (cuDNN first on
+  sm90/sm100, else flash > memory-efficient > math) with the tensors that kernel allocates and saves
+  (profiler.simulate.cuda_sdpa). The record's `attention_kernel` names the kernel(s) used,
+  `attention_kernels` the kernel per layer kind, `sdpa_rules` the architecture and torch version.
 - bitsandbytes layers become stand-ins with identical storage and transient buffers (profiler.simulate.fake_bnb).
-- Autocast follows the CPU autocast op lists (fake tensors are CPU tensors): a known gap for autocast runs.
+- Autocast (train.autocast bf16/fp16) casts by CUDA's op lists, not CPU's (profiler.simulate.cuda_autocast);
+  SDPA's inputs are cast before its kernel is chosen.
+- Masks: only those the real run builds (`unpacked_sequence_indices`: transformers takes fake tensors for
+  tracing and would build a packed-sequence mask with checkpointing).
+- bitsandbytes' 8-bit optimizers run their own step (its registered fake kernel); the one value they read
+  off a tensor (the quantization map, built by `.tolist()`) gets a placeholder (`_bnb_dynamic_map`).
 Where an op cannot run on fake tensors (data-dependent control flow, `.item()`, ops without a meta
 kernel) the run fails with status error naming the op; no number is written for it.
 
@@ -21,6 +27,7 @@ kernel) the run fails with status error naming the op; no number is written for 
 
 from __future__ import annotations
 
+import sys
 import types
 from collections import Counter
 from collections.abc import Iterator
@@ -44,6 +51,9 @@ from profiler.measure.loading import (
     resolve_hf_config,
 )
 from profiler.measure.parallel import fake_process_group, rank_summary
+from profiler.measure.patches import patched
+from profiler.simulate.cuda_autocast import cuda_autocast
+from profiler.simulate.cuda_sdpa import DEFAULT_ARCH, SDPA_RULES_TORCH, CudaSdpa, cuda_sdpa_kernel, rules_warning
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -69,112 +79,6 @@ class _Mode(FakeTensorMode):
                                 f"simulated, measure it with `python -m profiler run`") from None
 
 
-def _round_up(n: int, m: int) -> int:
-    return (n + m - 1) // m * m
-
-
-def cuda_sdpa_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
-                     is_causal: bool, enable_gqa: bool = False) -> str:
-    """The SDPA backend CUDA's dispatcher picks on an sm80+ GPU (torch sdp_utils.cpp, default priority
-    flash > efficient > math; cuDNN, preferred on some Hopper setups, saves the same out + stats as flash).
-    Both fused kernels need q, k and v with the same number of heads (sdp_utils_cpp.h
-    `check_batch_size_and_num_heads_dense`); only flash takes fewer k/v heads, and only with `enable_gqa`.
-    A caller passing k/v with fewer heads and no `enable_gqa` (Falcon-7B's multi-query attention calls SDPA
-    directly) gets the math kernel, which broadcasts them and saves the s x s probabilities."""
-    d, dv = q.shape[-1], v.shape[-1]
-    same = q.dtype == k.dtype == v.dtype
-    square = q.shape[-2] == k.shape[-2]
-    hq, hk, hv = q.shape[-3], k.shape[-3], v.shape[-3]
-    same_heads = hq == hk == hv
-    gqa = enable_gqa and hk == hv and hq % hk == 0
-    if (same and q.dtype in _HALF and attn_mask is None and d == dv and d <= 256 and (square or not is_causal)
-            and (same_heads or gqa)):
-        return "flash"
-    align = 4 if q.dtype == torch.float32 else 8
-    if same and q.dtype in (*_HALF, torch.float32) and d % align == 0 and dv % align == 0 and same_heads:
-        return "efficient"
-    return "math"
-
-
-class _FlashAttention(torch.autograd.Function):
-    """What aten._scaled_dot_product_flash_attention allocates on CUDA (flash-attn 2, flash_api.cpp):
-    forward out (b, s, h, d)-contiguous viewed as (b, h, s, d) + logsumexp (b, h, s) fp32, both saved with
-    q, k, v; backward dq/dk/dv, softmax_d (b, h, s128) fp32, dq_accum (b, s128, h, d32) fp32, and with
-    grouped-query attention dk/dv expanded to all query heads before the reduction."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, is_causal, scale):
-        b, h, s, _ = q.shape
-        out = torch.empty((b, s, h, v.shape[-1]), dtype=q.dtype, device=q.device).transpose(1, 2)
-        lse = torch.empty((b, h, s), dtype=torch.float32, device=q.device)
-        ctx.save_for_backward(q, k, v, out, lse)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, out, lse = ctx.saved_tensors
-        b, h, s, d = q.shape
-        hk, sk = k.shape[1], k.shape[2]
-        dev = q.device
-        dq = torch.empty((b, s, h, d), dtype=q.dtype, device=dev).transpose(1, 2)
-        dk = torch.empty((b, sk, hk, d), dtype=k.dtype, device=dev).transpose(1, 2)
-        dv = torch.empty((b, sk, hk, v.shape[-1]), dtype=v.dtype, device=dev).transpose(1, 2)
-        softmax_d = torch.empty((b, h, _round_up(s, 128)), dtype=torch.float32, device=dev)
-        dq_accum = torch.empty((b, _round_up(s, 128), h, _round_up(d, 32 if d <= 128 else 64)),
-                               dtype=torch.float32, device=dev)
-        expanded = []
-        if hk != h:
-            expanded = [torch.empty((b, sk, h, d), dtype=k.dtype, device=dev),
-                        torch.empty((b, sk, h, v.shape[-1]), dtype=v.dtype, device=dev)]
-        del softmax_d, dq_accum, expanded
-        return dq, dk, dv, None, None
-
-
-class _EfficientAttention(torch.autograd.Function):
-    """aten._scaled_dot_product_efficient_attention on CUDA (cutlass mem-efficient): out (b, s, h, d) viewed
-    as (b, h, s, d) + logsumexp (b, h, s32) fp32 saved with q, k, v and the additive mask; backward grads +
-    delta (b, h, s) fp32."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, bias, is_causal, scale):
-        b, h, s, _ = q.shape
-        out = torch.empty((b, s, h, v.shape[-1]), dtype=q.dtype, device=q.device).transpose(1, 2)
-        lse = torch.empty((b, h, _round_up(s, 32)), dtype=torch.float32, device=q.device)
-        ctx.save_for_backward(q, k, v, out, lse, bias)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, out, lse, bias = ctx.saved_tensors
-        b, h, s, _ = q.shape
-        delta = torch.empty((b, h, s), dtype=torch.float32, device=q.device)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        del delta
-        return dq, dk, dv, None, None, None
-
-
-class CudaSdpa:
-    """Stands in for F.scaled_dot_product_attention: allocates what the CUDA kernel would; counts kernels."""
-
-    def __init__(self, native):
-        self.native = native
-        self.used: Counter[str] = Counter()
-
-    def __call__(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                 enable_gqa=False):
-        kernel = cuda_sdpa_kernel(query, key, value, attn_mask, is_causal, enable_gqa)
-        self.used[kernel] += 1
-        if kernel == "flash":
-            return _FlashAttention.apply(query, key, value, is_causal, scale)
-        if kernel == "efficient":
-            bias = attn_mask
-            if bias is not None and bias.dtype == torch.bool:  # attention.cpp convert_boolean_attn_mask
-                bias = torch.zeros(bias.shape, dtype=query.dtype, device=query.device)
-            return _EfficientAttention.apply(query, key, value, bias, is_causal, scale)
-        return torch.ops.aten._scaled_dot_product_attention_math(
-            query, key, value, attn_mask, dropout_p, is_causal, None, scale=scale, enable_gqa=enable_gqa)[0]
-
-
 def cuda_dropout(input, p: float = 0.5, training: bool = True, inplace: bool = False):
     """F.dropout as a CUDA run executes it: the fused `aten.native_dropout`, which saves a bool mask (one
     byte per element) for backward, where the CPU path multiplies by a noise tensor of the input's dtype."""
@@ -194,6 +98,39 @@ class CpuSdpa:
         dense = query.dtype in (*_HALF, torch.float32) and query.shape[-1] == value.shape[-1]
         self.used["flash_cpu" if dense else "math"] += 1
         return self.native(query, key, value, *args, **kwargs)
+
+
+def unpacked_sequence_indices(position_ids: torch.Tensor) -> None:
+    """transformers.masking_utils.find_packed_sequence_indices as the real run answers it for the harness's
+    batches. transformers treats a fake tensor as tracing (utils/import_utils.py `is_tracing`), so under
+    FakeTensorMode the function skips its `(packed_sequence_mask[:, -1] == 0).all()` check and returns the
+    indices: the model then builds a 4-D mask that the real run does not (with no cache, i.e. with gradient
+    checkpointing), and SDPA gets a mask. The harness never packs (it passes no position_ids: they are
+    transformers' own arange, one sequence per row), so the check is True there and the answer None. The same
+    tensors are allocated (diff, cumsum, the comparison) as in the real run; only the answer is given."""
+    first_dummy_value = position_ids[:, :1] - 1
+    position_diff = torch.diff(position_ids, prepend=first_dummy_value, dim=-1)
+    packed_sequence_mask = (position_diff != 1).cumsum(-1)
+    unpacked = (packed_sequence_mask[:, -1] == 0).all()  # True for arange positions; not read (no values)
+    del unpacked
+    return None
+
+
+def _bnb_dynamic_map(native):
+    """bitsandbytes.functional.create_dynamic_map with a placeholder value: the table (fp32 [256] for the
+    default 8 bits) is built by `.tolist()` of linspace values, which fake tensors cannot give, and its values
+    never change what is allocated. The 8-bit optimizers build it once (optim/optimizer.py `fill_qmap`) and
+    keep it as qmap1/qmap2; the step itself is bitsandbytes' own op, whose registered fake kernel
+    (_ops.py `optimizer_update_8bit_blockwise`) allocates nothing, as the CUDA kernel updates in place."""
+
+    def create_dynamic_map(*args, **kwargs):
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+        with unset_fake_temporarily():
+            table = native(*args, **kwargs)
+        return torch.empty(table.shape, dtype=table.dtype)
+
+    return create_dynamic_map
 
 
 def _optim_modules() -> list:
@@ -291,15 +228,16 @@ def forced_routing(model: torch.nn.Module, routing: str) -> Iterator[int]:
 class Simulation:
     """The FakeBackend of profiler.measure.harness: fake mode, fake model, the attention kernel a run would pick."""
 
-    def __init__(self, target_device: str):
+    def __init__(self, target_device: str, gpu_arch: str = "auto"):
         self.target = target_device
+        self.arch = gpu_arch
         self.fake_mode = _Mode(allow_non_fake_inputs=True)
         self.sdpa: CudaSdpa | CpuSdpa | None = None
 
     @contextmanager
     def mode(self) -> Iterator[None]:
         native = torch.nn.functional.scaled_dot_product_attention
-        self.sdpa = CudaSdpa(native) if self.target == "cuda" else CpuSdpa(native)
+        self.sdpa = CudaSdpa(native, self.arch) if self.target == "cuda" else CpuSdpa(native)
         swap = torch.utils.swap_tensors
         memo = self.fake_mode.fake_tensor_converter.tensor_memo
 
@@ -309,22 +247,21 @@ class Simulation:
             memo.clear()
             return swap(t1, t2)
 
+        from transformers import masking_utils
+
         patches: list[tuple[object, str, object]] = [
             (torch.nn.functional, "scaled_dot_product_attention", self.sdpa),
             (torch.utils, "swap_tensors", swap_fake),
+            (masking_utils, "find_packed_sequence_indices", unpacked_sequence_indices),
         ]
+        bnb_functional = sys.modules.get("bitsandbytes.functional")  # imported before the mode when used
+        if bnb_functional is not None:
+            patches.append((bnb_functional, "create_dynamic_map", _bnb_dynamic_map(bnb_functional.create_dynamic_map)))
         if self.target == "cuda":  # torch.optim picks foreach kernels for CUDA params (not for fake ones)
             patches += [(m, "_default_to_fused_or_foreach", _cuda_foreach_default) for m in _optim_modules()]
             patches.append((torch.nn.functional, "dropout", cuda_dropout))
-        saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
-        for obj, name, value in patches:
-            setattr(obj, name, value)
-        try:
-            with self.fake_mode:
-                yield
-        finally:
-            for obj, name, value in saved:
-                setattr(obj, name, value)
+        with patched(patches), self.fake_mode, cuda_autocast() if self.target == "cuda" else nullcontext():
+            yield
 
     def load_model(self, cfg: RunConfig) -> LoadedModel:
         from transformers import AutoModelForCausalLM
@@ -373,7 +310,7 @@ class Simulation:
         dtype = autocast.get(cfg.train.autocast, DTYPES[cfg.model.dtype])
         with torch.device("meta"):
             q = torch.empty((1, 1, 2, d), dtype=dtype)
-        return cuda_sdpa_kernel(q, q, q, None, True)
+        return cuda_sdpa_kernel(q, q, q, None, True, arch=self.arch, requires_grad=cfg.regime.kind != "inference")
 
     def kernels_used(self) -> str | None:
         if self.sdpa is None or not self.sdpa.used:
@@ -390,7 +327,7 @@ def simulate(cfg: RunConfig, on_step=None, *, primed: bool = False, recorder=Non
     `recorder` (optional, profiler.measure.harness.PhaseRecorder): e.g. profiler.timing's FLOP/byte counter;
     without it the run is unchanged."""
     target = cfg.device
-    sim = Simulation(target)
+    sim = Simulation(target, cfg.gpu_arch)
     # The harness places the batch and autocast on cfg.device; fake tensors here are CPU tensors.
     # A fake step is deterministic: after the first measured step, more steps repeat it exactly.
     train = cfg.train.model_copy(update={"steps": 1})
@@ -416,6 +353,14 @@ def simulate(cfg: RunConfig, on_step=None, *, primed: bool = False, recorder=Non
         record["attention_kernel"] = "flash_attention_2"
     elif impl == "sdpa":
         record["attention_kernel"] = sim.kernels_used() or record.get("attention_kernel")
+        if target == "cuda":
+            if isinstance(sim.sdpa, CudaSdpa) and sim.sdpa.by_kind:
+                record["attention_kernels"] = sim.sdpa.kernels_by_kind()
+            arch = cfg.gpu_arch if cfg.gpu_arch != "auto" else DEFAULT_ARCH
+            record["sdpa_rules"] = {"gpu_arch": arch, "torch": SDPA_RULES_TORCH,
+                                    "assumed": cfg.gpu_arch == "auto"}
+            if (warn := rules_warning()) is not None:
+                record.setdefault("warnings", []).append(warn)
     record["simulated_device"] = target
     return record
 

@@ -10,7 +10,8 @@ import pytest
 from profiler.config import ConfigError, load_config, moe_experts
 
 # Published totals: Hub model cards / safetensors indexes (Mixtral-8x7B-v0.1: 46.7 B; Qwen3-30B-A3B: 30.5 B)
-PUBLISHED_MOE_PARAMS = {"mixtral-8x7b": 46_702_792_704, "qwen3-30b-a3b": 30_532_122_624}
+PUBLISHED_MOE_PARAMS = {"mixtral-8x7b": 46_702_792_704, "qwen3-30b-a3b": 30_532_122_624,
+                        "gpt-oss-20b": 20_914_757_184}
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_MOE_PARAMS))

@@ -10,7 +10,10 @@ branch cannot run on a CPU). Bands are stated where a check is not exact:
 - CUDA breakdown: sums to NVML peak - baseline exactly, untracked within [-1 %, 5 %] of peak allocated,
   context positive in every phase, within 64 MiB across the phases of the steady step and between two runs
   in one process;
-- --no-tracker: the allocator's peaks within 1 % of a tracked run's.
+- --no-tracker: the allocator's peaks within 1 % of a tracked run's;
+- the SDPA kernel simulate picks for this GPU's architecture equals `torch._fused_sdp_choice`, case by case
+  (scripts/simulate_vs_cuda.py --kernels), and the phase peaks hold under bf16 autocast + QLoRA and under
+  gradient checkpointing (the settings HF Trainer / TRL users run).
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ import torch
 from conftest import CONFIGS, gpu, run_watching_the_model, tiny
 
 import profiler.measure.harness as harness
-from profiler.config import load_config
+from profiler.config import REPO_ROOT, load_config
 from profiler.formulas import estimate
 from profiler.formulas.components import components_estimate
 from profiler.measure.harness import run
 from profiler.schema import RunRecord
 
 SIM_REGIMES = ["full", "lora", "qlora4", "qlora8"]
+USER_SETTINGS = [("qlora4", "train.autocast=bf16"),
+                 ("qlora4", "train.autocast=bf16", "train.gradient_checkpointing=true"),
+                 ("lora", "train.gradient_checkpointing=true")]
 TRAIN_PHASES = ("forward", "backward", "optimizer_step")
 TRACKED = ("weights", "gradients", "optimizer", "activations", "temporaries")
 MiB = 2**20
@@ -67,6 +73,27 @@ def assert_simulation_matches(real: dict, sim: dict, tol: float) -> None:
     assert s and set(s) <= set(r), (sorted(s), sorted(r))
     errors = {k: (s[k] - r[k]) / r[k] for k in s}
     assert all(abs(e) <= tol for e in errors.values()), {k: f"{100 * e:+.2f}%" for k, e in errors.items()}
+
+
+def simulate_vs_cuda_script():
+    """scripts/simulate_vs_cuda.py as a module (its kernel comparison is shared with these tests)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("svc", REPO_ROOT / "scripts" / "simulate_vs_cuda.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def assert_kernels_agree(rows: list[dict]) -> None:
+    assert rows and all(r["simulated"] == r["torch"] for r in rows), [r for r in rows if r["simulated"] != r["torch"]]
+
+
+def device_arch() -> str:
+    """This GPU's `gpu_arch` (auto where the config has no value for its compute capability)."""
+    major, minor = torch.cuda.get_device_capability()
+    arch = f"sm{major}{minor}"
+    return arch if arch in ("sm70", "sm75", "sm80", "sm86", "sm89", "sm90", "sm100", "sm120") else "auto"
 
 
 def assert_oom_recorded_and_freed(rec: dict, refs: list[weakref.ref]) -> None:
@@ -167,6 +194,25 @@ def test_simulate_matches_cuda_per_phase_within_3_percent(regime):
     real = run(cfg)
     RunRecord.model_validate(real)
     assert_simulation_matches(real, simulate(cfg), tol=0.03)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("settings", USER_SETTINGS, ids=["qlora4-bf16", "qlora4-bf16-ckpt", "lora-ckpt"])
+def test_simulate_matches_cuda_under_autocast_and_checkpointing(settings):
+    from profiler.simulate.backend import simulate
+
+    regime, *overrides = settings
+    cfg = cuda_cfg(regime, *overrides, f"gpu_arch={device_arch()}")
+    real, sim = run(cfg), simulate(cfg)
+    assert_simulation_matches(real, sim, tol=0.03)
+
+
+@gpu
+@pytest.mark.gpu
+def test_simulated_sdpa_kernel_is_the_one_torch_picks():
+    _, rows = simulate_vs_cuda_script().cuda_kernel_rows()
+    assert_kernels_agree(rows)
 
 
 @gpu
@@ -272,6 +318,24 @@ def test_cpu_sibling_simulate_matches_per_phase(regime):
 
     cfg = tiny(regime, "train.steps=1")
     assert_simulation_matches(run(cfg), simulate(cfg), tol=0.03)
+
+
+@pytest.mark.parametrize("settings", USER_SETTINGS, ids=["qlora4-bf16", "qlora4-bf16-ckpt", "lora-ckpt"])
+def test_cpu_sibling_simulate_matches_under_autocast_and_checkpointing(settings):
+    from profiler.simulate.backend import simulate
+
+    regime, *overrides = settings
+    cfg = tiny(regime, "train.steps=1", *overrides)
+    assert_simulation_matches(run(cfg), simulate(cfg), tol=0.03)
+
+
+def test_cpu_sibling_kernel_rows_against_torchs_cpu_choice():
+    """The same comparison on CPU tensors, against CPU's rule (sdp_utils_cpp.cpp: the CPU flash kernel takes
+    masks and, with enable_gqa, fewer k/v heads; otherwise k/v need as many heads as q)."""
+    def cpu_rule(q, k, v, mask, causal, gqa):
+        return "flash" if q.shape[1] == k.shape[1] or gqa else "math"
+
+    assert_kernels_agree(simulate_vs_cuda_script().kernel_rows("cpu", cpu_rule, seq=64))
 
 
 def test_cpu_sibling_oom_recorded_and_freed():

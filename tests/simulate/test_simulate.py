@@ -39,6 +39,28 @@ def test_cpu_target_reproduces_real_cpu_run_exactly():
     assert fake["phases"][1]["breakdown"]["weights"] == real["model"]["weight_bytes"]
 
 
+@pytest.mark.parametrize("regime", ["full", "lora", "qlora4"])
+@pytest.mark.parametrize("settings", [("train.gradient_checkpointing=true",), ("train.autocast=bf16",),
+                                      ("train.gradient_checkpointing=true", "train.autocast=bf16")],
+                         ids=["checkpointing", "autocast-bf16", "both"])
+def test_cpu_target_reproduces_real_cpu_run_under_user_settings(regime, settings):
+    """Byte for byte with checkpointing and bf16 autocast too (transformers builds no packed-sequence mask
+    under simulate any more: profiler.simulate.backend.unpacked_sequence_indices)."""
+    cfg = tiny(regime, "train.steps=1", *settings)
+    real, fake = run(cfg), simulate(cfg)
+    assert (fake["status"], real["status"]) == ("ok", "ok"), fake["error"]
+    assert _peaks(fake) == _peaks(real)
+    assert [p["breakdown"] for p in fake["phases"]] == [p["breakdown"] for p in real["phases"]]
+
+
+def test_checkpointing_builds_no_mask_the_real_run_does_not():
+    """With checkpointing there is no cache, and transformers' packed-sequence check (which it skips for fake
+    tensors) would give SDPA a mask: the fused kernel must see none, as in the real run."""
+    rec = simulate(tiny("full", "device=cuda", "train.gradient_checkpointing=true", "train.steps=1"))
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["attention_kernel"] == "flash"
+
+
 @pytest.mark.parametrize("regime", ["qlora4", "qlora8"])
 def test_fake_qlora_weights_equal_real_bitsandbytes_model(regime):
     cfg = tiny(regime, "train.steps=1")
@@ -296,3 +318,20 @@ def test_cuda_target_dropout_saves_a_one_byte_mask():
     saved = tr.phases[-1].end_breakdown["activations"] + tr.phases[-1].end_breakdown["temporaries"]
     assert y.shape == x.shape
     assert saved == 1000 * 1000 * (4 + 4 + 1)  # x and the output (fp32) + a bool mask, no fp32 noise
+
+
+@pytest.mark.parametrize("name", ["adamw_8bit", "paged_adamw_8bit"])
+def test_bitsandbytes_8bit_adamw_step_runs_on_fake_tensors(name):
+    """The real bnb 8-bit step (its fake kernel); its quantization map gets a placeholder value. State: two uint8
+    moments + fp32 absmax per 256-block for tensors of 4096+ elements, two fp32 moments below that (bnb
+    min_8bit_size), plus the signed and unsigned maps (fp32 [256] each, shared by all parameters)."""
+    from profiler.measure.harness import paged_state_bytes
+
+    cfg = tiny("full", "device=cuda", "train.steps=1", f"optimizer.name={name}")
+    rec = simulate(cfg)
+    assert rec["status"] == "ok", rec["error"]
+    sim = Simulation("cuda")
+    with sim.mode():
+        params = list(sim.load_model(cfg).model.parameters())
+    opt = [p for p in rec["phases"] if p["phase"] == "optimizer_step"][-1]
+    assert opt["breakdown"]["optimizer"] == paged_state_bytes(params) + 2 * 256 * 4

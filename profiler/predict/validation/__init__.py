@@ -1,0 +1,1 @@
+"""Predictions checked against published GPU measurements: the rows file, the conversions, the run, the report."""

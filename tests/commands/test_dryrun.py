@@ -116,7 +116,7 @@ def test_a_loop_written_for_cuda_runs_on_the_simulated_device(tmp_path):
     out = tmp_path / "dry.jsonl"
     res = cli("simulate", "--gpu", "h100", "--quiet", "--output", str(out), "--", "python", str(path))
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "step 2 loss 1.000" in res.stdout and "step 3" not in res.stdout
+    assert "step 1 loss 1.000" in res.stdout and "step 2" not in res.stdout  # ends inside the 3rd step
     d = last(out)
     assert [(p["step"], p["phase"]) for p in d["phases"]] == [
         (s, ph) for s in range(3) for ph in ("forward", "backward", "optimizer_step")]

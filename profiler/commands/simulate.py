@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # the dry-run of the user's own script: `simulate [--gpu NAME] [--steps N] -- python train.py ARGS`
     parser.add_argument("--gpu", help="dry-run: GPU preset for the verdict (e.g. rtx4090; 'cpu': CPU semantics)")
     parser.add_argument("--steps", default="2", help="dry-run: measured optimizer steps after 1 warm-up (default 2)")
-    native = parser.parse_args
+    parser.epilog = ("dry-run of your own script: simulate [--gpu NAME] [--steps N] [--output F] -- python SCRIPT "
+                     "ARGS (docs/dryrun.md)")
+    native = parser.parse_intermixed_args  # `CFG --output f key=value` as before
 
     def parse(argv=None, namespace=None):  # what follows `--` reaches the script untouched
         argv = list(sys.argv[2:] if argv is None else argv)

@@ -15,7 +15,7 @@ SCHEMA_VERSION = 1
 Status = Literal["ok", "oom", "error", "timeout"]
 Backend = Literal["cuda", "cpu", "fake"]
 PhaseName = Literal["load", "accumulate", "forward", "backward", "optimizer_step", "generate"]
-Source = Literal["run", "simulate", "track"]
+Source = Literal["run", "simulate", "track", "dryrun"]  # dryrun: `simulate -- python SCRIPT` (profiler.dryrun)
 
 
 class _Rec(BaseModel):

@@ -18,8 +18,9 @@ from profiler.config import REPO_ROOT
 PACKAGE = REPO_ROOT / "profiler"
 # rank of each room: a module may import from a room of equal or lower rank, never higher
 # integrations (the Trainer callback) sit between learn (it draws the timeline) and commands (trace injects it)
+# dryrun (simulate -- python SCRIPT) runs simulate/measure/integrations in the script and reads GPU presets (predict)
 RANKS = {"vocabulary": 0, "allocator": 0.5, "measure": 1, "simulate": 2, "formulas": 2, "timing": 2.5, "learn": 3,
-         "integrations": 3.5, "predict": 4, "commands": 5, "entry": 6}
+         "integrations": 3.5, "predict": 4, "dryrun": 4.5, "commands": 5, "entry": 6}
 ENTRY = {"cli", "__main__", "__init__", "api"}
 
 

@@ -34,9 +34,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from profiler.recipes.options import add_recipe_argument
 
     add_recipe_argument(parser)
+    # the dry-run of the user's own script: `simulate [--gpu NAME] [--steps N] -- python train.py ARGS`
+    parser.add_argument("--gpu", help="dry-run: GPU preset for the verdict (e.g. rtx4090; 'cpu': CPU semantics)")
+    parser.add_argument("--steps", default="2", help="dry-run: measured optimizer steps after 1 warm-up (default 2)")
+    parser.epilog = ("dry-run of your own script: simulate [--gpu NAME] [--steps N] [--output F] -- python SCRIPT "
+                     "ARGS (docs/dryrun.md)")
+    native = parser.parse_intermixed_args  # `CFG --output f key=value` as before
+
+    def parse(argv=None, namespace=None):  # what follows `--` reaches the script untouched
+        argv = list(sys.argv[2:] if argv is None else argv)
+        if "--" not in argv:
+            ns = native(argv, namespace)
+            ns.command = None
+            return ns
+        i = argv.index("--")
+        ns = native(argv[:i], namespace)
+        ns.command = argv[i + 1:]
+        return ns
+
+    parser.parse_intermixed_args = parse
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "command", None) is not None:
+        from profiler.dryrun.run import run as dryrun
+
+        if args.config is not None or args.overrides:
+            print("error: command: give a run config or `-- python SCRIPT ARGS`, not both", file=sys.stderr)
+            return 2
+        return dryrun(args)
+    if args.config is None and not getattr(args, "from_file", None):
+        print("error: config: missing; allowed: a run config YAML, --from FILE, or `-- python SCRIPT ARGS` for a "
+              "dry-run",
+              file=sys.stderr)
+        return 2
     from profiler.measure.quiet import quiet_libraries
 
     quiet_libraries()

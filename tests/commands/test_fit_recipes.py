@@ -44,7 +44,8 @@ def test_recipe_plain_is_the_loop_before_recipes(capsys):
                        "--recipe", "plain")
     assert res["recipe"] == "plain" and res["defaults"] == []
     before = load_config(None, base={"model": {"arch": "tiny-llama"}, "regime": {"kind": "qlora", "bits": 4},
-                                     "train": {"seq_len": 64}, "device": "cuda"})
+                                     "train": {"seq_len": 64}, "device": "cuda",
+                                     "gpu_arch": res["config"]["gpu_arch"]})  # fit --gpu sets it (not a recipe key)
     cfg = load_config(None, base=res["config"])
     assert cfg.config_hash() == before.config_hash()  # the hash fit's plain config had before recipes existed
 

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import torch
 
-from profiler.allocator.conf import conf_from
+from profiler.allocator.conf import AllocatorConf, conf_from
 from profiler.config import DEFAULT_CPU_BUDGET_FRACTION, ConfigError, RunConfig, default_cpu_budget, parse_bytes
 from profiler.measure.env import collect_env
 from profiler.measure.loading import LoadedModel, load_model, prepare_source, resolve_hf_config
@@ -217,6 +217,46 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
     caching allocator (profiler.measure.reserved): predicted_reserved_bytes / predicted_nvml_bytes.
     `recorder` (optional, see PhaseRecorder): observes each phase; its findings go into the phase records."""
     cuda = cfg.device == "cuda" and fake is None
+    replaying, alloc_conf, alloc_note = _allocator_settings(cfg, cuda, use_tracker, replay_allocator)
+    _check_device(cfg, cuda)
+    use_tracker = True if not cuda else bool(use_tracker)  # off CUDA the tracker is the only memory probe
+    torch.manual_seed(cfg.seed)
+    record = _new_record(cfg, fake, cuda, alloc_note)
+    resolve_hf_config(cfg.model)  # a broken or non-causal config.json: ConfigError (exit 2), nothing run
+    prepare_error = _prepare(cfg) if fake is None else None
+    sampler = _start_cuda_probes(cfg, snapshot_path) if cuda else None
+    _import_libraries(cfg)
+    record["env"] = collect_env("cpu" if fake else cfg.device)
+    tracker, default_budget = _new_tracker(cfg, cuda, fake is not None, use_tracker, replaying)
+    meter = PhaseMeter(cuda, tracker, sampler, recorder)
+    live, load_s, step_seconds = _Live(), 0.0, []
+    steps_total = cfg.train.warmup_steps + cfg.train.steps
+    primed = prime_optimizer and fake is not None and primable(cfg)
+    try:
+        with ExitStack() as modes:
+            _enter_modes(modes, cfg, fake, tracker, prepare_error)
+            load_s = _load(live, cfg, fake, cuda, tracker, meter)
+            _describe_model(record, live, cfg, fake)
+            _steps(live, cfg, meter, record, step_seconds, on_step, primed, fake is not None)
+    except OOM_ERRORS as exc:
+        _record_oom(record, exc, meter, default_budget, cuda)
+    except ConfigError:
+        raise
+    except Exception as exc:  # recorded, never lost: the line says what broke
+        _record_error(record, exc)
+    finally:
+        live.drop()  # drop every reference to device memory
+        _release(tracker, sampler)
+    _finish_record(record, meter.records, steps_total, _timings(cfg, load_s, step_seconds, fake is not None))
+    _record_replay(record, tracker, alloc_conf, cuda)
+    _record_device(record, sampler, cuda, snapshot_path)
+    return record
+
+
+def _allocator_settings(cfg: RunConfig, cuda: bool, use_tracker: bool,
+                        replay_allocator: bool | None) -> tuple[bool, AllocatorConf | None, str | None]:
+    """Whether the allocator replay runs, with which settings, and a note when the environment's settings
+    rule it out: a bad `allocator.conf` key is a ConfigError (exit 2, nothing run), a bad environment is not."""
     replaying = (cuda if replay_allocator is None else replay_allocator) and use_tracker
     alloc_conf, alloc_note = None, None
     if cfg.allocator.conf:
@@ -227,13 +267,20 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
         except ConfigError as exc:  # the environment's settings: the run goes on, without the replay
             replaying = False
             alloc_note = f"no allocator replay (predicted_reserved_bytes): {exc} (from the environment)"
+    return replaying, alloc_conf, alloc_note
+
+
+def _check_device(cfg: RunConfig, cuda: bool) -> None:
+    """Refuse, before anything runs, a device this machine lacks or a budget that backend cannot enforce."""
     if cuda and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' is not available on this machine; allowed here: cpu")
     if cfg.max_memory is not None and cuda:
         raise ConfigError("max_memory: the tracker budget applies to device cpu only; remove it for cuda")
-    use_tracker = True if not cuda else bool(use_tracker)  # off CUDA the tracker is the only memory probe
-    torch.manual_seed(cfg.seed)
-    record: dict = {
+
+
+def _new_record(cfg: RunConfig, fake: FakeBackend | None, cuda: bool, alloc_note: str | None) -> dict:
+    """The RunRecord's head, status 'ok' until the run says otherwise; the later steps add the rest."""
+    return {
         "run_id": uuid.uuid4().hex,
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "config_hash": cfg.config_hash(),
@@ -243,124 +290,196 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
         "error": None,
         "warnings": moe_warnings(cfg) + ([alloc_note] if alloc_note else []),
     }
-    resolve_hf_config(cfg.model)  # a broken or non-causal config.json: ConfigError (exit 2), nothing run
-    prepare_error = None
-    if fake is None:
-        try:
-            prepare_source(cfg)
-        except ConfigError:
-            raise
-        except Exception as exc:  # e.g. a full disk while writing the checkpoint: recorded below as an error
-            prepare_error = exc
-    sampler = _nvml_sampler() if cuda else None
-    if cuda:
-        if sampler is not None:  # baseline before this process creates its CUDA context (or the first one's)
-            sampler.start(cuda_initialised=torch.cuda.is_initialized())
-        torch.cuda.init()
-        if cfg.allocator.conf and hasattr(torch._C, "_accelerator_setAllocatorSettings"):
-            torch._C._accelerator_setAllocatorSettings(cfg.allocator.conf)  # the run uses what the replay models
-        if snapshot_path:
-            torch.cuda.memory._record_memory_history(max_entries=200_000)
-    _import_libraries(cfg)
-    record["env"] = collect_env("cpu" if fake else cfg.device)
+
+
+def _prepare(cfg: RunConfig) -> Exception | None:
+    """Prepare a real run's model source; a failure other than ConfigError (e.g. a full disk while writing the
+    checkpoint) is returned, to be raised inside the run and recorded as its error."""
+    try:
+        prepare_source(cfg)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        return exc
+    return None
+
+
+def _start_cuda_probes(cfg: RunConfig, snapshot_path: str | None) -> NvmlSampler | None:
+    """Start NVML before CUDA's context exists (its baseline), then CUDA itself with the allocator settings the
+    replay models, and the memory history when a snapshot is asked for; returns the sampler (None: no NVML)."""
+    sampler = _nvml_sampler()
+    if sampler is not None:  # baseline before this process creates its CUDA context (or the first one's)
+        sampler.start(cuda_initialised=torch.cuda.is_initialized())
+    torch.cuda.init()
+    if cfg.allocator.conf and hasattr(torch._C, "_accelerator_setAllocatorSettings"):
+        torch._C._accelerator_setAllocatorSettings(cfg.allocator.conf)  # the run uses what the replay models
+    if snapshot_path:
+        torch.cuda.memory._record_memory_history(max_entries=200_000)
+    return sampler
+
+
+def _new_tracker(cfg: RunConfig, cuda: bool, fake: bool, use_tracker: bool,
+                 replaying: bool) -> tuple[TensorTracker | None, bool]:
+    """The tensor tracker (None when off) with its budget, logging allocations when the replay runs; and
+    whether that budget is the default one (a real CPU run never swaps the machine), for the OOM line."""
     budget = parse_bytes(str(cfg.max_memory)) if cfg.max_memory else None
-    default_budget = budget is None and not cuda and fake is None  # a real CPU run never swaps the machine
+    default_budget = budget is None and not cuda and not fake
     if default_budget:
         budget = default_cpu_budget()
     tracker = TensorTracker(budget_bytes=budget, devices={"cuda"} if cuda else None) if use_tracker else None
     if tracker is not None and replaying:
         tracker.alloc_log = []
-    meter = PhaseMeter(cuda, tracker, sampler, recorder)
-    model = optimizer = batch = loaded = None
-    step_seconds: list[float] = []
-    load_s = 0.0
+    return tracker, default_budget
+
+
+class _Live:
+    """The run's model, optimizer and batch in one place, so that run()'s `finally` drops every reference to
+    them (device memory); created per run() call and never kept beyond it. _load writes here, not into
+    locals, so that a traceback of an error in the load phase pins nothing."""
+
+    __slots__ = ("loaded", "model", "optimizer", "batch")
+
+    def __init__(self) -> None:
+        self.drop()
+
+    def drop(self) -> None:
+        self.loaded = self.model = self.optimizer = self.batch = None
+
+
+def _enter_modes(modes: ExitStack, cfg: RunConfig, fake: FakeBackend | None, tracker: TensorTracker | None,
+                 prepare_error: Exception | None) -> None:
+    """Enter, before load, the fake mode and the tracker (so a preparation error is raised inside them and
+    recorded), then the data-parallel communication probe (what its engine adds)."""
+    if fake is not None:
+        modes.enter_context(fake.mode())
+    if tracker is not None:
+        modes.enter_context(tracker)
+    if prepare_error is not None:
+        raise prepare_error
+    modes.enter_context(comm_probe(cfg, tracker))  # data parallelism: what its engine adds
+
+
+def _load(live: _Live, cfg: RunConfig, fake: FakeBackend | None, cuda: bool, tracker: TensorTracker | None,
+          meter: PhaseMeter) -> float:
+    """The measured load phase: model, regime, chunked loss, parallel wrap, optimizer and batch, into `live`;
+    returns its seconds."""
+    training = cfg.regime.kind != "inference"
+    t0 = time.perf_counter()
+    with meter.phase("load"):
+        live.loaded = fake.load_model(cfg) if fake is not None else load_model(cfg)
+        _check_sequence(cfg, live.loaded.hf_config)
+        live.model = apply_regime(live.loaded.model, cfg)
+        if training and cfg.train.loss == "chunked":  # TRL's fused LM head, patched as SFTTrainer does
+            add_chunked_loss(live.model)
+        live.model = wrap(live.model, cfg, tracker)  # parallel.strategy
+        if tracker is not None:
+            tracker.attach(live.model)
+        if training:
+            if cuda and cfg.optimizer.name.startswith("paged"):
+                check_paged_state_fits(trainable_parameters(live.model), free_bytes() or 0)
+            live.optimizer = (optimizer_for(live.model)
+                              or make_optimizer(cfg.optimizer, trainable_parameters(live.model)))
+            if tracker is not None:
+                tracker.attach(live.model, live.optimizer)
+        vocab = live.loaded.hf_config.get_text_config().vocab_size
+        live.batch = torch.randint(0, vocab, (cfg.train.batch_size, cfg.train.seq_len), device=cfg.device)
+    return time.perf_counter() - t0
+
+
+def _describe_model(record: dict, live: _Live, cfg: RunConfig, fake: FakeBackend | None) -> None:
+    """The loaded model's sizes and the attention kernel the run uses, into the record."""
+    record["model"] = model_stats(unwrap(live.model), cfg.model.name)
+    record["attention_kernel"] = (fake.attention_kernel(cfg, live.loaded) if fake is not None
+                                  else getattr(live.loaded.hf_config, "_attn_implementation", None))
+
+
+def _steps(live: _Live, cfg: RunConfig, meter: PhaseMeter, record: dict, step_seconds: list[float],
+           on_step: Callable[[int, int], None] | None, primed: bool, fake: bool) -> None:
+    """The warm-up and measured steps (after the priming step when `primed`); each measured step's seconds
+    go into `step_seconds` as it ends, so a run that fails later keeps them."""
     steps_total = cfg.train.warmup_steps + cfg.train.steps
     training = cfg.regime.kind != "inference"
-    primed = prime_optimizer and fake is not None and primable(cfg)
-    try:
-        with ExitStack() as modes:
-            if fake is not None:
-                modes.enter_context(fake.mode())
-            if tracker is not None:
-                modes.enter_context(tracker)
-            if prepare_error is not None:
-                raise prepare_error
-            modes.enter_context(comm_probe(cfg, tracker))  # data parallelism: what its engine adds
-            t0 = time.perf_counter()
-            with meter.phase("load"):
-                loaded = fake.load_model(cfg) if fake is not None else load_model(cfg)
-                _check_sequence(cfg, loaded.hf_config)
-                model = apply_regime(loaded.model, cfg)
-                if training and cfg.train.loss == "chunked":  # TRL's fused LM head, patched as SFTTrainer does
-                    add_chunked_loss(model)
-                model = wrap(model, cfg, tracker)  # parallel.strategy
-                if tracker is not None:
-                    tracker.attach(model)
-                if training:
-                    if cuda and cfg.optimizer.name.startswith("paged"):
-                        check_paged_state_fits(trainable_parameters(model), free_bytes() or 0)
-                    optimizer = optimizer_for(model) or make_optimizer(cfg.optimizer, trainable_parameters(model))
-                    if tracker is not None:
-                        tracker.attach(model, optimizer)
-                vocab = loaded.hf_config.get_text_config().vocab_size
-                batch = torch.randint(0, vocab, (cfg.train.batch_size, cfg.train.seq_len), device=cfg.device)
-            load_s = time.perf_counter() - t0
-            record["model"] = model_stats(unwrap(model), cfg.model.name)
-            record["attention_kernel"] = (fake.attention_kernel(cfg, loaded) if fake is not None
-                                          else getattr(loaded.hf_config, "_attn_implementation", None))
-            first = 0
-            if primed:
-                with meter.phase("optimizer_step", 0, True):
-                    _prime(model, optimizer, tracker)
-                first = steps_total - 1
-                record["primed_optimizer"] = True
-            for step in range(first, steps_total):
-                warm = step < cfg.train.warmup_steps
-                t_step = time.perf_counter()
-                if training:
-                    _train_step(model, optimizer, batch, cfg, meter, step, warm, fake is not None)
-                else:
-                    _inference_step(model, batch, cfg, meter, step, warm)
-                if not warm:
-                    step_seconds.append(time.perf_counter() - t_step)
-                if on_step:
-                    on_step(step + 1, steps_total)
-    except OOM_ERRORS as exc:
-        record.update(status="oom", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-        if default_budget and isinstance(exc, TrackerOutOfMemory):
-            record["error"] += (f" (default CPU budget: {DEFAULT_CPU_BUDGET_FRACTION:.0%} of the RAM available "
-                                "at start; set max_memory to change it)")
-        if meter.current:
-            record["oom_phase"], record["oom_step"] = meter.current
-        record["free_bytes_at_oom"] = free_bytes() if cuda else None
-        exc.__traceback__ = None
-    except ConfigError:
-        raise
-    except Exception as exc:  # recorded, never lost: the line says what broke
-        record.update(status="error", error=f"{type(exc).__name__}: {exc}")
-        exc.__traceback__ = None
-    finally:
-        model = optimizer = batch = loaded = None  # noqa: F841 - drop every reference to device memory
-        if tracker is not None:
-            tracker.close()  # its grad/optimizer hooks would otherwise keep the model alive
-        if sampler is not None:
-            sampler.__exit__(None, None, None)
-        gc.collect()
-    record["phases"] = meter.records
-    last = steps_total - 1 if record["status"] == "ok" else None
-    record["peaks"] = _peaks(meter.records, last)
-    record["timings"] = {
+    first = 0
+    if primed:
+        with meter.phase("optimizer_step", 0, True):
+            _prime(live.model, live.optimizer, meter.tracker)
+        first = steps_total - 1
+        record["primed_optimizer"] = True
+    for step in range(first, steps_total):
+        warm = step < cfg.train.warmup_steps
+        t_step = time.perf_counter()
+        if training:
+            _train_step(live.model, live.optimizer, live.batch, cfg, meter, step, warm, fake)
+        else:
+            _inference_step(live.model, live.batch, cfg, meter, step, warm)
+        if not warm:
+            step_seconds.append(time.perf_counter() - t_step)
+        if on_step:
+            on_step(step + 1, steps_total)
+
+
+def _record_oom(record: dict, exc: BaseException, meter: PhaseMeter, default_budget: bool, cuda: bool) -> None:
+    """An OOM is a result: status 'oom', its first line, the phase and step it hit, the free bytes then; its
+    traceback is dropped so its frames pin no tensor."""
+    record.update(status="oom", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    if default_budget and isinstance(exc, TrackerOutOfMemory):
+        record["error"] += (f" (default CPU budget: {DEFAULT_CPU_BUDGET_FRACTION:.0%} of the RAM available "
+                            "at start; set max_memory to change it)")
+    if meter.current:
+        record["oom_phase"], record["oom_step"] = meter.current
+    record["free_bytes_at_oom"] = free_bytes() if cuda else None
+    exc.__traceback__ = None
+
+
+def _record_error(record: dict, exc: Exception) -> None:
+    """Any other failure is recorded, never lost: status 'error' and a line saying what broke; its traceback is
+    dropped so its frames pin no tensor."""
+    record.update(status="error", error=f"{type(exc).__name__}: {exc}")
+    exc.__traceback__ = None
+
+
+def _release(tracker: TensorTracker | None, sampler: NvmlSampler | None) -> None:
+    """After the run's references are dropped: close the tracker (its grad/optimizer hooks would otherwise keep
+    the model alive), stop the NVML sampler, and collect, so device memory is freed before the record ends."""
+    if tracker is not None:
+        tracker.close()
+    if sampler is not None:
+        sampler.__exit__(None, None, None)
+    gc.collect()
+
+
+def _timings(cfg: RunConfig, load_s: float, step_seconds: list[float], fake: bool) -> dict:
+    """Load seconds, the median measured step and its tokens per second (none for a fake step: it means nothing)."""
+    return {
         "load_s": load_s,
         "median_step_s": statistics.median(step_seconds) if step_seconds else None,
         "tokens_per_s": (cfg.train.batch_size * cfg.train.seq_len / statistics.median(step_seconds)
-                         if step_seconds and fake is None else None),  # a fake step's speed means nothing
+                         if step_seconds and not fake else None),  # a fake step's speed means nothing
     }
+
+
+def _finish_record(record: dict, phases: list[dict], steps_total: int, timings: dict) -> None:
+    """The phase records, their peaks (steady: the last step's, only for a run that finished) and timings."""
+    record["phases"] = phases
+    last = steps_total - 1 if record["status"] == "ok" else None
+    record["peaks"] = _peaks(phases, last)
+    record["timings"] = timings
+
+
+def _record_replay(record: dict, tracker: TensorTracker | None, alloc_conf: AllocatorConf | None,
+                   cuda: bool) -> None:
+    """The allocator replay of a finished run's allocation log: predicted_reserved_bytes / predicted_nvml_bytes."""
     if tracker is not None and tracker.alloc_log is not None and record["status"] == "ok":
         from profiler.measure.reserved import add_predictions
 
         gpu = _gpu_facts() if cuda else {}
         add_predictions(record, tracker, alloc_conf, **gpu)
         tracker.alloc_log = None
+
+
+def _record_device(record: dict, sampler: NvmlSampler | None, cuda: bool, snapshot_path: str | None) -> None:
+    """NVML's figures, the allocator's memory_stats and the snapshot; then an empty cache, so the next run in
+    this process starts from nothing."""
     if sampler is not None:
         record.update(nvml_fields(sampler))
         record["peaks"]["nvml_peak_bytes"] = record["nvml"]["peak_used_bytes"] if record["nvml"] else None
@@ -370,7 +489,6 @@ def run(cfg: RunConfig, *, use_tracker: bool = True, snapshot_path: str | None =
             torch.cuda.memory._dump_snapshot(snapshot_path)
             torch.cuda.memory._record_memory_history(enabled=None)
         torch.cuda.empty_cache()  # the next run in this process starts from an empty cache
-    return record
 
 
 def _gpu_facts() -> dict:

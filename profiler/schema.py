@@ -155,8 +155,9 @@ class RunRecord(_Rec):
     oom_phase: str | None = Field(None, description="phase where the OOM struck (status oom)")
     oom_step: int | None = Field(None, description="step index where the OOM struck")
     backend: Backend = Field(description="cuda (measured), cpu (tracker-measured), fake (simulated)")
-    source: Source = Field("run", description="run (our loop), simulate (fake tensors) or track (the user's own "
-                           "loop: track() or the Trainer callback); old lines without it: from backend")
+    source: Source = Field("run", description="run (our loop), simulate (fake tensors), track (the user's own "
+                           "loop: track() or the Trainer callback) or dryrun (the user's script on fake tensors: "
+                           "`simulate -- python SCRIPT`); old lines without it: from backend")
     env: EnvInfo
     model: ModelStats | None = None
     phases: list[PhaseRecord] = Field(default_factory=list)

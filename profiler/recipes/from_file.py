@@ -185,6 +185,14 @@ def _hf(doc: dict, path: str, fmt: str) -> FromFile:
     return res
 
 
+
+def _finish(res: FromFile, doc: dict, seen: set[str], unmodelled: dict[str, str]) -> FromFile:
+    """Record the set fields we know but do not model (with why) and every field we never read."""
+    seen.update(unmodelled)
+    res.ignored.update({k: why for k, why in unmodelled.items() if doc.get(k) not in (None, False, "")})
+    res.unread = sorted(k for k in doc if k not in seen)
+    return res
+
 def parse_trl(doc: dict, path: str) -> FromFile:
     """A TRL SFTConfig (recipe trl: its defaults, chunked loss included, fill what the file leaves unset)."""
     return _hf(doc, path, "trl")
@@ -240,19 +248,15 @@ def parse_axolotl(doc: dict, path: str) -> FromFile:
     _optim(res, "optimizer", take("optimizer"))
     if take("flash_attention"):
         res.put("flash_attention", "model.attn_implementation", "flash_attention_2")
-    for k, why in {"sample_packing": "sample packing is not modelled (the batch is sequence_len tokens a row)",
+    return _finish(res, doc, seen, {
+                   "sample_packing": "sample packing is not modelled (the batch is sequence_len tokens a row)",
                    "pad_to_sequence_len": "every row is sequence_len tokens already",
                    "deepspeed": "give the DeepSpeed JSON with --from instead",
                    "fsdp": "give the accelerate config with --from", "fsdp_config": "FSDP settings are not read here",
                    "quantize_moe_experts": "quantized fused experts are not modelled yet",
                    "lora_fan_in_fan_out": "no memory effect", "xformers_attention": "xformers is not modelled",
                    "tf32": "no memory effect", "liger_fused_linear_cross_entropy": "Liger is not modelled",
-                   "unsloth_lora_mlp": "unsloth kernels are not modelled"}.items():
-        seen.add(k)
-        if doc.get(k) not in (None, False, ""):
-            res.ignored[k] = why
-    res.unread = sorted(k for k in doc if k not in seen)
-    return res
+                   "unsloth_lora_mlp": "unsloth kernels are not modelled"})
 
 
 def parse_llamafactory(doc: dict, path: str) -> FromFile:
@@ -300,15 +304,11 @@ def parse_llamafactory(doc: dict, path: str) -> FromFile:
     _optim(res, "optim", take("optim"))
     if take("flash_attn") == "fa2":
         res.put("flash_attn", "model.attn_implementation", "flash_attention_2")
-    for k, why in {"deepspeed": "give the DeepSpeed JSON with --from instead", "packing": "packing is not modelled",
+    return _finish(res, doc, seen, {
+                   "deepspeed": "give the DeepSpeed JSON with --from instead", "packing": "packing is not modelled",
                    "neat_packing": "packing is not modelled", "upcast_layernorm": "fp32 norms are not modelled here",
                    "enable_liger_kernel": "Liger is not modelled", "use_unsloth": "unsloth is not modelled",
-                   "use_unsloth_gc": "unsloth is not modelled"}.items():
-        seen.add(k)
-        if doc.get(k) not in (None, False, ""):
-            res.ignored[k] = why
-    res.unread = sorted(k for k in doc if k not in seen)
-    return res
+                   "use_unsloth_gc": "unsloth is not modelled"})
 
 
 def parse_accelerate(doc: dict, path: str) -> FromFile:

@@ -8,13 +8,13 @@ peak allocated). With --real, the bundled real-size architecture of the family i
 target (LoRA, bf16, seq 2048: activations are most of the peak) and compared with `components` (its
 allocated part, without the CUDA context and allocator slack that simulate does not model).
 
-    python scripts/family_matrix.py                       # the whole matrix (~3 min on 2 cores), README block
+    python scripts/family_matrix.py                       # the whole matrix (~3 min on 2 cores), docs/families.md block
     python scripts/family_matrix.py --real                # + real-size column (~5 min more)
     python scripts/family_matrix.py --real-only           # redo only the real-size column of --json
-    python scripts/family_matrix.py --from-json FILE      # re-render the README block from saved rows
-    python scripts/family_matrix.py --families tiny-gemma2 --regimes full --no-readme
+    python scripts/family_matrix.py --from-json FILE      # re-render the docs/families.md block from saved rows
+    python scripts/family_matrix.py --families tiny-gemma2 --regimes full --no-page
     python scripts/family_matrix.py --real-grid           # components vs simulate, real size, CUDA target:
-                                                          # full/lora/qlora4 x checkpointing (~10 min), README block
+                                                          # full/lora/qlora4 x checkpointing (~10 min), docs/families.md block
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def _pct(v) -> str:
 
 
 def markdown(rows: list[dict], real: list[dict] | None = None) -> str:
-    """The README table: one line per family x regime (and the real-size columns when given)."""
+    """The docs/families.md table: one line per family x regime (and the real-size columns when given)."""
     label = {tiny: name for name, tiny, _ in FAMILIES}
     big = {name: r for name, _, r in FAMILIES}
     real_by = {r["arch"]: r for r in real or []}
@@ -236,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=str(DEFAULT_JSON), help=f"rows written here (default {DEFAULT_JSON})")
     ap.add_argument("--from-json", help="render from saved rows instead of running")
     ap.add_argument("--real-only", action="store_true", help="keep the tiny rows of --json, redo the real-size ones")
-    ap.add_argument("--readme", default=str(REPO_ROOT / "README.md"))
-    ap.add_argument("--no-readme", action="store_true")
+    ap.add_argument("--page", "--readme", dest="readme", default=str(REPO_ROOT / "docs" / "families.md"),
+                    help="the page whose generated blocks to rewrite (default docs/families.md)")
+    ap.add_argument("--no-page", "--no-readme", dest="no_readme", action="store_true")
     ap.add_argument("--real-grid", action="store_true",
                     help=f"components vs simulate on every real-size architecture, CUDA, seq {REAL_SEQ}: "
                          f"regimes x checkpointing (rows to {GRID_JSON})")

@@ -63,7 +63,7 @@ def test_tiny_family_qlora4_simulate_matches_exactly(arch):
 @pytest.mark.parametrize("arch", sorted(MODELLED))
 def test_components_within_10_percent_of_simulate(arch):
     for seq in fm.SEQS:
-        err, notes = fm.components_vs_simulate(fm.family_config(arch, "full", seq))  # as the README table
+        err, notes = fm.components_vs_simulate(fm.family_config(arch, "full", seq))  # as the docs/families.md table
         assert abs(err) <= 10, (arch, seq, err)
         assert "not modelled" not in notes
 
@@ -124,10 +124,10 @@ def test_unsupported_attention_is_a_config_error_naming_the_allowed(capsys):
     assert code == 2 and err.count("\n") == 1 and "allowed: auto, eager" in err
 
 
-def test_readme_table_is_what_the_script_renders_from_its_json():
+def test_docs_table_is_what_the_script_renders_from_its_json():
     data = json.loads(fm.DEFAULT_JSON.read_text())
     assert {r["arch"] for r in data["rows"]} == set(TINY)
-    assert fm.readme_block(REPO_ROOT / "README.md") == fm.markdown(data["rows"], data.get("real"))
+    assert fm.readme_block(REPO_ROOT / "docs" / "families.md") == fm.markdown(data["rows"], data.get("real"))
 
 
 def test_markdown_marks_unmodelled_and_inexact_cells():

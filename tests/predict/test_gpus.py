@@ -33,8 +33,8 @@ def test_every_source_is_a_url_quoting_the_total_it_gives():
         assert re.search(rf"(?<!\d){r['total_mib']}\s?MiB", r["source"]), r["name"]
 
 
-def test_every_preset_is_listed_in_both_readmes():
-    readme = (GPUS_CSV.parents[2] / "README.md").read_text()
+def test_every_preset_is_listed_in_the_fit_page_and_the_data_readme():
+    readme = (GPUS_CSV.parents[2] / "docs" / "fit.md").read_text()
     gpu_bullet = readme[readme.index("- **GPU**: `--gpu NAME`"):readme.index("- **Predictor**:")]
     table = (GPUS_CSV.parent / "README.md").read_text()
     for r in _rows():

@@ -46,6 +46,18 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def parse(argv: list[str]):
+    """(the command's module, its parsed arguments) for argv = [COMMAND, ...], running nothing: what `main` runs,
+    and what tests/docs/test_doc_commands.py checks every documented command against. A bad flag exits 2 (one
+    line), as in `main`."""
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = OneLineParser(prog=f"{prog_name()} {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    # intermixed: `run CFG --output x.jsonl train.batch_size=4` works like `run CFG train.batch_size=4 --output ...`
+    return module, parser.parse_intermixed_args(argv[1:])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -62,12 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {name!r}; allowed: {', '.join(COMMANDS)}"
               + (f"; did you mean {hint[0]!r}?" if hint else ""), file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    parser = OneLineParser(prog=f"{prog_name()} {name}", description=COMMANDS[name][1])
-    module.add_arguments(parser)
-    # intermixed: `run CFG --output x.jsonl train.batch_size=4` works like `run CFG train.batch_size=4 --output ...`
+    module, args = parse(argv)
     try:
-        return int(module.main(parser.parse_intermixed_args(argv[1:])) or 0)
+        return int(module.main(args) or 0)
     except KeyboardInterrupt:  # Ctrl-C: one line and the shell's code, no traceback
         print(f"interrupted: {name} stopped", file=sys.stderr)
         return 130

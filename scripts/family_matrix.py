@@ -14,7 +14,7 @@ allocated part, without the CUDA context and allocator slack that simulate does 
     python scripts/family_matrix.py --from-json FILE      # re-render the docs/families.md block from saved rows
     python scripts/family_matrix.py --families tiny-gemma2 --regimes full --no-page
     python scripts/family_matrix.py --real-grid           # components vs simulate, real size, CUDA target:
-                                                          # full/lora/qlora4 x checkpointing (~10 min), docs/families.md block
+                                                          # full/lora/qlora4 x checkpointing (~10 min), page block
 """
 
 from __future__ import annotations

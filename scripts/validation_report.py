@@ -54,8 +54,9 @@ def summary_block(csv: Path) -> str:
     df, meta = _load(csv)
     summ = summary(df)
     done = ran(df)
-    lines = [f"Predicted ({len(done)} of {len(df)} published figures; the others cannot be expressed or run, each "
-             f"with its reason) against GPU-memory figures that others measured and published. Written by "
+    n_failed = int(df["error"].notna().sum())
+    lines = [f"{len(done)} of {len(df)} published GPU-memory figures predicted ({len(df) - len(done) - n_failed} "
+             f"not run, each with its reason in the full table; {n_failed} failed). Written by "
              f"`scripts/validation_report.py` from `python -m profiler validate` on {meta.get('date', '?')}, commit "
              f"{meta.get('commit', '?')}; *expressible* = no setting of the source our config cannot express.", "",
              "| group | predicted | median \\|error\\| | worst | expressible | median \\|error\\| |",
@@ -69,7 +70,8 @@ def summary_block(csv: Path) -> str:
         lines.append(f"| {name} | {r.ran} of {r.rows} | {_pct(r.median_abs_pct)} | {_pct(r.worst_abs_pct)} | "
                      f"{r.expressible_ran} | {_pct(r.expressible_median_abs_pct)} |")
     lines += ["", "![predicted vs published](docs/img/validation.png)", "",
-              "Every group, every miss over 25 % and its cause: [docs/validation-results.md](docs/validation-results.md)."]
+              "Every group, every miss over 25 % and its cause: "
+              "[docs/validation-results.md](docs/validation-results.md)."]
     return "\n".join(lines)
 
 

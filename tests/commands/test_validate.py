@@ -239,8 +239,12 @@ def test_a_predictor_failure_fails_that_row_only(tmp_path, monkeypatch):
 
 
 def test_readme_block_matches_the_committed_csv():
-    """README's "How accurate is it?" numbers are the committed CSV's, through the script (never typed by hand)."""
+    """README's "How accurate is it?" summary, docs/validation-results.md's full table and its picture are the
+    committed CSV's, through the script (never typed by hand)."""
     from profiler.config import REPO_ROOT
 
     csv = REPO_ROOT / "results" / "validation" / "validation.csv"
     assert _report_script().main(["--csv", str(csv), "--readme", str(REPO_ROOT / "README.md"), "--check"]) == 0
+    assert _report_script().main(["--csv", str(csv), "--check"]) == 0  # README.md and docs/validation-results.md
+    assert "<!-- validation-summary:start -->" in (REPO_ROOT / "README.md").read_text()
+    assert "<!-- validation:start -->" in (REPO_ROOT / "docs" / "validation-results.md").read_text()

@@ -1,12 +1,13 @@
-"""Write the `fit` examples of README.md and docs/fit.md from real runs of the commands shown (never pasted by hand).
+"""Write the command outputs shown in README.md and docs/ from real runs of those commands (never pasted by hand).
 
-    python scripts/docs_examples.py                # run the three cases (minutes each), save, write both blocks
-    python scripts/docs_examples.py --from-json    # re-render the blocks from results/docs/fit_examples.json
-    python scripts/docs_examples.py --check        # exit 1 when a block differs from what the JSON renders
+    python scripts/docs_examples.py [--block NAME]  # run the commands (fit-examples: minutes each), save, write
+    python scripts/docs_examples.py --from-json     # re-render every block from results/docs/<block>.json
+    python scripts/docs_examples.py --check         # exit 1 when a block differs from what its JSON renders
 
-Each case is `python -m profiler fit ...` run in a fresh process from the repo root; its stdout (the answer; the
+Blocks: `fit-examples` (README.md and docs/fit.md: `fit` on three real cases), `min-gpus` (docs/parallel.md:
+`estimate --min-gpus` on four models). Each command runs in a fresh process from the repo root; its stdout (the
 progress lines on stderr are left out), exit code and wall time are saved with the date, the commit and the
-machine's load, and rendered between `<!-- fit-examples:begin -->` and `<!-- fit-examples:end -->`.
+machine's load, and rendered between `<!-- NAME:begin -->` and `<!-- NAME:end -->`.
 """
 
 from __future__ import annotations
@@ -21,37 +22,54 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-JSON = REPO / "results" / "docs" / "fit_examples.json"
-TARGETS = [REPO / "README.md", REPO / "docs" / "fit.md"]
-BEGIN, END = "<!-- fit-examples:begin -->", "<!-- fit-examples:end -->"
 # (title shown above the output, the arguments after `python -m profiler`)
-CASES = [
+FIT_CASES = [
     ("7B QLoRA on a 24 GB card (RTX 4090)", ["fit", "llama-2-7b", "--regime", "qlora4", "--seq", "2048", "--gpu",
                                             "rtx4090"]),
     ("8B LoRA on an A100 40GB", ["fit", "llama-3-8b", "--regime", "lora", "--seq", "2048", "--gpu", "a100-40gb"]),
     ("70B QLoRA on an H100", ["fit", "llama-2-70b", "--regime", "qlora4", "--seq", "2048", "--gpu", "h100"]),
 ]
+_MIN = ["--min-gpus", "--gpu-memory", "80GiB"]
+MIN_GPUS_CASES = [
+    ("Qwen2.5-7B, full fine-tuning, seq 512",
+     ["estimate", "configs/llama7b_full.yaml", "model.arch=qwen2.5-7b", *_MIN]),
+    ("Llama-2-70B, full fine-tuning, seq 4096", ["estimate", "configs/llama70b_full.yaml", *_MIN]),
+    ("the same with gradient checkpointing", ["estimate", "configs/llama70b_full.yaml",
+                                              "train.gradient_checkpointing=true", *_MIN]),
+    ("Llama-3.1-405B, full fine-tuning, seq 4096, checkpointing",
+     ["estimate", "configs/llama70b_full.yaml", "model.arch=llama-3.1-405b", "train.gradient_checkpointing=true",
+      *_MIN]),
+]
+# block name -> (its commands, the pages that show it)
+BLOCKS = {
+    "fit-examples": (FIT_CASES, [REPO / "README.md", REPO / "docs" / "fit.md"]),
+    "min-gpus": (MIN_GPUS_CASES, [REPO / "docs" / "parallel.md"]),
+}
+
+
+def json_path(name: str) -> Path:
+    return REPO / "results" / "docs" / f"{name.replace('-', '_')}.json"
 
 
 def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
 
-def run_cases() -> dict:
+def run_cases(cases) -> dict:
     commit = _git("rev-parse", "--short", "HEAD")
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "profiler"))
-    cases = []
-    for title, argv in CASES:
+    done = []
+    for title, argv in cases:
         load = os.getloadavg()[0]
         t0 = time.perf_counter()
         p = subprocess.run([sys.executable, "-m", "profiler", *argv], cwd=REPO, capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(REPO)})
         secs = time.perf_counter() - t0
-        cases.append({"title": title, "argv": argv, "stdout": p.stdout, "rc": p.returncode, "seconds": round(secs, 1),
+        done.append({"title": title, "argv": argv, "stdout": p.stdout, "rc": p.returncode, "seconds": round(secs, 1),
                       "load_at_start": round(load, 1)})
         print(f"{' '.join(argv)}: exit {p.returncode}, {secs:.0f} s", file=sys.stderr, flush=True)
     return {"date": datetime.date.today().isoformat(), "commit": commit + ("-dirty" if dirty else ""),
-            "machine": f"{os.cpu_count()} CPU cores, no GPU", "cases": cases}
+            "machine": f"{os.cpu_count()} CPU cores, no GPU", "cases": done}
 
 
 def render(data: dict) -> str:
@@ -66,38 +84,41 @@ def render(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def replace_block(text: str, block: str, path: Path) -> str:
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"error: {path}: no {BEGIN} ... {END} block")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{block}{END}{tail}"
+def replace_block(text: str, name: str, block: str, path: Path) -> str:
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if begin not in text or end not in text:
+        raise SystemExit(f"error: {path}: no {begin} ... {end} block")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{block}{end}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--from-json", action="store_true", help=f"render from {JSON.relative_to(REPO)}, run nothing")
-    ap.add_argument("--check", action="store_true", help="exit 1 when a block differs from the JSON (nothing written)")
+    ap.add_argument("--block", choices=list(BLOCKS), action="append", help="only this block (repeatable)")
+    ap.add_argument("--from-json", action="store_true", help="render from results/docs/<block>.json, run nothing")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a block differs from its JSON (nothing written)")
     args = ap.parse_args(argv)
-    if args.from_json or args.check:
-        data = json.loads(JSON.read_text())
-    else:
-        data = run_cases()
-        JSON.parent.mkdir(parents=True, exist_ok=True)
-        JSON.write_text(json.dumps(data, indent=1) + "\n")
-    block = render(data)
     stale = []
-    for path in TARGETS:
-        text = path.read_text()
-        new = replace_block(text, block, path)
-        if args.check:
-            if new != text:
-                stale.append(path)
-        elif new != text:
-            path.write_text(new)
-            print(f"wrote the fit examples of {path.relative_to(REPO)}", file=sys.stderr)
+    for name in args.block or list(BLOCKS):
+        cases, targets = BLOCKS[name]
+        if args.from_json or args.check:
+            data = json.loads(json_path(name).read_text())
+        else:
+            data = run_cases(cases)
+            json_path(name).parent.mkdir(parents=True, exist_ok=True)
+            json_path(name).write_text(json.dumps(data, indent=1) + "\n")
+        block = render(data)
+        for path in targets:
+            text = path.read_text()
+            new = replace_block(text, name, block, path)
+            if args.check:
+                stale += [f"{path.relative_to(REPO)} ({name})"] if new != text else []
+            elif new != text:
+                path.write_text(new)
+                print(f"wrote the {name} block of {path.relative_to(REPO)}", file=sys.stderr)
     if stale:
-        print("out of date (run scripts/docs_examples.py --from-json): " + ", ".join(map(str, stale)))
+        print("out of date (run scripts/docs_examples.py --from-json): " + ", ".join(stale))
         return 1
     return 0
 

@@ -264,6 +264,21 @@ def test_the_cheap_commands_run_as_shown(tmp_path, monkeypatch):
         assert Path(argv[-1]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_generated_outputs_are_what_their_script_saved():
+    """The command outputs shown (fit's three cases, estimate --min-gpus) are scripts/docs_examples.py's rendering
+    of its saved runs (results/docs/*.json), and every command in those blocks is one the script ran."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_examples", REPO / "scripts" / "docs_examples.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--check"]) == 0
+    ran = {" ".join(c["argv"]) for name in mod.BLOCKS for c in json.loads(mod.json_path(name).read_text())["cases"]}
+    for c in ALL:
+        if c.generator == "scripts/docs_examples.py":
+            assert " ".join(c.argv) in ran, c.where
+
+
 def test_ci_runs_the_test_command_the_readme_gives():
     readme = (REPO / "README.md").read_text()
     assert "python -m pytest -q" in readme

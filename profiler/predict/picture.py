@@ -107,10 +107,10 @@ def picture_problem(path: str, force: bool = False) -> str | None:
     not exist or cannot be written, or an existing file fit did not write (unless `force`). Checked before any
     simulation; the check writes nothing that stays."""
     p = Path(path)
-    if p.suffix.lower() != ".png":
-        return f"{path!r} does not end in .png; allowed: a PNG file name"
     if p.is_dir():
         return f"{path!r} is a directory; allowed: a PNG file name"
+    if p.suffix.lower() != ".png":
+        return f"{path!r} does not end in .png; allowed: a PNG file name"
     parent = p.parent
     if not parent.is_dir():
         what = "is not a directory" if parent.exists() else "does not exist"

@@ -117,7 +117,10 @@ def _bad_paths(tmp_path: Path) -> dict[str, tuple[str, str]]:
             "not ours": (str(tmp_path / "theirs.png"), "--force")}
 
 
-@pytest.mark.parametrize("case", ["directory", "directory.png", "suffix", "missing folder", "folder is a file", "not ours"])
+BAD = ["directory", "directory.png", "suffix", "missing folder", "folder is a file", "not ours"]
+
+
+@pytest.mark.parametrize("case", BAD)
 def test_a_bad_picture_path_is_one_line_exit_2_before_any_simulation(case, tmp_path, monkeypatch, capsys):
     import profiler.predict.fit as fit_mod
 

@@ -145,7 +145,8 @@ def _bar(ax, pic: FitPicture) -> None:
     ax.axvspan(usable, total, color=COLORS["context"], alpha=0.25, hatch="//", lw=0,
                label=f"CUDA context {total - usable:,.2f} (not usable)")
     ax.axvline(usable, color="k", lw=1.5)
-    ax.text(usable, 0.95, f" usable {usable:,.1f} {unit} ", ha="left", va="top", fontsize=8,
+    right = usable < 0.7 * span  # the label beside the line, on the side with room
+    ax.text(usable, 0.95, f" usable {usable:,.1f} {unit} ", ha="left" if right else "right", va="top", fontsize=8,
             transform=ax.get_xaxis_transform(), bbox={"fc": "white", "ec": "none", "pad": 1})
     ax.set_title(f"predicted peak {left:,.1f} {unit} of {usable:,.1f} {unit} usable: "
                  f"{'fits' if pic.fits else 'does not fit'}", loc="left", fontsize=9, fontweight="bold",
@@ -183,7 +184,7 @@ def _curve_panel(ax, c: Curve | None, unit: tuple[str, int], why_missing: str) -
     ax.axhline(c.limit / div, color="k", lw=1.2, label=f"usable {c.limit / div:,.1f} {name}")
     if c.best > 0:
         ax.axvline(c.best, color="#1a7f37", ls=":", lw=1.2)
-        word = f"max {c.field} {c.best:,}" + (" (cap)" if c.capped else "")
+        word = f"max {c.field} {c.best:,}" + (" = the search's cap" if c.capped else "")
         ax.annotate(word, xy=(c.best, c.limit / div), xytext=(-4, -14), textcoords="offset points", ha="right",
                     fontsize=8, color="#1a7f37")
     if c.at in c.points:

@@ -412,6 +412,10 @@ class RunConfig(_Strict):
             del data["allocator"]  # likewise for the allocator settings (unset: the environment's)
         if self.gpu_arch == "auto":
             del data["gpu_arch"]  # configs written before gpu_arch keep their hashes
+        if self.model.attn_implementation == "auto":  # what auto resolves to: it is what changes memory, and
+            from profiler.hf_config import hashed_attention  # the shipped configs said sdpa before they said auto
+
+            data["model"]["attn_implementation"] = hashed_attention(self.model)
         for dotted, neutral in HASH_NEUTRAL.items():
             *parents, last = dotted.split(".")
             node = data

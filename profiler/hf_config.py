@@ -38,6 +38,48 @@ def resolve_hf_config(mc: ModelConfig):
     return hf_config
 
 
+def resolve_attn_implementation(mc: ModelConfig, hf_config) -> str:
+    """The attention implementation a run uses. `auto` is what transformers itself picks for the model
+    (sdpa where the model class supports it, else eager: Gemma-2's soft-capping has no SDPA path, see
+    transformers 5.23 models/gemma2/modeling_gemma2.py `Gemma2PreTrainedModel._supports_sdpa = False`); an
+    explicit choice the model class does not support is a ConfigError naming the ones it does."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(hf_config)]
+    except KeyError:  # a config class transformers does not map (remote code): transformers' default, sdpa
+        return "sdpa" if mc.attn_implementation == "auto" else mc.attn_implementation
+    supported = ["eager"] + [name for name, flag in (("sdpa", "_supports_sdpa"),
+                                                      ("flash_attention_2", "_supports_flash_attn"))
+                             if getattr(cls, flag, False)]
+    impl = mc.attn_implementation
+    if impl == "auto":
+        return "sdpa" if "sdpa" in supported else "eager"
+    if impl not in supported:
+        raise ConfigError(f"model.attn_implementation: {impl!r} is not supported by {cls.__name__}; "
+                          f"allowed: auto, {', '.join(supported)}")
+    return impl
+
+
+@functools.cache
+def _auto_attention(arch: str | None, path: str | None) -> str:
+    mc = ModelConfig(arch=arch, path=path)
+    return resolve_attn_implementation(mc, resolve_hf_config(mc))
+
+
+def hashed_attention(mc: ModelConfig) -> str:
+    """The attention implementation as `RunConfig.config_hash` sees it: `auto` resolved to what it picks for a
+    local source (a bundled architecture, a config.json, a checkpoint), so `auto` on Llama hashes like the
+    explicit `sdpa` the shipped configs used to say, and `auto` on Gemma-2 like `eager`. A Hub id keeps `auto`
+    (resolving it would need the network), as does a source whose config cannot be read (the run reports that)."""
+    if mc.attn_implementation != "auto" or mc.hub:
+        return mc.attn_implementation
+    try:
+        return _auto_attention(mc.arch, mc.path)
+    except ConfigError:
+        return "auto"
+
+
 # Architecture sizes that must be positive integers where a config.json gives them.
 SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
              "intermediate_size", "vocab_size", "max_position_embeddings", "n_positions", "n_embd", "n_layer",

@@ -50,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "a second process beside the max batch one (same answer, less wall time)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--all", action="store_true", help="every named estimator's total beside the verdict")
+    parser.add_argument("--picture", metavar="FILE.png", help="also draw the verdict: the breakdown against the "
+                        "usable memory, and the predicted peak vs batch and vs seq at the points the searches "
+                        "simulated (profiler/predict/picture.py; docs/fit-picture.md)")
+    parser.add_argument("--force", action="store_true", help="overwrite --picture even if fit did not write it")
     add_timing_arguments(parser)
     from profiler.recipes.options import add_recipe_argument
 
@@ -274,6 +278,11 @@ def main(args: argparse.Namespace) -> int:
     from profiler.config import ConfigError, ignored_note
 
     try:
+        if args.picture:  # before anything is simulated: a bad path costs nothing
+            from profiler.predict.picture import picture_problem
+
+            if (problem := picture_problem(args.picture, args.force)) is not None:
+                raise ConfigError(f"--picture: {problem}")
         gpu = resolve_gpu(args)
         from profiler.model_source import resolve_model
 
@@ -324,6 +333,11 @@ def main(args: argparse.Namespace) -> int:
         render(res)
         if answer is not None:
             render_timing(answer)
+    if args.picture:
+        from profiler.predict.picture import picture_data, plot_fit
+
+        out = plot_fit(picture_data(res), args.picture)
+        print(f"picture written to {out}", file=sys.stderr if args.json else sys.stdout)
     return 0 if res.fits else 1
 
 

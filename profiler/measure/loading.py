@@ -29,6 +29,7 @@ from profiler.hf_config import (  # noqa: F401 - re-exported: what this module's
     SIZE_KEYS,
     check_causal_lm,
     check_model_source,
+    resolve_attn_implementation,
     resolve_hf_config,
 )
 
@@ -50,28 +51,6 @@ def cache_dir() -> Path:
         return Path(os.environ["LLM_MEMPROF_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "llm-memprof"
-
-
-def resolve_attn_implementation(mc: ModelConfig, hf_config: PretrainedConfig) -> str:
-    """The attention implementation a run uses. `auto` is what transformers itself picks for the model
-    (sdpa where the model class supports it, else eager: Gemma-2's soft-capping has no SDPA path); an
-    explicit choice the model class does not support is a ConfigError naming the ones it does."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
-    try:
-        cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(hf_config)]
-    except KeyError:  # a config class transformers does not map (remote code): transformers' default, sdpa
-        return "sdpa" if mc.attn_implementation == "auto" else mc.attn_implementation
-    supported = ["eager"] + [name for name, flag in (("sdpa", "_supports_sdpa"),
-                                                      ("flash_attention_2", "_supports_flash_attn"))
-                             if getattr(cls, flag, False)]
-    impl = mc.attn_implementation
-    if impl == "auto":
-        return "sdpa" if "sdpa" in supported else "eager"
-    if impl not in supported:
-        raise ConfigError(f"model.attn_implementation: {impl!r} is not supported by {cls.__name__}; "
-                          f"allowed: auto, {', '.join(supported)}")
-    return impl
 
 
 def bnb_config(cfg: RunConfig):

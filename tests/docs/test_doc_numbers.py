@@ -68,3 +68,18 @@ def test_prose_number_is_the_code_s(page, phrase, value):
 
 def test_the_estimator_ones_have_a_cuda_context_row():
     assert CUDA_CONTEXT_BYTES // 2**20 == _training_context_mib()  # the csv row says it is the components constant
+
+
+def test_parallel_page_8_bytes_per_param_is_generated_from_the_parameter_counts():
+    """docs/parallel.md's 8 B/param arithmetic is what scripts/param_rule.py writes (meta-device builds, ~5 s CPU),
+    and the prose after it compares with the same 405B card count."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("param_rule", REPO_ROOT / "scripts" / "param_rule.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    counts = {arch: mod.params(arch) for arch in mod.MODELS}
+    assert mod.page_block() == mod.text(counts)
+    page = (DOCS / "parallel.md").read_text()
+    assert f"= {counts['llama-2-70b']:,} x 2 B / 8 +" in page  # the init table's sharded weights at world 8
+    assert f"not {mod.cards(counts['llama-3.1-405b'])}. DeepSpeed" in page

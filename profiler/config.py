@@ -31,7 +31,7 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"  # package data: bundled
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
-# Every numeric bound a config may reach, in one place (README "Configuration reference" lists them):
+# Every numeric bound a config may reach, in one place (docs/configuration.md lists them, scripts/config_table.py):
 # wide enough for any real run, narrow enough that a typo (10**30, 1e400GiB) is an error, not a hang.
 LIMITS: dict[str, tuple[int, int]] = {
     "train.batch_size": (1, 65_536),

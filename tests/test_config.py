@@ -139,15 +139,47 @@ def test_config_error_type():
         load_config(None, ["model.arch=tiny-llama", "train.steps=0"])
 
 
-def test_docs_schema_table_is_current():
-    """docs/schema.md's table is what scripts/schema_table.py writes from profiler/schema.py."""
+def _script(name: str):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("schema_table", REPO_ROOT / "scripts" / "schema_table.py")
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("name", ["schema_table", "config_table"])
+def test_docs_generated_tables_are_current(name):
+    """docs/schema.md's and docs/configuration.md's tables are what their scripts write from the pydantic models."""
+    mod = _script(name)
     assert mod.page_block() == mod.markdown()
     assert mod.main(["--check"]) == 0
+
+
+def test_config_table_has_one_row_per_key_and_each_limit():
+    """Every leaf key of RunConfig has a NOTES entry (a key added without one fails), no entry outlives its key, and
+    each bound of LIMITS is the one the table shows."""
+    from profiler.config import LIMITS
+
+    mod = _script("config_table")
+    keys = [k for k, _ in mod.leaves()]
+    assert set(mod.NOTES) == set(keys)
+    table = {k: allowed for k, _, allowed, _ in mod.rows()}
+    assert list(table) == keys
+    for key, (lo, hi) in LIMITS.items():
+        if key != "max_memory":
+            assert table[key].startswith(f"{lo}.."), (key, table[key])
+            assert str(hi) in table[key] or f"2^{(hi + 1).bit_length() - 1}−1" in table[key], (key, table[key])
+    assert "1 byte to 1 PiB" in table["max_memory"]
+    assert table["regime.kind"] == "full, freeze, lora, qlora, inference"
+    assert "tiny-llama" in table["model.arch"]
+
+
+def test_config_table_refuses_a_key_without_notes(monkeypatch):
+    mod = _script("config_table")
+    monkeypatch.delitem(mod.NOTES, "train.seq_len")
+    with pytest.raises(KeyError, match="train.seq_len: no entry"):
+        mod.markdown()
 
 
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)

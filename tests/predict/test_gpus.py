@@ -33,13 +33,35 @@ def test_every_source_is_a_url_quoting_the_total_it_gives():
         assert re.search(rf"(?<!\d){r['total_mib']}\s?MiB", r["source"]), r["name"]
 
 
-def test_every_preset_is_listed_in_the_fit_page_and_the_data_readme():
-    readme = (GPUS_CSV.parents[2] / "docs" / "fit.md").read_text()
-    gpu_bullet = readme[readme.index("- **GPU**: `--gpu NAME`"):readme.index("- **Predictor**:")]
-    table = (GPUS_CSV.parent / "README.md").read_text()
-    for r in _rows():
-        assert re.search(rf"(?<![\w-]){re.escape(r['name'])}(?![\w-])", gpu_bullet), r["name"]
-        assert f"| `{r['name']}` | {r['device_name']} | {int(r['total_mib']):,} |" in table, r["name"]
+def _gpu_table():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_table", GPUS_CSV.parents[2] / "scripts" / "gpu_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_preset_tables_in_the_fit_page_and_the_data_readme_are_generated_from_the_csv():
+    """docs/fit.md's and profiler/data/README.md's preset tables are what scripts/gpu_table.py writes from
+    gpus.csv: one row per preset, its total in MiB and GiB, its compute capability and the sources."""
+    mod = _gpu_table()
+    rows = _rows()
+    for page, render in mod.PAGES.items():
+        assert mod.page_block(page) == render(rows), page
+    assert mod.main(["--check"]) == 0
+    fit = mod.fit_markdown(rows)
+    for r in rows:
+        mib = int(r["total_mib"])
+        line = next(x for x in fit.splitlines() if x.startswith(f"| `{r['name']}` |"))
+        assert f"| {mib:,} | {mib / 1024:.2f} |" in line and r["source"].split()[0] in line, r["name"]
+    assert "| `rtx4090` |" in fit and "| 24,564 | 23.99 | 8.9 |" in fit  # fit's first line prints 23.99 GiB total
+
+
+def test_cite_numbers_links_and_keeps_the_quote():
+    mod = _gpu_table()
+    assert mod.cite("https://a/1 (nvidia-smi 0MiB / 81559MiB); https://b/2") == \
+        "[1](https://a/1) [2](https://b/2) (nvidia-smi 0MiB / 81559MiB)"
 
 
 def test_names_aliases_and_device_names_are_unambiguous():

@@ -35,6 +35,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    print(f"device {accelerator.device}, cuda available {torch.cuda.is_available()}")
     model.train()
     step = 0
     while step < a.steps:

@@ -48,6 +48,7 @@ def main() -> None:
     data = Dataset.from_list([{"text": r["text"]} for r in rows()])
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=char_tokenizer(),
                          peft_config=peft)
+    print(f"device {args.device}, cuda available {cuda}")
     result = trainer.train()
     print(f"trained {result.global_step} steps, loss {result.training_loss:.3f}")
 

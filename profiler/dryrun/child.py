@@ -229,7 +229,7 @@ def _patch_transformers() -> None:
             model.quantization_method = quant.quant_method
             # a bitsandbytes load always has a device map; with it accelerate's prepare_model leaves the model
             # where it is (accelerator.py prepare_model) instead of `.to(device)`
-            model.hf_device_map = {"": 0 if _env("TARGET", "cuda") == "cuda" else "cpu"}
+            model.hf_device_map = {"": "cuda:0" if _env("TARGET", "cuda") == "cuda" else "cpu"}
         from profiler.simulate.backend import materialize_meta
 
         materialize_meta(model, "cpu")

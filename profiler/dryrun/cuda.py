@@ -1,33 +1,30 @@
-"""`torch.cuda` answered as the named GPU inside the dry-run's child, so the script and its libraries take their CUDA path.
+"""`torch.cuda` answered as the named GPU inside the dry-run's child: the script and its libraries take their CUDA path.
 
 The tensors stay fake *CPU* tensors (autograd aborts on fake CUDA tensors in a CPU torch; profiler.simulate.backend),
 so `.device` of a tensor or a model still says `cpu`; what a script or library *asks* about CUDA is answered as
 the GPU of `simulate --gpu NAME` would answer it (its preset in profiler/data/gpus.csv):
 
-| asked                                   | answer                                                                     |
-|-----------------------------------------|----------------------------------------------------------------------------|
-| `is_available`, `device_count`           | True, 1 (one simulated GPU; `cuda:1` ends the run with one line)           |
-| `current_device`, `set_device`           | 0; `set_device(0 / "cuda" / "cuda:0")` accepted                            |
-| `get_device_name`                        | the preset's `device_name` (as torch reports it on that GPU)              |
-| `get_device_capability`                  | the preset's `compute_capability` (no --gpu: (8, 0), the sm80 rules)       |
-| `get_device_properties`                  | name, total_memory (the preset's), major, minor; no --gpu: one line, exit 2 |
-| `is_bf16_supported(including_emulation)` | torch/cuda/__init__.py: major >= 8, else `including_emulation` (torch     |
-|                                         | then creates a bf16 tensor, which every CUDA GPU can)                     |
-| `memory_allocated`, `max_memory_allocated` | the tracker's live / peak tensor bytes (profiler.measure.probes.tracker: |
-|                                         | not rounded to the allocator's 512-byte blocks); before the tracker opens  |
-|                                         | (the first forward or `on_train_begin`): the models' fake weights          |
-| `memory_reserved`, `max_memory_reserved` | the same figures: the caching allocator is not replayed during the run     |
-|                                         | (a lower bound; the line's verdict says so too)                            |
-| `reset_peak_memory_stats`, `reset_max_memory_allocated` | the peak starts again from the live bytes                     |
-| `mem_get_info`                           | (total - CUDA context - reserved, total) (profiler.allocator.context)      |
-| `memory_stats`                           | allocated/reserved current and peak, as the four keys above               |
-| `synchronize`, `empty_cache`, `ipc_collect` | nothing to do                                                          |
-| `torch.autocast("cuda", ...)`            | enters CPU autocast with the same dtype as well (the fake tensors carry    |
-|                                         | the AutocastCPU key, where the simulation put CUDA's op lists), and the    |
-|                                         | CUDA flags (`torch.is_autocast_enabled()` answers as on the GPU)           |
-| `GradScaler`'s inf check                 | no overflow: the step runs (fake gradients have no values)                 |
+- `is_available`, `device_count`: True, 1 (one simulated GPU; asking about `cuda:1` ends the run with one line).
+- `current_device` 0; `set_device(0 | "cuda" | "cuda:0" | torch.device)` accepted.
+- `get_device_name`: the preset's `device_name` (as torch reports it on that GPU).
+- `get_device_capability`: the preset's `compute_capability` (no --gpu: (8, 0), the sm80 rules of `auto`).
+- `get_device_properties`: name, total_memory (the preset's), major, minor; no --gpu: one line, exit 2.
+- `is_bf16_supported(including_emulation=True)`: as torch/cuda/__init__.py answers: major >= 8, else
+  `including_emulation` (torch then creates a bf16 tensor on the device, which every CUDA GPU can).
+- `memory_allocated` / `max_memory_allocated`: the tracker's live / peak tensor bytes
+  (profiler.measure.probes.tracker; not rounded to the allocator's 512-byte blocks); before the tracker opens
+  (the first forward, or the Trainer's `on_train_begin`): the built models' fake weights.
+- `memory_reserved` / `max_memory_reserved`: the same figures (the caching allocator is not replayed during the
+  run: a lower bound). `reset_peak_memory_stats` / `reset_max_memory_allocated`: the peak restarts from the live
+  bytes. `memory_stats`: those four figures under torch's key names.
+- `mem_get_info`: (total - CUDA context (profiler.allocator.context) - allocated, total).
+- `synchronize`, `empty_cache`, `ipc_collect`: nothing to do.
+- `torch.autocast("cuda", ...)` also enters CPU autocast with the same dtype (the fake tensors carry the
+  AutocastCPU key, where the simulation put CUDA's op lists); the CUDA flags are set too, so
+  `torch.is_autocast_enabled()` answers as on the GPU (peft's LoRA layers ask it).
+- `GradScaler` (fp16) steps the optimizer: fake gradients have no values, no overflow is assumed.
 
-bitsandbytes itself gets torch's own answers (its import loads the CUDA library when CUDA is available; its
+bitsandbytes itself gets torch's own answers (its import loads its CUDA library when CUDA is available; its
 layers are the simulation's stand-ins in the dry-run): callers in `NATIVE_CALLERS` see the real functions.
 """
 

@@ -15,7 +15,6 @@ import os
 import runpy
 import sys
 
-import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from transformers.modeling_utils import PreTrainedModel
 

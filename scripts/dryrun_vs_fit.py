@@ -84,9 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=2, help="the example's --batch-size (its default: 2)")
     ap.add_argument("--gpu", default="rtx4090")
     ap.add_argument("--markdown", action="store_true", help="a Markdown table with the command, date and commit")
+    ap.add_argument("--save", metavar="FILE", help="also write both result lines to FILE (JSON)")
     a = ap.parse_args(argv)
     dry = dryrun_record(a.model, a.regime, a.seq, a.batch, a.gpu)
     fit = fit_record(a.model, a.regime, a.seq, a.batch, a.gpu)
+    if a.save:
+        Path(a.save).write_text(json.dumps({"dryrun": dry, "fit": fit}, default=str))
     df = table(dry, fit)
     lens = sorted({tuple(s) for s in dry["dryrun"]["seq_lens"]})
     if not a.markdown:
@@ -98,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
                             cwd=REPO).stdout.strip()
     cmd = " ".join(["python scripts/dryrun_vs_fit.py", *(argv if argv is not None else sys.argv[1:])])
     print(f"`{cmd}` — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit}; both simulated (fake tensors)\n")
-    print(df.drop(columns=["dry-run bytes", "fit bytes"]).to_markdown(index=False))
+    shown = df.drop(columns=["dry-run bytes", "fit bytes"])
+    print("| " + " | ".join(shown.columns) + " |")
+    print("|" + "---|" * len(shown.columns))
+    for row in shown.itertuples(index=False):
+        print("| " + " | ".join(f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row) + " |")
     print(f"\ndry-run batches (batch, seq): {lens}; attention kernels: dry-run {dry['dryrun']['attention_kernels']}, "
           f"fit {fit.get('attention_kernel')}")
     return 0

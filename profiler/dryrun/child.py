@@ -21,8 +21,10 @@ each undone by nothing (the process ends when the dry-run has its steps):
 | `aten._local_scalar_dense` in the fake mode               | library `.item()`/`bool()` (loss logging, Adam's step |
 |                                                          | count, grad-norm): 1 (0 would divide by zero in Adam's |
 |                                                          | bias correction; FACTS.md "Checked for the dry-run")  |
-| `.to("cuda")`, `.cuda()`, `device="cuda"` (a         | the simulated device: fake tensors are CPU tensors   |
+| `.to("cuda")`, `.cuda()`, `device="cuda"`, `.pin_memory()` | the simulated device: fake tensors are CPU tensors |
 | TorchFunctionMode, `_CudaIsTheSimulatedDevice`)      | (autograd aborts on fake CUDA tensors in a CPU torch)  |
+| `torch.cuda.*`, `torch.autocast("cuda")` (CUDA target) | answered as the GPU of --gpu (profiler.dryrun.cuda),  |
+|                                                          | memory figures from the tracker (`_allocated`/`_peak`) |
 | `Trainer.__init__`                                       | the same MemoryProfilerCallback as `trace` (so phases  |
 |                                                          | match a traced real run); stops after N steps         |
 | `register_optimizer_step_post_hook` (global)             | loops without a Trainer: a tracker opened at the first |

@@ -30,11 +30,14 @@ def main() -> None:
     if a.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     items = [tokenizer(r["text"], truncation=True, max_length=a.seq_len) for r in rows()]
+    # its own generator: the order does not depend on how many random numbers the model's init drew
     loader = torch.utils.data.DataLoader(items, batch_size=a.batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0),
                                          collate_fn=DataCollatorForLanguageModeling(tokenizer, mlm=False))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    print(f"device {accelerator.device}, cuda available {torch.cuda.is_available()}")
     model.train()
     step = 0
     while step < a.steps:

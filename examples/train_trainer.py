@@ -51,6 +51,7 @@ def main() -> None:
                              gradient_checkpointing=a.gradient_checkpointing, seed=0)
     trainer = Trainer(model=model, args=args, train_dataset=TextRows(tokenizer, a.seq_len),
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    print(f"device {args.device}, cuda available {cuda}, bf16 {a.bf16}")
     result = trainer.train()
     print(f"trained {result.global_step} steps, loss {result.training_loss:.3f}")
 

@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("--lora", action="store_true", help="LoRA r=16 on the attention and MLP projections")
     ap.add_argument("--qlora", action="store_true", help="--lora on a 4-bit NF4 (double-quant) base")
     ap.add_argument("--packing", action="store_true")
+    ap.add_argument("--fixed-length", action="store_true", help="repeat each row's text to at least --max-length "
+                    "characters (then cut): every batch is exactly (batch, max-length), with no padding")
     a = ap.parse_args()
     from peft import LoraConfig
     from transformers import BitsAndBytesConfig
@@ -45,9 +47,13 @@ def main() -> None:
                      max_length=a.max_length, packing=a.packing, learning_rate=1e-4, logging_steps=1,
                      save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=not cuda, seed=0,
                      bf16=True, dataset_text_field="text")
-    data = Dataset.from_list([{"text": r["text"]} for r in rows()])
+    texts = [r["text"] for r in rows()]
+    if a.fixed_length:
+        texts = [(t + " ") * (a.max_length // (len(t) + 1) + 1) for t in texts]
+    data = Dataset.from_list([{"text": t} for t in texts])
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=char_tokenizer(),
                          peft_config=peft)
+    print(f"device {args.device}, cuda available {cuda}")
     result = trainer.train()
     print(f"trained {result.global_step} steps, loss {result.training_loss:.3f}")
 

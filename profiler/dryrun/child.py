@@ -21,8 +21,10 @@ each undone by nothing (the process ends when the dry-run has its steps):
 | `aten._local_scalar_dense` in the fake mode               | library `.item()`/`bool()` (loss logging, Adam's step |
 |                                                          | count, grad-norm): 1 (0 would divide by zero in Adam's |
 |                                                          | bias correction; FACTS.md "Checked for the dry-run")  |
-| `.to("cuda")`, `.cuda()`, `device="cuda"` (a         | the simulated device: fake tensors are CPU tensors   |
+| `.to("cuda")`, `.cuda()`, `device="cuda"`, `.pin_memory()` | the simulated device: fake tensors are CPU tensors |
 | TorchFunctionMode, `_CudaIsTheSimulatedDevice`)      | (autograd aborts on fake CUDA tensors in a CPU torch)  |
+| `torch.cuda.*`, `torch.autocast("cuda")` (CUDA target) | answered as the GPU of --gpu (profiler.dryrun.cuda),  |
+|                                                          | memory figures from the tracker (`_allocated`/`_peak`) |
 | `Trainer.__init__`                                       | the same MemoryProfilerCallback as `trace` (so phases  |
 |                                                          | match a traced real run); stops after N steps         |
 | `register_optimizer_step_post_hook` (global)             | loops without a Trainer: a tracker opened at the first |
@@ -229,7 +231,7 @@ def _patch_transformers() -> None:
             model.quantization_method = quant.quant_method
             # a bitsandbytes load always has a device map; with it accelerate's prepare_model leaves the model
             # where it is (accelerator.py prepare_model) instead of `.to(device)`
-            model.hf_device_map = {"": "cpu"}
+            model.hf_device_map = {"": "cuda:0" if _env("TARGET", "cuda") == "cuda" else "cpu"}
         from profiler.simulate.backend import materialize_meta
 
         materialize_meta(model, "cpu")
@@ -263,6 +265,7 @@ def _patch_transformers() -> None:
         cb = profile_trainer(self, steps=int(_env("STEPS", "3")), mode="breakdown", output=None, picture=False,
                              summary=False, warmup_steps=int(_env("WARMUP", "1")))
         cb._finish = lambda state: _done(cb.tracker.stop())
+        _STATE["callback"] = cb
         cb.output = _env("RESULT") + ".track.jsonl"  # not output_dir (the parent writes the line)
 
     trainer_mod.Trainer.__init__ = __init__
@@ -313,6 +316,9 @@ def _done(record: dict) -> None:
     record["dryrun"] = {"seq_lens": _STATE["seq_lens"], "optimizer_steps": _STATE["steps"],
                         "attention_kernels": dict(sim.sdpa.used) if sim is not None and sim.sdpa else {},
                         "script": _env("SCRIPT")}
+    if (cuda := _STATE.get("cuda")) is not None:  # what the script and its libraries asked of torch.cuda
+        record["dryrun"]["cuda"] = {"device_name": cuda.name, "asked": dict(sorted(cuda.asked.items())),
+                                    "autocast": dict(cuda.autocast)}
     _finish({"record": record}, 0)
 
 
@@ -434,7 +440,7 @@ class _CudaIsTheSimulatedDevice(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
-        if func is torch.Tensor.cuda:
+        if func is torch.Tensor.cuda or func is torch.Tensor.pin_memory:  # pinned host memory: not the GPU's
             return args[0]
         if _is_cuda(kwargs.get("device")):
             kwargs["device"] = "cpu"
@@ -465,3 +471,48 @@ def install() -> None:
     masking_utils.fast_all = _fast_all(masking_utils.fast_all)
     _STATE["cuda_mode"] = _CudaIsTheSimulatedDevice()
     _STATE["cuda_mode"].__enter__()
+    if _env("TARGET", "cuda") == "cuda":
+        _answer_cuda()
+
+
+def _tensor_tracker():
+    """The TensorTracker counting now (the loop's Tracker or the Trainer callback's), or None before it opens."""
+    tr = _STATE["tracker"] or getattr(_STATE.get("callback"), "tracker", None)
+    return getattr(tr, "tracker", None)
+
+
+def _weight_bytes() -> int:
+    """Bytes of the built models' fake parameters and buffers (each storage once)."""
+    seen: dict[int, int] = {}
+    for model in _STATE["models"]:
+        for t in [*model.parameters(), *model.buffers()]:
+            st = t.untyped_storage()
+            seen[id(st)] = st.nbytes()
+    return sum(seen.values())
+
+
+def _allocated() -> int:
+    tt = _tensor_tracker()
+    return tt.live_bytes if tt is not None else _weight_bytes()
+
+
+def _peak() -> int:
+    tt = _tensor_tracker()
+    return tt.peak_bytes if tt is not None else _weight_bytes()
+
+
+def _reset_peak() -> None:
+    tt = _tensor_tracker()
+    if tt is not None:  # torch.cuda.reset_peak_memory_stats: the peak starts again from what is live
+        tt._peak = tt.live_bytes
+
+
+def _answer_cuda() -> None:
+    """torch.cuda as the GPU of --gpu (profiler.dryrun.cuda); the patches stay for the life of the process."""
+    from profiler.dryrun.cuda import Memory, SimulatedCuda
+    from profiler.predict.gpus import gpu_by_name
+
+    gpu = gpu_by_name(_env("GPU")) if _env("GPU") else None
+    _STATE["cuda"] = cuda = SimulatedCuda(gpu, Memory(_allocated, _peak, _reset_peak), stop)
+    for obj, name, value in cuda.patches():
+        setattr(obj, name, value)

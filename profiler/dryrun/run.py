@@ -91,7 +91,8 @@ def run(args) -> int:
         env.update(LLM_MEMPROF_DRYRUN_RESULT=str(result), LLM_MEMPROF_DRYRUN_STEPS=str(1 + int(args.steps)),
                    LLM_MEMPROF_DRYRUN_WARMUP="1", LLM_MEMPROF_DRYRUN_TARGET=target,
                    LLM_MEMPROF_DRYRUN_SCRIPT=os.path.abspath(command[1]), HF_HUB_OFFLINE="1",
-                   LLM_MEMPROF_DRYRUN_ARCH=gpu.arch if gpu is not None else "auto")
+                   LLM_MEMPROF_DRYRUN_ARCH=gpu.arch if gpu is not None else "auto",
+                   LLM_MEMPROF_DRYRUN_GPU=gpu.name if gpu is not None else "")
         exe = sys.executable  # the interpreter this profiler runs in
         try:
             rc = subprocess.run([exe, *command[1:]], env=env).returncode

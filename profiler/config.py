@@ -176,6 +176,9 @@ class RegimeConfig(_Strict):
     quant_type: Literal["nf4", "fp4"] = "nf4"  # qlora 4-bit only
     double_quant: bool = True  # qlora 4-bit: quantize the absmax constants too (saves ~0.4 bit/param)
     compute_dtype: Dtype = "bfloat16"  # qlora 4-bit: dtype of the dequantized weight in matmuls
+    # qlora 4-bit: dtype the packed 4-bit weights are stored as (bnb_4bit_quant_storage); a float dtype lets
+    # FSDP2 shard them (two 4-bit values per byte either way: the bytes do not change, only the element type)
+    quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
     prepare_kbit: bool = True  # qlora: peft.prepare_model_for_kbit_training (upcasts norms/head to fp32)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     freeze: FreezeSettings = Field(default_factory=FreezeSettings)
@@ -282,8 +285,9 @@ def moe_experts(mc: ModelConfig) -> int:
 
 # keys added after results were recorded: at these values they are left out of config_hash, so a config that does
 # not use them keeps the hash it had before they existed
-HASH_NEUTRAL = {"recipe": "plain", "regime.lora.dtype": "float32", "train.use_reentrant": False, "train.loss": "full",
-                "train.max_grad_norm": 0.0, "train.grad_accum_steps": 1}
+HASH_NEUTRAL = {"recipe": "plain", "regime.lora.dtype": "float32", "regime.quant_storage": "uint8",
+                "train.use_reentrant": False, "train.loss": "full", "train.max_grad_norm": 0.0,
+                "train.grad_accum_steps": 1}
 
 
 class RunConfig(_Strict):
@@ -358,7 +362,8 @@ class RunConfig(_Strict):
         """How the model is built (`parallel.init` resolved): meta only under fsdp2, where `auto` picks it for
         architecture-only sources (random weights); a checkpoint loads whole (full)."""
         if self.parallel.init == "auto":
-            return "meta" if self.parallel.strategy == "fsdp2" and architecture_only(self.model) else "full"
+            meta = self.parallel.strategy == "fsdp2" and architecture_only(self.model) and self.regime.kind != "qlora"
+            return "meta" if meta else "full"
         return self.parallel.init
 
     @property
@@ -475,7 +480,7 @@ def user_data(cfg: RunConfig) -> dict:
 
 
 _QLORA_ONLY = ("bits", "prepare_kbit")
-_QLORA4_ONLY = ("quant_type", "double_quant", "compute_dtype")
+_QLORA4_ONLY = ("quant_type", "double_quant", "compute_dtype", "quant_storage")
 
 
 def not_applicable_keys(cfg: RunConfig) -> list[str]:
@@ -571,9 +576,18 @@ def _check_parallel(cfg: RunConfig) -> None:
     if cfg.regime.kind == "inference":
         raise ValueError(f"parallel.strategy: {pc.strategy} shards training state; allowed with regime.kind "
                          "inference: none")
-    if cfg.regime.kind == "qlora" and pc.strategy != "ddp":
-        raise ValueError(f"parallel.strategy: {pc.strategy} with qlora needs bitsandbytes' quant_storage "
-                         "dtype set for sharding (not modelled here); allowed with qlora: none, ddp")
+    rg = cfg.regime
+    if rg.kind == "qlora" and s != "ddp" and not (s == "fsdp2" and rg.bits == 4):
+        raise ValueError(f"parallel.strategy: {s} with qlora{rg.bits} is not modelled (ZeRO-3 + QLoRA: "
+                         "`profiler estimate`); allowed with qlora: none, ddp, fsdp2 (4-bit)")
+    if rg.kind == "qlora" and s == "fsdp2" and rg.quant_storage == "uint8":
+        # accelerate 1.15 fsdp2_prepare_model leaves uint8 Params4bit out of sharding (ignored_params): "Default
+        # uint8 quant_storage cannot survive fully_shard's DTensor conversion"
+        raise ValueError("regime.quant_storage: uint8 packed weights are not sharded by FSDP2 (accelerate leaves "
+                         "them out); allowed with fsdp2: bfloat16, float16, float32 (PEFT's FSDP-QLoRA: bfloat16)")
+    if rg.kind == "qlora" and pc.init == "meta":
+        raise ValueError("parallel.init: meta is not used with qlora (accelerate loads the quantized model whole on "
+                         "every rank, then shards it); allowed with qlora: auto, full")
     if cfg.optimizer.name.endswith("8bit") and pc.strategy != "ddp":
         allowed = "adam, adamw" if s.startswith("zero") else "sgd, sgd_momentum, adam, adamw"  # as the next check
         raise ValueError(f"optimizer.name: {cfg.optimizer.name} (bitsandbytes) does not run on sharded "

@@ -437,6 +437,32 @@ def _with_path(data: dict, dotted: str, value: Any) -> dict:
 
 
 def derived_defaults(data: dict) -> dict[str, tuple[Any, str]]:
+    """Settings the config needs where the config dict left them unset (key -> (value, why)): FSDP-QLoRA's float
+    quant storage (`_fsdp_qlora_defaults`) and what a mixture-of-experts model needs (`_moe_defaults`)."""
+    out = _fsdp_qlora_defaults(data)
+    out.update(_moe_defaults(data))
+    return out
+
+
+def _fsdp_qlora_defaults(data: dict) -> dict[str, tuple[Any, str]]:
+    """qlora 4-bit under fsdp2 with regime.quant_storage unset: the model's dtype, as PEFT's FSDP+QLoRA recipe sets
+    bnb_4bit_quant_storage (= torch_dtype, bfloat16): FSDP2 shards the packed weights only when they are stored as
+    floats (accelerate 1.15 utils/fsdp_utils.py fsdp2_prepare_model leaves uint8 Params4bit out of sharding)."""
+    regime, parallel, model = (data.get(k) or {} for k in ("regime", "parallel", "model"))
+    if not all(isinstance(d, dict) for d in (regime, parallel, model)):
+        return {}
+    if regime.get("kind") != "qlora" or regime.get("bits", 4) != 4 or parallel.get("strategy") != "fsdp2":
+        return {}
+    if "quant_storage" in regime:
+        return {}
+    dtype = model.get("dtype", "bfloat16")
+    if dtype not in ("bfloat16", "float16", "float32"):
+        return {}
+    return {"regime.quant_storage": (dtype, "fsdp2 + qlora: FSDP2 shards 4-bit weights stored as floats "
+                                             "(PEFT's FSDP+QLoRA: bnb_4bit_quant_storage = the model dtype)")}
+
+
+def _moe_defaults(data: dict) -> dict[str, tuple[Any, str]]:
     """Settings a mixture-of-experts model needs where the config dict left them unset (key -> (value, why)), so
     that every bundled MoE model runs with the defaults: lora dropout 0 (peft's lora.ParamWrapper on fused experts
     has no dropout) and, under qlora, no prepare_model_for_kbit_training (it upcasts the fused experts to float32,
@@ -578,8 +604,9 @@ def _check_parallel(cfg: RunConfig) -> None:
                          "inference: none")
     rg = cfg.regime
     if rg.kind == "qlora" and s != "ddp" and not (s == "fsdp2" and rg.bits == 4):
-        raise ValueError(f"parallel.strategy: {s} with qlora{rg.bits} is not modelled (ZeRO-3 + QLoRA: "
-                         "`profiler estimate`); allowed with qlora: none, ddp, fsdp2 (4-bit)")
+        why = "DeepSpeed is not run on bitsandbytes weights here" if s.startswith("zero") else "8-bit weights"
+        raise ValueError(f"parallel.strategy: {s} with qlora{rg.bits} is not run or simulated ({why}); allowed "
+                         "with qlora: none, ddp, fsdp2 (4-bit)")
     if rg.kind == "qlora" and s == "fsdp2" and rg.quant_storage == "uint8":
         # accelerate 1.15 fsdp2_prepare_model leaves uint8 Params4bit out of sharding (ignored_params): "Default
         # uint8 quant_storage cannot survive fully_shard's DTensor conversion"

@@ -165,7 +165,7 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
         if ph == "optimizer_step":
             comps["temporaries"] = -(-comps.get("temporaries", 0) // div["optimizer"])
         comps["comm_buffers"] = comm[ph]
-        off = _offloaded(cfg, comps)
+        off = _offloaded(cfg, comps, replicated)
         host = max(host, sum(off.values()))
         for c, v in off.items():
             comps[c] -= v
@@ -212,14 +212,16 @@ def fsdp2_root_regather(cfg: RunConfig) -> bool:
     return cfg.parallel.reshard_after_forward and cfg.regime.kind in ("lora", "qlora")
 
 
-def _offloaded(cfg: RunConfig, comps: dict[str, int]) -> dict[str, int]:
-    """Bytes of this phase that CPU offload keeps on the host instead of the GPU."""
+def _offloaded(cfg: RunConfig, comps: dict[str, int], on_device: int = 0) -> dict[str, int]:
+    """Bytes of this phase that CPU offload keeps on the host instead of the GPU; `on_device`: weight bytes that
+    are not parameters and stay (the 4-bit quant state: FSDP2's CPUOffloadPolicy moves only the sharded
+    parameters, _fsdp_param.py `_init_sharded_param`)."""
     off = cfg.parallel.offload
     out: dict[str, int] = {}
     if off.optimizer:
         out["optimizer"] = comps.get("optimizer", 0)
     if off.params:
-        out["weights"] = comps.get("weights", 0)
+        out["weights"] = max(0, comps.get("weights", 0) - on_device)
         if cfg.parallel.strategy == "fsdp2":  # CPUOffloadPolicy: sharded gradients go to the host too
             out["gradients"] = comps.get("gradients", 0)
     return {c: v for c, v in out.items() if c in comps}  # a phase without gradients (forward) has none to move

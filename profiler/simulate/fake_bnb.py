@@ -7,8 +7,9 @@ tensors with the storage bytes bitsandbytes keeps, and their forward/backward al
 bitsandbytes' kernels allocate (installed source: bitsandbytes/autograd/_functions.py, backends/*/ops.py):
 
 4-bit (`MatMul4Bit`, `gemm_4bit`):
-  weight  packed uint8 [(n+1)//2, 1], or in `bnb_4bit_quant_storage` dtype S [(n+1)//(2*S.itemsize), 1] (_ops.py
-          quantize_4bit fake kernel; the same bytes, viewed back as uint8 by dequantize_4bit); quant state absmax fp32 [n/64] and code fp32 [16], or with double
+  weight  packed uint8 [(n+1)//2, 1], or in `bnb_4bit_quant_storage` dtype S [(n+1)//(2*S.itemsize), 1]
+          (_ops.py quantize_4bit fake kernel; the same bytes, viewed back as uint8 by dequantize_4bit); quant
+          state absmax fp32 [n/64] and code fp32 [16], or with double
           quant absmax uint8 [n/64] + offset fp32 [] + state2 (absmax fp32 [n/64/256], code fp32 [256]).
   forward the input cast to compute dtype; nested absmax dequantized (fp32 [n/64], twice on CUDA); the
           dequantized weight [out, in] in compute dtype (transient) and the output. On CUDA, M <= 4 rows

@@ -186,7 +186,10 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
         moments = [phases.pop("backward_start"), phases.pop("backward_end")]
     phases["backward"] = max(moments, key=lambda c: sum(c.values()))
     if s == "fsdp2" and cfg.parallel_init == "full":  # every rank builds the whole model, then fully_shard splits it
-        phases["load"] = {"weights": est.details.get("forward:weights", 0)}
+        # (peft makes the adapters in float32, autocast_adapter_dtype; a 16-bit regime.lora.dtype is TRL's cast after)
+        lora = cfg.regime.kind in ("lora", "qlora")
+        upcast = plan.adapter_numel * (4 - DTYPE_BYTES[cfg.regime.lora.dtype]) if lora else 0
+        phases["load"] = {"weights": est.details.get("forward:weights", 0) + upcast}
     peak = max(phases, key=lambda k: sum(phases[k].values()))
     out = dict(phases[peak])
     out["overhead"] = overhead(cfg, sum(out.values()))

@@ -25,6 +25,13 @@ Adam moments (12 bytes/param; 8 for fp32 training; Rajbhandari et al. 2020, http
 DeepSpeed's default `reduce_bucket_size` is 5e8 elements. Offload moves the offloaded bytes to the host:
 they leave the GPU total and appear in `details["host_bytes"]` (per rank).
 
+FSDP2 + QLoRA (4-bit, `regime.quant_storage` a float dtype): the packed weights, 16-bit parameters and adapters
+divide by N; bitsandbytes' quant state (absmax, codes) stays whole on every rank; the all-gathered layer is the
+packed weights + norms + adapters (`_split_fsdp2`). Under LoRA/QLoRA the root is all-gathered again as backward
+begins (2 x root beside every activation, `fsdp2_root_regather`), and a frozen head/embedding has no unsharded
+gradient. Checked against simulate on llama-3-8b at world 2 and 8 (tests/formulas/test_sharding.py).
+ZeRO-3 + QLoRA is refused by the config (DeepSpeed has no bitsandbytes handling; not run or checked here).
+
 Loading: with FSDP2's meta-device init (`parallel.init` meta, the default for architecture-only models) each
 rank materialises only its shards, so the load phase (shards + buffers) is below every step phase and is not
 modelled. With `parallel.init: full` (a checkpoint) every rank first builds the whole model: a `load` phase

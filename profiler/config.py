@@ -176,6 +176,9 @@ class RegimeConfig(_Strict):
     quant_type: Literal["nf4", "fp4"] = "nf4"  # qlora 4-bit only
     double_quant: bool = True  # qlora 4-bit: quantize the absmax constants too (saves ~0.4 bit/param)
     compute_dtype: Dtype = "bfloat16"  # qlora 4-bit: dtype of the dequantized weight in matmuls
+    # qlora 4-bit: dtype the packed 4-bit weights are stored as (bnb_4bit_quant_storage); a float dtype lets
+    # FSDP2 shard them (two 4-bit values per byte either way: the bytes do not change, only the element type)
+    quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
     prepare_kbit: bool = True  # qlora: peft.prepare_model_for_kbit_training (upcasts norms/head to fp32)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     freeze: FreezeSettings = Field(default_factory=FreezeSettings)
@@ -282,8 +285,9 @@ def moe_experts(mc: ModelConfig) -> int:
 
 # keys added after results were recorded: at these values they are left out of config_hash, so a config that does
 # not use them keeps the hash it had before they existed
-HASH_NEUTRAL = {"recipe": "plain", "regime.lora.dtype": "float32", "train.use_reentrant": False, "train.loss": "full",
-                "train.max_grad_norm": 0.0, "train.grad_accum_steps": 1}
+HASH_NEUTRAL = {"recipe": "plain", "regime.lora.dtype": "float32", "regime.quant_storage": "uint8",
+                "train.use_reentrant": False, "train.loss": "full", "train.max_grad_norm": 0.0,
+                "train.grad_accum_steps": 1}
 
 
 class RunConfig(_Strict):
@@ -358,7 +362,8 @@ class RunConfig(_Strict):
         """How the model is built (`parallel.init` resolved): meta only under fsdp2, where `auto` picks it for
         architecture-only sources (random weights); a checkpoint loads whole (full)."""
         if self.parallel.init == "auto":
-            return "meta" if self.parallel.strategy == "fsdp2" and architecture_only(self.model) else "full"
+            meta = self.parallel.strategy == "fsdp2" and architecture_only(self.model) and self.regime.kind != "qlora"
+            return "meta" if meta else "full"
         return self.parallel.init
 
     @property
@@ -436,6 +441,32 @@ def _with_path(data: dict, dotted: str, value: Any) -> dict:
 
 
 def derived_defaults(data: dict) -> dict[str, tuple[Any, str]]:
+    """Settings the config needs where the config dict left them unset (key -> (value, why)): FSDP-QLoRA's float
+    quant storage (`_fsdp_qlora_defaults`) and what a mixture-of-experts model needs (`_moe_defaults`)."""
+    out = _fsdp_qlora_defaults(data)
+    out.update(_moe_defaults(data))
+    return out
+
+
+def _fsdp_qlora_defaults(data: dict) -> dict[str, tuple[Any, str]]:
+    """qlora 4-bit under fsdp2 with regime.quant_storage unset: the model's dtype, as PEFT's FSDP+QLoRA recipe sets
+    bnb_4bit_quant_storage (= torch_dtype, bfloat16): FSDP2 shards the packed weights only when they are stored as
+    floats (accelerate 1.15 utils/fsdp_utils.py fsdp2_prepare_model leaves uint8 Params4bit out of sharding)."""
+    regime, parallel, model = (data.get(k) or {} for k in ("regime", "parallel", "model"))
+    if not all(isinstance(d, dict) for d in (regime, parallel, model)):
+        return {}
+    if regime.get("kind") != "qlora" or regime.get("bits", 4) != 4 or parallel.get("strategy") != "fsdp2":
+        return {}
+    if "quant_storage" in regime:
+        return {}
+    dtype = model.get("dtype", "bfloat16")
+    if dtype not in ("bfloat16", "float16", "float32"):
+        return {}
+    return {"regime.quant_storage": (dtype, "fsdp2 + qlora: FSDP2 shards 4-bit weights stored as floats "
+                                             "(PEFT's FSDP+QLoRA: bnb_4bit_quant_storage = the model dtype)")}
+
+
+def _moe_defaults(data: dict) -> dict[str, tuple[Any, str]]:
     """Settings a mixture-of-experts model needs where the config dict left them unset (key -> (value, why)), so
     that every bundled MoE model runs with the defaults: lora dropout 0 (peft's lora.ParamWrapper on fused experts
     has no dropout) and, under qlora, no prepare_model_for_kbit_training (it upcasts the fused experts to float32,
@@ -479,7 +510,7 @@ def user_data(cfg: RunConfig) -> dict:
 
 
 _QLORA_ONLY = ("bits", "prepare_kbit")
-_QLORA4_ONLY = ("quant_type", "double_quant", "compute_dtype")
+_QLORA4_ONLY = ("quant_type", "double_quant", "compute_dtype", "quant_storage")
 
 
 def not_applicable_keys(cfg: RunConfig) -> list[str]:
@@ -575,9 +606,23 @@ def _check_parallel(cfg: RunConfig) -> None:
     if cfg.regime.kind == "inference":
         raise ValueError(f"parallel.strategy: {pc.strategy} shards training state; allowed with regime.kind "
                          "inference: none")
-    if cfg.regime.kind == "qlora" and pc.strategy != "ddp":
-        raise ValueError(f"parallel.strategy: {pc.strategy} with qlora needs bitsandbytes' quant_storage "
-                         "dtype set for sharding (not modelled here); allowed with qlora: none, ddp")
+    rg = cfg.regime
+    if rg.kind == "qlora" and s != "ddp" and not (s == "fsdp2" and rg.bits == 4):
+        # ZeRO-3: DeepSpeed 0.19.8 (runtime/zero/) has no bitsandbytes handling; it would partition the packed weights
+        # as any parameter, keep the quant state (not a parameter) whole, and params under
+        # stage3_param_persistence_threshold (1e5) whole: not run, simulated or checked here, so not modelled
+        why = ("DeepSpeed has no bitsandbytes handling; not run or checked here" if s.startswith("zero")
+               else "8-bit weights")
+        raise ValueError(f"parallel.strategy: {s} with qlora{rg.bits} is not modelled ({why}); allowed with qlora: "
+                         "none, ddp, fsdp2 (4-bit)")
+    if rg.kind == "qlora" and s == "fsdp2" and rg.quant_storage == "uint8":
+        # accelerate 1.15 fsdp2_prepare_model leaves uint8 Params4bit out of sharding (ignored_params): "Default
+        # uint8 quant_storage cannot survive fully_shard's DTensor conversion"
+        raise ValueError("regime.quant_storage: uint8 packed weights are not sharded by FSDP2 (accelerate leaves "
+                         "them out); allowed with fsdp2: bfloat16, float16, float32 (PEFT's FSDP-QLoRA: bfloat16)")
+    if rg.kind == "qlora" and pc.init == "meta":
+        raise ValueError("parallel.init: meta is not used with qlora (accelerate loads the quantized model whole on "
+                         "every rank, then shards it); allowed with qlora: auto, full")
     if cfg.optimizer.name.endswith("8bit") and pc.strategy != "ddp":
         allowed = "adam, adamw" if s.startswith("zero") else "sgd, sgd_momentum, adam, adamw"  # as the next check
         raise ValueError(f"optimizer.name: {cfg.optimizer.name} (bitsandbytes) does not run on sharded "

@@ -130,12 +130,11 @@ def param_plan(cfg: RunConfig) -> ParamPlan:
         by["float32" if itemsize == 4 else cfg.model.dtype] += numel * itemsize
     if rg.kind in ("lora", "qlora"):
         r = rg.lora.r
+        item = DTYPE_BYTES[rg.lora.dtype]  # autocast_adapter_dtype -> fp32; TRL's QLoRA cast -> bf16 (lora.dtype)
         for lin in lora_targets(arch, cfg):
             for part, numel in (("lora_A", r * lin.in_features), ("lora_B", lin.out_features * r)):
-                plan.trainable.append(
-                    Tensor(f"{lin.name}.{part}", numel, 4)
-                )  # autocast_adapter_dtype -> fp32
-                by["float32"] += 4 * numel
+                plan.trainable.append(Tensor(f"{lin.name}.{part}", numel, item))
+                by[rg.lora.dtype] += item * numel
                 plan.adapter_numel += numel
     add_lora_tensors(plan, cfg, by)  # MoE hook (formulas/moe.py): peft's adapters on fused experts; dense: none
     plan.weight_bytes_by_dtype = dict(sorted(by.items()))

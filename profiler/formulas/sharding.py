@@ -25,6 +25,13 @@ Adam moments (12 bytes/param; 8 for fp32 training; Rajbhandari et al. 2020, http
 DeepSpeed's default `reduce_bucket_size` is 5e8 elements. Offload moves the offloaded bytes to the host:
 they leave the GPU total and appear in `details["host_bytes"]` (per rank).
 
+FSDP2 + QLoRA (4-bit, `regime.quant_storage` a float dtype): the packed weights, 16-bit parameters and adapters
+divide by N; bitsandbytes' quant state (absmax, codes) stays whole on every rank; the all-gathered layer is the
+packed weights + norms + adapters (`_split_fsdp2`). Under LoRA/QLoRA the root is all-gathered again as backward
+begins (2 x root beside every activation, `fsdp2_root_regather`), and a frozen head/embedding has no unsharded
+gradient. Checked against simulate on llama-3-8b at world 2 and 8 (tests/formulas/test_sharding.py).
+ZeRO-3 + QLoRA is refused by the config (DeepSpeed has no bitsandbytes handling; not run or checked here).
+
 Loading: with FSDP2's meta-device init (`parallel.init` meta, the default for architecture-only models) each
 rank materialises only its shards, so the load phase (shards + buffers) is below every step phase and is not
 modelled. With `parallel.init: full` (a checkpoint) every rank first builds the whole model: a `load` phase
@@ -35,7 +42,7 @@ from __future__ import annotations
 
 from profiler.config import RunConfig
 from profiler.formulas import Estimate, make_estimate
-from profiler.formulas.params import DTYPE_BYTES, ParamPlan
+from profiler.formulas.params import DTYPE_BYTES, ParamPlan, four_bit_bytes
 
 PHASES = ("forward", "backward_start", "backward_end", "optimizer_step")  # components' details keys
 # fsdp2: the moments of a step whose all-gathered bytes differ (components' details keys `<moment>:<component>`)
@@ -64,6 +71,52 @@ def _split(plan: ParamPlan) -> tuple[int, int, int]:
     return max(per_layer.values(), default=0), outside, head
 
 
+def _split_fsdp2(plan: ParamPlan, cfg: RunConfig) -> tuple[int, int, int, int, bool, bool]:
+    """FSDP2, as its all-gathers hold the parameters: (largest decoder layer, bytes outside the layers, output head,
+    bytes every rank keeps whole, head trains, embedding trains). A layer holds its base parameters, its LoRA
+    adapters (FSDP2 shards and all-gathers every parameter of the module, trainable or not) and, under qlora 4-bit,
+    the packed weights: ceil(n/2) bytes each, in `regime.quant_storage` dtype (bitsandbytes _ops.py quantize_4bit:
+    [(n+1)//(2*itemsize), 1]). The quant state (absmax, nested absmax, codes) is not a parameter: bitsandbytes
+    keeps it on the layer (Linear4bit.quant_state), whole on every rank, and never all-gathers it. Under
+    `parallel.param_dtype` every floating parameter whose dtype differs is all-gathered in it (the packed weights
+    too when quant_storage differs, _fsdp_param.py init_dtype_attrs; bnb's PEFT recipe keeps them equal)."""
+    arch, rg = plan.arch, cfg.regime
+    mp = DTYPE_BYTES[cfg.parallel.param_dtype] if cfg.parallel.param_dtype else None
+    base = mp or plan.param_itemsize
+    quant = {lin.name + ".weight": lin for lin in arch.linears
+             if rg.kind == "qlora" and rg.bits == 4 and not lin.is_head and lin.quantizable}
+    trainable = {t.name for t in plan.trainable}
+    per_layer: dict[int, int] = {}
+    outside = replicated = 0
+    for p in arch.params:
+        if p.name in quant:
+            packed = -(-p.numel // 2)
+            nbytes = packed if mp is None or mp == DTYPE_BYTES.get(rg.quant_storage, 1) else packed * mp // (
+                DTYPE_BYTES[rg.quant_storage])
+            replicated += sum(four_bit_bytes(p.numel, rg.double_quant).values()) - packed
+        else:
+            nbytes = p.numel * base
+        if p.layer is None:
+            outside += nbytes
+        else:
+            per_layer[p.layer] = per_layer.get(p.layer, 0) + nbytes
+    layer_of = {lin.name: lin.layer for lin in arch.linears}
+    for t in plan.trainable:  # LoRA adapters: `<linear>.lora_A` / `.lora_B`
+        owner = t.name.rsplit(".", 1)[0]
+        if owner in layer_of and t.name.rsplit(".", 1)[-1].startswith("lora_"):
+            nbytes = t.numel * (mp or t.itemsize)
+            if layer_of[owner] is None:
+                outside += nbytes
+            else:
+                per_layer[layer_of[owner]] += nbytes
+    heads = [lin.name + ".weight" for lin in arch.linears if lin.is_head]
+    head = sum(lin.in_features * lin.out_features for lin in arch.linears if lin.is_head) * base
+    embed_trains = any(p.layer is None and p.name not in heads and p.name in trainable and p.numel > arch.hidden
+                       for p in arch.params)
+    return (max(per_layer.values(), default=0), outside, head, replicated, any(h in trainable for h in heads),
+            embed_trains)
+
+
 def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
     """The one-process estimate `est` as one rank of `cfg.parallel` sees it; `overhead(cfg, allocated)`
     is components' CUDA context + allocator slack."""
@@ -77,9 +130,11 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
     elif s == "zero1":
         div = {"weights": 1, "gradients": 1, "optimizer": n}
     layer, outside, head = _split(plan)
-    if s == "fsdp2" and pc.param_dtype:  # unsharded copies are all-gathered in the compute dtype
-        scale = DTYPE_BYTES[pc.param_dtype] / plan.param_itemsize
-        layer, outside, head = int(layer * scale), int(outside * scale), int(head * scale)
+    replicated, head_grad, embed_grad = 0, bool(plan.trainable_bytes), bool(plan.trainable_bytes)
+    if s == "fsdp2":  # unsharded copies (in param_dtype), the 4-bit quant state kept whole
+        layer, outside, head, replicated, head_trains, embed_trains = _split_fsdp2(plan, cfg)
+        if cfg.regime.kind in ("lora", "qlora"):  # frozen head / embedding: no unsharded gradient of theirs
+            head_grad, embed_grad = head_trains, embed_trains
     grads = plan.trainable_bytes
     zero_opt = None  # DeepSpeed's optimizer: fp32 Adam moments (+ fp32 master weights for 16-bit training)
     if s.startswith("zero") and cfg.optimizer.name in ("adam", "adamw"):
@@ -94,8 +149,8 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
         "fsdp2": {"forward_loss": outside + layer,
                   "forward_last_layer": outside + FSDP2_FORWARD_LAYERS * layer,
                   "backward_start": outside + layer,
-                  "backward_last_layer": outside + FSDP2_BACKWARD_LAYERS * layer + (head if grads else 0),
-                  "backward_end": outside + (head if grads else 0),
+                  "backward_last_layer": outside + FSDP2_BACKWARD_LAYERS * layer + (head if head_grad else 0),
+                  "backward_end": outside + (head if embed_grad else 0),
                   "optimizer_step": 0},
         "zero1": dict.fromkeys(PHASES, bucket),
         "zero2": dict.fromkeys(PHASES, bucket),
@@ -110,13 +165,14 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
         comps = {k.split(":", 1)[1]: v for k, v in parts.items()}
         for c, d in div.items():
             if c in comps:
-                comps[c] = -(-comps[c] // d)
+                comps[c] = -(-(comps[c] - (replicated if c == "weights" else 0)) // d) + (
+                    replicated if c == "weights" else 0)
         if zero_opt is not None and comps.get("optimizer"):
             comps["optimizer"] = -(-zero_opt // div["optimizer"])
         if ph == "optimizer_step":
             comps["temporaries"] = -(-comps.get("temporaries", 0) // div["optimizer"])
         comps["comm_buffers"] = comm[ph]
-        off = _offloaded(cfg, comps)
+        off = _offloaded(cfg, comps, replicated)
         host = max(host, sum(off.values()))
         for c, v in off.items():
             comps[c] -= v
@@ -129,11 +185,18 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
         phases["forward_start"] = {c: loss[c] for c in ("weights", "optimizer") if c in loss} | {
             "comm_buffers": FSDP2_ROOT_START * outside + FSDP2_ROOT_START_LAYERS * layer}
         moments = [phases.pop(k) for k in ("backward_start", "backward_last_layer", "backward_end")]
+        if fsdp2_root_regather(cfg):  # the root all-gathered again as backward begins: all activations, no loss
+            # gradient yet, the root's flat all-gather output beside its copied-out parameters
+            moments.append({c: v for c, v in moments[0].items() if c != "temporaries"}
+                           | {"comm_buffers": FSDP2_ROOT_START * outside})
     else:
         moments = [phases.pop("backward_start"), phases.pop("backward_end")]
     phases["backward"] = max(moments, key=lambda c: sum(c.values()))
     if s == "fsdp2" and cfg.parallel_init == "full":  # every rank builds the whole model, then fully_shard splits it
-        phases["load"] = {"weights": est.details.get("forward:weights", 0)}
+        # (peft makes the adapters in float32, autocast_adapter_dtype; a 16-bit regime.lora.dtype is TRL's cast after)
+        lora = cfg.regime.kind in ("lora", "qlora")
+        upcast = plan.adapter_numel * (4 - DTYPE_BYTES[cfg.regime.lora.dtype]) if lora else 0
+        phases["load"] = {"weights": est.details.get("forward:weights", 0) + upcast}
     peak = max(phases, key=lambda k: sum(phases[k].values()))
     out = dict(phases[peak])
     out["overhead"] = overhead(cfg, sum(out.values()))
@@ -149,14 +212,26 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
     return make_estimate(est.estimator, out, est.source, f"{note}; {tail}" if tail else note, details=details)
 
 
-def _offloaded(cfg: RunConfig, comps: dict[str, int]) -> dict[str, int]:
-    """Bytes of this phase that CPU offload keeps on the host instead of the GPU."""
+def fsdp2_root_regather(cfg: RunConfig) -> bool:
+    """Whether the root's parameters are all-gathered again at the start of backward, beside the flat output of
+    that all-gather (as at the start of forward: 2 x the root). `fully_shard(model, reshard_after_forward=True)`,
+    as profiler.measure.parallel passes it, frees the root after its forward (torch 2.13 _fsdp_state.py
+    `_lazy_init` keeps the root unsharded only when reshard_after_forward was left None). Counted for the
+    LoRA/QLoRA regimes, where simulate shows it at llama-3-8b (tests/formulas/test_sharding.py); not checked for
+    full fine-tuning, where the older moment model (root + 1 layer) stands (known_differences: fsdp2-shallow)."""
+    return cfg.parallel.reshard_after_forward and cfg.regime.kind in ("lora", "qlora")
+
+
+def _offloaded(cfg: RunConfig, comps: dict[str, int], on_device: int = 0) -> dict[str, int]:
+    """Bytes of this phase that CPU offload keeps on the host instead of the GPU; `on_device`: weight bytes that
+    are not parameters and stay (the 4-bit quant state: FSDP2's CPUOffloadPolicy moves only the sharded
+    parameters, _fsdp_param.py `_init_sharded_param`)."""
     off = cfg.parallel.offload
     out: dict[str, int] = {}
     if off.optimizer:
         out["optimizer"] = comps.get("optimizer", 0)
     if off.params:
-        out["weights"] = comps.get("weights", 0)
+        out["weights"] = max(0, comps.get("weights", 0) - on_device)
         if cfg.parallel.strategy == "fsdp2":  # CPUOffloadPolicy: sharded gradients go to the host too
             out["gradients"] = comps.get("gradients", 0)
     return {c: v for c, v in out.items() if c in comps}  # a phase without gradients (forward) has none to move

@@ -67,6 +67,7 @@ def bnb_config(cfg: RunConfig):
         bnb_4bit_quant_type=rg.quant_type,
         bnb_4bit_use_double_quant=rg.double_quant,
         bnb_4bit_compute_dtype=DTYPES[rg.compute_dtype],
+        bnb_4bit_quant_storage=getattr(torch, rg.quant_storage),
     )
 
 

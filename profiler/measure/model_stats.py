@@ -21,7 +21,7 @@ def _storage_key(t: torch.Tensor) -> tuple:
     return (str(t.device), st.data_ptr()) if st.data_ptr() else ("id", id(st))
 
 
-def quant_state_tensors(p: torch.Tensor) -> list[torch.Tensor]:
+def quant_state_tensors(p) -> list[torch.Tensor]:
     """Tensors bitsandbytes keeps beside a quantized weight (Params4bit.quant_state, Int8Params.SCB)."""
     out: list[torch.Tensor] = []
     qs = getattr(p, "quant_state", None)
@@ -36,7 +36,7 @@ def quant_state_tensors(p: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
-def logical_numel(p: torch.Tensor) -> int:
+def logical_numel(p) -> int:
     """Unpacked parameter count: a Params4bit of shape [n/2, 1] holds n parameters."""
     qs = getattr(p, "quant_state", None)
     if qs is not None and getattr(qs, "shape", None) is not None:
@@ -49,10 +49,32 @@ def is_quantized(p: torch.Tensor) -> bool:
     return type(p).__name__ in ("Params4bit", "Int8Params") or getattr(p, "memprof_quantized", False)
 
 
+def module_quant_states(model: nn.Module) -> dict[int, object]:
+    """id(weight) -> the QuantState its 4-bit layer keeps, for weights that lost theirs: FSDP2 replaces a
+    Params4bit by a plain DTensor, and bitsandbytes then reads the layer's own `quant_state`
+    (nn/modules.py fix_4bit_weight_quant_state_from_module). Each rank keeps the whole quant state."""
+    out: dict[int, object] = {}
+    for m in model.modules():
+        qs, w = getattr(m, "quant_state", None), getattr(m, "weight", None)
+        if qs is not None and isinstance(w, torch.Tensor) and getattr(w, "quant_state", None) is None:
+            out[id(w)] = qs
+    return out
+
+
+class _WithState:
+    """A parameter's quant state where the parameter itself no longer carries it (see module_quant_states)."""
+
+    def __init__(self, qs):
+        self.quant_state = qs
+
+
 def weight_tensors(model: nn.Module) -> list[torch.Tensor]:
     """Every tensor that is part of the model's weights: params, buffers and quantization state."""
     out: list[torch.Tensor] = []
+    lost = module_quant_states(model)
     for p in model.parameters():
+        if id(p) in lost:
+            out += quant_state_tensors(_WithState(lost[id(p)]))
         p = getattr(p, "_local_tensor", p)  # FSDP2's DTensor parameter: this rank's shard holds the bytes
         out.append(p)
         out += quant_state_tensors(p)
@@ -79,11 +101,12 @@ def model_stats(model: nn.Module, name: str) -> dict:
     """The ModelStats dict of profiler.schema."""
     cfg = getattr(model, "config", None)
     total = trainable = quantized = 0
+    lost = module_quant_states(model)  # FSDP2-sharded 4-bit weights
     for p in model.parameters():
-        n = logical_numel(p)
+        n = logical_numel(_WithState(lost[id(p)]) if id(p) in lost else p)
         total += n
         trainable += n if p.requires_grad else 0
-        quantized += n if is_quantized(p) else 0
+        quantized += n if is_quantized(p) or id(p) in lost else 0
     by = weight_bytes_by_dtype(model)
     return {
         "name": name,

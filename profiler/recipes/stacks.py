@@ -107,11 +107,37 @@ def fill_recipe(data: dict) -> tuple[dict, dict[str, Any]]:
             continue
         _set(out, key, value)
         filled[key] = value
+    for key, value in _fsdp2_mixed_precision(recipe, out).items():
+        _set(out, key, value)
+        filled[key] = value
     return out, filled
+
+
+# accelerate/state.py:1014-1015 (FSDP + mixed precision: fsdp_plugin.set_mixed_precision) and
+# accelerate/utils/dataclasses.py:2136-2141 (FSDP2: MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=dtype,
+# output_dtype=dtype)); output_dtype is not modelled (the root's outputs are cast to float32 by native AMP anyway)
+FSDP2_MP_SOURCE = "accelerate/state.py:1015 + utils/dataclasses.py:2136-2141 (bf16/fp16 -> FSDP2 MixedPrecisionPolicy)"
+
+
+def _fsdp2_mixed_precision(recipe: str, data: dict) -> dict[str, str]:
+    """Under a trainer stack with fsdp2 and bf16/fp16 mixed precision, accelerate sets FSDP2's mixed-precision policy
+    (parameters all-gathered and gradients reduce-scattered in that dtype): the unset parallel.param_dtype and
+    parallel.reduce_dtype, filled."""
+    if recipe == "plain":
+        return {}
+    parallel, train = data.get("parallel"), data.get("train")
+    if not isinstance(parallel, dict) or parallel.get("strategy") != "fsdp2" or not isinstance(train, dict):
+        return {}
+    dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(str(train.get("autocast")))
+    if dtype is None:
+        return {}
+    return {f"parallel.{k}": dtype for k in ("param_dtype", "reduce_dtype") if k not in parallel}
 
 
 def source_of(recipe: str, kind: str, key: str) -> str:
     """Where a recipe default comes from (the table's source text)."""
+    if key in ("parallel.param_dtype", "parallel.reduce_dtype") and recipe != "plain":
+        return FSDP2_MP_SOURCE
     return next((src for k, _, src in recipe_table(recipe, kind) if k == key), "")
 
 

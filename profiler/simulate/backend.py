@@ -258,6 +258,13 @@ class Simulation:
         bnb_functional = sys.modules.get("bitsandbytes.functional")  # imported before the mode when used
         if bnb_functional is not None:
             patches.append((bnb_functional, "create_dynamic_map", _bnb_dynamic_map(bnb_functional.create_dynamic_map)))
+            import peft
+
+            from profiler.simulate.fake_bnb import prepare_kbit_sparing_standins
+
+            # bnb_4bit_quant_storage bf16/fp16: peft spares Params4bit from its fp32 upcast by class name
+            patches.append((peft, "prepare_model_for_kbit_training",
+                            prepare_kbit_sparing_standins(peft.prepare_model_for_kbit_training)))
         if self.target == "cuda":  # torch.optim picks foreach kernels for CUDA params (not for fake ones)
             patches += [(m, "_default_to_fused_or_foreach", _cuda_foreach_default) for m in _optim_modules()]
             patches.append((torch.nn.functional, "dropout", cuda_dropout))

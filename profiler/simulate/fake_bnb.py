@@ -7,7 +7,9 @@ tensors with the storage bytes bitsandbytes keeps, and their forward/backward al
 bitsandbytes' kernels allocate (installed source: bitsandbytes/autograd/_functions.py, backends/*/ops.py):
 
 4-bit (`MatMul4Bit`, `gemm_4bit`):
-  weight  packed uint8 [(n+1)//2, 1]; quant state absmax fp32 [n/64] and code fp32 [16], or with double
+  weight  packed uint8 [(n+1)//2, 1], or in `bnb_4bit_quant_storage` dtype S [(n+1)//(2*S.itemsize), 1]
+          (_ops.py quantize_4bit fake kernel; the same bytes, viewed back as uint8 by dequantize_4bit); quant
+          state absmax fp32 [n/64] and code fp32 [16], or with double
           quant absmax uint8 [n/64] + offset fp32 [] + state2 (absmax fp32 [n/64/256], code fp32 [256]).
   forward the input cast to compute dtype; nested absmax dequantized (fp32 [n/64], twice on CUDA); the
           dequantized weight [out, in] in compute dtype (transient) and the output. On CUDA, M <= 4 rows
@@ -25,6 +27,9 @@ bitsandbytes' kernels allocate (installed source: bitsandbytes/autograd/_functio
           fp16 then input-dtype output; saves the input; backward dequantizes CB to the input dtype.
           Outlier columns are data dependent: we assume none (subA empty).
   CPU     dequantizes CB to the input dtype, F.linear; saves the input; backward as CUDA.
+FSDP2 (fully_shard) replaces the weight by a plain DTensor (no quant_state): Linear4bit.forward then recovers the
+quant state from the module (nn/modules.py fix_4bit_weight_quant_state_from_module, "This happens for example for
+fsdp"); the stand-in does the same. Its re-wrap of the weight as a Params4bit is an alias (no bytes).
 The test `tests/test_simulate.py` checks weight bytes and forward+backward peak bytes of the CPU paths
 against real bitsandbytes layers on CPU (allocator events from torch.profiler).
 """
@@ -32,6 +37,8 @@ against real bitsandbytes layers on CPU (allocator events from torch.profiler).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import bitsandbytes as bnb
 import torch
@@ -126,18 +133,18 @@ class FakeLinear4bit(bnb.nn.Linear4bit):
 
     def __init__(self, in_features: int, out_features: int, bias: bool, compute_dtype: torch.dtype,
                  quant_type: str, double_quant: bool, weight_dtype: torch.dtype, cuda: bool,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", quant_storage: torch.dtype = torch.uint8):
         nn.Module.__init__(self)  # bnb's __init__ would quantize real data
         self.in_features, self.out_features = in_features, out_features
         n = in_features * out_features
         qs = quant_state_4bit((out_features, in_features), weight_dtype, quant_type, double_quant, device)
-        packed = torch.empty(((n + 1) // 2, 1), dtype=torch.uint8, device=device)
+        packed = torch.empty(((n + 1) // (2 * quant_storage.itemsize), 1), dtype=quant_storage, device=device)
         weight = nn.Parameter(packed, requires_grad=False)
         weight.quant_state = qs
         weight.blocksize = BLOCKSIZE_4BIT
         weight.compress_statistics = double_quant
         weight.quant_type = quant_type
-        weight.quant_storage = torch.uint8
+        weight.quant_storage = quant_storage
         weight.bnb_quantized = True
         setattr(weight, QUANTIZED_MARK, True)
         self.weight = weight
@@ -146,12 +153,13 @@ class FakeLinear4bit(bnb.nn.Linear4bit):
         self.compute_dtype = compute_dtype
         self.compute_type_is_set = True
         self.quant_state = qs
-        self.quant_storage = torch.uint8
+        self.quant_storage = quant_storage
         self.support_avx512bf16_for_cpu = False
         self.cuda_kernels = cuda
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qs = self.weight.quant_state
+        # under FSDP2 the weight is a plain tensor: bnb takes the module's quant state (fix_4bit_weight_...)
+        qs = getattr(self.weight, "quant_state", None) or self.quant_state
         inp_dtype = x.dtype
         x = x.to(self.compute_dtype)
         bias = self.bias
@@ -272,6 +280,33 @@ class FakeLinear8bitLt(bnb.nn.Linear8bitLt):
         return _MatMul8bitLt.apply(x, self.weight, self.bias, self.state)
 
 
+@contextmanager
+def packed_weights_hidden(model: nn.Module) -> Iterator[None]:
+    """While entered, the 4-bit stand-ins with a float `quant_storage` hold a 0-element uint8 placeholder as their
+    weight. peft's prepare_model_for_kbit_training upcasts every fp16/bf16 parameter to fp32 unless its class is
+    named Params4bit (peft/utils/other.py); a real bf16-stored Params4bit is spared, but a fake tensor cannot be
+    one (nn.Parameter of a tensor subclass returns the fake tensor itself), so the stand-in is hidden instead."""
+    hidden = [(m, m.weight) for m in model.modules()
+              if isinstance(m, FakeLinear4bit) and m.weight.dtype.is_floating_point]
+    for m, _ in hidden:
+        m._parameters["weight"] = nn.Parameter(torch.empty(0, dtype=torch.uint8), requires_grad=False)
+    try:
+        yield
+    finally:
+        for m, w in hidden:
+            m._parameters["weight"] = w
+
+
+def prepare_kbit_sparing_standins(native):
+    """peft.prepare_model_for_kbit_training that leaves float-stored 4-bit stand-ins as the real Params4bit are."""
+
+    def prepare_model_for_kbit_training(model, *args, **kwargs):
+        with packed_weights_hidden(model):
+            return native(model, *args, **kwargs)
+
+    return prepare_model_for_kbit_training
+
+
 def replace_linear_layers(model: nn.Module, quant_config, cuda: bool, device: str | None = None) -> int:
     """Swap every nn.Linear / Conv1D that transformers' bnb quantizer would convert for a stand-in, the way
     `replace_with_bnb_linear` chooses them (lm_head, tied and fp32-kept modules stay). Returns the count.
@@ -305,7 +340,7 @@ def replace_linear_layers(model: nn.Module, quant_config, cuda: bool, device: st
             if qc.bnb_4bit_use_double_quant and not hasattr(model, DYNAMIC_MAP_ATTR):
                 setattr(model, DYNAMIC_MAP_ATTR, torch.empty(DYNAMIC_MAP_SIZE, dtype=torch.float32, device=where))
             new = FakeLinear4bit(in_f, out_f, has_bias, qc.bnb_4bit_compute_dtype, qc.bnb_4bit_quant_type,
-                                 qc.bnb_4bit_use_double_quant, dtype, cuda, where)
+                                 qc.bnb_4bit_use_double_quant, dtype, cuda, where, qc.bnb_4bit_quant_storage)
         new.source_cls = type(module)
         new.requires_grad_(False)
         new.train(module.training)

@@ -91,6 +91,40 @@ def test_fsdp2_lora_on_a_meta_model_runs_for_real_and_simulate_matches(tmp_path)
     _assert_load_is_the_local_shards(load_config(TINY, ov), real, sim)
 
 
+TINY_QLORA = str(CONFIGS / "tiny_qlora4.yaml")
+# the way users run FSDP-QLoRA (PEFT's docs, TRL + accelerate): TRL's defaults (bf16 autocast, checkpointing, no
+# prepare_model_for_kbit_training, bf16 adapters), accelerate's bf16 FSDP2 mixed-precision policy and
+# bnb_4bit_quant_storage=bfloat16, both filled; "plain": the 2023 loop (prepare_kbit: fp32 norms and adapters)
+FSDP_QLORA = {"trl": ["recipe=trl", "train.autocast=bf16", "train.gradient_checkpointing=true"], "plain": []}
+
+
+@pytest.mark.parametrize("recipe", list(FSDP_QLORA))
+def test_fsdp2_qlora_runs_for_real_and_simulate_matches_byte_for_byte(recipe, tmp_path):
+    """Issue 20 item 4: bitsandbytes 4-bit weights stored as bf16 are sharded by fully_shard like any parameter
+    (each rank keeps the whole quant state), bitsandbytes recovers the quant state from the layer in forward, and
+    the real gloo run at world 2 equals simulate's stand-ins for every phase of both ranks, load included."""
+    ov = ["parallel.strategy=fsdp2", "parallel.world_size=2", "train.steps=1", *FSDP_QLORA[recipe]]
+    cfg = load_config(TINY_QLORA, ov)
+    assert cfg.regime.quant_storage == "bfloat16" and "regime.quant_storage" in cfg.recipe_defaults
+    assert cfg.parallel_init == "full"  # accelerate loads the quantized model whole on every rank, then shards
+    if recipe == "trl":
+        assert (cfg.parallel.param_dtype, cfg.parallel.reduce_dtype) == ("bfloat16", "bfloat16")
+    real_out, sim_out = tmp_path / "real.jsonl", tmp_path / "sim.jsonl"
+    assert main(["run", TINY_QLORA, *ov, "--output", str(real_out), "--quiet"]) == 0
+    assert main(["simulate", TINY_QLORA, *ov, "--output", str(sim_out), "--quiet"]) == 0
+    real, sim = _line(real_out), _line(sim_out)
+    assert real["status"] == sim["status"] == "ok" and [r["rank"] for r in real["ranks"]] == [0, 1]
+    assert real["model"] == sim["model"]
+    quantized = real["model"]["quantized_params"]
+    assert quantized == 2 * (2 * 64 * 64 + 2 * 32 * 64 + 3 * 64 * 128)  # 2 layers: q, o; k, v (2 kv heads); mlp
+    if recipe == "plain":  # every other float parameter is fp32 here: the bf16 bytes are this rank's packed half
+        assert real["model"]["weight_bytes_by_dtype"]["bfloat16"] == quantized // 2 // 2
+    per_rank = [[p["peak_allocated_bytes"] for p in r["phases"]] for r in real["ranks"]]
+    measured = [min(ps) for ps in zip(*per_rank, strict=True)]  # min: see the LoRA test above
+    assert measured == [p["peak_allocated_bytes"] for p in sim["ranks"][0]["phases"]]
+    assert [p["breakdown"] for p in real["phases"]] == [p["breakdown"] for p in sim["phases"]]
+
+
 def test_fsdp2_shards_and_ddp_replicates(tmp_path):
     """Rank-0 categories at world 2: FSDP2 keeps half the weights and optimizer state, DDP all of them
     plus gradient buckets of exactly the gradients' size."""

@@ -150,3 +150,20 @@ def test_simulate_from_a_trl_json_writes_a_line_with_its_keys(tmp_path, capsys):
     rec = json.loads(out.read_text().splitlines()[-1])
     assert rec["config"]["recipe"] == "trl" and rec["config"]["train"]["grad_accum_steps"] == 4
     assert rec["config"]["optimizer"]["name"] == "adamw_fused" and rec["config"]["train"]["loss"] == "chunked"
+
+
+def test_an_accelerate_fsdp2_config_runs_fsdp_qlora(capsys):
+    """Issue 20 item 4: FSDP2 + QLoRA was refused ("allowed with qlora: none, ddp"); from an accelerate FSDP2 config
+    it now simulates, with the settings the stack sets: bnb_4bit_quant_storage = the model dtype (derived),
+    accelerate's bf16 FSDP2 mixed-precision policy and TRL's QLoRA defaults, each listed in `defaults`."""
+    rc = main(["fit", "tiny-llama", "--regime", "qlora4", "--from", str(EXAMPLES / "accelerate_fsdp2.yaml"),
+               "--gpu", "h100", "--no-search", "--json", "train.seq_len=64", "train.batch_size=1"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    res = json.loads(out)
+    cfg = load_config(None, base=res["config"])
+    assert (cfg.parallel.strategy, cfg.parallel.world_size, cfg.regime.kind) == ("fsdp2", 2, "qlora")
+    assert cfg.regime.quant_storage == "bfloat16" and not cfg.regime.prepare_kbit
+    assert (cfg.parallel.param_dtype, cfg.parallel.reduce_dtype) == ("bfloat16", "bfloat16")
+    filled = " ".join(res["defaults"])
+    assert 'regime.quant_storage="bfloat16"' in filled and "accelerate/state.py:1015" in filled

@@ -181,5 +181,10 @@ def load_rows(path: str | Path | None = None) -> list[Row]:
                               f"{', '.join(UNIT_BYTES)}")
         if row.not_run is None and (row.config is None or row.value is None):
             raise ConfigError(f"--rows: {p}: row {rid}: a row without not_run needs a config and a value")
+        if row.not_run is None:
+            try:
+                row.run_config()  # a setting our config cannot take is refused here, never dropped or approximated
+            except ConfigError as exc:
+                raise ConfigError(f"--rows: {p}: {exc}") from None
         rows.append(row)
     return rows

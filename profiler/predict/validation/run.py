@@ -172,7 +172,7 @@ def base_record(row: Row) -> dict:
             "unit": row.unit, "published": row.value, "expressible": row.expressible,
             "not_expressed": "; ".join(row.not_expressed), "not_run": row.not_run, "error": None,
             "cause": row.cause, "caveats": "; ".join(row.caveats), "basis": "; ".join(row.basis),
-            "subset": " ".join(row.subset), "source": source_text(row), "gpu": row.gpu,
+            "subset": " ".join(row.subset), "source": source_text(row),
             "published_bytes": None if row.value is None else to_bytes(row.value, row.unit)}
 
 
@@ -187,6 +187,7 @@ def evaluate(rows: list[Row], cache: Cache, on_row: Callable[[Row, int], None] |
         rec = base_record(row)
         t0 = time.perf_counter()
         if row.not_run is None:
+            rec["gpu"] = row.gpu  # the GPU whose kernel rules the prediction used (rows that run)
             rec["gpu_arch"], rec["gpu_arch_how"] = row.gpu_arch()
             try:
                 p = predict_cached(row.run_config(), cache)

@@ -112,6 +112,7 @@ def render(df: pd.DataFrame, summ: pd.DataFrame, console) -> None:
         arch = getattr(r, "gpu_arch", None)
         arch = arch if isinstance(arch, str) else ""
         arch = "sm80 (GPU cc unknown)" if arch == "auto" else arch
+        arch = arch if getattr(r, "predictor", None) == "simulate" else ""  # components has no kernel rules
         if pd.notna(r.error_pct):
             pred, err = f"{r.predicted:.2f} {r.unit}", f"{r.error_pct:+.1f}"
             why = r.not_expressed or ""

@@ -16,6 +16,7 @@ from profiler.predict.validation.rows import UNIT_BYTES
 
 COMPARED_AS = {"allocated": "allocated", "reserved": "reserved", "nvidia-smi": "nvidia-smi",
                "not-stated": "reserved"}
+REPLAY_METRICS = ("reserved", "nvidia-smi")  # #22: the rows measured so, replay vs the allowance
 
 
 def to_bytes(value: float, unit: str) -> int:
@@ -58,3 +59,9 @@ def predicted_in_metric(metric: str, allocated: int, reserved: int | None = None
         return Converted(nvml, "nvidia-smi (predicted)")
     return Converted(res + allowance.context_bytes,
                      f"nvidia-smi ({res_how} + {allowance.context_bytes / 2**20:.0f} MiB CUDA context)")
+
+
+def allowance_in_metric(metric: str, allocated: int) -> Converted:
+    """The rule before the allocator replay (#22): allocated + the allowance's 3 % (+ its CUDA context for
+    nvidia-smi), whatever the predictor's own reserved figure; `validate` sets it beside the replay."""
+    return predicted_in_metric(metric, allocated)

@@ -2,8 +2,8 @@
 
 `simulate`: profiler.simulate.backend.simulate, primed, through profiler.predict.fit.Predictor (which also
 handles the 8-bit optimizers). `components`: profiler.formulas where simulate refuses the config (DeepSpeed ZeRO,
-CPU offload). Figures are per rank (rank 0 of symmetric ranks). This module and the code it calls are what the
-prediction cache's digest covers (profiler.predict.validation.run.code_digest).
+CPU offload). Figures are per rank (rank 0 of symmetric ranks). The prediction cache keeps an entry while every
+profiler module loaded when it was made is unchanged (profiler.predict.validation.run.loaded_modules).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ class Prediction:
     reserved: int | None = None  # the predictor's own reserved figure, where it has one
     nvml: int | None = None
     note: str = ""
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the prediction when it was made
+    cpu_seconds: float = 0.0  # this process's CPU time (user + sys, all threads) over the same span
     cached: bool = False
 
 
@@ -43,14 +44,14 @@ def _field(rec: dict, name: str) -> int | None:
 
 def predict(cfg: RunConfig) -> Prediction:
     """One config's prediction with the predictor it needs; SimulationFailed where simulate cannot trace it."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     kind = predictor_for(cfg)
     if kind == "components":
         from profiler.formulas import estimate
 
         est = estimate("components", cfg)
         return Prediction("components", est.total - est.get("overhead"), note="per rank, overhead removed",
-                          seconds=time.perf_counter() - t0)
+                          seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
     from profiler.predict.fit import Predictor, modelled_allowance
 
     pred = Predictor(modelled_allowance(), 0)
@@ -58,4 +59,4 @@ def predict(cfg: RunConfig) -> Prediction:
     rec = pred.records[cfg.config_hash()]
     reserved, nvml = _field(rec, "predicted_reserved_bytes"), _field(rec, "predicted_nvml_bytes")
     note = f"attention {rec.get('attention_kernel') or '?'}"
-    return Prediction("simulate", peak, reserved, nvml, note, time.perf_counter() - t0)
+    return Prediction("simulate", peak, reserved, nvml, note, time.perf_counter() - t0, time.process_time() - c0)

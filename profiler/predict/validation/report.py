@@ -1,7 +1,9 @@
 """The validation report: median and worst |error| by group, the CSV, the picture, the CI baseline, the README block.
 
 Groups: source, single vs multi-GPU, dense vs MoE, current HF / current other / old stack, and all rows; each
-over every row that ran ("all") and over the rows with no setting we cannot express ("expressible").
+over every row that ran ("all") and over the rows with no setting we cannot express ("expressible"). Two more
+lines compare #22's reserved rules on the rows measured as reserved or nvidia-smi whose predictor replayed the
+allocator: the replay, and the rule it replaced (allocated + 3 %), over the same rows.
 """
 
 from __future__ import annotations
@@ -27,8 +29,36 @@ def _stats(part: pd.DataFrame) -> tuple[int, float | None, float | None, str]:
     return len(part), float(part["abs_error_pct"].median()), float(worst["abs_error_pct"]), str(worst["id"])
 
 
+REPLAY_GROUPING = "reserved rule (#22)"
+REPLAY_VALUES = ("allocator replay", "allocated + 3 %")
+
+
+def replay_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of #22's comparison: ran, measured as reserved or nvidia-smi, with the old rule's error beside."""
+    done = ran(df)
+    return done[done["error_allowance_pct"].notna()] if "error_allowance_pct" in done else done.iloc[0:0]
+
+
+def _replay_lines(df: pd.DataFrame) -> list[dict]:
+    """#22: median and worst |error| of the replay and of allocated + 3 % over the same rows."""
+    part = replay_rows(df)
+    lines: list[dict] = []
+    if part.empty:
+        return lines  # no row measured as reserved or nvidia-smi was replayed (or a CSV from before #22)
+    for value, col in zip(REPLAY_VALUES, ("error_pct", "error_allowance_pct"), strict=True):
+        p = part.assign(abs_error_pct=part[col].abs())
+        n, med, worst, wid = _stats(p)
+        ne, mede, worste, wide = _stats(p[p["expressible"].astype(bool)])
+        lines.append({"grouping": REPLAY_GROUPING, "value": value, "rows": n, "ran": n, "median_abs_pct": med,
+                      "worst_abs_pct": worst, "worst_id": wid, "expressible_ran": ne,
+                      "expressible_median_abs_pct": mede, "expressible_worst_abs_pct": worste,
+                      "expressible_worst_id": wide})
+    return lines
+
+
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """One line per (grouping, value): n, median and worst |error| over all rows that ran and over expressible ones."""
+    """One line per (grouping, value): n, median and worst |error| over all rows that ran and over expressible ones;
+    then #22's two lines (_replay_lines)."""
     done = ran(df)
     lines = []
     for label, col in GROUPINGS:
@@ -42,7 +72,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
                           "worst_abs_pct": worst, "worst_id": wid, "expressible_ran": ne,
                           "expressible_median_abs_pct": mede, "expressible_worst_abs_pct": worste,
                           "expressible_worst_id": wide})
-    return pd.DataFrame(lines)
+    return pd.DataFrame([*lines, *_replay_lines(df)])
 
 
 def median_abs(df: pd.DataFrame) -> float | None:
@@ -71,11 +101,18 @@ def render(df: pd.DataFrame, summ: pd.DataFrame, console) -> None:
 
     t = Table(title="published vs predicted (per GPU; error = (predicted - published) / published)")
     for col, just in (("row", "left"), ("metric", "left"), ("published", "right"), ("predicted", "right"),
-                      ("error %", "right"), ("predictor", "left"), ("not expressed / not run", "left")):
+                      ("error %", "right"), ("alloc. +3 % error", "right"), ("predictor", "left"),
+                      ("SDPA rules", "left"), ("not expressed / not run", "left")):
         t.add_column(col, justify=just, overflow="fold")
     for r in df.itertuples():
         metric = r.metric if r.metric != "not-stated" else "not stated (vs reserved)"
         pub = "OOM" if pd.isna(r.published) else f"{r.published:g} {r.unit}"
+        old = getattr(r, "error_allowance_pct", None)
+        old = f"{old:+.1f}" if old is not None and pd.notna(old) else ""
+        arch = getattr(r, "gpu_arch", None)
+        arch = arch if isinstance(arch, str) else ""
+        arch = "sm80 (GPU cc unknown)" if arch == "auto" else arch
+        arch = arch if getattr(r, "predictor", None) == "simulate" else ""  # components has no kernel rules
         if pd.notna(r.error_pct):
             pred, err = f"{r.predicted:.2f} {r.unit}", f"{r.error_pct:+.1f}"
             why = r.not_expressed or ""
@@ -86,7 +123,7 @@ def render(df: pd.DataFrame, summ: pd.DataFrame, console) -> None:
         else:
             pred, err, pred_by = "-", "-", "-"
             why = f"not run: {r.not_run}" if isinstance(r.not_run, str) else f"failed: {r.error}"
-        t.add_row(r.id, metric, pub, pred, err, pred_by, why)
+        t.add_row(r.id, metric, pub, pred, err, old, pred_by, arch, why)
     console.print(t)
     s = Table(title="|error| by group: median and worst, over every row that ran / over the expressible rows")
     for col in ("grouping", "value", "rows", "ran", "median %", "worst % (row)", "expressible", "median %",
@@ -98,6 +135,13 @@ def render(df: pd.DataFrame, summ: pd.DataFrame, console) -> None:
                   _f(r.expressible_median_abs_pct),
                   f"{_f(r.expressible_worst_abs_pct)} ({r.expressible_worst_id})" if r.expressible_ran else "-")
     console.print(s)
+    part = replay_rows(df)
+    if not part.empty:
+        rep_, old = (summ[(summ["grouping"] == REPLAY_GROUPING) & (summ["value"] == v)].iloc[0] for v in REPLAY_VALUES)
+        console.print(f"#22, the {len(part)} rows measured as reserved or nvidia-smi with a replay: median |error| "
+                      f"{_pct(rep_.median_abs_pct)} with the allocator replay, {_pct(old.median_abs_pct)} with "
+                      f"allocated + 3 % (expressible: {rep_.expressible_ran} rows, "
+                      f"{_pct(rep_.expressible_median_abs_pct)} vs {_pct(old.expressible_median_abs_pct)})")
 
 
 def plot(df: pd.DataFrame, path: Path) -> None:

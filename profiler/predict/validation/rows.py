@@ -1,8 +1,8 @@
 """The rows file (validation/published.yaml): published figures, each with the config that expresses it in our terms.
 
 A row inherits its source's fields: `setup`, `config` and `ref` merge deeply (the row's keys win), the lists
-`not_expressed` and `caveats` are the source's followed by the row's, and every other field is the row's where it
-sets one. docs/validation.md describes the fields. Memory metrics are allocated, reserved, nvidia-smi and
+`not_expressed`, `caveats` and `basis` are the source's followed by the row's, and every other field is the row's
+where it sets one. docs/validation.md describes the fields. Memory metrics are allocated, reserved, nvidia-smi and
 not-stated; a row with any other metric (throughput, later) is kept for its own check and skipped here.
 """
 
@@ -19,7 +19,9 @@ DEFAULT_ROWS = REPO_ROOT / "validation" / "published.yaml"
 MEMORY_METRICS = ("allocated", "reserved", "nvidia-smi", "not-stated")
 UNIT_BYTES = {"GiB": 2**30, "GB": 10**9, "MiB": 2**20, "MB": 10**6}
 ERAS = ("current", "old")
-INHERITED = ("group", "ref", "stack", "era", "metric", "unit", "setup", "config", "not_expressed", "caveats")
+INHERITED = ("group", "ref", "stack", "era", "metric", "unit", "gpu", "setup", "config", "not_expressed", "caveats",
+             "basis")
+LISTS = ("not_expressed", "caveats", "basis")  # the source's list followed by the row's
 RECIPE_OF_STACK = {"trl": "trl", "trainer": "trainer"}  # stack -> the `recipe` whose defaults it runs with
 
 
@@ -37,11 +39,13 @@ class Row(BaseModel):
     metric: str  # allocated | reserved | nvidia-smi | not-stated; other metrics are not memory
     unit: Literal["GiB", "GB", "MiB", "MB"] | str
     value: float | None  # None: the source gives no number (an OOM): such a row has not_run
+    gpu: str | None = None  # the GPU the source measured on: a preset of profiler/data/gpus.csv or its name as written
     range: list[float] | None = None
     setup: dict[str, Any] = Field(default_factory=dict)  # the setup as the source states it (free text)
     config: dict[str, Any] | None = None  # our RunConfig keys; None for rows we cannot run
     not_expressed: list[str] = Field(default_factory=list)  # settings of the source our config cannot express
     caveats: list[str] = Field(default_factory=list)  # facts about the figure that are not settings
+    basis: list[str] = Field(default_factory=list)  # what pins the metric or setup, each with the source's file:line
     not_run: str | None = None  # why no predictor can run this row
     cause: str | None = None  # why the prediction misses by more than 25 %, where it does
     subset: list[str] = Field(default_factory=list)  # fast: the CI subset
@@ -56,13 +60,34 @@ class Row(BaseModel):
     def expressible(self) -> bool:
         return self.not_run is None and not self.not_expressed
 
+    def gpu_arch(self) -> tuple[str, str]:
+        """(the config's `gpu_arch`, how it was chosen) from the row's GPU, as `fit --gpu` sets it
+        (profiler.commands.fit: `data["gpu_arch"] = gpu.arch`): the preset's compute capability in
+        profiler/data/gpus.csv; 'auto' (torch 2.13's sm80 SDPA rules, profiler.simulate.cuda_sdpa.DEFAULT_ARCH)
+        where the source names no GPU, a GPU that is not a preset, or a preset without a cited compute capability.
+        A `gpu_arch` in the row's config wins."""
+        from profiler.predict.gpus import gpu_by_name
+
+        if self.config and self.config.get("gpu_arch"):
+            return str(self.config["gpu_arch"]), "set in the row's config"
+        if not self.gpu:
+            return "auto", "GPU not stated by the source: compute capability unknown (sm80 rules assumed)"
+        try:
+            gpu = gpu_by_name(self.gpu)
+        except ConfigError:
+            return "auto", f"{self.gpu}: not a GPU preset, compute capability unknown (sm80 rules assumed)"
+        if gpu.arch == "auto":
+            return "auto", f"{gpu.name}: no cited compute capability in gpus.csv (sm80 rules assumed)"
+        return gpu.arch, f"{gpu.name}: compute capability {gpu.compute_capability} (gpus.csv)"
+
     def run_config(self) -> RunConfig:
         """The row's config as a validated RunConfig (device cuda), with the recipe of the row's stack filling
-        the keys the row leaves unset (a TRL or Trainer run gets that stack's defaults, README "Recipes");
-        ConfigError names the row."""
+        the keys the row leaves unset (a TRL or Trainer run gets that stack's defaults, README "Recipes") and
+        `gpu_arch` from the row's GPU (gpu_arch); ConfigError names the row."""
         if self.config is None:
             raise ConfigError(f"row {self.id}: no config (not_run: {self.not_run})")
-        base = {"recipe": RECIPE_OF_STACK.get(self.stack, "plain"), **self.config, "device": "cuda"}
+        base = {"recipe": RECIPE_OF_STACK.get(self.stack, "plain"), **self.config, "device": "cuda",
+                "gpu_arch": self.gpu_arch()[0]}
         try:
             return load_config(None, [], base=base)
         except ConfigError as exc:
@@ -111,7 +136,7 @@ def resolve(raw: dict, sources: dict[str, dict]) -> dict:
     src = sources[raw["source"]]
     out = {k: src[k] for k in INHERITED if k in src}
     for k, v in raw.items():
-        if k in ("not_expressed", "caveats"):
+        if k in LISTS:
             out[k] = [*src.get(k, []), *v]
         elif k in ("setup", "config", "ref") and k in out:
             out[k] = _merge(out[k], v)
@@ -156,5 +181,10 @@ def load_rows(path: str | Path | None = None) -> list[Row]:
                               f"{', '.join(UNIT_BYTES)}")
         if row.not_run is None and (row.config is None or row.value is None):
             raise ConfigError(f"--rows: {p}: row {rid}: a row without not_run needs a config and a value")
+        if row.not_run is None:
+            try:
+                row.run_config()  # a setting our config cannot take is refused here, never dropped or approximated
+            except ConfigError as exc:
+                raise ConfigError(f"--rows: {p}: {exc}") from None
         rows.append(row)
     return rows

@@ -422,7 +422,7 @@ def _run(points: list[dict], args, known: dict[str, str]) -> list[dict]:
         counts[v] = counts.get(v, 0) + 1
         if path:
             with open(path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps({**row, "finished": datetime.now(UTC).isoformat(timespec="seconds")}) + "\n")
         bar.set_postfix_str(", ".join(f"{k} {n}" for k, n in sorted(counts.items())), refresh=False)
         bar.update()
         if v in ("DIFFERS", "STALE", "RAISES"):

@@ -122,7 +122,19 @@ def shape_of(arch: Arch, cfg: RunConfig, b: int | None = None, s: int | None = N
         vocab=arch.vocab,
         a=activation_bytes_per_element(cfg),
         c=DTYPE_BYTES[compute_dtype(cfg)],
+        **lora_dtypes(cfg),
     )
+
+
+def lora_dtypes(cfg: RunConfig) -> dict:
+    """Shape's LoRA fields (activations.lora_input): the autocast dtype's bytes (0: none); the adapters' weight
+    bytes in the forward: fp32 (peft get_peft_model's `autocast_adapter_dtype=True`, params.py), or FSDP2's
+    param_dtype, in which its MixedPrecisionPolicy all-gathers every parameter of an fp32 model; and whether
+    the adapters wrap bitsandbytes layers (qlora)."""
+    ac = {"bf16": 2, "fp16": 2}.get(cfg.train.autocast, 0)
+    pc = cfg.parallel
+    w = DTYPE_BYTES[pc.param_dtype] if pc.strategy == "fsdp2" and pc.param_dtype else 4
+    return {"ac": ac, "w": w, "kbit": cfg.regime.kind == "qlora"}
 
 
 def not_modelled(arch: Arch) -> list[str]:

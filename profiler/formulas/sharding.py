@@ -129,6 +129,7 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
         phases["forward_start"] = {c: loss[c] for c in ("weights", "optimizer") if c in loss} | {
             "comm_buffers": FSDP2_ROOT_START * outside + FSDP2_ROOT_START_LAYERS * layer}
         moments = [phases.pop(k) for k in ("backward_start", "backward_last_layer", "backward_end")]
+        moments.append(_fsdp2_root_reduce(cfg, plan, moments[-1]))
     else:
         moments = [phases.pop("backward_start"), phases.pop("backward_end")]
     phases["backward"] = max(moments, key=lambda c: sum(c.values()))
@@ -147,6 +148,34 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
     tail = "; ".join(part for part in (kernel, est.notes.rsplit("; ", 1)[-1] if "overhead assumed" in est.notes else "")
                      if part)
     return make_estimate(est.estimator, out, est.source, f"{note}; {tail}" if tail else note, details=details)
+
+
+def _fsdp2_root_reduce(cfg: RunConfig, plan: ParamPlan, end: dict[str, int]) -> dict[str, int]:
+    """The last moment of an FSDP2 backward: the root group's (embeddings, final norm, head) post-backward.
+
+    torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py `FSDPParamGroup.post_backward` takes the unsharded
+    gradients off the parameters, reshards (frees) the all-gathered root parameters, then calls
+    _fsdp_collectives.py `foreach_reduce`, which allocates the reduce-scatter input (every gradient's numel,
+    dim-0 padded to the world size) in `reduce_dtype` (`reduce_dtype or grad_dtype`) and copies the gradients
+    into it before `unsharded_grads.clear()` drops them. So at the copy-in both are alive: the root's unsharded
+    gradients in the dtype the root computed in (`param_dtype`, else the stored dtype) and the reduce-scatter input
+    in `reduce_dtype`. With an fp32 model, param_dtype bf16 and reduce_dtype fp32 (torchtitan's policy) that is
+    6 bytes per root parameter, above the last layer's backward on models whose embeddings and head outweigh a
+    few layers. The layers' gradients are sharded by then; the root's sharded gradients do not exist yet.
+    `end`: the backward_end moment (weights, optimizer, gradients of this rank)."""
+    pc = cfg.parallel
+    root_names = {p.name for p in plan.arch.params if p.layer is None}
+    root = sum(t.numel for t in plan.trainable if t.name in root_names)
+    if not root:
+        return {}
+    grad_item = DTYPE_BYTES[pc.param_dtype] if pc.param_dtype else plan.param_itemsize
+    reduce_item = DTYPE_BYTES[pc.reduce_dtype] if pc.reduce_dtype else grad_item
+    padded = -(-root // pc.world_size) * pc.world_size  # each gradient is dim-0 padded; the total, to within a row
+    root_item = next(t.itemsize for t in plan.trainable if t.name in root_names)
+    out = {c: v for c, v in end.items() if c in ("weights", "optimizer")}
+    out["gradients"] = max(end.get("gradients", 0) - -(-root * root_item // pc.world_size), 0)
+    out["comm_buffers"] = root * grad_item + padded * reduce_item
+    return out
 
 
 def _offloaded(cfg: RunConfig, comps: dict[str, int]) -> dict[str, int]:

@@ -278,6 +278,7 @@ def activations(
         tail += 8 * bs * (2 if blk.learned_positions else 1) if out["embed"] else 0  # ids (+ position ids)
         tail += (bsh if cfg.device == "cuda" else sh.a * bsh) if blk.embed_dropout and out["embed"] else 0
     logits = (4 * bs * sh.vocab + 2 * 8 * bs) if any_grad else 0  # fp32 log_softmax output + labels
+    logits += autocast_head_copy(plan, cfg) if any_grad else 0  # freed with the logits, at the head's backward
     logits += sh.a * bs * sh.vocab if any_grad and blk.final_softcap else 0  # tanh of the capped logits
     # s x s tensors one layer holds while it runs, beyond what it saves (eager / math attention), in bytes per
     # score: forward, forward under checkpointing (nothing saved: the softmax output is transient too), backward.
@@ -306,6 +307,25 @@ def activations(
         "tied_embed_grad": 2 * sh.vocab * sh.h * plan.param_itemsize if arch.tied and out["embed"] else 0,
         "kernel_index": KERNELS.index(kernel),
     }
+
+
+def autocast_head_copy(plan: ParamPlan, cfg: RunConfig) -> int:
+    """Bytes of the autocast-dtype copy of a frozen output head stored in another dtype, saved for backward.
+
+    Under autocast F.linear is lower_precision_fp (ATen autocast_mode.h): its weight is cast to the autocast
+    dtype, and the cast is cached only for a leaf that requires grad (autocast_mode.cpp `cached_cast`; also
+    profiler/simulate/cuda_autocast.py). A frozen head therefore gets a fresh copy, which linear saves for the
+    gradient of its input (the hidden states, which require grad whenever anything before the head trains). The
+    case: QLoRA with prepare_kbit, whose head peft `prepare_model_for_kbit_training` upcast to fp32 (params.py;
+    bitsandbytes leaves the head unquantized), under bf16 autocast: V x h in bf16 (1 GiB for Llama-3-8B).
+    A trained head's copy is cached and counted nowhere here (an fp32 model under autocast: not in the grid);
+    frozen fp32 linears inside the layers likewise (none in the regimes of a 16-bit model but the MoE router)."""
+    ac = {"bf16": 2, "fp16": 2}.get(cfg.train.autocast, 0)
+    if not ac or plan.param_itemsize == ac:
+        return 0
+    trainable = {t.name for t in plan.trainable}
+    return sum(ac * lin.in_features * lin.out_features for lin in plan.arch.linears
+               if lin.is_head and lin.name + ".weight" not in trainable)
 
 
 def optimizer_bytes(plan: ParamPlan, cfg: RunConfig) -> tuple[int, int]:

@@ -60,6 +60,7 @@ class Shape:
     ac: int = 0  # bytes of the autocast dtype (train.autocast); 0: no autocast
     w: int = 4  # bytes of a LoRA adapter's weights in the forward (fp32; FSDP2 all-gathers them in param_dtype)
     kbit: bool = False  # the adapters wrap bitsandbytes layers (qlora): peft's bnb forward skips the input cast
+    int8: bool = False  # 8-bit qlora: bitsandbytes MatMul8bitLt keeps its input (components.int8_kept_inputs)
 
     @property
     def sdpa(self) -> int:
@@ -156,11 +157,14 @@ def lora_input(sh: Shape, in_bytes: int | None = None) -> tuple[int, bool]:
 
 
 def lora_bytes(sh: Shape, n_linears: int, width: int, lp: LayerPlan, device: str, no_grad: int = 0,
-               in_bytes: int | None = None) -> int:
+               in_bytes: int | None = None, input_saved: bool = False) -> int:
     """Inputs saved by the LoRA branch of n_linears adapters whose input is `width` wide (lora_input: what
     lora_A saves, per adapter unless it is the shared input itself; with dropout the dropped copy and the
     dropout mask: CPU an fp32 noise tensor, CUDA's fused dropout a bool mask), and lora_A's outputs (b s r,
-    saved by lora_B, in the dtype lora_A computes in)."""
+    saved by lora_B, in the dtype lora_A computes in). 8-bit qlora: the base layers' MatMul8bitLt keeps the
+    input itself too (bitsandbytes autograd/_functions.py `ctx.tensors = (CAt, subA, A)` when an input
+    requires grad), counted here unless the adapters save that very tensor or `input_saved` (o_proj's input:
+    the attention output, which SDPA saves)."""
     if n_linears == 0:
         return 0
     bsw = sh.b * sh.s * width
@@ -171,6 +175,8 @@ def lora_bytes(sh: Shape, n_linears: int, width: int, lp: LayerPlan, device: str
         total = n_linears * per - no_grad * mask  # no mask saved where the input does not require grad
     else:
         total = (1 if shared else n_linears) * t * bsw
+    if sh.int8 and not input_saved and no_grad < n_linears and (lp.lora_dropout or not shared):
+        total += (in_bytes or sh.a) * bsw
     return total + n_linears * t * sh.b * sh.s * lp.lora_r  # lora_A outputs
 
 
@@ -203,7 +209,7 @@ def layer_bytes(sh: Shape, lp: LayerPlan, kernel: str, device: str) -> int:
             total += (4 if device == "cpu" else 1) * sh.b * sh.heads * sh.s * sh.s + 4 * sh.b * sh.heads * sh.s * sh.s
         if blk.attn_softcap and kernel in ("eager", "math"):
             total += a * sh.b * sh.heads * sh.s * sh.s  # tanh of the scores (Gemma-2)
-    total += lora_bytes(sh, lp.lora_o, sh.h, lp, device, 0 if grad_attn else lp.lora_o, sh.sdpa)
+    total += lora_bytes(sh, lp.lora_o, sh.h, lp, device, 0 if grad_attn else lp.lora_o, sh.sdpa, True)
     attn_out = grad_attn or lp.lora_o > 0
     if blk.post_norms:
         total += norm(attn_out)  # post-attention norm on o_proj's output
@@ -244,7 +250,7 @@ def _llama_layer_bytes(sh: Shape, lp: LayerPlan, kernel: str, device: str) -> in
             total += norm_bytes(sh, True, lp.norms_train, sh.heads * sh.head_dim, sh.heads)
             total += norm_bytes(sh, True, lp.norms_train, sh.kv, sh.kv // sh.head_dim)
         total += attention_bytes(sh, kernel, tr, lp.mask)
-    total += lora_bytes(sh, lp.lora_o, sh.h, lp, device, 0 if grad_attn else lp.lora_o, sh.sdpa)
+    total += lora_bytes(sh, lp.lora_o, sh.h, lp, device, 0 if grad_attn else lp.lora_o, sh.sdpa, True)
     grad_mlp = grad_attn or lp.lora_o > 0
     total += norm_bytes(sh, grad_mlp, lp.norms_train)  # post-attention norm
     total += a * bsh if tr else 0  # gate/up input

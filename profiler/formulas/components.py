@@ -134,7 +134,8 @@ def lora_dtypes(cfg: RunConfig) -> dict:
     ac = {"bf16": 2, "fp16": 2}.get(cfg.train.autocast, 0)
     pc = cfg.parallel
     w = DTYPE_BYTES[pc.param_dtype] if pc.strategy == "fsdp2" and pc.param_dtype else 4
-    return {"ac": ac, "w": w, "kbit": cfg.regime.kind == "qlora"}
+    qlora = cfg.regime.kind == "qlora"
+    return {"ac": ac, "w": w, "kbit": qlora, "int8": qlora and cfg.regime.bits == 8}
 
 
 def not_modelled(arch: Arch) -> list[str]:
@@ -319,9 +320,12 @@ def autocast_head_copy(plan: ParamPlan, cfg: RunConfig) -> int:
     case: QLoRA with prepare_kbit, whose head peft `prepare_model_for_kbit_training` upcast to fp32 (params.py;
     bitsandbytes leaves the head unquantized), under bf16 autocast: V x h in bf16 (1 GiB for Llama-3-8B).
     A trained head's copy is cached and counted nowhere here (an fp32 model under autocast: not in the grid);
-    frozen fp32 linears inside the layers likewise (none in the regimes of a 16-bit model but the MoE router)."""
+    frozen fp32 linears inside the layers likewise (none in the regimes of a 16-bit model but the MoE router).
+    Under FSDP2 with `param_dtype` the head the forward sees is the all-gathered param_dtype copy."""
     ac = {"bf16": 2, "fp16": 2}.get(cfg.train.autocast, 0)
-    if not ac or plan.param_itemsize == ac:
+    pc = cfg.parallel  # FSDP2's MixedPrecisionPolicy hands the forward param_dtype copies: no cast then
+    item = DTYPE_BYTES[pc.param_dtype] if pc.strategy == "fsdp2" and pc.param_dtype else plan.param_itemsize
+    if not ac or item == ac:
         return 0
     trainable = {t.name for t in plan.trainable}
     return sum(ac * lin.in_features * lin.out_features for lin in plan.arch.linears

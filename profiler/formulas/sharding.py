@@ -37,7 +37,7 @@ from profiler.config import RunConfig
 from profiler.formulas import Estimate, make_estimate
 from profiler.formulas.params import DTYPE_BYTES, ParamPlan
 
-PHASES = ("forward", "backward_start", "backward_end", "optimizer_step")  # components' details keys
+PHASES = ("forward", "backward_start", "backward_last_layer", "backward_end", "optimizer_step")  # components' keys
 # fsdp2: the moments of a step whose all-gathered bytes differ (components' details keys `<moment>:<component>`)
 FSDP2_MOMENTS = ("forward_loss", "forward_last_layer", "backward_start", "backward_last_layer", "backward_end",
                  "optimizer_step")
@@ -100,7 +100,7 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
         "zero1": dict.fromkeys(PHASES, bucket),
         "zero2": dict.fromkeys(PHASES, bucket),
         "zero3": {"forward": ZERO3_LAYERS * layer, "backward_start": ZERO3_LAYERS * layer + bucket,
-                  "backward_end": ZERO3_LAYERS * layer + bucket,
+                  "backward_last_layer": ZERO3_LAYERS * layer + bucket, "backward_end": ZERO3_LAYERS * layer + bucket,
                   "optimizer_step": 0},
     }[s]
     host = 0
@@ -131,7 +131,9 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
         moments = [phases.pop(k) for k in ("backward_start", "backward_last_layer", "backward_end")]
         moments.append(_fsdp2_root_reduce(cfg, plan, moments[-1]))
     else:
-        moments = [phases.pop("backward_start"), phases.pop("backward_end")]
+        # the last layer's backward too: with s x s attention (math / eager kernels) at long sequences its
+        # transients are the step's peak, on every rank as in one process
+        moments = [phases.pop(k) for k in ("backward_start", "backward_last_layer", "backward_end")]
     phases["backward"] = max(moments, key=lambda c: sum(c.values()))
     if s == "fsdp2" and cfg.parallel_init == "full":  # every rank builds the whole model, then fully_shard splits it
         phases["load"] = {"weights": est.details.get("forward:weights", 0)}

@@ -373,12 +373,32 @@ def inference_bytes(
     # logits; with tanh soft-capping (Gemma-2) `logits / cap`, tanh and `* cap` each make a new b x s x V
     # tensor while the previous one is alive: two at a time
     logits = sh.a * sh.b * sh.s * sh.vocab * (2 if arch.block.final_softcap else 1)
-    fwd = kv_per_token * sh.s + max(layer_tmp, logits)
+    fwd = kv_per_token * sh.s + max(layer_tmp, logits, math_attention_inference(cfg, arch, sh))
     gen = kv_per_token * (sh.s + n) + layer_tmp if n else 0
     return {
         "kv_cache": kv_per_token * (sh.s + n if n and gen >= fwd else sh.s),
         "temporaries": max(fwd, gen) - kv_per_token * (sh.s + n if n and gen >= fwd else sh.s),
     }
+
+
+def math_attention_inference(cfg: RunConfig, arch: Arch, sh: Shape) -> int:
+    """What a no-grad forward holds while SDPA's math kernel runs one layer (0 for other kernels).
+
+    torch `_scaled_dot_product_attention_math` (CompositeImplicitAutograd; its aten ops traced on CPU tensors
+    under no_grad): 16-bit q, k, v are upcast to fp32 (`_to_copy`), q is scaled (`mul`), the fp32 scores
+    (`bmm`) get the mask added (`add`: a second s x s tensor), `_safe_softmax` replaces them, and a copy of the
+    probabilities in the input dtype is its second output. At the mask add and at the softmax two fp32 s x s
+    tensors are alive (8 bytes per score), beside the upcast and the scaled q (8 bytes per q element) and the
+    layer's own tensors: its input and norm output, the q/k/v projections and the RoPE'd q (transformers
+    modeling_falcon.py FalconAttention). Falcon-7B takes this kernel (one k/v head without `enable_gqa`)."""
+    if default_kernel(cfg, DTYPE_BYTES[compute_dtype(cfg)], arch) != "math":
+        return 0
+    bs = sh.b * sh.s
+    bsq, bsk = bs * sh.heads * sh.head_dim, bs * sh.kv
+    scores = 8 * sh.b * sh.heads * sh.s * sh.s
+    q32 = (8 if sh.a < 4 else 4) * bsq  # fp32 copy (16-bit input only) and the scaled q
+    layer = sh.a * (2 * bs * sh.h + bsq + 2 * bsk + bsq)
+    return scores + q32 + layer
 
 
 def overhead_bytes(cfg: RunConfig, allocated: int) -> int:

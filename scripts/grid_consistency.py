@@ -37,6 +37,10 @@ sys.path.insert(0, str(REPO))
 from profiler.config import MODELS_DIR, ConfigError, load_config  # noqa: E402
 
 TOLERANCE = 0.05
+FULL_NOTE = ("**The full grid** (every valid point, not this sample): docs/consistency-full.md, written by "
+             "scripts/grid_full_page.py from the rows of `scripts/grid_consistency.py --full --order 0 --shard I/N "
+             "--json ...` (one process per shard, append-only rows, resumable); it also lists the components gaps "
+             "the sweep found and closed in profiler/formulas, with their before/after.")
 KNOWN = REPO / "tests" / "formulas" / "known_differences.yaml"
 
 # real-size bundled architecture -> decoder layers its stand-in keeps (every width kept; Gemma-3 keeps six so
@@ -494,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         header = ("# components vs simulate: the consistency grid\n\n"
                   "What `components` predicts against what `simulate` computes, point by point over the grid of "
                   "scripts/grid_consistency.py (README, section \"components and simulate agree\"). Known "
-                  "differences and their causes: tests/formulas/known_differences.yaml.\n\n")
+                  "differences and their causes: tests/formulas/known_differences.yaml.\n\n"
+                  + FULL_NOTE + "\n\n")
         import yaml
 
         causes = (yaml.safe_load(KNOWN.read_text()) or {}).get("causes") or {} if KNOWN.exists() else {}

@@ -26,6 +26,68 @@ gc = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gc)
 
 FACTORS = ("family", "regime", "parallel", "seq", "batch", "ckpt", "autocast")
+# What the page says besides its counts: how the sweep was made feasible and what it found and fixed. Figures
+# measured in this repository (commands in each line); the fixes' before/after are rows of the sweep itself.
+PROSE = """
+## Making the sweep feasible
+
+Where a point's time went (cProfile of `compare()` on 9 random grid points in one warm process, load ~1):
+simulate's train steps 69 % (fake-tensor dispatch of forward, backward and the optimizer step), the load phase
+16 % (model build 3 %, FSDP2/DDP wrap 9 %, peft 3 %), the `gc.collect()` that ends every run (harness._release)
+9 %, the registered estimators 6 %. Imports (3.3 s) and the libraries' first use (TRL's import inside the
+first simulation, 4.5 s) are paid once per process; the old script already ran its points in one process.
+What `grid_consistency.py --full` now does (`sweep()`; tests/formulas/test_grid.py checks that its rows equal
+the per-point `compare()`'s, and that a killed sweep resumes without rewriting a line):
+
+- after the first point `gc.freeze()` moves the imported libraries' ~535,000 objects out of the collector's
+  reach: each run's closing `gc.collect()` went from 0.28 s to 0.00001 s of CPU (measured in one process);
+- one simulation per distinct RunConfig (seq is capped at the model's positions: GPT-2 1024, Pythia 2048);
+- the points run in one fixed shuffled order (`--order 0`), `--shard I/N` splits them over processes, every row
+  is appended to `--json` as it finishes (a rerun skips finished ids; a line cut by a kill is left and its point
+  reruns), and tqdm shows done/total, rate, ETA and the verdicts so far.
+- Models are not reused between points: the regime (peft), the parallel wrap (fully_shard) and the optimizer
+  change a model in place and its load is counted by the run's tracker, so reuse would change what is measured.
+
+Per-point cost, before (`compare()` in a loop) and after (`sweep()`), the same 16 grid points run side by side
+in two processes on the shared machine (load 8-13 from other engineers' tests): **3.22 → 2.84 s of CPU per
+point** (-12 %), 28.1 → 24.1 s of wall time. The old docs' ~17 s/point (36 min for 129 points) was wall time on
+the loaded machine; idle, a stand-in point costs ~2-6 s of CPU. At ~2.8 s of CPU the 10,464 points need ~8 CPU
+hours: more than this session's hour on two shared cores.
+
+## Components gaps the sweep found, closed in profiler/formulas
+
+Each with the library source it follows and a test in tests/formulas/test_components_gaps.py (components within
+1 % of simulate on the point, 2.5 % for Falcon at seq 8192); before → after on sweep rows (same simulate figure):
+
+- **LoRA inputs under autocast** (activations.py `lora_input`/`lora_bytes`): peft lora/layer.py `Linear.forward`
+  casts the input to the fp32 adapter (`_cast_input_dtype`), then autocast casts it back to bf16 for lora_A, once
+  per adapter (ATen autocast caches casts of grad-requiring leaves only); peft lora/bnb.py skips the first cast
+  under autocast (`requires_conversion = not torch.is_autocast_enabled()`). components saved one fp32 input per
+  group: mistral-7b/lora/none/s2048/b4/ac-bf16 +14.7 → -0.1 %, smollm2-1.7b/lora/ddp8/s512/b4/ac-bf16
+  +7.3 → -0.1 %, pythia-6.9b/lora/none/s8192/b4/ac-bf16 (CI, was listed) → -2.9 %.
+- **LoRA under FSDP2 mixed precision**: the adapters the forward sees are FSDP2's param_dtype copies, so the
+  bf16 input is not copied: mistral-7b/lora/fsdp2-8-mp/s8192/b1/ac-bf16 +14.1 → -0.03 %.
+- **The frozen fp32 head's autocast copy** (components.py `autocast_head_copy`; the old "autocast-sdpa" cause,
+  which blamed simulate's kernel choice): prepare_kbit upcasts the head to fp32; under bf16 autocast F.linear
+  casts it afresh each forward (frozen: not cached) and saves the V x h bf16 copy for the input's gradient:
+  llama-3-8b/qlora4/none/s2048/b1/ac-bf16 -10.5 → -0.04 % (1 GiB), qwen2.5-7b/qlora4/none/s512/b1/ac-bf16
+  -14.3 → -0.1 %, llama-3-8b/qlora4/ddp2/s8192/b4/ac-bf16 (CI, was listed) → -0.01 %.
+- **8-bit QLoRA's kept input** (activations.py `lora_bytes`): bitsandbytes `MatMul8bitLt.forward` keeps its
+  input in `ctx.tensors` whenever an input requires grad; counted where the LoRA branch saves another tensor
+  (its dropout copy, or an autocast copy): qwen2.5-7b/qlora8/ddp2/s512/b1/ac-bf16 -15.0 → -0.1 %,
+  qwen2.5-7b/qlora8/ddp2/s8192/b4/ac-none -4.4 → -0.6 %, pythia-6.9b/qlora8/ddp8/s2048/b4/ac-bf16 -6.8 → 0.0 %.
+- **FSDP2 root post-backward** (sharding.py `_fsdp2_root_reduce`; the old "fsdp2-mixed-precision" cause):
+  `FSDPParamGroup.post_backward` reshards the root, then `foreach_reduce` allocates the reduce-scatter input in
+  reduce_dtype and copies the bf16 unsharded gradients into it: llama-3-8b/full/fsdp2-8-mp/s512/b1 -16.5 → 0.00 %,
+  qwen3-8b and qwen2.5-7b (same point) -18.9 / -16.1 → 0.00 %.
+- **DDP dropped the last layer's backward** (sharding.py `PHASES`; the old "falcon-math" cause in training):
+  with SDPA's math kernel (Falcon-7B's single k/v head) the s x s fp32 gradients of the last layer are the peak;
+  one process modelled that moment, DDP/ZeRO skipped it: falcon-7b/full/ddp2/s8192/b1/ckpt -32.0 → -1.8 %,
+  falcon-7b/freeze/ddp2/s8192/b4/ckpt/ac-bf16 -33.7 → -0.4 %, falcon-7b/lora/ddp8/s2048 (CI, was listed) → +0.2 %.
+- **Falcon's math kernel in inference** (components.py `math_attention_inference`): torch
+  `_scaled_dot_product_attention_math` (its aten ops traced on CPU under no_grad) holds two fp32 s x s tensors
+  at the mask add and the softmax: falcon-7b/inference/none/s512/b1 -7.8 → -0.3 %.
+"""
 RESUME = ("nice -n 19 python scripts/grid_consistency.py --full --order 0 --shard {i}/{n} "
           "--json results/consistency/full_standins.{i}of{n}.jsonl")
 
@@ -118,6 +180,8 @@ def page(rows: list[dict], total: int, shards: int, recomputed: bool, commit: st
         "```",
         *[RESUME.format(i=i, n=shards) for i in range(shards)],
         "```",
+        "",
+        PROSE.strip(),
         "",
         "## Verdicts",
         "",

@@ -84,6 +84,10 @@ Each with the library source it follows and a test in tests/formulas/test_compon
   with SDPA's math kernel (Falcon-7B's single k/v head) the s x s fp32 gradients of the last layer are the peak;
   one process modelled that moment, DDP/ZeRO skipped it: falcon-7b/full/ddp2/s8192/b1/ckpt -32.0 → -1.8 %,
   falcon-7b/freeze/ddp2/s8192/b4/ckpt/ac-bf16 -33.7 → -0.4 %, falcon-7b/lora/ddp8/s2048 (CI, was listed) → +0.2 %.
+- **Gemma-2's soft-capped logits under autocast** (components.py `activations`): the head's output is bf16
+  under autocast (F.linear is lower_precision_fp), so the saved tanh of `logits / cap` is bf16, not the QLoRA
+  model's fp32: gemma-2-9b/qlora4/none/s2048/b4/ac-bf16 +8.6 → +0.8 %, gemma-2-9b/qlora8/none/s512/b1/ac-bf16
+  -18.9 → +0.1 % (with the head copy above).
 - **Falcon's math kernel in inference** (components.py `math_attention_inference`): torch
   `_scaled_dot_product_attention_math` (its aten ops traced on CPU under no_grad) holds two fp32 s x s tensors
   at the mask add and the softmax: falcon-7b/inference/none/s512/b1 -7.8 → -0.3 %.

@@ -280,7 +280,10 @@ def activations(
         tail += (bsh if cfg.device == "cuda" else sh.a * bsh) if blk.embed_dropout and out["embed"] else 0
     logits = (4 * bs * sh.vocab + 2 * 8 * bs) if any_grad else 0  # fp32 log_softmax output + labels
     logits += autocast_head_copy(plan, cfg) if any_grad else 0  # freed with the logits, at the head's backward
-    logits += sh.a * bs * sh.vocab if any_grad and blk.final_softcap else 0  # tanh of the capped logits
+    # tanh of the capped logits, in the head's output dtype: the autocast dtype under autocast (F.linear is
+    # lower_precision_fp, so Gemma-2's `logits / cap`, tanh and `* cap` run in bf16 even on a QLoRA model's fp32
+    # hidden stream), else the hidden stream's
+    logits += (sh.ac or sh.a) * bs * sh.vocab if any_grad and blk.final_softcap else 0
     # s x s tensors one layer holds while it runs, beyond what it saves (eager / math attention), in bytes per
     # score: forward, forward under checkpointing (nothing saved: the softmax output is transient too), backward.
     # math (fp32): the scores beside their softmax; backward: the gradients of the probabilities and of the

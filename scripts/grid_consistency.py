@@ -13,6 +13,9 @@ an estimate.
     python scripts/grid_consistency.py                     # pairwise sample, 2-layer stand-ins (the CI grid)
     python scripts/grid_consistency.py --real              # pairwise sample, real-size architectures
     python scripts/grid_consistency.py --full [--real]     # every valid point (large: see --limit)
+    nice -n 19 python scripts/grid_consistency.py --full --order 0 --shard 0/2 \
+        --json results/consistency/full_standins.0of2.jsonl  # the full sweep: one process per shard, rows
+        # appended as they finish, a rerun resumes (docs/consistency-full.md: scripts/grid_full_page.py)
     python scripts/grid_consistency.py --real --docs docs/consistency.md   # write the table page
     python scripts/grid_consistency.py --families llama-3-8b --limit 5 --no-simulate
 """

@@ -13,6 +13,9 @@ an estimate.
     python scripts/grid_consistency.py                     # pairwise sample, 2-layer stand-ins (the CI grid)
     python scripts/grid_consistency.py --real              # pairwise sample, real-size architectures
     python scripts/grid_consistency.py --full [--real]     # every valid point (large: see --limit)
+    nice -n 19 python scripts/grid_consistency.py --full --order 0 --shard 0/2 \
+        --json results/consistency/full_standins.0of2.jsonl  # the full sweep: one process per shard, rows
+        # appended as they finish, a rerun resumes (docs/consistency-full.md: scripts/grid_full_page.py)
     python scripts/grid_consistency.py --real --docs docs/consistency.md   # write the table page
     python scripts/grid_consistency.py --families llama-3-8b --limit 5 --no-simulate
 """
@@ -37,6 +40,10 @@ sys.path.insert(0, str(REPO))
 from profiler.config import MODELS_DIR, ConfigError, load_config  # noqa: E402
 
 TOLERANCE = 0.05
+FULL_NOTE = ("**The full grid** (every valid point, not this sample): docs/consistency-full.md, written by "
+             "scripts/grid_full_page.py from the rows of `scripts/grid_consistency.py --full --order 0 --shard I/N "
+             "--json ...` (one process per shard, append-only rows, resumable); it also lists the components gaps "
+             "the sweep found and closed in profiler/formulas, with their before/after.")
 KNOWN = REPO / "tests" / "formulas" / "known_differences.yaml"
 
 # real-size bundled architecture -> decoder layers its stand-in keeps (every width kept; Gemma-3 keeps six so
@@ -233,11 +240,12 @@ def estimator_lines(cfg) -> dict[str, str]:
     return out
 
 
-def compare(point: dict, real: bool = False, run_simulate: bool = True) -> dict:
-    """One grid point: every estimator's line, components' allocated part, simulate's steady peak, the error."""
+def compare(point: dict, real: bool = False, run_simulate: bool = True, cfg=None) -> dict:
+    """One grid point: every estimator's line, components' allocated part, simulate's steady peak, the error
+    (`cfg`: config_of(point, real), when the caller has it)."""
     from profiler.formulas import estimate
 
-    cfg = config_of(point, real)
+    cfg = cfg if cfg is not None else config_of(point, real)
     row = {"id": point_id(point), **point, "seq": cfg.train.seq_len}
     row["estimators"] = estimator_lines(cfg)
     est = estimate("components", cfg)
@@ -264,6 +272,86 @@ def compare(point: dict, real: bool = False, run_simulate: bool = True) -> dict:
     return row
 
 
+def sweep_order(points: list[dict], seed: int | None) -> list[dict]:
+    """The points in grid order (seed None) or in one fixed shuffled order (seed: random.Random(seed)), so that
+    every prefix of a sweep that stops early is a uniform random sample of the whole grid."""
+    if seed is None:
+        return list(points)
+    import random
+
+    out = list(points)
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def done_ids(path: Path) -> set[str]:
+    """The ids of the finished rows in an append-only results file (JSON lines): a line that does not parse
+    (a sweep killed mid-write) is not finished, and its point runs again."""
+    if not path.exists():
+        return set()
+    ids = set()
+    for line in path.read_text().splitlines():
+        try:
+            ids.add(json.loads(line)["id"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return ids
+
+
+def read_rows(paths: list[str]) -> dict[str, dict]:
+    """{id: row} from results files written by --json (lines that do not parse are skipped: see done_ids)."""
+    rows = {}
+    for f in paths:
+        for line in Path(f).read_text().splitlines():
+            try:
+                row = json.loads(line)
+                rows[row["id"]] = row
+            except (ValueError, KeyError, TypeError):
+                continue
+    return rows
+
+
+def sweep(points: list[dict], real: bool = False, run_simulate: bool = True, freeze: bool = True):
+    """Yield compare()'s row for each point, in one process, skipping work that cannot change a number:
+    - the imports and the libraries' first-use set-up happen once (the first point);
+    - after the first point `gc.freeze()` moves every object alive then (the imported libraries: millions of
+      objects) out of the collector's reach, so the `gc.collect()` that ends each run (harness._release) and
+      Python's own full collections only walk what the points create (~0.6 s a point before: 9 % of it);
+    - two points whose RunConfig is the same (seq capped at the model's positions: GPT-2 at 1024, Pythia at
+      2048) are simulated once; the second row is the first's numbers under its own id, `same_as` naming it.
+    The models are not reused between points: the regime (peft), the parallel wrap (fully_shard) and the
+    optimizer change a model in place, and its load is counted by the run's tracker (the load phase), so a
+    reused model would change what is measured. tests/formulas/test_grid.py checks that the rows equal
+    compare()'s, point by point."""
+    import gc
+
+    by_hash: dict[str, dict] = {}
+    frozen = False
+    for p in points:
+        try:
+            cfg = config_of(p, real)
+        except ConfigError as exc:  # the config itself refuses the point: no estimator owes it an answer
+            yield {"id": point_id(p), **p, "components": 0, "simulate": None, "pct": None,
+                   "simulate_status": f"config refused: {exc}"}
+            continue
+        key = cfg.config_hash()
+        if key in by_hash:
+            first = by_hash[key]
+            yield {**first, "id": point_id(p), **p, "seq": cfg.train.seq_len, "seconds": 0.0, "same_as": first["id"]}
+            continue
+        try:
+            row = compare(p, real, run_simulate, cfg=cfg)
+        except Exception as exc:  # noqa: BLE001  an estimator raised: a bug, recorded so the sweep goes on
+            row = {"id": point_id(p), **p, "components": 0, "simulate": None, "pct": None,
+                   "simulate_status": f"estimator raised: {type(exc).__name__}: {exc}"}
+        by_hash[key] = row
+        yield row
+        if freeze and not frozen:
+            gc.collect()
+            gc.freeze()
+            frozen = True
+
+
 def load_known(path: Path = KNOWN) -> dict[str, str]:
     """known_differences.yaml as {point id: cause text}: `causes` names each cause once (key: text), `points` maps a
     point id to a cause key (or to its own text)."""
@@ -279,6 +367,8 @@ def load_known(path: Path = KNOWN) -> dict[str, str]:
 def verdict(row: dict, known: dict[str, str]) -> str:
     """agrees / known: <cause> / DIFFERS / STALE (known but agrees) / estimate only (no simulation)."""
     if row["pct"] is None:
+        if row["simulate_status"].startswith("estimator raised"):
+            return "RAISES"
         if row["simulate_status"].startswith("error") and row["id"] in known:
             return "known (simulate fails)"
         return "estimate only" if row["simulate_status"] != "not run" else "not simulated"
@@ -317,6 +407,38 @@ def _commit() -> str:
         return "unknown"
 
 
+def _run(points: list[dict], args, known: dict[str, str]) -> list[dict]:
+    """Run the points (those already in --json skipped: resume), appending each row to --json as it finishes,
+    with a progress bar (tqdm, on stderr: done / total, rate, ETA, the verdicts so far)."""
+    from tqdm import tqdm
+
+    path = Path(args.json) if args.json else None
+    done = done_ids(path) if path else set()
+    todo = [p for p in points if point_id(p) not in done]
+    if path and path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        with open(path, "a") as f:  # a line cut by a kill stays (unparsed, skipped); the next starts clean
+            f.write("\n")
+    if done:
+        print(f"resuming {path}: {len(points) - len(todo)} of {len(points)} points already there", file=sys.stderr)
+    rows, counts = [], {}
+    bar = tqdm(total=len(points), initial=len(points) - len(todo), unit="pt", file=sys.stderr, smoothing=0.05,
+               mininterval=1 if sys.stderr.isatty() else 60)
+    for row in sweep(todo, args.real, not args.no_simulate):
+        rows.append(row)
+        v = verdict(row, known).split(":")[0]
+        counts[v] = counts.get(v, 0) + 1
+        if path:
+            with open(path, "a") as f:
+                f.write(json.dumps({**row, "finished": datetime.now(UTC).isoformat(timespec="seconds")}) + "\n")
+        bar.set_postfix_str(", ".join(f"{k} {n}" for k, n in sorted(counts.items())), refresh=False)
+        bar.update()
+        if v in ("DIFFERS", "STALE", "RAISES"):
+            pct = "" if row["pct"] is None else f" {row['pct']:+.2f}%"
+            bar.write(f"{row['id']}: {verdict(row, known)}{pct}", file=sys.stderr)
+    bar.close()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--real", action="store_true", help="real-size architectures instead of 2-layer stand-ins")
@@ -324,9 +446,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ci", action="store_true", help="the smaller sample tests/formulas/test_grid.py simulates")
     ap.add_argument("--families", help="comma-separated bundled architectures (default: all 14)")
     ap.add_argument("--limit", type=int, help="stop after this many points")
-    ap.add_argument("--shard", help="i/n: only every n-th point from the i-th (0-based), to split a run")
+    ap.add_argument("--shard", help="I/N: only every N-th point from the I-th (0-based), to split a run")
+    ap.add_argument("--order", type=int, metavar="SEED",
+                    help="run the points in one fixed shuffled order (random.Random(SEED)), so that a sweep "
+                         "stopped early is a uniform random sample of the grid")
     ap.add_argument("--no-simulate", action="store_true", help="estimators only (the crash check)")
-    ap.add_argument("--json", help="rows written here as they come (JSON lines)")
+    ap.add_argument("--json", help="append-only results file (JSON lines, one per point as it finishes); a rerun "
+                                   "with the same file resumes: finished points are skipped, no line is rewritten")
     ap.add_argument("--from-json", nargs="+", help="render the table from rows saved by --json (no run)")
     ap.add_argument("--docs", help="write the table page here (e.g. docs/consistency.md)")
     args = ap.parse_args(argv)
@@ -338,8 +464,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.families:
         grid["family"] = tuple(args.families.split(","))
     points = full_grid(grid) if args.full else ci_sample(grid) if args.ci else pairwise(grid)
+    points = sweep_order(points, args.order)
     if args.shard:
-        i, n = (int(x) for x in args.shard.split("/"))
+        try:
+            i, n = (int(x) for x in args.shard.split("/"))
+            assert 0 <= i < n
+        except (ValueError, AssertionError):
+            print(f"--shard: {args.shard!r} is not I/N with 0 <= I < N (e.g. 0/2, 1/2)", file=sys.stderr)
+            return 2
         points = points[i::n]
     if args.limit:
         points = points[: args.limit]
@@ -347,24 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     t0 = time.perf_counter()
     if args.from_json:  # rows of earlier (sharded) runs, in grid order; the wall time is theirs (sum of seconds)
-        saved = {r["id"]: r for f in args.from_json for r in map(json.loads, Path(f).read_text().splitlines())}
-        points = [p for p in points if point_id(p) in saved]
-    out = open(args.json, "a") if args.json else None  # noqa: SIM115
-    for i, p in enumerate(points):
-        if args.from_json:
-            rows.append(saved[point_id(p)])
-            continue
-        try:
-            row = compare(p, args.real, not args.no_simulate)
-        except ConfigError as exc:  # the config itself refuses the point: no estimator owes it an answer
-            row = {"id": point_id(p), **p, "components": 0, "simulate": None, "pct": None,
-                   "simulate_status": f"config refused: {exc}"}
-        rows.append(row)
-        pct = "" if row["pct"] is None else f" {row['pct']:+.2f}%"
-        print(f"[{i + 1}/{len(points)}] {row['id']}: {verdict(row, known)}{pct}", file=sys.stderr, flush=True)
-        if out:
-            out.write(json.dumps(row) + "\n")
-            out.flush()
+        saved = read_rows(args.from_json)
+        rows = [saved[point_id(p)] for p in points if point_id(p) in saved]
+    else:
+        rows = _run(points, args, known)
     wall = time.perf_counter() - t0
     if args.from_json:
         wall = sum(r.get("seconds") or 0 for r in rows)
@@ -383,14 +501,15 @@ def main(argv: list[str] | None = None) -> int:
         header = ("# components vs simulate: the consistency grid\n\n"
                   "What `components` predicts against what `simulate` computes, point by point over the grid of "
                   "scripts/grid_consistency.py (README, section \"components and simulate agree\"). Known "
-                  "differences and their causes: tests/formulas/known_differences.yaml.\n\n")
+                  "differences and their causes: tests/formulas/known_differences.yaml.\n\n"
+                  + FULL_NOTE + "\n\n")
         import yaml
 
         causes = (yaml.safe_load(KNOWN.read_text()) or {}).get("causes") or {} if KNOWN.exists() else {}
         notes = "\n## The causes of the known differences\n\n" + "".join(
             f"- **{k}**: {v.strip()}\n" for k, v in causes.items())
         page.write_text(header + table + notes)
-    return 1 if any(verdict(r, known).startswith(("DIFFERS", "STALE")) for r in rows) else 0
+    return 1 if any(verdict(r, known).startswith(("DIFFERS", "STALE", "RAISES")) for r in rows) else 0
 
 
 if __name__ == "__main__":

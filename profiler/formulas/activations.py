@@ -57,6 +57,10 @@ class Shape:
     vocab: int
     a: int  # bytes of an activation element (the hidden-state stream)
     c: int = 0  # bytes of an element of SDPA's inputs (components.compute_dtype; autocast casts q/k/v); 0: a
+    ac: int = 0  # bytes of the autocast dtype (train.autocast); 0: no autocast
+    w: int = 4  # bytes of a LoRA adapter's weights in the forward (fp32; FSDP2 all-gathers them in param_dtype)
+    kbit: bool = False  # the adapters wrap bitsandbytes layers (qlora): peft's bnb forward skips the input cast
+    int8: bool = False  # 8-bit qlora: bitsandbytes MatMul8bitLt keeps its input (components.int8_kept_inputs)
 
     @property
     def sdpa(self) -> int:
@@ -136,19 +140,44 @@ def attention_bytes(sh: Shape, kernel: str, o_proj_saves: bool, mask: bool = Fal
     return qkv + (4 + (a if a < 4 else 0)) * probs + out  # eager: fp32 softmax + cast copy
 
 
-def lora_bytes(sh: Shape, n_linears: int, width: int, lp: LayerPlan, device: str, no_grad: int = 0) -> int:
-    """Inputs saved by the LoRA branch of n_linears adapters whose input is `width` wide."""
+def lora_input(sh: Shape, in_bytes: int | None = None) -> tuple[int, bool]:
+    """(bytes of an element of what lora_A multiplies, whether that is the layer's input itself).
+
+    peft lora/layer.py `Linear.forward` casts the input to the adapter's dtype (`_cast_input_dtype(x,
+    lora_A.weight.dtype)`: fp32 adapters, or FSDP2's param_dtype copies) before `lora_A(dropout(x))`; peft
+    lora/bnb.py `Linear4bit/Linear8bitLt.forward` does so only when autocast is off (`requires_conversion = not
+    torch.is_autocast_enabled()`). Under autocast lora_A's linear casts its input to the autocast dtype (ATen
+    autocast_mode.h lower_precision_fp; the cast is cached only for leaf tensors that require grad, so each
+    adapter makes its own copy) and saves that copy; a cast to the dtype a tensor already has returns the tensor.
+    `in_bytes`: the layer input's element bytes (default sh.a)."""
+    a = in_bytes or sh.a
+    if sh.ac:
+        return sh.ac, (a == sh.ac) if sh.kbit else (a == sh.w == sh.ac)
+    return sh.w, a == sh.w
+
+
+def lora_bytes(sh: Shape, n_linears: int, width: int, lp: LayerPlan, device: str, no_grad: int = 0,
+               in_bytes: int | None = None, input_saved: bool = False) -> int:
+    """Inputs saved by the LoRA branch of n_linears adapters whose input is `width` wide (lora_input: what
+    lora_A saves, per adapter unless it is the shared input itself; with dropout the dropped copy and the
+    dropout mask: CPU an fp32 noise tensor, CUDA's fused dropout a bool mask), and lora_A's outputs (b s r,
+    saved by lora_B, in the dtype lora_A computes in). 8-bit qlora: the base layers' MatMul8bitLt keeps the
+    input itself too (bitsandbytes autograd/_functions.py `ctx.tensors = (CAt, subA, A)` when an input
+    requires grad), counted here unless the adapters save that very tensor or `input_saved` (o_proj's input:
+    the attention output, which SDPA saves)."""
     if n_linears == 0:
         return 0
     bsw = sh.b * sh.s * width
+    t, shared = lora_input(sh, in_bytes)
     if lp.lora_dropout:
         mask = 4 * bsw if device == "cpu" else bsw  # CPU: fp32 noise tensor; CUDA: bool mask
-        per = 4 * bsw + mask
+        per = t * bsw + mask
         total = n_linears * per - no_grad * mask  # no mask saved where the input does not require grad
     else:
-        shared = sh.a == 4  # cast is a no-op: the adapter shares the (already fp32) input
-        total = (1 if shared else n_linears) * 4 * bsw
-    return total + n_linears * 4 * sh.b * sh.s * lp.lora_r  # lora_A outputs
+        total = (1 if shared else n_linears) * t * bsw
+    if sh.int8 and not input_saved and no_grad < n_linears and (lp.lora_dropout or not shared):
+        total += (in_bytes or sh.a) * bsw
+    return total + n_linears * t * sh.b * sh.s * lp.lora_r  # lora_A outputs
 
 
 def layer_bytes(sh: Shape, lp: LayerPlan, kernel: str, device: str) -> int:
@@ -180,7 +209,7 @@ def layer_bytes(sh: Shape, lp: LayerPlan, kernel: str, device: str) -> int:
             total += (4 if device == "cpu" else 1) * sh.b * sh.heads * sh.s * sh.s + 4 * sh.b * sh.heads * sh.s * sh.s
         if blk.attn_softcap and kernel in ("eager", "math"):
             total += a * sh.b * sh.heads * sh.s * sh.s  # tanh of the scores (Gemma-2)
-    total += lora_bytes(sh, lp.lora_o, sh.h, lp, device, 0 if grad_attn else lp.lora_o)
+    total += lora_bytes(sh, lp.lora_o, sh.h, lp, device, 0 if grad_attn else lp.lora_o, sh.sdpa, True)
     attn_out = grad_attn or lp.lora_o > 0
     if blk.post_norms:
         total += norm(attn_out)  # post-attention norm on o_proj's output
@@ -221,7 +250,7 @@ def _llama_layer_bytes(sh: Shape, lp: LayerPlan, kernel: str, device: str) -> in
             total += norm_bytes(sh, True, lp.norms_train, sh.heads * sh.head_dim, sh.heads)
             total += norm_bytes(sh, True, lp.norms_train, sh.kv, sh.kv // sh.head_dim)
         total += attention_bytes(sh, kernel, tr, lp.mask)
-    total += lora_bytes(sh, lp.lora_o, sh.h, lp, device, 0 if grad_attn else lp.lora_o)
+    total += lora_bytes(sh, lp.lora_o, sh.h, lp, device, 0 if grad_attn else lp.lora_o, sh.sdpa, True)
     grad_mlp = grad_attn or lp.lora_o > 0
     total += norm_bytes(sh, grad_mlp, lp.norms_train)  # post-attention norm
     total += a * bsh if tr else 0  # gate/up input

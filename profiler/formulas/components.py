@@ -122,7 +122,20 @@ def shape_of(arch: Arch, cfg: RunConfig, b: int | None = None, s: int | None = N
         vocab=arch.vocab,
         a=activation_bytes_per_element(cfg),
         c=DTYPE_BYTES[compute_dtype(cfg)],
+        **lora_dtypes(cfg),
     )
+
+
+def lora_dtypes(cfg: RunConfig) -> dict:
+    """Shape's LoRA fields (activations.lora_input): the autocast dtype's bytes (0: none); the adapters' weight
+    bytes in the forward: fp32 (peft get_peft_model's `autocast_adapter_dtype=True`, params.py), or FSDP2's
+    param_dtype, in which its MixedPrecisionPolicy all-gathers every parameter of an fp32 model; and whether
+    the adapters wrap bitsandbytes layers (qlora)."""
+    ac = {"bf16": 2, "fp16": 2}.get(cfg.train.autocast, 0)
+    pc = cfg.parallel
+    w = DTYPE_BYTES[pc.param_dtype] if pc.strategy == "fsdp2" and pc.param_dtype else 4
+    qlora = cfg.regime.kind == "qlora"
+    return {"ac": ac, "w": w, "kbit": qlora, "int8": qlora and cfg.regime.bits == 8}
 
 
 def not_modelled(arch: Arch) -> list[str]:
@@ -266,7 +279,11 @@ def activations(
         tail += 8 * bs * (2 if blk.learned_positions else 1) if out["embed"] else 0  # ids (+ position ids)
         tail += (bsh if cfg.device == "cuda" else sh.a * bsh) if blk.embed_dropout and out["embed"] else 0
     logits = (4 * bs * sh.vocab + 2 * 8 * bs) if any_grad else 0  # fp32 log_softmax output + labels
-    logits += sh.a * bs * sh.vocab if any_grad and blk.final_softcap else 0  # tanh of the capped logits
+    logits += autocast_head_copy(plan, cfg) if any_grad else 0  # freed with the logits, at the head's backward
+    # tanh of the capped logits, in the head's output dtype: the autocast dtype under autocast (F.linear is
+    # lower_precision_fp, so Gemma-2's `logits / cap`, tanh and `* cap` run in bf16 even on a QLoRA model's fp32
+    # hidden stream), else the hidden stream's
+    logits += (sh.ac or sh.a) * bs * sh.vocab if any_grad and blk.final_softcap else 0
     # s x s tensors one layer holds while it runs, beyond what it saves (eager / math attention), in bytes per
     # score: forward, forward under checkpointing (nothing saved: the softmax output is transient too), backward.
     # math (fp32): the scores beside their softmax; backward: the gradients of the probabilities and of the
@@ -294,6 +311,28 @@ def activations(
         "tied_embed_grad": 2 * sh.vocab * sh.h * plan.param_itemsize if arch.tied and out["embed"] else 0,
         "kernel_index": KERNELS.index(kernel),
     }
+
+
+def autocast_head_copy(plan: ParamPlan, cfg: RunConfig) -> int:
+    """Bytes of the autocast-dtype copy of a frozen output head stored in another dtype, saved for backward.
+
+    Under autocast F.linear is lower_precision_fp (ATen autocast_mode.h): its weight is cast to the autocast
+    dtype, and the cast is cached only for a leaf that requires grad (autocast_mode.cpp `cached_cast`; also
+    profiler/simulate/cuda_autocast.py). A frozen head therefore gets a fresh copy, which linear saves for the
+    gradient of its input (the hidden states, which require grad whenever anything before the head trains). The
+    case: QLoRA with prepare_kbit, whose head peft `prepare_model_for_kbit_training` upcast to fp32 (params.py;
+    bitsandbytes leaves the head unquantized), under bf16 autocast: V x h in bf16 (1 GiB for Llama-3-8B).
+    A trained head's copy is cached and counted nowhere here (an fp32 model under autocast: not in the grid);
+    frozen fp32 linears inside the layers likewise (none in the regimes of a 16-bit model but the MoE router).
+    Under FSDP2 with `param_dtype` the head the forward sees is the all-gathered param_dtype copy."""
+    ac = {"bf16": 2, "fp16": 2}.get(cfg.train.autocast, 0)
+    pc = cfg.parallel  # FSDP2's MixedPrecisionPolicy hands the forward param_dtype copies: no cast then
+    item = DTYPE_BYTES[pc.param_dtype] if pc.strategy == "fsdp2" and pc.param_dtype else plan.param_itemsize
+    if not ac or item == ac:
+        return 0
+    trainable = {t.name for t in plan.trainable}
+    return sum(ac * lin.in_features * lin.out_features for lin in plan.arch.linears
+               if lin.is_head and lin.name + ".weight" not in trainable)
 
 
 def optimizer_bytes(plan: ParamPlan, cfg: RunConfig) -> tuple[int, int]:
@@ -337,12 +376,32 @@ def inference_bytes(
     # logits; with tanh soft-capping (Gemma-2) `logits / cap`, tanh and `* cap` each make a new b x s x V
     # tensor while the previous one is alive: two at a time
     logits = sh.a * sh.b * sh.s * sh.vocab * (2 if arch.block.final_softcap else 1)
-    fwd = kv_per_token * sh.s + max(layer_tmp, logits)
+    fwd = kv_per_token * sh.s + max(layer_tmp, logits, math_attention_inference(cfg, arch, sh))
     gen = kv_per_token * (sh.s + n) + layer_tmp if n else 0
     return {
         "kv_cache": kv_per_token * (sh.s + n if n and gen >= fwd else sh.s),
         "temporaries": max(fwd, gen) - kv_per_token * (sh.s + n if n and gen >= fwd else sh.s),
     }
+
+
+def math_attention_inference(cfg: RunConfig, arch: Arch, sh: Shape) -> int:
+    """What a no-grad forward holds while SDPA's math kernel runs one layer (0 for other kernels).
+
+    torch `_scaled_dot_product_attention_math` (CompositeImplicitAutograd; its aten ops traced on CPU tensors
+    under no_grad): 16-bit q, k, v are upcast to fp32 (`_to_copy`), q is scaled (`mul`), the fp32 scores
+    (`bmm`) get the mask added (`add`: a second s x s tensor), `_safe_softmax` replaces them, and a copy of the
+    probabilities in the input dtype is its second output. At the mask add and at the softmax two fp32 s x s
+    tensors are alive (8 bytes per score), beside the upcast and the scaled q (8 bytes per q element) and the
+    layer's own tensors: its input and norm output, the q/k/v projections and the RoPE'd q (transformers
+    modeling_falcon.py FalconAttention). Falcon-7B takes this kernel (one k/v head without `enable_gqa`)."""
+    if default_kernel(cfg, DTYPE_BYTES[compute_dtype(cfg)], arch) != "math":
+        return 0
+    bs = sh.b * sh.s
+    bsq, bsk = bs * sh.heads * sh.head_dim, bs * sh.kv
+    scores = 8 * sh.b * sh.heads * sh.s * sh.s
+    q32 = (8 if sh.a < 4 else 4) * bsq  # fp32 copy (16-bit input only) and the scaled q
+    layer = sh.a * (2 * bs * sh.h + bsq + 2 * bsk + bsq)
+    return scores + q32 + layer
 
 
 def overhead_bytes(cfg: RunConfig, allocated: int) -> int:

@@ -44,7 +44,7 @@ from profiler.config import RunConfig
 from profiler.formulas import Estimate, make_estimate
 from profiler.formulas.params import DTYPE_BYTES, ParamPlan, four_bit_bytes
 
-PHASES = ("forward", "backward_start", "backward_end", "optimizer_step")  # components' details keys
+PHASES = ("forward", "backward_start", "backward_last_layer", "backward_end", "optimizer_step")  # components' keys
 # fsdp2: the moments of a step whose all-gathered bytes differ (components' details keys `<moment>:<component>`)
 FSDP2_MOMENTS = ("forward_loss", "forward_last_layer", "backward_start", "backward_last_layer", "backward_end",
                  "optimizer_step")
@@ -155,7 +155,7 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
         "zero1": dict.fromkeys(PHASES, bucket),
         "zero2": dict.fromkeys(PHASES, bucket),
         "zero3": {"forward": ZERO3_LAYERS * layer, "backward_start": ZERO3_LAYERS * layer + bucket,
-                  "backward_end": ZERO3_LAYERS * layer + bucket,
+                  "backward_last_layer": ZERO3_LAYERS * layer + bucket, "backward_end": ZERO3_LAYERS * layer + bucket,
                   "optimizer_step": 0},
     }[s]
     host = 0
@@ -189,8 +189,11 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
             # gradient yet, the root's flat all-gather output beside its copied-out parameters
             moments.append({c: v for c, v in moments[0].items() if c != "temporaries"}
                            | {"comm_buffers": FSDP2_ROOT_START * outside})
+        moments.append(_fsdp2_root_reduce(cfg, plan, moments[2]))  # [2]: backward_end
     else:
-        moments = [phases.pop("backward_start"), phases.pop("backward_end")]
+        # the last layer's backward too: with s x s attention (math / eager kernels) at long sequences its
+        # transients are the step's peak, on every rank as in one process
+        moments = [phases.pop(k) for k in ("backward_start", "backward_last_layer", "backward_end")]
     phases["backward"] = max(moments, key=lambda c: sum(c.values()))
     if s == "fsdp2" and cfg.parallel_init == "full":  # every rank builds the whole model, then fully_shard splits it
         # (peft makes the adapters in float32, autocast_adapter_dtype; a 16-bit regime.lora.dtype is TRL's cast after)
@@ -220,6 +223,34 @@ def fsdp2_root_regather(cfg: RunConfig) -> bool:
     LoRA/QLoRA regimes, where simulate shows it at llama-3-8b (tests/formulas/test_sharding.py); not checked for
     full fine-tuning, where the older moment model (root + 1 layer) stands (known_differences: fsdp2-shallow)."""
     return cfg.parallel.reshard_after_forward and cfg.regime.kind in ("lora", "qlora")
+
+
+def _fsdp2_root_reduce(cfg: RunConfig, plan: ParamPlan, end: dict[str, int]) -> dict[str, int]:
+    """The last moment of an FSDP2 backward: the root group's (embeddings, final norm, head) post-backward.
+
+    torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py `FSDPParamGroup.post_backward` takes the unsharded
+    gradients off the parameters, reshards (frees) the all-gathered root parameters, then calls
+    _fsdp_collectives.py `foreach_reduce`, which allocates the reduce-scatter input (every gradient's numel,
+    dim-0 padded to the world size) in `reduce_dtype` (`reduce_dtype or grad_dtype`) and copies the gradients
+    into it before `unsharded_grads.clear()` drops them. So at the copy-in both are alive: the root's unsharded
+    gradients in the dtype the root computed in (`param_dtype`, else the stored dtype) and the reduce-scatter input
+    in `reduce_dtype`. With an fp32 model, param_dtype bf16 and reduce_dtype fp32 (torchtitan's policy) that is
+    6 bytes per root parameter, above the last layer's backward on models whose embeddings and head outweigh a
+    few layers. The layers' gradients are sharded by then; the root's sharded gradients do not exist yet.
+    `end`: the backward_end moment (weights, optimizer, gradients of this rank)."""
+    pc = cfg.parallel
+    root_names = {p.name for p in plan.arch.params if p.layer is None}
+    root = sum(t.numel for t in plan.trainable if t.name in root_names)
+    if not root:
+        return {}
+    grad_item = DTYPE_BYTES[pc.param_dtype] if pc.param_dtype else plan.param_itemsize
+    reduce_item = DTYPE_BYTES[pc.reduce_dtype] if pc.reduce_dtype else grad_item
+    padded = -(-root // pc.world_size) * pc.world_size  # each gradient is dim-0 padded; the total, to within a row
+    root_item = next(t.itemsize for t in plan.trainable if t.name in root_names)
+    out = {c: v for c, v in end.items() if c in ("weights", "optimizer")}
+    out["gradients"] = max(end.get("gradients", 0) - -(-root * root_item // pc.world_size), 0)
+    out["comm_buffers"] = root * grad_item + padded * reduce_item
+    return out
 
 
 def _offloaded(cfg: RunConfig, comps: dict[str, int], on_device: int = 0) -> dict[str, int]:

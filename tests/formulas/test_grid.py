@@ -76,3 +76,44 @@ def test_offload_points_have_estimates_and_no_simulation():
     for point in [p for p in POINTS if gc.PARALLEL[p["parallel"]].get("offload")][:3]:
         row = gc.compare(point, run_simulate=False)
         assert row["components"] > 0 and "on the host per rank" in row["components_notes"]
+
+
+
+def test_the_sweep_gives_the_per_point_numbers():
+    """scripts/grid_consistency.py's sweep (one process, gc.freeze after the first point, one simulation per
+    distinct RunConfig) gives compare()'s row on each point: the same figure from every estimator, the same
+    components and simulate bytes. GPT-2's seq 2048 and 8192 are one config (seq capped at 1024): simulated once."""
+    import gc as collector
+
+    ids = ["gpt2/full/none/s2048/b1/nockpt/ac-none", "smollm2-1.7b/inference/none/s512/b1/nockpt/ac-none",
+           "gpt2/full/none/s8192/b1/nockpt/ac-none"]
+    by_id = {gc.point_id(p): p for p in gc.full_grid()}
+    points = [by_id[i] for i in ids]
+    try:
+        swept = list(gc.sweep(points))
+    finally:
+        collector.unfreeze()
+    assert [r["id"] for r in swept] == ids
+    assert swept[2]["same_as"] == ids[0] and swept[2]["seconds"] == 0.0 and "same_as" not in swept[0]
+    assert swept[2]["seq"] == swept[0]["seq"] == 1024
+    for point, row in zip(points[:2], swept[:2], strict=True):
+        alone = gc.compare(point)
+        for key in ("components", "simulate", "pct", "estimators", "simulate_status", "components_notes"):
+            assert row[key] == alone[key], (row["id"], key, row[key], alone[key])
+    assert swept[2]["simulate"] == swept[0]["simulate"] and swept[2]["batch"] == points[2]["batch"]
+
+
+def test_a_killed_sweep_resumes_without_rewriting(tmp_path):
+    """--json is append-only: a rerun skips the finished points, keeps every finished line byte for byte, and a
+    line cut by a kill is left as it is and its point runs again."""
+    out = tmp_path / "rows.jsonl"
+    args = ["--full", "--families", "gpt2", "--order", "0", "--limit", "2", "--no-simulate", "--json", str(out)]
+    gc.main(args)
+    first = out.read_bytes()
+    assert len(first.splitlines()) == 2
+    out.write_bytes(first + b'{"id": "cut')  # killed mid-write
+    gc.main([*args[:6], "3", *args[7:]])
+    lines = out.read_bytes().splitlines()
+    assert out.read_bytes().startswith(first + b'{"id": "cut\n') and len(lines) == 4
+    assert gc.done_ids(out) == {gc.point_id(p) for p in gc.sweep_order(gc.full_grid({**gc.GRID, "family": ("gpt2",)}),
+                                                                        0)[:3]}

@@ -266,7 +266,9 @@ def max_seq(pred: Predictor, cfg: RunConfig, cap: int | None = None) -> MaxSolut
     """Largest train.seq_len at this batch; quadratic where attention keeps s x s probabilities."""
     cap = cap or position_limit(cfg) or 1 << 17
     s = cfg.train.seq_len
-    kernel = str(pred.record(with_changes(cfg, optimizer={"name": "adamw"})).get("attention_kernel") or "")
+    # the kernel the simulation at seq s used (it is the search's probe at s too); the optimizer does not choose
+    # it: an adamw copy, as simulated here before, cost one more simulation under trl's adamw_fused
+    kernel = str(pred.record(with_changes(cfg, train={"seq_len": s})).get("attention_kernel") or "")
     quadratic = any(k in kernel for k in ("math", "eager"))
     probes = tuple(p for p in ((s // 2, s, 2 * s) if quadratic else (s, 2 * s)) if 1 <= p <= cap)
     if len(probes) < (3 if quadratic else 2):

@@ -152,6 +152,7 @@ class FitResult:
     work: dict | None = None  # counted FLOPs / bytes of the verdict's step (profiler.timing.flops), when time is asked
     recipe: str = "plain"  # the training stack whose defaults filled unset keys (profiler/recipes/stacks.py)
     defaults: list[str] = field(default_factory=list)  # "key=value  (source)" for each default a recipe filled
+    cpu_seconds: float = 0.0  # user + sys CPU of this process (imports included) and of the max seq process
 
     @property
     def headroom_bytes(self) -> int:
@@ -265,7 +266,9 @@ def max_seq(pred: Predictor, cfg: RunConfig, cap: int | None = None) -> MaxSolut
     """Largest train.seq_len at this batch; quadratic where attention keeps s x s probabilities."""
     cap = cap or position_limit(cfg) or 1 << 17
     s = cfg.train.seq_len
-    kernel = str(pred.record(with_changes(cfg, optimizer={"name": "adamw"})).get("attention_kernel") or "")
+    # the kernel the simulation at seq s used (it is the search's probe at s too); the optimizer does not choose
+    # it: an adamw copy, as simulated here before, cost one more simulation under trl's adamw_fused
+    kernel = str(pred.record(with_changes(cfg, train={"seq_len": s})).get("attention_kernel") or "")
     quadratic = any(k in kernel for k in ("math", "eager"))
     probes = tuple(p for p in ((s // 2, s, 2 * s) if quadratic else (s, 2 * s)) if 1 <= p <= cap)
     if len(probes) < (3 if quadratic else 2):
@@ -298,6 +301,11 @@ def default_workers(cfg: RunConfig) -> int:
     return 2 if cores >= 2 and rough >= PARALLEL_MIN_PARAMS else 1
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (its own, not its children's)."""
+    return time.process_time()
+
+
 def _seq_search_child(conn, cfg_data: dict, allowance: Allowance, usable: int, alive=None) -> None:
     """The second process: max_seq with its own Predictor (same allowance and usable bytes); sends
     ("ok", MaxSolution, config hashes simulated) or ("error", the exception). It ends itself when `alive`'s
@@ -315,10 +323,10 @@ def _seq_search_child(conn, cfg_data: dict, allowance: Allowance, usable: int, a
         quiet_libraries()
         pred = Predictor(allowance, usable)
         sol = max_seq(pred, RunConfig.model_validate(cfg_data))
-        conn.send(("ok", sol, set(pred.records)))
+        conn.send(("ok", sol, set(pred.records), cpu_seconds()))
     except Exception as exc:  # SimulationFailed, ConfigError: answers the parent raises as its own
         exc.__traceback__ = None
-        conn.send(("error", exc, None))
+        conn.send(("error", exc, None, cpu_seconds()))
     finally:
         conn.close()
 
@@ -337,13 +345,14 @@ class SeqSearch:
         self._proc = ctx.Process(target=_seq_search_child, args=(send, cfg.model_dump(), allowance, usable, alive),
                                  daemon=True, name="fit-max-seq")
         self._proc.start()
+        self.cpu_seconds = 0.0  # the second process's CPU, once it has answered
         send.close()
         alive.close()
 
     def result(self, pred: Predictor, cfg: RunConfig) -> tuple[MaxSolution, set[str]]:
         """The answer; where the process died without one, the search runs here instead."""
         try:
-            status, value, hashes = self._recv.recv()
+            status, value, hashes, self.cpu_seconds = self._recv.recv()
         except (EOFError, OSError):
             return max_seq(pred, cfg), set()
         finally:
@@ -521,7 +530,8 @@ def _answer(cfg: RunConfig, gpu: Gpu, pred: Predictor, allowance: Allowance, seq
         attention_kernel=rec.get("attention_kernel"), max_batch=batch_sol, max_seq=seq_sol, suggestions=tips,
         estimators=ests, simulations=len(set(pred.records) | extra_hashes), processes=2 if seq_job else 1,
         seconds=time.perf_counter() - t0, config=cfg.model_dump(mode="json"), notes=notes,
-        work=_work(rec) if pred.count_work else None)
+        work=_work(rec) if pred.count_work else None,
+        cpu_seconds=cpu_seconds() + (seq_job.cpu_seconds if seq_job is not None else 0.0))
 
 
 def _work(rec: dict) -> dict | None:

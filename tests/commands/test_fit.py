@@ -320,3 +320,16 @@ def test_a_config_that_is_a_directory_is_named_as_one(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "--config" in err and "is a directory" in err and "does not exist" not in err
     assert len(err.splitlines()) == 1
+
+
+def test_max_seq_reads_the_kernel_off_its_own_probe():
+    """max_seq under an optimizer other than adamw (trl's adamw_fused) simulates no adamw copy of the config
+    to learn the attention kernel: every simulation it runs has the config's own optimizer."""
+    from profiler.predict.fit import max_seq
+
+    cfg = load_config(None, ["train.steps=1", "train.seq_len=64", "optimizer.name=adamw_fused"],
+                      base={"model": {"arch": "tiny-llama"}, "regime": {"kind": "full"}, "device": "cuda"})
+    pred = Predictor(modelled_allowance(), 27 * 2**20)
+    sol = max_seq(pred, cfg)
+    assert {r["config"]["optimizer"]["name"] for r in pred.records.values()} == {"adamw_fused"}
+    assert len(pred.records) == sol.simulations  # the probe at seq 64 told the kernel: nothing extra

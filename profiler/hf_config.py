@@ -61,8 +61,29 @@ def resolve_attn_implementation(mc: ModelConfig, hf_config) -> str:
     return impl
 
 
+# transformers 5.23: the model types whose causal-LM class has no SDPA path (`_supports_sdpa = False`:
+# models/gemma2/modeling_gemma2.py, models/gpt_oss/modeling_gpt_oss.py). Lets `config_hash` resolve `auto` for a
+# bundled architecture from its config.json alone, without importing torch and the modeling code (5 s in a light
+# process such as a sweep runner); tests/test_config_attention.py checks it against the classes for every bundled
+# architecture, and any other source takes the full resolution.
+NO_SDPA_MODEL_TYPES = frozenset({"gemma2", "gpt_oss"})
+
+
+def _bundled_model_type(arch: str | None, path: str | None) -> str | None:
+    """The model_type of a bundled architecture's config.json; None for any other source."""
+    if not arch or path or arch.endswith(".json") or not (MODELS_DIR / f"{arch}.json").is_file():
+        return None
+    try:
+        return json.loads((MODELS_DIR / f"{arch}.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
 @functools.cache
 def _auto_attention(arch: str | None, path: str | None) -> str:
+    model_type = _bundled_model_type(arch, path)
+    if model_type:
+        return "eager" if model_type in NO_SDPA_MODEL_TYPES else "sdpa"
     mc = ModelConfig(arch=arch, path=path)
     return resolve_attn_implementation(mc, resolve_hf_config(mc))
 

@@ -71,3 +71,16 @@ def test_a_shipped_config_simulates_gemma2(tmp_path, capsys):
     assert rec["attention_kernel"] == "eager"
     assert rec["config_hash"] == load_config(CONFIGS / "llama7b_lora.yaml", [
         "model.arch=tiny-gemma2", "train.steps=1", "model.attn_implementation=eager"]).config_hash()
+
+
+def test_the_hash_fast_path_agrees_with_transformers_on_every_bundled_architecture():
+    """config_hash resolves `auto` for a bundled architecture from NO_SDPA_MODEL_TYPES without importing the
+    modeling code; for each bundled config.json that answer is what transformers' own classes give."""
+    from profiler.config import MODELS_DIR, ModelConfig
+    from profiler.hf_config import _auto_attention
+
+    archs = sorted(p.stem for p in MODELS_DIR.glob("*.json"))
+    assert len(archs) > 30
+    for arch in archs:
+        mc = ModelConfig(arch=arch)
+        assert _auto_attention.__wrapped__(arch, None) == resolve_attn_implementation(mc, resolve_hf_config(mc)), arch

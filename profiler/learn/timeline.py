@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from profiler.categories import Category, pick_unit  # noqa: E402
+from profiler.png_owner import written_by  # noqa: E402
 
 COLORS = {
     Category.WEIGHTS: "#4c72b0", Category.GRADIENTS: "#dd8452", Category.OPTIMIZER: "#55a868",
@@ -60,13 +61,8 @@ SOFTWARE = "llm-memprof timeline"  # the PNG's Software text chunk: `timeline` o
 
 
 def written_by_us(path: str | Path) -> bool:
-    """True for a PNG this module wrote (its Software chunk, near the start of the file)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(1 << 16)
-    except OSError:
-        return False
-    return head.startswith(b"\x89PNG") and SOFTWARE.encode() in head
+    """True for a PNG `timeline` wrote."""
+    return written_by(path, SOFTWARE)
 
 
 def plot_timeline(record: dict, out: str | Path) -> Path:

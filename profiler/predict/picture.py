@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from profiler.png_owner import written_by
 from profiler.predict.fit import FitResult
 from profiler.predict.search import MaxSolution
 
@@ -93,13 +94,8 @@ def picture_data(res: FitResult, date: str | None = None, commit: str | None = N
 
 
 def written_by_fit(path: str | Path) -> bool:
-    """True for a PNG `fit --picture` wrote (its Software chunk, near the start of the file)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(1 << 16)
-    except OSError:
-        return False
-    return head.startswith(b"\x89PNG") and SOFTWARE.encode() in head
+    """True for a PNG `fit --picture` wrote."""
+    return written_by(path, SOFTWARE)
 
 
 def picture_problem(path: str, force: bool = False) -> str | None:

@@ -125,6 +125,9 @@ def layer_bytes_moe(cfg: RunConfig, sh, plans: list, per_layer: list[int], kerne
     rg = cfg.regime
     lora_experts = rg.kind in ("lora", "qlora") and any(lora_parts(rg.lora.target_modules)[1:])
     weight_bytes = 4 if rg.kind == "qlora" and rg.prepare_kbit else {"float32": 4}.get(cfg.model.dtype, 2)
+    if cfg.parallel.param_dtype and rg.kind == "lora":  # FSDP2 mixed precision: the experts are all-gathered
+        # and computed in param_dtype (_fsdp_param.py init_dtype_attrs), so W + B A is formed in it
+        weight_bytes = {"float32": 4}.get(cfg.parallel.param_dtype, 2)
     merged = merged_copy_bytes(m, weight_bytes, rg.lora.r, lora_experts, False) // m.layers
     no_mlp = replace(sh, i=0)
     out = []

@@ -8,8 +8,9 @@ per rank, so activations do not):
 |---|---|---|---|---|
 | ddp | 1 | 1 | 1 | gradient buckets = all gradients (DDP's default `gradient_as_bucket_view=False`) |
 | fsdp2 | 1/N | 1/N | 1/N | unsharded root (embeddings, head, final norm) + 1 layer at the loss and the start |
-| | | | | of backward, + 3 layers while the last layer's forward runs, + 4 layers and the head's unsharded |
-| | | | | gradient in the last layer's backward; the root twice + layer 0 twice at the start of forward; |
+| | | | | of backward, + 3 layers while the last layer's forward runs, + 2 layers, the previous layer's |
+| | | | | reduce-scatter input (its trainable numel in reduce dtype) and the head's unsharded gradient in |
+| | | | | the last layer's backward; the root twice + layer 0 twice at the start of forward; |
 | | | | | the root + the embedding's unsharded gradient at the end of backward |
 | zero1 | 1 | 1 | 1/N | reduce bucket |
 | zero2 | 1 | 1/N | 1/N | reduce bucket |
@@ -17,7 +18,9 @@ per rank, so activations do not):
 
 FSDP2's layer counts are what its all-gather path holds at the phase peaks in simulate (flat all-gather
 output + the per-parameter copy-out of one layer while the previous layer is still unsharded; in backward
-also the prefetched next layer; at the start of forward the root twice, flat output and copy-out, beside
+the running layer's copy-out, the next layer's prefetched all-gather output and, behind a trainable layer, its
+reduce-scatter input (`_fsdp2_layer_reduce`: LoRA's is adapter-sized, so 2 layers, not the 4 of full fine-tuning
+that components once assumed for every regime); at the start of forward the root twice, flat output and copy-out, beside
 layer 0's; at the end of backward the root and its first parameter's unsharded gradient), checked by
 tests/formulas/test_sharding.py against simulate and by the consistency grid (tests/formulas/test_grid.py).
 ZeRO (DeepSpeed, bf16/fp16 training): the optimizer holds an fp32 master copy next to the two fp32
@@ -51,7 +54,7 @@ FSDP2_MOMENTS = ("forward_loss", "forward_last_layer", "backward_start", "backwa
 ZERO_REDUCE_BUCKET = 500_000_000  # DeepSpeed ZeRO default reduce_bucket_size (elements)
 ADAM_MASTER_BYTES = 4  # fp32 master weights DeepSpeed keeps for 16-bit training
 FSDP2_FORWARD_LAYERS = 3
-FSDP2_BACKWARD_LAYERS = 4
+FSDP2_BACKWARD_LAYERS = 2  # running layer copy-out + prefetched all-gather output (+ _fsdp2_layer_reduce)
 ZERO3_LAYERS = 2
 FSDP2_ROOT_START, FSDP2_ROOT_START_LAYERS = 2, 2  # forward start: the root twice, layer 0 twice (see shard)
 
@@ -133,7 +136,7 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
     replicated, head_grad, embed_grad = 0, bool(plan.trainable_bytes), bool(plan.trainable_bytes)
     if s == "fsdp2":  # unsharded copies (in param_dtype), the 4-bit quant state kept whole
         layer, outside, head, replicated, head_trains, embed_trains = _split_fsdp2(plan, cfg)
-        if cfg.regime.kind in ("lora", "qlora"):  # frozen head / embedding: no unsharded gradient of theirs
+        if cfg.regime.kind in ("lora", "qlora", "freeze"):  # frozen head / embedding: no unsharded gradient
             head_grad, embed_grad = head_trains, embed_trains
     grads = plan.trainable_bytes
     zero_opt = None  # DeepSpeed's optimizer: fp32 Adam moments (+ fp32 master weights for 16-bit training)
@@ -149,7 +152,8 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
         "fsdp2": {"forward_loss": outside + layer,
                   "forward_last_layer": outside + FSDP2_FORWARD_LAYERS * layer,
                   "backward_start": outside + layer,
-                  "backward_last_layer": outside + FSDP2_BACKWARD_LAYERS * layer + (head if head_grad else 0),
+                  "backward_last_layer": outside + FSDP2_BACKWARD_LAYERS * layer + _fsdp2_layer_reduce(cfg, plan)
+                  + (head if head_grad else 0),
                   "backward_end": outside + (head if embed_grad else 0),
                   "optimizer_step": 0},
         "zero1": dict.fromkeys(PHASES, bucket),
@@ -223,6 +227,41 @@ def fsdp2_root_regather(cfg: RunConfig) -> bool:
     LoRA/QLoRA regimes, where simulate shows it at llama-3-8b (tests/formulas/test_sharding.py); not checked for
     full fine-tuning, where the older moment model (root + 1 layer) stands (known_differences: fsdp2-shallow)."""
     return cfg.parallel.reshard_after_forward and cfg.regime.kind in ("lora", "qlora")
+
+
+def _fsdp2_layer_grads(cfg: RunConfig, plan: ParamPlan) -> tuple[dict[int, int], int, int, int]:
+    """({decoder layer: trainable numel} for the layers whose backward runs, the first such layer, the bytes of a
+    gradient element as computed (param_dtype, else as stored), as reduced (reduce_dtype, else as computed)).
+    Frozen layers below the first trainable one never run a backward (nothing upstream needs a gradient)."""
+    pc = cfg.parallel
+    layer_of = {p.name: p.layer for p in plan.arch.params}
+    layer_of |= {lin.name: lin.layer for lin in plan.arch.linears}
+    per_layer: dict[int, int] = {}
+    for t in plan.trainable:
+        name = t.name if t.name in layer_of else t.name.rsplit(".", 1)[0]  # an adapter: `<linear>.lora_A`
+        layer = layer_of.get(name)
+        if layer is not None:
+            per_layer[layer] = per_layer.get(layer, 0) + t.numel
+    root_trains = any(t.name in layer_of and layer_of[t.name] is None for t in plan.trainable)
+    first = 0 if root_trains or not per_layer else min(per_layer)
+    grad_item = DTYPE_BYTES[pc.param_dtype] if pc.param_dtype else plan.param_itemsize
+    reduce_item = DTYPE_BYTES[pc.reduce_dtype] if pc.reduce_dtype else grad_item
+    return per_layer, first, grad_item, reduce_item
+
+
+def _fsdp2_layer_reduce(cfg: RunConfig, plan: ParamPlan) -> int:
+    """The reduce-scatter input a layer's backward leaves alive while the next layer (in backward order) runs: the
+    largest decoder layer's trainable numel in `reduce_dtype` (else the dtype its gradients are computed in).
+
+    torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py `post_backward` calls _fsdp_collectives.py
+    `foreach_reduce`, which allocates the reduce-scatter input for the layer's *gradients* only (frozen
+    parameters have none), and the group keeps it in `_reduce_scatter_state` until the next group's reduce
+    waits on it. So while a layer computes its backward (its unsharded parameters, and the previous layer's
+    all-gather output, prefetched by `pre_backward` -> `_backward_prefetch`: 2 layers) full fine-tuning also holds
+    the layer-sized buffer of the layer after it (3 layers at the peak: simulate at mistral-7b depth 6), LoRA only
+    adapters' (2 layers), and a freeze regime one only where two running layers follow each other."""
+    per_layer, first, _, reduce_item = _fsdp2_layer_grads(cfg, plan)
+    return max((n for j, n in per_layer.items() if j - 1 >= first), default=0) * reduce_item
 
 
 def _fsdp2_root_reduce(cfg: RunConfig, plan: ParamPlan, end: dict[str, int]) -> dict[str, int]:

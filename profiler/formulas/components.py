@@ -15,6 +15,7 @@ from profiler.config import RunConfig
 from profiler.formulas import Estimate, make_estimate, register
 from profiler.formulas.activations import KERNELS, LayerPlan, Shape, layer_bytes, norm_bytes, probed_bytes
 from profiler.formulas.arch import Arch, arch_of
+from profiler.formulas.loss_buffers import LossBytes, LossInputs, chunked_bytes
 from profiler.formulas.moe import layer_bytes_moe
 from profiler.formulas.params import DTYPE_BYTES, ParamPlan, lora_targets, param_plan
 
@@ -275,11 +276,14 @@ def activations(
             tail += probed_bytes(blk.norm_cost, sh.a, bs, any_grad, out["final_norm"])
         else:
             tail += norm_bytes(sh, any_grad, out["final_norm"])
-        tail += sh.a * bsh if out["head"] else 0  # lm_head input
+        tail += sh.a * bsh if out["head"] and cfg.train.loss == "full" else 0  # lm_head input (fused: loss_bytes)
         tail += 8 * bs * (2 if blk.learned_positions else 1) if out["embed"] else 0  # ids (+ position ids)
         tail += (bsh if cfg.device == "cuda" else sh.a * bsh) if blk.embed_dropout and out["embed"] else 0
     logits = (4 * bs * sh.vocab + 2 * 8 * bs) if any_grad else 0  # fp32 log_softmax output + labels
     logits += autocast_head_copy(plan, cfg) if any_grad else 0  # freed with the logits, at the head's backward
+    fused = loss_bytes(plan, cfg, sh, out)
+    if fused is not None:  # chunked / liger: no logits; what the fused loss keeps for its backward instead
+        logits = fused.saved
     # tanh of the capped logits, in the head's output dtype: the autocast dtype under autocast (F.linear is
     # lower_precision_fp, so Gemma-2's `logits / cap`, tanh and `* cap` run in bf16 even on a QLoRA model's fp32
     # hidden stream), else the hidden stream's
@@ -310,7 +314,23 @@ def activations(
         # are both alive at the end of backward (V x h each, the parameter's dtype)
         "tied_embed_grad": 2 * sh.vocab * sh.h * plan.param_itemsize if arch.tied and out["embed"] else 0,
         "kernel_index": KERNELS.index(kernel),
+        "loss_forward": fused.forward if fused else None,
+        "loss_backward": fused.backward if fused else None,
     }
+
+
+def loss_bytes(plan: ParamPlan, cfg: RunConfig, sh: Shape, out: dict[str, bool]) -> LossBytes | None:
+    """The fused loss's buffers (formulas/loss_buffers.py) for `train.loss` chunked or liger; None for full.
+    The head weight's bytes as the loss reads it: fp32 after prepare_model_for_kbit_training (qlora), FSDP2's
+    param_dtype where set, else the stored parameter dtype."""
+    if cfg.train.loss == "full":
+        return None
+    pc = cfg.parallel
+    w = 4 if cfg.regime.kind == "qlora" and cfg.regime.prepare_kbit else plan.param_itemsize
+    w = DTYPE_BYTES[pc.param_dtype] if pc.strategy == "fsdp2" and pc.param_dtype else w
+    x = LossInputs(b=sh.b, s=sh.s, h=sh.h, v=sh.vocab, a=sh.a, c=sh.ac or sh.a, w=w,
+                   hidden_grad=out["grad_at_end"], head_grad=out["head"])
+    return chunked_bytes(x, cfg.device == "cuda")
 
 
 def autocast_head_copy(plan: ParamPlan, cfg: RunConfig) -> int:
@@ -443,6 +463,8 @@ def components_estimate(
     bsv = sh.b * sh.s * sh.vocab
     fwd_tmp = sh.a * bsv + (4 * bsv if sh.a < 4 else 0)  # logits + their fp32 upcast during the loss
     bwd_start_tmp = 8 * bsv  # nll grad + log_softmax grad, before any layer's backward
+    if act["loss_forward"] is not None:  # chunked / liger (loss_buffers.py): the fused loss's own buffers
+        fwd_tmp, bwd_start_tmp = act["loss_forward"], act["loss_backward"]
     hidden_grads = 2 * sh.a * sh.b * sh.s * sh.h  # hidden-state gradients in flight
     bwd_end_tmp = hidden_grads + act["recompute"] + act["tied_embed_grad"]
     backward = (  # its start (activations, loss gradients), the last layer's backward once the loss

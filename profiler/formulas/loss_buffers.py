@@ -80,3 +80,40 @@ def chunked_bytes(x: LossInputs, cuda: bool) -> LossBytes:
     gw = 4 * x.v * x.h + (x.v * x.h * x.w if x.w != 4 else 0) if x.head_grad else 0
     bwd = 8 * n + buf + hidden_cast + weight_cast + gh + gw + (0 if cuda else 33 * rows * cols)
     return LossBytes(saved, fwd, bwd)
+
+
+def liger_bytes(x: LossInputs) -> LossBytes:
+    """Liger's fused linear cross-entropy as its `lce_forward` runs it in training, BT = b x s tokens (loss_utils.py:77
+    pads the labels with -100 instead of dropping the last position). The gradients are computed in the forward and
+    saved; the backward only scales them in place.
+
+    Forward (liger_kernel/ops/fused_linear_cross_entropy.py `fused_linear_cross_entropy_forward`):
+    - :55 `grad_input = zeros_like(_input)` (BT x h, the hidden dtype) and :58-64 `grad_weight = zeros_like(weight)`
+      (v x h in the weight's dtype: `lce_forward` passes no accum_dtype) when the head trains: both saved (:340).
+    - :69 `loss_1d` (BT fp32), :74 the target mask (BT bool); loss_utils.py:77-78 the padded (b x (s+1)) and shifted
+      (b x s) int64 labels; the backbone output (b x s x h) alive until the forward returns.
+    - per chunk of `liger_chunk_size` tokens (:51-52): :96 `logits_chunk` (chunk x v, the matmul dtype), overwritten
+      in place with its gradient by the Triton kernel (:144); then one of: :195 `grad_logits_chunk @ weight`
+      (chunk x h), or, when the head trains, :198 `torch.mm(...)` (v x h) and its `.float()` copy. Under autocast a
+      weight (or input) stored in another dtype is cast for each matmul (a frozen leaf's cast is not cached).
+    Backward: the slice `hidden_states[:, 0:, :]` (model/llama.py:225) gets a full b x s x h gradient copy.
+    """
+    from profiler.liger import liger_chunk_size
+
+    bt = x.b * x.s
+    chunk = min(liger_chunk_size(bt, x.h, x.v), bt)
+    grad_in = bt * x.h * x.a if x.hidden_grad else 0
+    grad_w = x.v * x.h * x.w if x.hidden_grad and x.head_grad else 0
+    saved = grad_in + grad_w
+    fixed = x.b * x.s * x.h * x.a + 4 * bt + bt + 8 * x.b * (x.s + 1) + 8 * bt
+    logits = chunk * x.v * x.c
+    w_cast = x.v * x.h * x.c if x.w != x.c else 0
+    in_cast = chunk * x.h * x.c if x.a != x.c else 0
+    steps = [w_cast + in_cast]  # :96 the logits matmul
+    if x.hidden_grad:
+        steps.append(w_cast + chunk * x.h * x.c)  # :195 grad_input chunk
+        if x.head_grad:  # :198 the head's gradient chunk and its fp32 copy
+            steps.append(in_cast + x.v * x.h * x.c + (x.v * x.h * 4 if x.c != 4 else 0))
+    fwd = fixed + logits + max(steps)
+    bwd = x.b * x.s * x.h * x.a if x.hidden_grad else 0
+    return LossBytes(saved, fwd, bwd)

@@ -22,8 +22,8 @@ import torch
 from profiler.allocator.conf import AllocatorConf, conf_from
 from profiler.config import DEFAULT_CPU_BUDGET_FRACTION, ConfigError, RunConfig, default_cpu_budget, parse_bytes
 from profiler.measure.env import collect_env
-from profiler.measure.loading import LoadedModel, load_model, prepare_source, resolve_hf_config
 from profiler.measure.liger_flce import add_liger_loss
+from profiler.measure.loading import LoadedModel, load_model, prepare_source, resolve_hf_config
 from profiler.measure.losses import add_chunked_loss, forward_loss
 from profiler.measure.model_stats import model_stats
 from profiler.measure.optimizers import make_optimizer

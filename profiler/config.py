@@ -605,8 +605,8 @@ def _check_liger(cfg: RunConfig) -> None:
                          "chunked, full")
     mt = model_type_of(cfg.model)
     if mt and mt not in LIGER_MODEL_TYPES:
-        raise ValueError(f"train.loss: liger: liger-kernel {LIGER_VERSION} has no patch for model type {mt!r}; "
-                         f"allowed for it: full, chunked (liger patches: {', '.join(LIGER_MODEL_TYPES)})")
+        raise ValueError(f"train.loss: liger: liger-kernel {LIGER_VERSION} has no patch for model type {mt!r} "
+                         "(MODEL_TYPE_TO_APPLY_LIGER_FN, profiler/liger.py); allowed for this model: full, chunked")
 
 
 def _check_parallel(cfg: RunConfig) -> None:

@@ -359,6 +359,27 @@ def lora_forward_transient(plan: ParamPlan, cfg: RunConfig, sh: Shape) -> int:
     return per * sh.b * sh.s * max(widths)
 
 
+BNB_FUSED_4BIT_MAX_ROWS = 4  # bitsandbytes backends/cuda/ops.py: up to 4 rows the fused kernel dequantizes nothing
+
+
+def dequant_transient(plan: ParamPlan, cfg: RunConfig, sh: Shape) -> int:
+    """Bytes a 4-bit quantized linear of the last layer holds while its matmul runs: bitsandbytes 0.50 `gemm_4bit`
+    (autograd/_functions.py MatMul4Bit.forward; backends/cuda/ops.py) dequantizes the whole weight [out, in] into
+    `bnb_4bit_compute_dtype` (fp32 block scales beside it: two buffers with double quant) before the matmul, and its
+    backward dequantizes it again (profiler/simulate/fake_bnb.py, checked against real layers). The largest
+    quantized linear's; 0 outside qlora 4-bit and on CUDA for at most 4 rows (the fused kernel)."""
+    rg = cfg.regime
+    if rg.kind != "qlora" or rg.bits != 4 or (cfg.device == "cuda" and sh.b * sh.s <= BNB_FUSED_4BIT_MAX_ROWS):
+        return 0
+    last = plan.arch.layers - 1
+    sizes = [lin.in_features * lin.out_features for lin in plan.arch.linears if lin.layer == last and lin.quantizable]
+    if not sizes:
+        return 0
+    n = max(sizes)
+    scales = 4 * (-(-n // 64)) * (2 if rg.double_quant and cfg.device == "cuda" else 1)
+    return n * DTYPE_BYTES[rg.compute_dtype] + scales
+
+
 def training_kv_cache(plan: ParamPlan, cfg: RunConfig, sh: Shape) -> int:
     """The KV cache a training forward builds without gradient checkpointing, counted under the fused losses (where
     the forward, not the logits, can be the peak; 0 otherwise and under checkpointing).
@@ -512,7 +533,8 @@ def components_estimate(
         fwd_tmp, bwd_start_tmp = act["loss_forward"], act["loss_backward"]
     hidden_grads = 2 * sh.a * sh.b * sh.s * sh.h  # hidden-state gradients in flight
     bwd_end_tmp = hidden_grads + act["recompute"] + act["tied_embed_grad"]
-    lora_tmp = lora_forward_transient(plan, cfg, sh)
+    lora_tmp = max(lora_forward_transient(plan, cfg, sh), dequant_transient(plan, cfg, sh)) if act["loss_forward"] \
+        is not None else 0  # counted under the fused losses, where the loss no longer hides the layers' transients
     kv = training_kv_cache(plan, cfg, sh)
     recompute_tmp = act["recompute"] + (lora_tmp if act["recompute"] else 0)
     backward = (  # its start (activations, loss gradients), the last layer's backward once the loss

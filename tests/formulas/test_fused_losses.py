@@ -62,3 +62,41 @@ def test_components_no_longer_counts_full_logits_under_chunked():
     chunked = estimate("components", fused_cfg("llama-3-8b", "lora", 4096, "chunked"))
     assert full.details["activations_logits"] >= 4 * 4096 * 128256  # the fp32 log-softmax output
     assert chunked.details["activations_logits"] < 4096 * 4096 * 2 + 4096 * 64  # the saved rows, not logits
+
+
+# --- train.loss: liger (recipe trainer: TRL 1.16 refuses Liger's fused linear cross-entropy) -------------------------
+
+LIGER_CASES = [("llama-3-8b", r, s) for r in REGIMES for s in (512, 4096)] + [("tiny-llama", "full", 512),
+                                                                               ("tiny-llama", "full", 4096)]
+# tiny-llama (hidden 64) with LoRA: the layers' small in-flight tensors (MLP product, residual, norm outputs) that
+# components does not model weigh 6-7 % of a 3-26 MiB peak once the loss is small; the loss's own bytes are exact
+TINY_LORA_GAP = [pytest.param("tiny-llama", r, s, marks=pytest.mark.xfail(
+    strict=True, reason="in-layer transients of a 64-wide model, not the loss")) for r in ("lora", "qlora4")
+    for s in (512, 4096)]
+
+
+@pytest.mark.parametrize(("family", "regime", "seq"), LIGER_CASES + TINY_LORA_GAP)
+def test_components_models_liger_loss(family, regime, seq):
+    cfg = fused_cfg(family, regime, seq, "liger", recipe="trainer", gradient_checkpointing=True)
+    predicted, simulated = components_vs_simulate(cfg)
+    assert abs(predicted - simulated) <= 0.05 * simulated, (predicted, simulated, predicted / simulated - 1)
+
+
+def test_liger_holds_no_logits_in_simulate():
+    """Llama-3's 128,256-word vocabulary at 4096 tokens: the full loss holds 2 GiB of fp32 log-probabilities and
+    their gradients; Liger holds one 128-token logits chunk."""
+    from profiler.simulate.backend import simulate
+
+    peaks = {}
+    for loss in ("full", "liger"):
+        rec = simulate(fused_cfg("llama-3-8b", "lora", 4096, loss, recipe="trainer", gradient_checkpointing=True),
+                       primed=True)
+        assert rec["status"] == "ok", rec.get("error")
+        peaks[loss] = rec["peaks"]["steady_peak_allocated_bytes"]
+    assert peaks["full"] - peaks["liger"] > 4 * 4096 * 128256  # more than the fp32 logits alone
+
+
+def test_components_no_longer_counts_full_logits_under_liger():
+    cfg = fused_cfg("llama-3-8b", "lora", 4096, "liger", recipe="trainer", gradient_checkpointing=True)
+    details = estimate("components", cfg).details
+    assert details["activations_logits"] == 4096 * 4096 * 2  # grad_input zeros_like(hidden), bf16: saved

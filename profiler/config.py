@@ -209,8 +209,9 @@ class TrainConfig(_Strict):
     autocast: Literal["none", "bf16", "fp16"] = "none"
     # recipes (profiler/recipes/stacks.py); the defaults are the plain loop's, and are left out of config_hash
     use_reentrant: bool = False  # gradient_checkpointing_kwargs use_reentrant (transformers' default: False)
-    # full: the model's own loss on full (batch, seq, vocab) logits; chunked: TRL's fused LM head (needs trl)
-    loss: Literal["full", "chunked"] = "full"
+    # full: the model's own loss on full (batch, seq, vocab) logits; chunked: TRL's fused LM head (needs trl);
+    # liger: Liger-Kernel's fused linear cross-entropy (no logits; use_liger_kernel / enable_liger_kernel)
+    loss: Literal["full", "chunked", "liger"] = "full"
     max_grad_norm: float = Field(0.0, ge=0.0)  # > 0: clip_grad_norm_ before each optimizer step (Trainer: 1.0)
     grad_accum_steps: StrictInt = _bounded("train.grad_accum_steps", 1)  # micro-batches per optimizer step
 
@@ -266,20 +267,31 @@ def architecture_only(mc: ModelConfig) -> bool:
     return bool(mc.arch or (mc.path and Path(mc.path).is_file()))
 
 
-def moe_experts(mc: ModelConfig) -> int:
-    """Routed experts per MoE layer read off an architecture-only source's config.json (0: dense, or a source only a
-    load can tell, like a Hub id). Read here so that settings peft refuses fail before any model is built."""
+def _config_json(mc: ModelConfig) -> dict:
+    """An architecture-only or local source's config.json ({} for a source only a load can tell, like a Hub id)."""
     src = mc.arch if mc.arch and mc.arch.endswith(".json") else (MODELS_DIR / f"{mc.arch}.json" if mc.arch else mc.path)
     p = Path(src) if src else None
     if p is not None and p.is_dir():
         p = p / "config.json"
     if p is None or not p.is_file():
-        return 0
+        return {}
     try:
         data = json.loads(p.read_text())
     except (OSError, ValueError):
-        return 0
-    data = data.get("text_config", data) if isinstance(data, dict) else {}
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def model_type_of(mc: ModelConfig) -> str:
+    """config.json's `model_type` where the source has one on disk ('' otherwise: a load tells)."""
+    return str(_config_json(mc).get("model_type") or "")
+
+
+def moe_experts(mc: ModelConfig) -> int:
+    """Routed experts per MoE layer read off an architecture-only source's config.json (0: dense, or a source only a
+    load can tell, like a Hub id). Read here so that settings peft refuses fail before any model is built."""
+    data = _config_json(mc)
+    data = data.get("text_config", data)
     return max(int(data.get(k) or 0) for k in ("num_local_experts", "num_experts", "n_routed_experts"))
 
 
@@ -397,6 +409,7 @@ class RunConfig(_Strict):
             if not trl_available():
                 raise ValueError("train.loss: chunked runs TRL's fused LM head and needs trl (pip install "
                                  "'llm-memprof[trainer]'); allowed without trl: full")
+        _check_liger(self)
         _check_parallel(self)
         return self
 
@@ -570,6 +583,30 @@ def _meminfo_available() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024  # the kernel reports kB (KiB)
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _check_liger(cfg: RunConfig) -> None:
+    """`train.loss: liger` only where Liger's fused linear cross-entropy runs (profiler/liger.py): training, on CUDA
+    (Triton), a model type liger-kernel patches, and not under recipe trl (TRL 1.16 SFTTrainer refuses it and keeps
+    its own chunked head: trl/trainer/sft_trainer.py:1127-1140)."""
+    if cfg.train.loss != "liger":
+        return
+    from profiler.liger import LIGER_MODEL_TYPES, LIGER_VERSION
+
+    if cfg.regime.kind == "inference":
+        raise ValueError("train.loss: liger is a training loss (no logits only when labels are given in training); "
+                         "allowed with regime.kind inference: full")
+    if cfg.device != "cuda":
+        raise ValueError(f"train.loss: liger runs Liger-Kernel's Triton kernels, CUDA only; allowed with device "
+                         f"{cfg.device}: full, chunked")
+    if cfg.recipe == "trl":
+        raise ValueError("train.loss: liger is refused by TRL 1.16's SFTTrainer, which keeps its own chunked LM "
+                         "head (use_liger_kernel applies only Liger's layer kernels there); allowed with recipe trl: "
+                         "chunked, full")
+    mt = model_type_of(cfg.model)
+    if mt and mt not in LIGER_MODEL_TYPES:
+        raise ValueError(f"train.loss: liger: liger-kernel {LIGER_VERSION} has no patch for model type {mt!r} "
+                         "(MODEL_TYPE_TO_APPLY_LIGER_FN, profiler/liger.py); allowed for this model: full, chunked")
 
 
 def _check_parallel(cfg: RunConfig) -> None:

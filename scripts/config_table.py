@@ -70,8 +70,9 @@ NOTES: dict[str, tuple[str, str]] = {
     "train.autocast": ("", "`torch.autocast` around forward"),
     "train.use_reentrant": ("", "which checkpointing implementation (`gradient_checkpointing_kwargs`; transformers' "
                                 "default false)"),
-    "train.loss": ("(chunked needs trl)", "full: (batch, seq, vocab) logits; chunked: TRL's fused LM head, a tile "
-                                          "at a time ([recipes](recipes.md))"),
+    "train.loss": ("(chunked needs trl; liger: CUDA, not recipe trl)",
+                   "full: (batch, seq, vocab) logits; chunked: TRL's fused LM head, a tile at a time; liger: Liger's "
+                   "fused linear cross-entropy, no logits ([recipes](recipes.md))"),
     "train.max_grad_norm": ("(0: no clipping)", "> 0: `clip_grad_norm_` before each optimizer step"),
     "train.grad_accum_steps": ("", "micro-batches per optimizer step ([recipes](recipes.md))"),
     "device": ("", ""),

@@ -15,6 +15,7 @@ from profiler.config import RunConfig
 from profiler.formulas import Estimate, make_estimate, register
 from profiler.formulas.activations import KERNELS, LayerPlan, Shape, layer_bytes, norm_bytes, probed_bytes
 from profiler.formulas.arch import Arch, arch_of
+from profiler.formulas.loss_buffers import LossBytes, LossInputs, chunked_bytes, liger_bytes
 from profiler.formulas.moe import layer_bytes_moe
 from profiler.formulas.params import DTYPE_BYTES, ParamPlan, lora_targets, param_plan
 
@@ -275,11 +276,14 @@ def activations(
             tail += probed_bytes(blk.norm_cost, sh.a, bs, any_grad, out["final_norm"])
         else:
             tail += norm_bytes(sh, any_grad, out["final_norm"])
-        tail += sh.a * bsh if out["head"] else 0  # lm_head input
+        tail += sh.a * bsh if out["head"] and cfg.train.loss == "full" else 0  # lm_head input (fused: loss_bytes)
         tail += 8 * bs * (2 if blk.learned_positions else 1) if out["embed"] else 0  # ids (+ position ids)
         tail += (bsh if cfg.device == "cuda" else sh.a * bsh) if blk.embed_dropout and out["embed"] else 0
     logits = (4 * bs * sh.vocab + 2 * 8 * bs) if any_grad else 0  # fp32 log_softmax output + labels
     logits += autocast_head_copy(plan, cfg) if any_grad else 0  # freed with the logits, at the head's backward
+    fused = loss_bytes(plan, cfg, sh, out)
+    if fused is not None:  # chunked / liger: no logits; what the fused loss keeps for its backward instead
+        logits = fused.saved
     # tanh of the capped logits, in the head's output dtype: the autocast dtype under autocast (F.linear is
     # lower_precision_fp, so Gemma-2's `logits / cap`, tanh and `* cap` run in bf16 even on a QLoRA model's fp32
     # hidden stream), else the hidden stream's
@@ -310,7 +314,89 @@ def activations(
         # are both alive at the end of backward (V x h each, the parameter's dtype)
         "tied_embed_grad": 2 * sh.vocab * sh.h * plan.param_itemsize if arch.tied and out["embed"] else 0,
         "kernel_index": KERNELS.index(kernel),
+        "loss_forward": fused.forward if fused else None,
+        "loss_backward": fused.backward if fused else None,
     }
+
+
+def loss_bytes(plan: ParamPlan, cfg: RunConfig, sh: Shape, out: dict[str, bool]) -> LossBytes | None:
+    """The fused loss's buffers (formulas/loss_buffers.py) for `train.loss` chunked or liger; None for full.
+    The head weight's bytes as the loss reads it: fp32 after prepare_model_for_kbit_training (qlora), FSDP2's
+    param_dtype where set, else the stored parameter dtype."""
+    if cfg.train.loss == "full":
+        return None
+    pc = cfg.parallel
+    w = 4 if cfg.regime.kind == "qlora" and cfg.regime.prepare_kbit else plan.param_itemsize
+    w = DTYPE_BYTES[pc.param_dtype] if pc.strategy == "fsdp2" and pc.param_dtype else w
+    x = LossInputs(b=sh.b, s=sh.s, h=sh.h, v=sh.vocab, a=sh.a, c=sh.ac or sh.a, w=w,
+                   hidden_grad=out["grad_at_end"], head_grad=out["head"])
+    return liger_bytes(x) if cfg.train.loss == "liger" else chunked_bytes(x, cfg.device == "cuda")
+
+
+def lora_forward_transient(plan: ParamPlan, cfg: RunConfig, sh: Shape) -> int:
+    """Bytes one LoRA linear of the last decoder layer holds while its forward runs, beyond what it saves (the largest
+    over its targeted linears: the down projection's intermediate-wide input). peft lora/layer.py `Linear.forward`
+    rebinds `x = self._cast_input_dtype(x, lora_A.weight.dtype)` (a copy where the dtypes differ; peft's bnb layers
+    cast only with autocast off, lora/bnb.py) and runs `lora_B(lora_A(dropout(x)))`: under autocast lora_A saves its
+    own autocast-dtype copy (activations.lora_input), so the cast input and the dropped copy in the adapter dtype are
+    alive but unsaved until the forward returns; without autocast lora_A saves what it gets. The peak of the forward
+    and, under checkpointing, of the last layer's recompute when the loss holds no logits (train.loss chunked/liger).
+    """
+    if cfg.regime.kind not in ("lora", "qlora"):
+        return 0
+    last = plan.arch.layers - 1
+    widths = [lin.in_features for lin in lora_targets(plan.arch, cfg) if lin.layer == last]
+    if not widths:
+        return 0
+    drop = cfg.regime.lora.dropout > 0
+    a, w, ac = sh.a, sh.w, sh.ac
+    cast = not (sh.kbit and ac) and a != w  # peft's input cast makes a copy
+    t = w if cast else a  # the dtype dropout and lora_A see
+    if ac:
+        per = (w if cast else 0) + (t if drop and t != ac else 0)
+    else:
+        per = w if cast and drop else 0
+    return per * sh.b * sh.s * max(widths)
+
+
+BNB_FUSED_4BIT_MAX_ROWS = 4  # bitsandbytes backends/cuda/ops.py: up to 4 rows the fused kernel dequantizes nothing
+
+
+def dequant_transient(plan: ParamPlan, cfg: RunConfig, sh: Shape) -> int:
+    """Bytes a 4-bit quantized linear of the last layer holds while its matmul runs: bitsandbytes 0.50 `gemm_4bit`
+    (autograd/_functions.py MatMul4Bit.forward; backends/cuda/ops.py) dequantizes the whole weight [out, in] into
+    `bnb_4bit_compute_dtype` (fp32 block scales beside it: two buffers with double quant) before the matmul, and its
+    backward dequantizes it again (profiler/simulate/fake_bnb.py, checked against real layers). The largest
+    quantized linear's; 0 outside qlora 4-bit and on CUDA for at most 4 rows (the fused kernel)."""
+    rg = cfg.regime
+    if rg.kind != "qlora" or rg.bits != 4 or (cfg.device == "cuda" and sh.b * sh.s <= BNB_FUSED_4BIT_MAX_ROWS):
+        return 0
+    last = plan.arch.layers - 1
+    sizes = [lin.in_features * lin.out_features for lin in plan.arch.linears if lin.layer == last and lin.quantizable]
+    if not sizes:
+        return 0
+    n = max(sizes)
+    scales = 4 * (-(-n // 64)) * (2 if rg.double_quant and cfg.device == "cuda" else 1)
+    return n * DTYPE_BYTES[rg.compute_dtype] + scales
+
+
+def training_kv_cache(plan: ParamPlan, cfg: RunConfig, sh: Shape) -> int:
+    """The KV cache a training forward builds without gradient checkpointing, counted under the fused losses (where
+    the forward, not the logits, can be the peak; 0 otherwise and under checkpointing).
+
+    transformers 5.23 fills `use_cache` from the config (utils/generic.py:1012-1060 `merge_with_config_defaults`,
+    True by default) and turns it off only under gradient checkpointing in training; LlamaModel.forward
+    (modeling_llama.py:372) then makes a DynamicCache whose first `update` concatenates each layer's k and v into new
+    tensors (cache_utils.py:136-137), alive until the model's output is dropped. Liger's `lce_forward` passes
+    `use_cache` through (model/llama.py:208-220); TRL's fused head sets it False (trl/trainer/utils.py:1612). k and v
+    are in the dtype RoPE leaves them: the projection's (autocast) dtype promoted with the cos/sin of the hidden
+    stream's. Layers with a sliding window keep only the window (not modelled: left out)."""
+    if cfg.train.loss != "liger" or cfg.train.gradient_checkpointing:
+        return 0
+    arch = plan.arch
+    windows = arch.block.windows or (arch.block.sliding_window,) * arch.layers
+    full_layers = sum(1 for w in windows if not w)
+    return 2 * full_layers * sh.b * sh.s * sh.kv * max(sh.a, sh.ac)
 
 
 def autocast_head_copy(plan: ParamPlan, cfg: RunConfig) -> int:
@@ -443,19 +529,27 @@ def components_estimate(
     bsv = sh.b * sh.s * sh.vocab
     fwd_tmp = sh.a * bsv + (4 * bsv if sh.a < 4 else 0)  # logits + their fp32 upcast during the loss
     bwd_start_tmp = 8 * bsv  # nll grad + log_softmax grad, before any layer's backward
+    if act["loss_forward"] is not None:  # chunked / liger (loss_buffers.py): the fused loss's own buffers
+        fwd_tmp, bwd_start_tmp = act["loss_forward"], act["loss_backward"]
     hidden_grads = 2 * sh.a * sh.b * sh.s * sh.h  # hidden-state gradients in flight
     bwd_end_tmp = hidden_grads + act["recompute"] + act["tied_embed_grad"]
+    lora_tmp = max(lora_forward_transient(plan, cfg, sh), dequant_transient(plan, cfg, sh)) if act["loss_forward"] \
+        is not None else 0  # counted under the fused losses, where the loss no longer hides the layers' transients
+    kv = training_kv_cache(plan, cfg, sh)
+    recompute_tmp = act["recompute"] + (lora_tmp if act["recompute"] else 0)
     backward = (  # its start (activations, loss gradients), the last layer's backward once the loss
         # gradients are freed (checkpointing: its recompute too), and its end (gradients): the largest is the peak
         {"weights": W, "optimizer": Opt, "activations": A, "temporaries": bwd_start_tmp},
         {"weights": W, "optimizer": Opt, "activations": A - act["logits"] - act["mlp_last"],
-         "temporaries": hidden_grads + max(act["recompute"], act["recompute_attention"] + act["attn_bwd"])},
+         "temporaries": hidden_grads + max(recompute_tmp, act["recompute_attention"] + act["attn_bwd"])},
         {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": bwd_end_tmp},
     )
-    forward = (  # the loss (logits and their fp32 copy), or the last layer's attention (s x s kernels)
-        {"weights": W, "optimizer": Opt, "activations": A, "temporaries": fwd_tmp},
+    forward = (  # the loss (logits and their fp32 copy), or the last layer's attention (s x s kernels), or the
+        # last layer's LoRA down projection (its unsaved input casts)
+        {"weights": W, "optimizer": Opt, "activations": A, "temporaries": fwd_tmp + kv},
         {"weights": W, "optimizer": Opt, "activations": A - act["logits"] - act["mlp_last"],
-         "temporaries": act["attn_fwd"]},
+         "temporaries": act["attn_fwd"] + kv},
+        {"weights": W, "optimizer": Opt, "activations": A - act["logits"], "temporaries": lora_tmp + kv},
     )
     phases = {
         "forward": max(forward, key=lambda c: sum(c.values())),
@@ -469,7 +563,7 @@ def components_estimate(
     details |= {f"{ph}:{c}": v for ph, cs in phases.items() for c, v in cs.items()}  # phase:component
     details |= {f"backward_{e}:{c}": v for e, cs in zip(("start", "last_layer", "end"), backward, strict=True)
                 for c, v in cs.items()}
-    details |= {f"forward_{e}:{c}": v for e, cs in zip(("loss", "last_layer"), forward, strict=True)
+    details |= {f"forward_{e}:{c}": v for e, cs in zip(("loss", "last_layer", "last_lora"), forward, strict=True)
                 for c, v in cs.items()}
     details |= {
         "weights": W,

@@ -22,6 +22,7 @@ import torch
 from profiler.allocator.conf import AllocatorConf, conf_from
 from profiler.config import DEFAULT_CPU_BUDGET_FRACTION, ConfigError, RunConfig, default_cpu_budget, parse_bytes
 from profiler.measure.env import collect_env
+from profiler.measure.liger_flce import add_liger_loss
 from profiler.measure.loading import LoadedModel, load_model, prepare_source, resolve_hf_config
 from profiler.measure.losses import add_chunked_loss, forward_loss
 from profiler.measure.model_stats import model_stats
@@ -371,6 +372,8 @@ def _load(live: _Live, cfg: RunConfig, fake: FakeBackend | None, cuda: bool, tra
         live.model = apply_regime(live.loaded.model, cfg)
         if training and cfg.train.loss == "chunked":  # TRL's fused LM head, patched as SFTTrainer does
             add_chunked_loss(live.model)
+        if training and cfg.train.loss == "liger":  # Liger's lce_forward: no logits in training
+            add_liger_loss(live.model)
         live.model = wrap(live.model, cfg, tracker)  # parallel.strategy
         if tracker is not None:
             tracker.attach(live.model)

@@ -9,6 +9,7 @@ tile into a second such buffer and accumulates the hidden / head gradients in fl
 Under a trainer recipe with autocast, the outputs are cast to float32 as accelerate's native AMP does
 (accelerate/accelerator.py:1824-1835, utils/operations.py:889 `convert_to_fp32`): the full logits get a float32
 copy at the end of the forward.
+`train.loss: liger` (Liger-Kernel's fused linear cross-entropy) is profiler/measure/liger_flce.py.
 """
 
 from __future__ import annotations

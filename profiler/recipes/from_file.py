@@ -130,11 +130,26 @@ def _precision(res: FromFile, their_bf16: str, bf16: Any, their_fp16: str, fp16:
         res.put(their_bf16, "train.autocast", "none")
 
 
+LIGER_LAYER_KERNELS = ("Liger's RMSNorm, SwiGLU MLP and RoPE kernels (liger_kernel/transformers/monkey_patch.py:"
+                       "250-293) are not modelled: the model's own layers are simulated")
+
+
+def _liger(res: FromFile, their: str, on: Any, flce: bool = True, why_not: str = "") -> None:
+    """A Liger switch: its fused linear cross-entropy is `train.loss: liger` (no logits: the part that changes memory
+    most); the layer kernels it also patches are listed as not modelled."""
+    if on in (None, False, "", "false"):
+        return
+    if flce:
+        res.put(their, "train.loss", "liger")
+        res.ignored[f"{their} (layer kernels)"] = LIGER_LAYER_KERNELS
+    else:
+        res.ignored[their] = f"{why_not}; {LIGER_LAYER_KERNELS}"
+
+
 # HF TrainingArguments / SFTConfig fields that change memory, with the fields that we read elsewhere
 _HF_NOT_MODELLED = {
     "packing": "packing changes the attention mask and position ids (not modelled: the batch is seq_len tokens a row)",
     "padding_free": "padding-free batches (not modelled: the batch is seq_len tokens a row)",
-    "use_liger_kernel": "Liger kernels are not modelled", "liger_kernel_config": "Liger kernels are not modelled",
     "torch_compile": "torch.compile is not modelled", "activation_offloading": "activation offloading is not modelled",
     "fsdp": "give the accelerate config with --from instead", "fsdp_config": "give the accelerate config with --from",
     "deepspeed": "give the DeepSpeed JSON with --from instead",
@@ -175,6 +190,15 @@ def _hf(doc: dict, path: str, fmt: str) -> FromFile:
         res.put("max_grad_norm", "train.max_grad_norm", float(v))
     if (v := take("gradient_accumulation_steps")) is not None:
         res.put("gradient_accumulation_steps", "train.grad_accum_steps", int(v))
+    lkc = take("liger_kernel_config")
+    lkc = lkc if isinstance(lkc, dict) else {}
+    if fmt == "trl":  # SFTTrainer drops Liger's fused loss for its own chunked head
+        _liger(res, "use_liger_kernel", take("use_liger_kernel"), flce=False,
+               why_not="TRL 1.16 SFTTrainer applies Liger with fused_linear_cross_entropy=False and keeps its chunked "
+                       "LM head (trl/trainer/sft_trainer.py:1127-1140; True there is an error)")
+    else:  # transformers/trainer.py:1494 apply_liger_kernel(model, liger_kernel_config): every kernel on by default
+        _liger(res, "use_liger_kernel", take("use_liger_kernel"), flce=lkc.get("fused_linear_cross_entropy", True),
+               why_not="liger_kernel_config sets fused_linear_cross_entropy false: the model's own loss runs")
     mik = take("model_init_kwargs")
     if isinstance(mik, dict) and mik.get("dtype", mik.get("torch_dtype")) in ("bfloat16", "float16", "float32"):
         res.put("model_init_kwargs.dtype", "model.dtype", mik.get("dtype", mik.get("torch_dtype")))
@@ -248,14 +272,18 @@ def parse_axolotl(doc: dict, path: str) -> FromFile:
     _optim(res, "optimizer", take("optimizer"))
     if take("flash_attention"):
         res.put("flash_attention", "model.attn_implementation", "flash_attention_2")
+    _liger(res, "liger_fused_linear_cross_entropy", take("liger_fused_linear_cross_entropy"))  # axolotl LigerPlugin
     return _finish(res, doc, seen, {
+                   **{k: LIGER_LAYER_KERNELS for k in ("liger_rms_norm", "liger_glu_activation", "liger_rope",
+                                                       "liger_layer_norm")},
+                   "liger_cross_entropy": "Liger's cross-entropy on full logits (no fused head): not modelled",
                    "sample_packing": "sample packing is not modelled (the batch is sequence_len tokens a row)",
                    "pad_to_sequence_len": "every row is sequence_len tokens already",
                    "deepspeed": "give the DeepSpeed JSON with --from instead",
                    "fsdp": "give the accelerate config with --from", "fsdp_config": "FSDP settings are not read here",
                    "quantize_moe_experts": "quantized fused experts are not modelled yet",
                    "lora_fan_in_fan_out": "no memory effect", "xformers_attention": "xformers is not modelled",
-                   "tf32": "no memory effect", "liger_fused_linear_cross_entropy": "Liger is not modelled",
+                   "tf32": "no memory effect",
                    "unsloth_lora_mlp": "unsloth kernels are not modelled"})
 
 
@@ -304,10 +332,15 @@ def parse_llamafactory(doc: dict, path: str) -> FromFile:
     _optim(res, "optim", take("optim"))
     if take("flash_attn") == "fa2":
         res.put("flash_attn", "model.attn_implementation", "flash_attention_2")
+    # model/loader.py: apply_liger_kernel(..., require_logits=(stage not in ["pt", "sft"])); with logits required it
+    # passes fused_linear_cross_entropy=False (model/model_utils/liger_kernel.py)
+    stage = take("stage") or "sft"
+    _liger(res, "enable_liger_kernel", take("enable_liger_kernel"), flce=stage in ("pt", "sft"),
+           why_not=f"stage {stage} needs logits: LLaMA-Factory turns Liger's fused cross-entropy off")
     return _finish(res, doc, seen, {
                    "deepspeed": "give the DeepSpeed JSON with --from instead", "packing": "packing is not modelled",
                    "neat_packing": "packing is not modelled", "upcast_layernorm": "fp32 norms are not modelled here",
-                   "enable_liger_kernel": "Liger is not modelled", "use_unsloth": "unsloth is not modelled",
+                   "use_unsloth": "unsloth is not modelled",
                    "use_unsloth_gc": "unsloth is not modelled"})
 
 

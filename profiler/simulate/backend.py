@@ -54,6 +54,7 @@ from profiler.measure.parallel import fake_process_group, rank_summary
 from profiler.measure.patches import patched
 from profiler.simulate.cuda_autocast import cuda_autocast
 from profiler.simulate.cuda_sdpa import DEFAULT_ARCH, SDPA_RULES_TORCH, CudaSdpa, cuda_sdpa_kernel, rules_warning
+from profiler.simulate.liger_cuda import liger_cuda_kernels
 from profiler.simulate.trl_cuda import trl_cuda_kernels
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -269,7 +270,8 @@ class Simulation:
             patches += [(m, "_default_to_fused_or_foreach", _cuda_foreach_default) for m in _optim_modules()]
             patches.append((torch.nn.functional, "dropout", cuda_dropout))
         with (patched(patches), self.fake_mode, cuda_autocast() if self.target == "cuda" else nullcontext(),
-              trl_cuda_kernels(self.target == "cuda")):  # train.loss chunked: TRL's CUDA path
+              trl_cuda_kernels(self.target == "cuda"),  # train.loss chunked: TRL's CUDA path
+              liger_cuda_kernels(self.target == "cuda")):  # train.loss liger: its Triton kernel allocates nothing
             yield
 
     def load_model(self, cfg: RunConfig) -> LoadedModel:

@@ -71,6 +71,8 @@ FIELDS = [
     ("llamafactory", "bf16", False, "train.autocast"), ("llamafactory", "learning_rate", 0.5, "optimizer.lr"),
     ("llamafactory", "disable_gradient_checkpointing", True, "train.gradient_checkpointing"),
     ("llamafactory", "use_reentrant_gc", False, "train.use_reentrant"),
+    ("llamafactory", "enable_liger_kernel", True, "train.loss"),
+    ("axolotl", "liger_fused_linear_cross_entropy", True, "train.loss"),
     ("accelerate", "num_processes", 4, "parallel.world_size"),
     ("accelerate", "mixed_precision", "no", "train.autocast"),
     ("accelerate", "fsdp_config.fsdp_reshard_after_forward", False, "parallel.reshard_after_forward"),
@@ -167,3 +169,26 @@ def test_an_accelerate_fsdp2_config_runs_fsdp_qlora(capsys):
     assert (cfg.parallel.param_dtype, cfg.parallel.reduce_dtype) == ("bfloat16", "bfloat16")
     filled = " ".join(res["defaults"])
     assert 'regime.quant_storage="bfloat16"' in filled and "accelerate/state.py:1015" in filled
+
+
+def test_liger_switches_map_to_the_liger_loss_where_the_stack_runs_it():
+    """Trainer / axolotl / LLaMA-Factory (sft, pt) run Liger's fused linear cross-entropy: train.loss liger, with its
+    layer kernels listed as not modelled. TRL 1.16's SFTTrainer turns it off and keeps its chunked head; Trainer with
+    liger_kernel_config fused_linear_cross_entropy false, and LLaMA-Factory's stages that need logits, too."""
+    doc = _doc("trl")
+    trainer = {k: v for k, v in doc.items() if k not in ("max_length", "packing", "dataset_text_field")}
+    trainer["use_liger_kernel"] = True
+    res = PARSERS[detect(trainer)](trainer, "x")
+    assert res.format == "trainer" and res.keys["train.loss"] == "liger"
+    assert "RMSNorm" in res.ignored["use_liger_kernel (layer kernels)"]
+    off = PARSERS["trainer"]({**trainer, "liger_kernel_config": {"fused_linear_cross_entropy": False}}, "x")
+    assert "train.loss" not in off.keys and "fused_linear_cross_entropy false" in off.ignored["use_liger_kernel"]
+    trl = PARSERS["trl"]({**doc, "use_liger_kernel": True}, "x")
+    assert "train.loss" not in trl.keys and "chunked" in trl.ignored["use_liger_kernel"]
+    assert _config("trl", {**doc, "use_liger_kernel": True}).train.loss == "chunked"  # the recipe's, as TRL does
+    lf = _doc("llamafactory")
+    assert PARSERS["llamafactory"]({**lf, "enable_liger_kernel": True}, "x").keys["train.loss"] == "liger"
+    dpo = PARSERS["llamafactory"]({**lf, "enable_liger_kernel": True, "stage": "dpo"}, "x")
+    assert "train.loss" not in dpo.keys and "needs logits" in dpo.ignored["enable_liger_kernel"]
+    ax = PARSERS["axolotl"]({**_doc("axolotl"), "liger_rms_norm": True, "liger_glu_activation": True}, "x")
+    assert "not modelled" in ax.ignored["liger_rms_norm"] and "train.loss" not in ax.keys

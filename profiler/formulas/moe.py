@@ -105,15 +105,19 @@ def dequantized_copy_bytes(m: MoeShape, weight_bytes: int) -> int:
     return m.experts * 3 * m.hidden * m.intermediate * weight_bytes
 
 
-def routed_activation_bytes(m: MoeShape, tokens: int, a: int) -> int:
+def routed_activation_bytes(m: MoeShape, tokens: int, a: int, gate_up_trains: bool = True, down_trains: bool = True,
+                            router_trains: bool = True) -> int:
     """Saved for backward per MoE layer on the grouped_mm path (the block's input trains), S = tokens x top_k rows:
-    the block input (T, H) read by the router; the gathered input (S, H), gate_up output (S, 2I), act(gate) and the
-    gated product (S, I) each, the down output (S, H) and the routing weights (S, 1); the router's fp32 softmax
-    (T, E), top-k ids (T, k) int64, top-k values and their sum in fp32, int64 sort/permutation ids (S) x 3, and the
-    int32 expert offsets (E). Checked tensor by tensor against saved_tensors_hooks (tests/formulas/test_moe.py)."""
+    the block input (T, H) read by the router, only where the router's weight trains; the gathered input (S, H) and
+    the gated product (S, I), the inputs of the two grouped_mm, only where gate_up_proj / down_proj train (a frozen
+    weight needs no input for its gradient); the gate_up output kept as act(gate) input, act(gate) and up (S, I)
+    each, the down output (S, H) and the routing weights (S, 1); the router's fp32 softmax (T, E), top-k ids (T, k)
+    int64, top-k values and their sum in fp32, int64 sort/permutation ids (S) x 3, and the int32 expert offsets (E).
+    Checked tensor by tensor against saved_tensors_hooks (tests/formulas/test_moe.py), frozen parts too."""
     s, t = tokens * m.top_k, tokens
-    routed = s * a * (2 * m.hidden + 4 * m.intermediate + 1)
-    router = t * m.hidden * a + t * m.experts * 4 + t * m.top_k * (8 + 4) + t * 4 + 3 * s * 8 + 4 * m.experts
+    routed = s * a * (m.hidden + 3 * m.intermediate + 1 + gate_up_trains * m.hidden + down_trains * m.intermediate)
+    router = router_trains * t * m.hidden * a + t * m.experts * 4 + t * m.top_k * (8 + 4) + t * 4 + 3 * s * 8 \
+        + 4 * m.experts
     return routed + router
 
 
@@ -145,7 +149,8 @@ def layer_bytes_moe(cfg: RunConfig, sh, plans: list, per_layer: list[int], kerne
     from profiler.formulas.activations import layer_bytes
 
     rg = cfg.regime
-    lora_experts = rg.kind in ("lora", "qlora") and any(adapted_parts(cfg)[1:])
+    parts = adapted_parts(cfg) if rg.kind in ("lora", "qlora") else (False, False, False)
+    lora_experts = any(parts[1:])
     weight_bytes = 4 if rg.kind == "qlora" and rg.prepare_kbit else {"float32": 4}.get(cfg.model.dtype, 2)
     merged = merged_copy_bytes(m, weight_bytes, rg.lora.r, lora_experts, False) // m.layers
     # quantize_experts: the dequantized stack (quant_state.dtype = the model dtype) that grouped_mm saves
@@ -156,6 +161,17 @@ def layer_bytes_moe(cfg: RunConfig, sh, plans: list, per_layer: list[int], kerne
         dense_mlp = total - layer_bytes(no_mlp, lp, kernel, cfg.device)  # intermediate-wide terms
         dense_mlp += sh.a * sh.b * sh.s * sh.h if lp.linears_train else 0  # gate/up input: in the routed count
         grads = dense_mlp > 0 or lora_experts
-        routed = routed_activation_bytes(m, sh.b * sh.s, sh.a) if grads else 0
+        base = lp.linears_train  # full, or a trainable layer under freeze: the expert and router weights train
+        routed = routed_activation_bytes(m, sh.b * sh.s, sh.a, base or parts[1], base or parts[2],
+                                         base or parts[0]) if grads else 0
         out.append(total - dense_mlp + routed + merged + (dequant if grads else 0))
     return out
+
+
+def forward_transient_moe(cfg: RunConfig) -> int:
+    """components.activations hook: what one MoE layer holds while its forward runs beyond what it saves, where
+    nothing is saved (gradient checkpointing): under regime.quantize_experts the two dequantized expert stacks,
+    which the parametrization cache keeps until the experts module returns (bitsandbytes nn/parametrize.py
+    `_register_parametrization_hooks`). Without checkpointing they are saved activations already (layer_bytes_moe)."""
+    m = moe_shape(cfg) if cfg.regime.quantize_experts and cfg.train.gradient_checkpointing else None
+    return dequantized_copy_bytes(m, {"float32": 4}.get(cfg.model.dtype, 2)) if m is not None else 0

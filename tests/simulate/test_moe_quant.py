@@ -42,6 +42,7 @@ def test_simulate_matches_a_real_cpu_run_with_quantized_experts(tmp_path, monkey
     kv = hf["num_key_value_heads"] * h // hf["num_attention_heads"]
     attention = layers * (2 * h * h + 2 * h * kv)
     assert real["model"]["quantized_params"] == attention + layers * 3 * e * h * i
+    assert any(w.startswith("regime.quantize_experts: ") and "grouped_mm keeps that copy" in w for w in sim["warnings"])
     r = cfg.regime.lora.r  # peft 0.21.2 leaves the parametrized experts without adapters; the router keeps its own
     assert real["model"]["trainable_params"] == layers * (r * (4 * h + 2 * h + 2 * kv) + r * (h + e))
     sim_peaks = {(p["phase"], p["step"]): p["peak_allocated_bytes"] for p in sim["phases"] if p["phase"] != "load"}
@@ -51,13 +52,14 @@ def test_simulate_matches_a_real_cpu_run_with_quantized_experts(tmp_path, monkey
         assert sim_peaks[key] == pytest.approx(value, rel=0.01), key
 
 
+@pytest.mark.parametrize("ckpt", [False, True])
 @pytest.mark.parametrize("family", ["mixtral-8x7b", "qwen3-30b-a3b"])
-def test_components_within_5_percent_of_simulate_with_quantized_experts(family):
+def test_components_within_5_percent_of_simulate_with_quantized_experts(family, ckpt):
     from profiler.formulas.params import param_plan
     from profiler.simulate.backend import simulate
 
     point = {"family": family, "regime": "qlora4", "parallel": "none", "seq": 512, "batch": 1, "autocast": "none",
-             "ckpt": False, "routing": "balanced"}
+             "ckpt": ckpt, "routing": "balanced"}
     base = grid.config_of(point)
     cfg = load_config(None, ["regime.quantize_experts=true"], base=base.model_dump(exclude_unset=True))
     row = grid.compare(point, cfg=cfg)
@@ -90,8 +92,9 @@ def test_fit_mixtral_with_quantized_experts_drops_the_expert_bytes(capsys):
     (["regime.kind=lora"], r"^regime\.quantize_experts: true needs regime\.kind: qlora with regime\.bits: 4 "
                            r"\(here lora\); allowed: false, or kind qlora with bits 4$"),
     (["regime.kind=qlora", "regime.bits=8"], r"^regime\.quantize_experts: true needs regime\.kind: qlora .*"),
-    (["regime.kind=qlora", "model.arch=tiny-llama"], r"^regime\.quantize_experts: true needs a mixture-of-experts "
-                                                     r"model with fused experts \(tiny-llama has none\); allowed: false$"),
+    (["regime.kind=qlora", "model.arch=tiny-llama"],
+     r"^regime\.quantize_experts: true needs a mixture-of-experts model with fused experts \(tiny-llama has none\); "
+     r"allowed: false$"),
     (["regime.kind=qlora", "parallel.strategy=fsdp2", "parallel.world_size=2"],
      r"^regime\.quantize_experts: true is modelled for one process only \(parallel\.strategy: fsdp2\); allowed: false"),
 ])

@@ -180,6 +180,9 @@ class RegimeConfig(_Strict):
     # FSDP2 shard them (two 4-bit values per byte either way: the bytes do not change, only the element type)
     quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
     prepare_kbit: bool = True  # qlora: peft.prepare_model_for_kbit_training (upcasts norms/head to fp32)
+    # qlora 4-bit on a mixture-of-experts model: quantize the fused 3-D expert weights too, as axolotl's
+    # quantize_moe_experts does (bitsandbytes replace_parameter_4bit: packed 4-bit + a dequantizing parametrization)
+    quantize_experts: bool = False
     lora: LoraSettings = Field(default_factory=LoraSettings)
     freeze: FreezeSettings = Field(default_factory=FreezeSettings)
     # inference: >0 runs generate() with a KV cache of this many tokens
@@ -298,6 +301,7 @@ def moe_experts(mc: ModelConfig) -> int:
 # keys added after results were recorded: at these values they are left out of config_hash, so a config that does
 # not use them keeps the hash it had before they existed
 HASH_NEUTRAL = {"recipe": "plain", "regime.lora.dtype": "float32", "regime.quant_storage": "uint8",
+                "regime.quantize_experts": False,
                 "train.use_reentrant": False, "train.loss": "full", "train.max_grad_norm": 0.0,
                 "train.grad_accum_steps": 1}
 
@@ -403,6 +407,8 @@ class RunConfig(_Strict):
         if moe and rg.kind == "qlora" and rg.prepare_kbit and self.device == "cuda":  # the CPU kernel takes fp32
             raise ValueError("regime.prepare_kbit: true upcasts this mixture-of-experts model's fused experts to "
                              "float32, which torch's grouped_mm refuses on CUDA (bf16 only); allowed: false")
+        if rg.quantize_experts:
+            _check_quantize_experts(self)
         if self.train.loss == "chunked" and self.regime.kind != "inference":
             from profiler.recipes.stacks import trl_available
 
@@ -443,6 +449,21 @@ class RunConfig(_Strict):
                 del node[last]
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _check_quantize_experts(cfg: RunConfig) -> None:
+    """regime.quantize_experts: true is modelled for what axolotl's quantize_moe_experts does with 4-bit: qlora
+    4-bit, a model with fused experts, one process (its FSDP2/ZeRO paths are not modelled)."""
+    rg = cfg.regime
+    if rg.kind != "qlora" or rg.bits != 4:
+        raise ValueError(f"regime.quantize_experts: true needs regime.kind: qlora with regime.bits: 4 (here "
+                         f"{rg.label}); allowed: false, or kind qlora with bits 4")
+    if moe_experts(cfg.model) < 2:
+        raise ValueError(f"regime.quantize_experts: true needs a mixture-of-experts model with fused experts "
+                         f"({cfg.model.name} has none); allowed: false")
+    if cfg.parallel.strategy != "none":
+        raise ValueError(f"regime.quantize_experts: true is modelled for one process only (parallel.strategy: "
+                         f"{cfg.parallel.strategy}); allowed: false, or parallel.strategy: none")
 
 
 def _with_path(data: dict, dotted: str, value: Any) -> dict:

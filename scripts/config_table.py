@@ -49,6 +49,9 @@ NOTES: dict[str, tuple[str, str]] = {
                                  "bytes); a float dtype lets FSDP2 shard them (unset under fsdp2: the model's dtype)"),
     "regime.prepare_kbit": ("", "qlora: `peft.prepare_model_for_kbit_training` (casts norms, embeddings, head to "
                                 "fp32)"),
+    "regime.quantize_experts": ("", "qlora 4-bit, MoE: the fused 3-D experts in 4-bit too, as axolotl's "
+                                    "`quantize_moe_experts` does ([MoE](moe.md)); dequantized whole per layer in "
+                                    "forward and kept for backward"),
     "regime.lora.r": ("", "r·(in+out) trainable params per targeted linear"),
     "regime.lora.alpha": ("", ""),
     "regime.lora.dropout": ("", "> 0: a dropped copy of each targeted linear's input (0: peft uses `nn.Identity`, "

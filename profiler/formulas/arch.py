@@ -40,6 +40,7 @@ class Param:
     numel: int
     layer: int | None
     owner: str  # qualified name of the owning module
+    ndim: int = 2  # fused MoE experts are 3-D (regime.quantize_experts picks them by this and their name)
 
 
 @dataclass(frozen=True)
@@ -286,7 +287,7 @@ def _arch_cached(hf_json: str) -> Arch:
                 continue
             seen.add(id(p))
             full = f"{mod_name}.{pname}" if mod_name else pname
-            params.append(Param(full, p.numel(), layer_of(full), mod_name))
+            params.append(Param(full, p.numel(), layer_of(full), mod_name, p.ndim))
     linears = []
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Linear):

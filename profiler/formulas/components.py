@@ -16,7 +16,7 @@ from profiler.formulas import Estimate, make_estimate, register
 from profiler.formulas.activations import KERNELS, LayerPlan, Shape, layer_bytes, norm_bytes, probed_bytes
 from profiler.formulas.arch import Arch, arch_of
 from profiler.formulas.loss_buffers import LossBytes, LossInputs, chunked_bytes, liger_bytes
-from profiler.formulas.moe import layer_bytes_moe
+from profiler.formulas.moe import forward_transient_moe, layer_bytes_moe
 from profiler.formulas.params import DTYPE_BYTES, ParamPlan, lora_targets, param_plan
 
 # ASSUMPTIONS, not measurements: guesses until calibration (profiler calibrate) replaces them; every CUDA
@@ -309,6 +309,7 @@ def activations(
         "recompute_attention": max(attn_half) if ckpt and attn_half else 0,
         "mlp_last": (per_layer[-1] - attn_half[-1]) if per_layer and not ckpt else 0,
         "attn_fwd": probs * (worst[1] if ckpt else worst[0]),
+        "experts_fwd": forward_transient_moe(cfg),  # MoE, quantized experts under checkpointing; else 0
         "attn_bwd": probs * worst[2],
         # a trained tied embedding: its gradient from the embedding lookup and the sum with the head's gradient
         # are both alive at the end of backward (V x h each, the parameter's dtype)
@@ -548,7 +549,7 @@ def components_estimate(
         # last layer's LoRA down projection (its unsaved input casts)
         {"weights": W, "optimizer": Opt, "activations": A, "temporaries": fwd_tmp + kv},
         {"weights": W, "optimizer": Opt, "activations": A - act["logits"] - act["mlp_last"],
-         "temporaries": act["attn_fwd"] + kv},
+         "temporaries": max(act["attn_fwd"], act["experts_fwd"]) + kv},
         {"weights": W, "optimizer": Opt, "activations": A - act["logits"], "temporaries": lora_tmp + kv},
     )
     phases = {

@@ -9,6 +9,12 @@ What this follows (transformers 5.23, peft 0.21.2; README "Mixture-of-experts mo
   (peft.utils.transformers_weight_conversion), gate_up_proj at rank 2r and alpha 2*alpha. Each lora.ParamWrapper
   holds lora_A (E*r, in) and lora_B (out, E*r); its forward folds W + B A into a new tensor of the whole expert
   stack (`baddbmm`), which grouped_mm saves for backward: one copy of every layer's expert weights in activations.
+- regime.quantize_experts (axolotl's quantize_moe_experts; profiler.measure.moe_quant): the experts are 4-bit under
+  bitsandbytes' Bnb4bitParametrization, which dequantizes the whole stack (model dtype) when forward reads it, and
+  grouped_mm saves that copy: the same bytes per layer as ParamWrapper's W + B A, without the adapters. peft 0.21.2
+  puts no ParamWrapper on a parametrized expert whose short name comes from its all-linear conversion
+  (tuners_utils.py BaseTuner._inject_parameters matches parametrized modules by full name only), so the experts
+  get no adapters (the router still does); axolotl patches that matching, which is not modelled.
 """
 
 from __future__ import annotations
@@ -64,11 +70,20 @@ def lora_parts(targets) -> tuple[bool, bool, bool]:
     return "gate" in t, bool(t & {"w1", "w3", "gate_proj", "up_proj", "gate_up_proj"}), bool(t & {"w2", "down_proj"})
 
 
-def lora_trainable(m: MoeShape, r: int, targets="all-linear") -> int:
+def adapted_parts(cfg: RunConfig) -> tuple[bool, bool, bool]:
+    """`lora_parts` of the config as peft applies them: with regime.quantize_experts the fused experts are
+    parametrized and peft 0.21.2 leaves them without adapters (module docstring); the router keeps its own."""
+    router, gate_up, down = lora_parts(cfg.regime.lora.target_modules)
+    if cfg.regime.quantize_experts:
+        return router, False, False
+    return router, gate_up, down
+
+
+def lora_trainable(m: MoeShape, r: int, targets="all-linear", parts: tuple[bool, bool, bool] | None = None) -> int:
     """LoRA parameters peft creates on the MoE part (attention adapters are counted as for dense models): per layer
     the router (r x (H + E)), gate_up_proj at rank 2r (E x 2r x (H + 2I)) and down_proj (E x r x (I + H)), each
     where `targets` adapts it."""
-    router, gate_up, down = lora_parts(targets)
+    router, gate_up, down = parts or lora_parts(targets)
     h, i, e = m.hidden, m.intermediate, m.experts
     return m.layers * (router * r * (h + e) + gate_up * e * 2 * r * (h + 2 * i) + down * e * r * (i + h))
 
@@ -83,15 +98,26 @@ def merged_copy_bytes(m: MoeShape, weight_bytes: int, r: int, lora_on_experts: b
     return per_layer * weight_bytes * (1 if checkpointing else m.layers)
 
 
-def routed_activation_bytes(m: MoeShape, tokens: int, a: int) -> int:
+def dequantized_copy_bytes(m: MoeShape, weight_bytes: int) -> int:
+    """One MoE layer under regime.quantize_experts: Bnb4bitParametrization's dequantize_4bit output for gate_up_proj
+    and down_proj (the whole stack, the model dtype), which grouped_mm saves for the input gradient; the weight
+    itself is a no-grad tensor, so nothing else is kept. Dequantized again in the recompute under checkpointing."""
+    return m.experts * 3 * m.hidden * m.intermediate * weight_bytes
+
+
+def routed_activation_bytes(m: MoeShape, tokens: int, a: int, gate_up_trains: bool = True, down_trains: bool = True,
+                            router_trains: bool = True) -> int:
     """Saved for backward per MoE layer on the grouped_mm path (the block's input trains), S = tokens x top_k rows:
-    the block input (T, H) read by the router; the gathered input (S, H), gate_up output (S, 2I), act(gate) and the
-    gated product (S, I) each, the down output (S, H) and the routing weights (S, 1); the router's fp32 softmax
-    (T, E), top-k ids (T, k) int64, top-k values and their sum in fp32, int64 sort/permutation ids (S) x 3, and the
-    int32 expert offsets (E). Checked tensor by tensor against saved_tensors_hooks (tests/formulas/test_moe.py)."""
+    the block input (T, H) read by the router, only where the router's weight trains; the gathered input (S, H) and
+    the gated product (S, I), the inputs of the two grouped_mm, only where gate_up_proj / down_proj train (a frozen
+    weight needs no input for its gradient); the gate_up output kept as act(gate) input, act(gate) and up (S, I)
+    each, the down output (S, H) and the routing weights (S, 1); the router's fp32 softmax (T, E), top-k ids (T, k)
+    int64, top-k values and their sum in fp32, int64 sort/permutation ids (S) x 3, and the int32 expert offsets (E).
+    Checked tensor by tensor against saved_tensors_hooks (tests/formulas/test_moe.py), frozen parts too."""
     s, t = tokens * m.top_k, tokens
-    routed = s * a * (2 * m.hidden + 4 * m.intermediate + 1)
-    router = t * m.hidden * a + t * m.experts * 4 + t * m.top_k * (8 + 4) + t * 4 + 3 * s * 8 + 4 * m.experts
+    routed = s * a * (m.hidden + 3 * m.intermediate + 1 + gate_up_trains * m.hidden + down_trains * m.intermediate)
+    router = router_trains * t * m.hidden * a + t * m.experts * 4 + t * m.top_k * (8 + 4) + t * 4 + 3 * s * 8 \
+        + 4 * m.experts
     return routed + router
 
 
@@ -105,7 +131,7 @@ def add_lora_tensors(plan, cfg: RunConfig, by_dtype: dict[str, int]) -> None:
         return
     from profiler.formulas.params import Tensor
 
-    per_layer = lora_trainable(m, rg.lora.r, rg.lora.target_modules) // m.layers
+    per_layer = lora_trainable(m, rg.lora.r, parts=adapted_parts(cfg)) // m.layers
     for li in range(m.layers if per_layer else 0):
         plan.trainable.append(Tensor(f"moe.{li}.lora", per_layer, 4))  # autocast_adapter_dtype -> fp32
         by_dtype["float32"] += 4 * per_layer
@@ -123,18 +149,32 @@ def layer_bytes_moe(cfg: RunConfig, sh, plans: list, per_layer: list[int], kerne
     from profiler.formulas.activations import layer_bytes
 
     rg = cfg.regime
-    lora_experts = rg.kind in ("lora", "qlora") and any(lora_parts(rg.lora.target_modules)[1:])
+    parts = adapted_parts(cfg) if rg.kind in ("lora", "qlora") else (False, False, False)
+    lora_experts = any(parts[1:])
     weight_bytes = 4 if rg.kind == "qlora" and rg.prepare_kbit else {"float32": 4}.get(cfg.model.dtype, 2)
     if cfg.parallel.param_dtype and rg.kind == "lora":  # FSDP2 mixed precision: the experts are all-gathered
         # and computed in param_dtype (_fsdp_param.py init_dtype_attrs), so W + B A is formed in it
         weight_bytes = {"float32": 4}.get(cfg.parallel.param_dtype, 2)
     merged = merged_copy_bytes(m, weight_bytes, rg.lora.r, lora_experts, False) // m.layers
+    # quantize_experts: the dequantized stack (quant_state.dtype = the model dtype) that grouped_mm saves
+    dequant = dequantized_copy_bytes(m, {"float32": 4}.get(cfg.model.dtype, 2)) if rg.quantize_experts else 0
     no_mlp = replace(sh, i=0)
     out = []
     for lp, total in zip(plans, per_layer, strict=True):
         dense_mlp = total - layer_bytes(no_mlp, lp, kernel, cfg.device)  # intermediate-wide terms
         dense_mlp += sh.a * sh.b * sh.s * sh.h if lp.linears_train else 0  # gate/up input: in the routed count
         grads = dense_mlp > 0 or lora_experts
-        routed = routed_activation_bytes(m, sh.b * sh.s, sh.a) if grads else 0
-        out.append(total - dense_mlp + routed + merged)
+        base = lp.linears_train  # full, or a trainable layer under freeze: the expert and router weights train
+        routed = routed_activation_bytes(m, sh.b * sh.s, sh.a, base or parts[1], base or parts[2],
+                                         base or parts[0]) if grads else 0
+        out.append(total - dense_mlp + routed + merged + (dequant if grads else 0))
     return out
+
+
+def forward_transient_moe(cfg: RunConfig) -> int:
+    """components.activations hook: what one MoE layer holds while its forward runs beyond what it saves, where
+    nothing is saved (gradient checkpointing): under regime.quantize_experts the two dequantized expert stacks,
+    which the parametrization cache keeps until the experts module returns (bitsandbytes nn/parametrize.py
+    `_register_parametrization_hooks`). Without checkpointing they are saved activations already (layer_bytes_moe)."""
+    m = moe_shape(cfg) if cfg.regime.quantize_experts and cfg.train.gradient_checkpointing else None
+    return dequantized_copy_bytes(m, {"float32": 4}.get(cfg.model.dtype, 2)) if m is not None else 0

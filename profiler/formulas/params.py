@@ -10,6 +10,8 @@ Mirrors what loading.py + regimes.py build, read from the installed libraries' b
   (norms, embeddings, lm_head, biases; Int8Params are int8 and stay).
 - peft LoRA: A (r x in) and B (out x r) per targeted linear; `autocast_adapter_dtype=True` (the default of
   get_peft_model) upcasts fp16/bf16 adapters to fp32. "all-linear" targets every linear but the output head.
+- regime.quantize_experts (axolotl's quantize_moe_experts, profiler.measure.moe_quant): each fused 3-D expert
+  weight is one 4-bit tensor of the same layout (uint8 whatever quant_storage says; its own quant state).
 - freeze: the last `trainable_layers` decoder layers and modules named in `trainable_modules` train.
 """
 
@@ -42,6 +44,12 @@ def four_bit_bytes(n: int, double_quant: bool) -> dict[str, int]:
             "float32": 4 * _ceil(blocks, NESTED_BLOCK) + DYNAMIC_CODE_BYTES + 4 + FOUR_BIT_CODE_BYTES,
         }
     return {"uint8": _ceil(n, 2), "float32": 4 * blocks + FOUR_BIT_CODE_BYTES}
+
+
+def is_expert_param(p) -> bool:
+    """A fused expert weight as axolotl's quantize_moe_experts picks them (profiler.measure.moe_quant): 3-D or more,
+    "expert" in its name."""
+    return p.ndim >= 3 and "expert" in p.name.lower()
 
 
 def eight_bit_bytes(lin: Linear) -> dict[str, int]:
@@ -114,6 +122,11 @@ def param_plan(cfg: RunConfig) -> ParamPlan:
     by: dict[str, int] = defaultdict(int)
     quant = {lin.name + ".weight": lin for lin in arch.linears if qlora and not lin.is_head and lin.quantizable}
     for p in arch.params:
+        if rg.quantize_experts and is_expert_param(p):  # replace_parameter_4bit: uint8 storage, blocksize 64
+            for k, v in four_bit_bytes(p.numel, rg.double_quant).items():
+                by[k] += v
+            plan.quantized_numel += p.numel
+            continue
         if p.name in quant:
             lin = quant[p.name]
             parts = four_bit_bytes(p.numel, rg.double_quant) if rg.bits == 4 else eight_bit_bytes(lin)

@@ -230,6 +230,10 @@ def load_model(cfg: RunConfig) -> LoadedModel:
         src = mc.path or mc.hub
         label = mc.path or f"hub:{mc.hub}"
     model = AutoModelForCausalLM.from_pretrained(src, quantization_config=quant, device_map=device_map, **common)
+    if cfg.regime.quantize_experts:  # axolotl's quantize_moe_experts (profiler.measure.moe_quant)
+        from profiler.measure.moe_quant import quantize_experts
+
+        quantize_experts(model, cfg.regime.quant_type, cfg.regime.double_quant)
     return LoadedModel(model, model.config, label)
 
 

@@ -52,9 +52,17 @@ def is_quantized(p: torch.Tensor) -> bool:
 def module_quant_states(model: nn.Module) -> dict[int, object]:
     """id(weight) -> the QuantState its 4-bit layer keeps, for weights that lost theirs: FSDP2 replaces a
     Params4bit by a plain DTensor, and bitsandbytes then reads the layer's own `quant_state`
-    (nn/modules.py fix_4bit_weight_quant_state_from_module). Each rank keeps the whole quant state."""
+    (nn/modules.py fix_4bit_weight_quant_state_from_module). Each rank keeps the whole quant state.
+    Also the packed data of a parameter quantized under a parametrization (bitsandbytes nn/parametrize.py
+    replace_parameter_4bit, used for fused MoE experts: profiler.measure.moe_quant): the plain uint8 tensor is
+    `parametrizations.<name>.original`, its QuantState is on the `Bnb4bitParametrization`."""
     out: dict[int, object] = {}
     for m in model.modules():
+        if type(m).__name__ == "ParametrizationList":
+            for step in m:
+                if getattr(step, "quant_state", None) is not None:
+                    out[id(m.original)] = step.quant_state
+            continue
         qs, w = getattr(m, "quant_state", None), getattr(m, "weight", None)
         if qs is not None and isinstance(w, torch.Tensor) and getattr(w, "quant_state", None) is None:
             out[id(w)] = qs

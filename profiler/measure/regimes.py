@@ -111,15 +111,23 @@ def moe_warnings(cfg: RunConfig) -> list[str]:
     if rg.kind not in ("lora", "qlora") or moe_experts(cfg.model) < 2:
         return []
     notes = []
-    if rg.kind == "qlora":
+    if rg.kind == "qlora" and not rg.quantize_experts:
+        tail = ("regime.quantize_experts=true quantizes them as axolotl's quantize_moe_experts does" if rg.bits == 4
+                else "4-bit with regime.quantize_experts=true quantizes them")
         notes.append(f"qlora{rg.bits}: bitsandbytes quantizes nn.Linear layers only; the fused expert parameters "
-                     f"(most of this model) stay {cfg.model.dtype}: no setting quantizes them")
+                     f"(most of this model) stay {cfg.model.dtype}; {tail}")
+    if rg.quantize_experts:
+        notes.append("regime.quantize_experts: each layer's experts are dequantized whole (model dtype) when its "
+                     "forward reads them, and grouped_mm keeps that copy for backward: one full 16-bit copy of "
+                     "each layer's experts as activations (train.gradient_checkpointing=true keeps one layer's); "
+                     "peft 0.21.2 puts no adapters on the quantized experts (axolotl's peft patch, not modelled, "
+                     "would)")
         if rg.prepare_kbit:
             notes.append("qlora: prepare_model_for_kbit_training upcasts every non-4-bit 16-bit parameter, the "
                          "fused experts included, to float32 (2x their bytes), and float32 experts fail "
                          "torch's grouped_mm on CUDA (bf16 only); regime.prepare_kbit=false keeps them 16-bit")
     targets = rg.lora.target_modules
-    if targets == "all-linear" or set(targets) & (MOE_LORA_NAMES - {"gate"}):
+    if not rg.quantize_experts and (targets == "all-linear" or set(targets) & (MOE_LORA_NAMES - {"gate"})):
         notes.append("lora on fused experts: peft adapts the fused experts (gate_up_proj at rank 2r) and the router "
                      "with lora.ParamWrapper, whose forward builds W + BA for the whole expert stack and keeps it "
                      "for backward: one full copy of each layer's expert weights as activations; "

@@ -256,6 +256,11 @@ def parse_axolotl(doc: dict, path: str) -> FromFile:
         v = take(theirs)
         if v is not None and (not theirs.startswith("lora_") or res.keys.get("regime.kind") in ("lora", "qlora")):
             res.put(theirs, ours, cast(v))
+    if take("quantize_moe_experts"):  # axolotl src/axolotl/monkeypatch/moe_quant.py (profiler.measure.moe_quant)
+        if doc.get("lora_target_linear"):  # axolotl's own check (utils/schemas/config.py check_quantize_moe_experts)
+            raise FromFileError("--from: lora_target_linear: true is refused by axolotl with quantize_moe_experts: "
+                                "true; allowed: lora_target_modules (a list), or quantize_moe_experts: false")
+        res.put("quantize_moe_experts", "regime.quantize_experts", True)
     if take("lora_target_linear"):
         res.put("lora_target_linear", "regime.lora.target_modules", "all-linear")
     elif (t := take("lora_target_modules")):
@@ -281,7 +286,8 @@ def parse_axolotl(doc: dict, path: str) -> FromFile:
                    "pad_to_sequence_len": "every row is sequence_len tokens already",
                    "deepspeed": "give the DeepSpeed JSON with --from instead",
                    "fsdp": "give the accelerate config with --from", "fsdp_config": "FSDP settings are not read here",
-                   "quantize_moe_experts": "quantized fused experts are not modelled yet",
+                   "lora_target_parameters": "adapters on named parameters (axolotl's patched peft on quantized "
+                                             "experts) are not modelled",
                    "lora_fan_in_fan_out": "no memory effect", "xformers_attention": "xformers is not modelled",
                    "tf32": "no memory effect",
                    "unsloth_lora_mlp": "unsloth kernels are not modelled"})

@@ -292,6 +292,10 @@ class Simulation:
             from profiler.simulate.fake_bnb import replace_linear_layers
 
             replace_linear_layers(model, quant, cuda=self.target == "cuda", device="cpu")
+            if cfg.regime.quantize_experts:  # axolotl's quantize_moe_experts (fake_bnb.replace_expert_params)
+                from profiler.simulate.fake_bnb import replace_expert_params
+
+                replace_expert_params(model, quant, device="cpu")
         if cfg.parallel_init == "meta":  # stays on meta: fully_shard, then each rank materialises its shards
             return self._finish(model, cfg, hf_config)
         materialize_meta(model, "cpu")

@@ -349,3 +349,33 @@ def replace_linear_layers(model: nn.Module, quant_config, cuda: bool, device: st
     setattr(model, "is_loaded_in_8bit" if eight_bit else "is_loaded_in_4bit", True)
     return replaced
 
+
+
+def replace_expert_params(model: nn.Module, quant_config, device: str = "cpu") -> int:
+    """axolotl's quantize_moe_experts on a fake model (profiler.measure.moe_quant says what it does): each expert
+    parameter becomes the packed uint8 [numel/2, 1] that bitsandbytes' replace_parameter_4bit stores (it calls
+    quantize_4bit with the default uint8 quant_storage and blocksize 64, whatever bnb_4bit_quant_storage says), with
+    the quant state `quant_state_4bit` builds for the Linear4bit stand-ins, under bitsandbytes' own
+    `Bnb4bitParametrization` and hooks, registered as replace_parameter_4bit registers them. Only its quantize step
+    is replaced (it calls .item()); dequantize_4bit has fake kernels, so the forward runs bitsandbytes' code and
+    allocates what it allocates. Call on the meta model, before materialising: the 16-bit experts never exist."""
+    import torch.nn.utils.parametrize as P
+    from bitsandbytes.nn.parametrize import Bnb4bitParametrization, _register_parametrization_hooks
+
+    from profiler.measure.moe_quant import expert_param_names
+
+    qc = quant_config
+    chosen = expert_param_names(model)
+    if chosen and qc.bnb_4bit_use_double_quant and not hasattr(model, DYNAMIC_MAP_ATTR):
+        setattr(model, DYNAMIC_MAP_ATTR, torch.empty(DYNAMIC_MAP_SIZE, dtype=torch.float32, device=device))
+    for mod_name, pname in chosen:
+        module = model.get_submodule(mod_name)
+        old = getattr(module, pname)
+        n = old.numel()
+        qs = quant_state_4bit(tuple(old.shape), old.dtype, qc.bnb_4bit_quant_type, qc.bnb_4bit_use_double_quant,
+                              device)
+        packed = torch.empty(((n + 1) // 2, 1), dtype=torch.uint8, device=device)
+        setattr(module, pname, nn.Parameter(packed, requires_grad=False))
+        P.register_parametrization(module, pname, Bnb4bitParametrization(qs), unsafe=True)
+        _register_parametrization_hooks(module, pname)
+    return len(chosen)

@@ -75,14 +75,16 @@ def _moe_block(arch: str, lora: bool):
 
 
 @pytest.mark.parametrize("arch", ["tiny-mixtral", "tiny-qwen3-moe"])
-@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("lora", [False, True, "frozen"])
 def test_moe_layer_saved_bytes_match_what_autograd_saves(arch, lora):
     """Every tensor one MoE block saves for backward (storages counted once, parameters excluded) vs moe.py."""
     import torch
 
     from profiler.formulas.moe import merged_copy_bytes, moe_shape, routed_activation_bytes
 
-    model, block = _moe_block(arch, lora)
+    model, block = _moe_block(arch, lora is True)
+    if lora == "frozen":  # router and experts frozen (attention-only LoRA, quantize_experts): their inputs not kept
+        model.requires_grad_(False)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     x = torch.randn(2, 64, 64, dtype=torch.bfloat16, requires_grad=True)
     saved: dict[int, int] = {}
@@ -95,7 +97,9 @@ def test_moe_layer_saved_bytes_match_what_autograd_saves(arch, lora):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         block(x)
     m = moe_shape(load_config(None, [], base={"model": {"arch": arch}}))
-    predicted = routed_activation_bytes(m, 128, 2) + merged_copy_bytes(m, 2, 4, lora, False) // m.layers
+    trains = lora != "frozen"
+    predicted = routed_activation_bytes(m, 128, 2, trains, trains, trains) + merged_copy_bytes(
+        m, 2, 4, lora is True, False) // m.layers
     assert predicted == pytest.approx(sum(saved.values()), rel=0.01)
 
 

@@ -192,3 +192,23 @@ def test_liger_switches_map_to_the_liger_loss_where_the_stack_runs_it():
     assert "train.loss" not in dpo.keys and "needs logits" in dpo.ignored["enable_liger_kernel"]
     ax = PARSERS["axolotl"]({**_doc("axolotl"), "liger_rms_norm": True, "liger_glu_activation": True}, "x")
     assert "not modelled" in ax.ignored["liger_rms_norm"] and "train.loss" not in ax.keys
+
+
+def test_axolotl_quantize_moe_experts_maps_to_regime_quantize_experts():
+    doc = _doc("axolotl")
+    assert "quantize_moe_experts" not in doc
+    doc.update(quantize_moe_experts=True, lora_target_linear=None, lora_dropout=0.0,
+               lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    parsed = PARSERS[detect(doc)](doc, "x")
+    assert ("quantize_moe_experts", "regime.quantize_experts") in parsed.mapped
+    assert "quantize_moe_experts" not in parsed.ignored and "quantize_moe_experts" not in parsed.unread
+    data = parsed.data()
+    data["model"] = {"arch": "tiny-mixtral"}
+    cfg = load_config(None, base=data)
+    assert cfg.regime.kind == "qlora" and cfg.regime.bits == 4 and cfg.regime.quantize_experts
+    off = dict(doc, quantize_moe_experts=False)
+    assert "regime.quantize_experts" not in PARSERS[detect(off)](off, "x").keys
+    # axolotl refuses lora_target_linear beside it (utils/schemas/config.py check_quantize_moe_experts); so do we
+    with pytest.raises(from_file.FromFileError, match=r"^--from: lora_target_linear: true is refused by axolotl "
+                                                      r"with quantize_moe_experts: true; allowed: "):
+        PARSERS["axolotl"](dict(doc, lora_target_linear=True), "x")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from profiler.config import RunConfig
+from profiler.formulas.zero_cast import kbit_fp32
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def layer_bytes_moe(cfg: RunConfig, sh, plans: list, per_layer: list[int], kerne
 
     rg = cfg.regime
     lora_experts = rg.kind in ("lora", "qlora") and any(lora_parts(rg.lora.target_modules)[1:])
-    weight_bytes = 4 if rg.kind == "qlora" and rg.prepare_kbit else {"float32": 4}.get(cfg.model.dtype, 2)
+    weight_bytes = 4 if kbit_fp32(cfg) else {"float32": 4}.get(cfg.model.dtype, 2)
     merged = merged_copy_bytes(m, weight_bytes, rg.lora.r, lora_experts, False) // m.layers
     no_mlp = replace(sh, i=0)
     out = []

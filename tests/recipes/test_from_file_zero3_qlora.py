@@ -9,29 +9,17 @@ import json
 from profiler.cli import main
 from profiler.config import REPO_ROOT
 
-# PEFT's examples/sft/configs/deepspeed_config_z3_qlora.yaml (the ZeRO-3 + QLoRA guide's accelerate config)
-ACCELERATE_Z3_QLORA = """compute_environment: LOCAL_MACHINE
-debug: false
+# an accelerate DeepSpeed config with the settings of PEFT's ZeRO-3 + QLoRA guide (docs/source/accelerate/
+# deepspeed.md: zero_stage 3, zero3_init_flag true, no offload, bf16, 2 processes), written for this test
+ACCELERATE_Z3_QLORA = """distributed_type: DEEPSPEED
 deepspeed_config:
-  deepspeed_multinode_launcher: standard
+  zero_stage: 3
+  zero3_init_flag: true
   offload_optimizer_device: none
   offload_param_device: none
-  zero3_init_flag: true
-  zero3_save_16bit_model: true
-  zero_stage: 3
-distributed_type: DEEPSPEED
-downcast_bf16: 'no'
-machine_rank: 0
-main_training_function: main
 mixed_precision: bf16
 num_machines: 1
 num_processes: 2
-rdzv_backend: static
-same_network: true
-tpu_env: []
-tpu_use_cluster: false
-tpu_use_sudo: false
-use_cpu: false
 """
 DS_Z3 = {"train_micro_batch_size_per_gpu": "auto", "bf16": {"enabled": "auto"},
          "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": "auto"}}

@@ -640,7 +640,6 @@ def _check_parallel(cfg: RunConfig) -> None:
         raise ValueError("parallel.offload: offloads from GPU to host; allowed with device cuda only")
 
 
-
 def _check_zero3_qlora(cfg: RunConfig) -> None:
     """ZeRO-3 + QLoRA 4-bit as PEFT's guide runs it (docs/source/accelerate/deepspeed.md, "Use PEFT QLoRA and
     DeepSpeed with ZeRO3"): bnb_4bit_quant_storage = the model's dtype. DeepSpeed 0.19.8's bf16/fp16 mode casts
@@ -659,6 +658,7 @@ def _check_zero3_qlora(cfg: RunConfig) -> None:
     if pc.offload.params or pc.offload.optimizer:
         raise ValueError("parallel.offload: zero3 + qlora with CPU offload is not modelled (PEFT's guide reports "
                          "more GPU memory with offload than without); allowed with qlora: offload false")
+
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}

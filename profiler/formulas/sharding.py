@@ -30,7 +30,12 @@ divide by N; bitsandbytes' quant state (absmax, codes) stays whole on every rank
 packed weights + norms + adapters (`_split_fsdp2`). Under LoRA/QLoRA the root is all-gathered again as backward
 begins (2 x root beside every activation, `fsdp2_root_regather`), and a frozen head/embedding has no unsharded
 gradient. Checked against simulate on llama-3-8b at world 2 and 8 (tests/formulas/test_sharding.py).
-ZeRO-3 + QLoRA is refused by the config (DeepSpeed has no bitsandbytes handling; not run or checked here).
+ZeRO-3 + QLoRA (4-bit, packed weights stored as the model's 16-bit dtype, as PEFT's guide runs it): the same split
+(DeepSpeed partitions the packed storage like any parameter; the quant state is not a parameter, so whole on
+every rank); comm_buffers are 2 gathered 4-bit layers, or the 16-bit head + one layer at the loss and the start
+of backward when larger; every rank first holds the whole quantized model (`zero3_qlora_load_bytes`); DeepSpeed's
+bf16 cast of the module (zero_cast.py). Checked against bytes counted from the architecture
+(tests/formulas/test_zero3_qlora.py) and one real CPU step on tiny-llama (docs/parallel.md); not simulated.
 
 Loading: with FSDP2's meta-device init (`parallel.init` meta, the default for architecture-only models) each
 rank materialises only its shards, so the load phase (shards + buffers) is below every step phase and is not
@@ -239,6 +244,7 @@ def zero3_qlora_load_bytes(cfg: RunConfig) -> int:
     copy = max((p.numel * cast for p in built.arch.params if p.name not in quant), default=0) if (
         built.param_itemsize != cast) else 0
     return built.weight_bytes + upcast + copy
+
 
 def fsdp2_root_regather(cfg: RunConfig) -> bool:
     """Whether the root's parameters are all-gathered again at the start of backward, beside the flat output of

@@ -43,6 +43,7 @@ def test_accelerate_deepspeed_config_with_qlora_estimates_and_fit_says_why_not(t
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "num_processes -> parallel.world_size=2" in err and "zero3 x 2, per rank" in out.replace("\n", " ")
+    assert "zero3_init_flag: not modelled" in err and "with QLoRA transformers never uses zero.Init" in err
     rc = main(["fit", "tiny-llama", "--regime", "qlora4", "--from", str(path), "--gpu", "h100", "--no-search",
                "train.seq_len=64", "train.batch_size=1"])
     err = capsys.readouterr().err

@@ -420,13 +420,13 @@ def more_gpus(pred: Predictor, cfg: RunConfig, tries: int = 3) -> Suggestion | N
     if found is None:
         return None
     n = max(2, found[0])
-    for _ in range(tries):
+    for i in range(tries):
         try:
             c = with_parallel(cfg, strategy="fsdp2", world_size=n)
             needed = pred.needed(c)
         except (ConfigError, SimulationFailed):
             return None
-        if needed <= pred.usable:
+        if needed <= pred.usable or i == tries - 1:  # the last try's n is the one its figure is for
             break
         n *= 2
     return Suggestion(f"FSDP2 across {n} GPUs of this kind (per GPU)",
@@ -444,6 +444,10 @@ def zero3_more_gpus(pred: Predictor, cfg: RunConfig) -> Suggestion | None:
 
     if cfg.regime.label != "qlora4":
         return None
+    extra: list[str] = []
+    if cfg.optimizer.name == "adamw_fused":  # Trainer's default; under DeepSpeed AdamW on its fp32 partitions, as the
+        cfg = with_changes(cfg, optimizer={"name": "adamw"})  # config allows it (same states; fused differs in temps)
+        extra = ["optimizer.name=adamw"]
     try:
         found = min_gpus(cfg, "components", "zero3", pred.usable + pred.allowance.context_bytes)
     except (ConfigError, ValueError):
@@ -459,7 +463,7 @@ def zero3_more_gpus(pred: Predictor, cfg: RunConfig) -> Suggestion | None:
     needed = est.total - pred.allowance.context_bytes
     return Suggestion(f"ZeRO-3 across {n} GPUs of this kind (per GPU; estimated by components, not simulated: "
                       f"DeepSpeed does not run on fake tensors)",
-                      ["parallel.strategy=zero3", f"parallel.world_size={n}"], needed, needed <= pred.usable)
+                      ["parallel.strategy=zero3", f"parallel.world_size={n}", *extra], needed, needed <= pred.usable)
 
 
 def limit_suggestions(cfg: RunConfig, seq_sol: MaxSolution | None,

@@ -51,3 +51,13 @@ def test_zero3_is_not_suggested_outside_qlora4():
     """LoRA (bf16 base): only FSDP2 is proposed, as before; ZeRO-3's suggestion is the QLoRA recipe's."""
     cfg = load_config(CONFIGS / "llama7b_qlora4.yaml", [*QLORA_8B, "regime.kind=lora"])
     assert fit_module.zero3_more_gpus(_predictor(cfg), cfg) is None
+
+
+def test_trainers_fused_adamw_becomes_adamw_in_the_zero3_suggestion():
+    """TRL / Trainer default to adamw_torch_fused, which the config allows under ZeRO only as adam/adamw (the
+    harness runs DeepSpeed with torch's AdamW): the suggestion switches it and says so in its overrides."""
+    cfg = load_config(None, [], base={"model": {"arch": "llama-3-8b"}, "regime": {"kind": "qlora", "bits": 4},
+                                      "train": {"seq_len": 1024}, "device": "cuda"}, recipe="trl")
+    assert cfg.optimizer.name == "adamw_fused"
+    z3 = fit_module.zero3_more_gpus(_predictor(cfg), cfg)
+    assert z3 is not None and z3.overrides[0] == "parallel.strategy=zero3" and z3.overrides[2] == "optimizer.name=adamw"

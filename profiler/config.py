@@ -483,19 +483,25 @@ def derived_defaults(data: dict) -> dict[str, tuple[Any, str]]:
 
 
 def _fsdp_qlora_defaults(data: dict) -> dict[str, tuple[Any, str]]:
-    """qlora 4-bit under fsdp2 with regime.quant_storage unset: the model's dtype, as PEFT's FSDP+QLoRA recipe sets
-    bnb_4bit_quant_storage (= torch_dtype, bfloat16): FSDP2 shards the packed weights only when they are stored as
-    floats (accelerate 1.15 utils/fsdp_utils.py fsdp2_prepare_model leaves uint8 Params4bit out of sharding)."""
+    """qlora 4-bit under fsdp2 or zero3 with regime.quant_storage unset: the model's dtype, as PEFT's FSDP+QLoRA and
+    DeepSpeed ZeRO-3 + QLoRA recipes set bnb_4bit_quant_storage (= torch_dtype, bfloat16): FSDP2 shards the packed
+    weights only when they are stored as floats (accelerate 1.15 utils/fsdp_utils.py fsdp2_prepare_model leaves
+    uint8 Params4bit out of sharding); DeepSpeed casts every float parameter to its bf16/fp16 dtype
+    (`_check_zero3_qlora`)."""
     regime, parallel, model = (data.get(k) or {} for k in ("regime", "parallel", "model"))
     if not all(isinstance(d, dict) for d in (regime, parallel, model)):
         return {}
-    if regime.get("kind") != "qlora" or regime.get("bits", 4) != 4 or parallel.get("strategy") != "fsdp2":
+    strategy = parallel.get("strategy")
+    if regime.get("kind") != "qlora" or regime.get("bits", 4) != 4 or strategy not in ("fsdp2", "zero3"):
         return {}
     if "quant_storage" in regime:
         return {}
     dtype = model.get("dtype", "bfloat16")
     if dtype not in ("bfloat16", "float16", "float32"):
         return {}
+    if strategy == "zero3":
+        return {"regime.quant_storage": (dtype, "zero3 + qlora: PEFT's DeepSpeed ZeRO-3 + QLoRA guide sets "
+                                                 "bnb_4bit_quant_storage = the model dtype")}
     return {"regime.quant_storage": (dtype, "fsdp2 + qlora: FSDP2 shards 4-bit weights stored as floats "
                                              "(PEFT's FSDP+QLoRA: bnb_4bit_quant_storage = the model dtype)")}
 
@@ -665,19 +671,19 @@ def _check_parallel(cfg: RunConfig) -> None:
         raise ValueError(f"parallel.strategy: {pc.strategy} shards training state; allowed with regime.kind "
                          "inference: none")
     rg = cfg.regime
-    if rg.kind == "qlora" and s != "ddp" and not (s == "fsdp2" and rg.bits == 4):
-        # ZeRO-3: DeepSpeed 0.19.8 (runtime/zero/) has no bitsandbytes handling; it would partition the packed weights
-        # as any parameter, keep the quant state (not a parameter) whole, and params under
-        # stage3_param_persistence_threshold (1e5) whole: not run, simulated or checked here, so not modelled
-        why = ("DeepSpeed has no bitsandbytes handling; not run or checked here" if s.startswith("zero")
-               else "8-bit weights")
+    if rg.kind == "qlora" and s != "ddp" and not (s in ("fsdp2", "zero3") and rg.bits == 4):
+        why = ("8-bit weights: bitsandbytes' Int8Params keeps a second reference to the whole int8 weight "
+               "(weight.CB, then Linear8bitLt's state.CB) that sharding the parameter does not free" if rg.bits == 8
+               else "ZeRO-1/2 + QLoRA not modelled yet")
         raise ValueError(f"parallel.strategy: {s} with qlora{rg.bits} is not modelled ({why}); allowed with qlora: "
-                         "none, ddp, fsdp2 (4-bit)")
+                         "none, ddp, fsdp2 (4-bit), zero3 (4-bit)")
     if rg.kind == "qlora" and s == "fsdp2" and rg.quant_storage == "uint8":
         # accelerate 1.15 fsdp2_prepare_model leaves uint8 Params4bit out of sharding (ignored_params): "Default
         # uint8 quant_storage cannot survive fully_shard's DTensor conversion"
         raise ValueError("regime.quant_storage: uint8 packed weights are not sharded by FSDP2 (accelerate leaves "
                          "them out); allowed with fsdp2: bfloat16, float16, float32 (PEFT's FSDP-QLoRA: bfloat16)")
+    if rg.kind == "qlora" and s == "zero3":
+        _check_zero3_qlora(cfg)
     if rg.kind == "qlora" and pc.init == "meta":
         raise ValueError("parallel.init: meta is not used with qlora (accelerate loads the quantized model whole on "
                          "every rank, then shards it); allowed with qlora: auto, full")
@@ -690,6 +696,26 @@ def _check_parallel(cfg: RunConfig) -> None:
                          "here); allowed: adam, adamw")
     if (pc.offload.params or pc.offload.optimizer) and cfg.device != "cuda":
         raise ValueError("parallel.offload: offloads from GPU to host; allowed with device cuda only")
+
+
+def _check_zero3_qlora(cfg: RunConfig) -> None:
+    """ZeRO-3 + QLoRA 4-bit as PEFT's guide runs it (docs/source/accelerate/deepspeed.md, "Use PEFT QLoRA and
+    DeepSpeed with ZeRO3"): bnb_4bit_quant_storage = the model's dtype. DeepSpeed 0.19.8's bf16/fp16 mode casts
+    every floating parameter to that dtype at initialize (runtime/engine.py `_cast_module_mixed_precision`, a
+    value cast: packed 4-bit bytes stored in another float dtype would be rewritten), so a 16-bit model needs
+    the same storage dtype; uint8 storage is not the stack's recipe and is not checked here."""
+    rg, pc = cfg.regime, cfg.parallel
+    if rg.quant_storage == "uint8":
+        raise ValueError("regime.quant_storage: uint8 is not how ZeRO-3 + QLoRA is run (PEFT's guide stores the "
+                         "packed weights as the model dtype) and is not modelled; allowed with zero3: bfloat16, "
+                         "float16, float32")
+    if cfg.model.dtype in ("bfloat16", "float16") and rg.quant_storage != cfg.model.dtype:
+        raise ValueError(f"regime.quant_storage: {rg.quant_storage} under zero3 with a {cfg.model.dtype} model: "
+                         f"DeepSpeed casts every floating parameter to {cfg.model.dtype}, rewriting the packed "
+                         f"4-bit bytes; allowed: {cfg.model.dtype}")
+    if pc.offload.params or pc.offload.optimizer:
+        raise ValueError("parallel.offload: zero3 + qlora with CPU offload is not modelled (PEFT's guide reports "
+                         "more GPU memory with offload than without); allowed with qlora: offload false")
 
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,

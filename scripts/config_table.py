@@ -46,7 +46,8 @@ NOTES: dict[str, tuple[str, str]] = {
     "regime.double_quant": ("", "qlora 4-bit: quantized absmax (~0.4 bit/param less)"),
     "regime.compute_dtype": ("", "qlora 4-bit: dtype of the dequantized weight in matmuls"),
     "regime.quant_storage": ("", "qlora 4-bit: dtype the packed weights are stored as (bnb_4bit_quant_storage; same "
-                                 "bytes); a float dtype lets FSDP2 shard them (unset under fsdp2: the model's dtype)"),
+                                 "bytes); a float dtype lets FSDP2 / ZeRO-3 shard them (unset under fsdp2, zero3: the "
+                                 "model's dtype)"),
     "regime.prepare_kbit": ("", "qlora: `peft.prepare_model_for_kbit_training` (casts norms, embeddings, head to "
                                 "fp32)"),
     "regime.quantize_experts": ("", "qlora 4-bit, MoE: the fused 3-D experts in 4-bit too, as axolotl's "

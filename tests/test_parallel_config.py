@@ -20,7 +20,15 @@ TINY = str(CONFIGS / "tiny_full.yaml")
     (["parallel.strategy=ddp", "parallel.reshard_after_forward=false"], ["reshard_after_forward", "fsdp2"]),
     (["parallel.strategy=fsdp2", "regime.kind=qlora", "regime.bits=8"],
      ["parallel.strategy", "qlora8", "fsdp2 (4-bit)"]),
-    (["parallel.strategy=zero3", "regime.kind=qlora"], ["parallel.strategy", "zero3", "none, ddp, fsdp2"]),
+    (["parallel.strategy=zero2", "regime.kind=qlora"], ["parallel.strategy", "zero2", "fsdp2 (4-bit), zero3 (4-bit)"]),
+    (["parallel.strategy=zero3", "regime.kind=qlora", "regime.bits=8"],
+     ["parallel.strategy", "qlora8", "weight.CB", "zero3 (4-bit)"]),
+    (["parallel.strategy=zero3", "regime.kind=qlora", "regime.quant_storage=uint8"],
+     ["regime.quant_storage", "uint8", "allowed with zero3: bfloat16"]),
+    (["parallel.strategy=zero3", "regime.kind=qlora", "regime.quant_storage=float32"],
+     ["regime.quant_storage", "float32", "rewriting the packed", "allowed: bfloat16"]),
+    (["parallel.strategy=zero3", "regime.kind=qlora", "device=cuda", "parallel.offload.optimizer=true"],
+     ["parallel.offload", "zero3 + qlora", "offload false"]),
     (["parallel.strategy=fsdp2", "regime.kind=qlora", "regime.quant_storage=uint8"],
      ["regime.quant_storage", "uint8", "bfloat16"]),
     (["parallel.strategy=fsdp2", "regime.kind=qlora", "parallel.init=meta"], ["parallel.init", "qlora", "auto, full"]),
@@ -96,3 +104,14 @@ def test_parallel_init_meta_outside_fsdp2_or_with_a_checkpoint_is_one_line_exit_
     # a checkpoint directory under fsdp2 loads whole (auto -> full): valid
     from_ckpt = load_config(TINY, ["parallel.strategy=fsdp2", "model.arch=null", f"model.path={ckpt}"])
     assert from_ckpt.parallel_init == "full"
+
+
+def test_zero3_qlora4_is_accepted_with_the_float_storage_derived(capsys):
+    """Issue 20 item 4: ZeRO-3 + QLoRA 4-bit is estimated (components); quant_storage left unset becomes the model's
+    dtype, as PEFT's ZeRO-3 + QLoRA guide sets bnb_4bit_quant_storage, and the CLI estimate exits 0."""
+    cfg = load_config(TINY, ["parallel.strategy=zero3", "parallel.world_size=2", "regime.kind=qlora",
+                             "model.dtype=bfloat16"])
+    assert cfg.regime.quant_storage == "bfloat16"
+    assert main(["estimate", TINY, "parallel.strategy=zero3", "parallel.world_size=2", "regime.kind=qlora",
+                 "model.dtype=bfloat16", "--estimator", "components"]) == 0
+    assert "zero3 x 2, per rank" in capsys.readouterr().out

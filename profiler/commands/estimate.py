@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -20,7 +21,11 @@ UNITS = {"GiB": 2**30, "GB": 10**9}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="run config YAML (model.arch may be any HF config.json path)")
+    parser.add_argument("config", nargs="?", help="run config YAML (model.arch may be any HF config.json path; may "
+                        "be left out with --from and model.arch=...)")
+    parser.add_argument("--from", dest="from_file", metavar="FILE",
+                        help="a TRL / Trainer / axolotl / LLaMA-Factory / accelerate / DeepSpeed config to start from "
+                        "(under CONFIG's keys; what it maps and ignores goes to stderr)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=4")
     parser.add_argument(
         "--gpu-memory", default="80GiB", help="memory to fit in, e.g. 80GiB, 24GB (default 80GiB)"
@@ -142,10 +147,34 @@ def render(
     return table
 
 
+def _from_file_base(args: argparse.Namespace) -> dict | None:
+    """The --from file's keys as the base config (its mapped/ignored lines to stderr), as `simulate --from` reads
+    it; ConfigError for an unreadable file or no config at all."""
+    if args.config and "=" in args.config and not Path(args.config).exists():  # `--from F key=value ...`
+        args.overrides, args.config = [args.config, *args.overrides], None
+    if not getattr(args, "from_file", None):
+        if args.config is None:
+            raise ConfigError("config: missing; allowed: a run config YAML, or --from FILE with model.arch=...")
+        return None
+    from profiler.recipes.from_file import FromFileError, read
+
+    try:
+        parsed = read(args.from_file)
+    except FromFileError as exc:
+        raise ConfigError(str(exc)) from None
+    for line in parsed.lines():
+        print(line, file=sys.stderr)
+    base = parsed.data()
+    if parsed.model and args.config is None and not any(o.startswith("model.") for o in args.overrides):
+        base["model"] = {**base.get("model", {}), "hub": parsed.model}
+    return base
+
+
 def main(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     try:
-        cfg = load_config(args.config, args.overrides, recipe=getattr(args, "recipe", None))
+        base = _from_file_base(args)  # first: it moves a `key=value` read as CONFIG to the overrides
+        cfg = load_config(args.config, args.overrides, base=base, recipe=getattr(args, "recipe", None))
         if (note := ignored_note(cfg)) is not None:
             print(note, file=sys.stderr)
         budget = parse_bytes(args.gpu_memory)

@@ -261,7 +261,7 @@ def render(res, out=None) -> None:
         if sol is not None:
             c.print(f"  {label}: {sol.value}{' (cap)' if sol.capped else ''} ({sol.check_text(d, u)})")
     if res.suggestions:
-        c.print("  what would make it fit (each checked by the same predictor):")
+        c.print("  what would make it fit (each checked by the same predictor unless it says otherwise):")
         for s in res.suggestions:
             c.print(f"    {'fits' if s.fits else 'no  '}  {s.change}: needs {s.needed_bytes / d:.1f} {u} "
                     f"({' '.join(s.overrides)})")

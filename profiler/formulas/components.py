@@ -18,6 +18,7 @@ from profiler.formulas.arch import Arch, arch_of
 from profiler.formulas.loss_buffers import LossBytes, LossInputs, chunked_bytes, liger_bytes
 from profiler.formulas.moe import forward_transient_moe, layer_bytes_moe
 from profiler.formulas.params import DTYPE_BYTES, ParamPlan, lora_targets, param_plan
+from profiler.formulas.zero_cast import kbit_fp32, zero_param_dtype
 
 # ASSUMPTIONS, not measurements: guesses until calibration (profiler calibrate) replaces them; every CUDA
 # estimate says so in its notes (OVERHEAD_NOTE).
@@ -59,7 +60,7 @@ def compute_dtype(cfg: RunConfig) -> str:
     """
     if cfg.train.autocast in ("bf16", "fp16"):
         return {"bf16": "bfloat16", "fp16": "float16"}[cfg.train.autocast]
-    if cfg.regime.kind == "qlora" and cfg.regime.prepare_kbit:
+    if kbit_fp32(cfg):  # not under DeepSpeed's bf16/fp16 cast of a QLoRA model (zero_cast.py)
         return "float32"
     if cfg.parallel.strategy == "fsdp2" and cfg.parallel.param_dtype:
         return cfg.parallel.param_dtype
@@ -70,7 +71,7 @@ def activation_bytes_per_element(cfg: RunConfig) -> int:
     """Bytes of an element of the hidden-state stream (what norms and most saved tensors hold): fp32 under
     prepare_kbit even with autocast (fp32 embeddings and norms, bitsandbytes casts back to the input dtype; the
     residual adds promote), else the compute dtype (compute_dtype)."""
-    if cfg.regime.kind == "qlora" and cfg.regime.prepare_kbit:
+    if kbit_fp32(cfg):
         return 4  # prepare_model_for_kbit_training makes embeddings/norms fp32: the hidden stream is fp32
     return DTYPE_BYTES[compute_dtype(cfg)]
 
@@ -135,6 +136,8 @@ def lora_dtypes(cfg: RunConfig) -> dict:
     ac = {"bf16": 2, "fp16": 2}.get(cfg.train.autocast, 0)
     pc = cfg.parallel
     w = DTYPE_BYTES[pc.param_dtype] if pc.strategy == "fsdp2" and pc.param_dtype else 4
+    if zero_param_dtype(cfg):  # DeepSpeed cast the adapters to its bf16/fp16 dtype (zero_cast.py)
+        w = DTYPE_BYTES[zero_param_dtype(cfg)]
     qlora = cfg.regime.kind == "qlora"
     return {"ac": ac, "w": w, "kbit": qlora, "int8": qlora and cfg.regime.bits == 8}
 

@@ -28,8 +28,9 @@ def with_parallel(cfg: RunConfig, **parallel) -> RunConfig:
     elif s in ("zero1", "zero2"):
         data["parallel"]["offload"]["params"] = False
     rg = data["regime"]
-    if s == "fsdp2" and rg["kind"] == "qlora" and rg.get("quant_storage") == "uint8":
-        del rg["quant_storage"]  # FSDP-QLoRA stores the packed weights as floats (config._fsdp_qlora_defaults)
+    if s in ("fsdp2", "zero3") and rg["kind"] == "qlora" and rg.get("quant_storage") == "uint8":
+        del rg["quant_storage"]  # FSDP-QLoRA / ZeRO-3 + QLoRA store the packed weights as floats
+        # (config._fsdp_qlora_defaults: the model's dtype)
     if s != "fsdp2":
         data["parallel"].update(reshard_after_forward=True, param_dtype=None, reduce_dtype=None)
         if data["parallel"].get("init") == "meta":  # fsdp2's meta-device init: the others build the whole model

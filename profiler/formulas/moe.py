@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from profiler.config import RunConfig
+from profiler.formulas.zero_cast import kbit_fp32
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def layer_bytes_moe(cfg: RunConfig, sh, plans: list, per_layer: list[int], kerne
     rg = cfg.regime
     parts = adapted_parts(cfg) if rg.kind in ("lora", "qlora") else (False, False, False)
     lora_experts = any(parts[1:])
-    weight_bytes = 4 if rg.kind == "qlora" and rg.prepare_kbit else {"float32": 4}.get(cfg.model.dtype, 2)
+    weight_bytes = 4 if kbit_fp32(cfg) else {"float32": 4}.get(cfg.model.dtype, 2)
     if cfg.parallel.param_dtype and rg.kind == "lora":  # FSDP2 mixed precision: the experts are all-gathered
         # and computed in param_dtype (_fsdp_param.py init_dtype_attrs), so W + B A is formed in it
         weight_bytes = {"float32": 4}.get(cfg.parallel.param_dtype, 2)

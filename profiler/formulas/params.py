@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from profiler.config import RunConfig
 from profiler.formulas.arch import Arch, Linear, arch_of
 from profiler.formulas.moe import add_lora_tensors
+from profiler.formulas.zero_cast import kbit_fp32, zero_param_dtype
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NF4_BLOCK = 64  # bitsandbytes Params4bit default blocksize
@@ -117,7 +118,8 @@ def param_plan(cfg: RunConfig) -> ParamPlan:
     rg = cfg.regime
     d = DTYPE_BYTES[cfg.model.dtype]
     qlora = rg.kind == "qlora"
-    base = 4 if qlora and rg.prepare_kbit else d
+    cast = zero_param_dtype(cfg)  # DeepSpeed's bf16/fp16 cast at initialize (zero_cast.py): 16-bit again
+    base = 4 if kbit_fp32(cfg) else d
     plan = ParamPlan(arch, param_itemsize=base)
     by: dict[str, int] = defaultdict(int)
     quant = {lin.name + ".weight": lin for lin in arch.linears if qlora and not lin.is_head and lin.quantizable}
@@ -143,11 +145,12 @@ def param_plan(cfg: RunConfig) -> ParamPlan:
         by["float32" if itemsize == 4 else cfg.model.dtype] += numel * itemsize
     if rg.kind in ("lora", "qlora"):
         r = rg.lora.r
-        item = DTYPE_BYTES[rg.lora.dtype]  # autocast_adapter_dtype -> fp32; TRL's QLoRA cast -> bf16 (lora.dtype)
+        adapter_dtype = cast or rg.lora.dtype
+        item = DTYPE_BYTES[adapter_dtype]  # autocast_adapter_dtype -> fp32; TRL's QLoRA cast -> bf16 (lora.dtype)
         for lin in lora_targets(arch, cfg):
             for part, numel in (("lora_A", r * lin.in_features), ("lora_B", lin.out_features * r)):
                 plan.trainable.append(Tensor(f"{lin.name}.{part}", numel, item))
-                by[rg.lora.dtype] += item * numel
+                by[adapter_dtype] += item * numel
                 plan.adapter_numel += numel
     add_lora_tensors(plan, cfg, by)  # MoE hook (formulas/moe.py): peft's adapters on fused experts; dense: none
     plan.weight_bytes_by_dtype = dict(sorted(by.items()))

@@ -33,7 +33,12 @@ divide by N; bitsandbytes' quant state (absmax, codes) stays whole on every rank
 packed weights + norms + adapters (`_split_fsdp2`). Under LoRA/QLoRA the root is all-gathered again as backward
 begins (2 x root beside every activation, `fsdp2_root_regather`), and a frozen head/embedding has no unsharded
 gradient. Checked against simulate on llama-3-8b at world 2 and 8 (tests/formulas/test_sharding.py).
-ZeRO-3 + QLoRA is refused by the config (DeepSpeed has no bitsandbytes handling; not run or checked here).
+ZeRO-3 + QLoRA (4-bit, packed weights stored as the model's 16-bit dtype, as PEFT's guide runs it): the same split
+(DeepSpeed partitions the packed storage like any parameter; the quant state is not a parameter, so whole on
+every rank); comm_buffers are 2 gathered 4-bit layers, or the 16-bit head + one layer at the loss and the start
+of backward when larger; every rank first holds the whole quantized model (`zero3_qlora_load_bytes`); DeepSpeed's
+bf16 cast of the module (zero_cast.py). Checked against bytes counted from the architecture
+(tests/formulas/test_zero3_qlora.py) and one real CPU step on tiny-llama (docs/parallel.md); not simulated.
 
 Loading: with FSDP2's meta-device init (`parallel.init` meta, the default for architecture-only models) each
 rank materialises only its shards, so the load phase (shards + buffers) is below every step phase and is not
@@ -134,7 +139,8 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
         div = {"weights": 1, "gradients": 1, "optimizer": n}
     layer, outside, head = _split(plan)
     replicated, head_grad, embed_grad = 0, bool(plan.trainable_bytes), bool(plan.trainable_bytes)
-    if s == "fsdp2":  # unsharded copies (in param_dtype), the 4-bit quant state kept whole
+    zero3_qlora = s == "zero3" and cfg.regime.kind == "qlora"
+    if s == "fsdp2" or zero3_qlora:  # unsharded copies (in param_dtype), the 4-bit quant state kept whole
         layer, outside, head, replicated, head_trains, embed_trains = _split_fsdp2(plan, cfg)
         if cfg.regime.kind in ("lora", "qlora", "freeze"):  # frozen head / embedding: no unsharded gradient
             head_grad, embed_grad = head_trains, embed_trains
@@ -162,6 +168,9 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
                   "backward_last_layer": ZERO3_LAYERS * layer + bucket, "backward_end": ZERO3_LAYERS * layer + bucket,
                   "optimizer_step": 0},
     }[s]
+    if zero3_qlora:  # at the loss and as backward begins the 16-bit head is gathered, beside a 4-bit layer
+        for ph in ("forward", "backward_start"):
+            comm[ph] = max(comm[ph], head + layer + (bucket if ph != "forward" else 0))
     host = 0
     phases: dict[str, dict[str, int]] = {}
     for ph in FSDP2_MOMENTS if s == "fsdp2" else PHASES:
@@ -204,6 +213,8 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
         lora = cfg.regime.kind in ("lora", "qlora")
         upcast = plan.adapter_numel * (4 - DTYPE_BYTES[cfg.regime.lora.dtype]) if lora else 0
         phases["load"] = {"weights": est.details.get("forward:weights", 0) + upcast}
+    if zero3_qlora:
+        phases["load"] = {"weights": zero3_qlora_load_bytes(cfg)}
     peak = max(phases, key=lambda k: sum(phases[k].values()))
     out = dict(phases[peak])
     out["overhead"] = overhead(cfg, sum(out.values()))
@@ -217,6 +228,26 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
     tail = "; ".join(part for part in (kernel, est.notes.rsplit("; ", 1)[-1] if "overhead assumed" in est.notes else "")
                      if part)
     return make_estimate(est.estimator, out, est.source, f"{note}; {tail}" if tail else note, details=details)
+
+
+def zero3_qlora_load_bytes(cfg: RunConfig) -> int:
+    """ZeRO-3 + QLoRA: what each rank holds before `deepspeed.initialize` partitions the model. transformers 5.23
+    builds a quantized model without `deepspeed.zero.Init` (modeling_utils.py `get_init_context`: zero.Init only
+    when "not is_quantized"; the bitsandbytes quantizer's `update_device_map` puts it whole on the current GPU),
+    so every rank loads and quantizes the whole model, then peft adds the adapters (fp32, autocast_adapter_dtype)
+    and `prepare_model_for_kbit_training` (when set) its fp32 copies of the unquantized parameters. DeepSpeed then
+    casts every float parameter to its bf16/fp16 dtype one at a time (zero_cast.py): the largest unquantized
+    parameter's cast copy is alive beside the rest. The whole model as built = `param_plan` without the cast."""
+    from profiler.formulas.params import param_plan
+
+    one = cfg.parallel.model_copy(update={"strategy": "none", "world_size": 1})
+    built = param_plan(cfg.model_copy(update={"parallel": one}))
+    upcast = built.adapter_numel * (4 - DTYPE_BYTES[cfg.regime.lora.dtype])
+    cast = DTYPE_BYTES.get(cfg.model.dtype, 4)
+    quant = {lin.name + ".weight" for lin in built.arch.linears if not lin.is_head and lin.quantizable}
+    copy = max((p.numel * cast for p in built.arch.params if p.name not in quant), default=0) if (
+        built.param_itemsize != cast) else 0
+    return built.weight_bytes + upcast + copy
 
 
 def fsdp2_root_regather(cfg: RunConfig) -> bool:

@@ -10,8 +10,10 @@ peak, and its cross-validated error (LOMO / LOSO MAPE) is the band. Otherwise th
 is only ever the error of the prediction it is printed next to.
 Max batch / max seq come from profiler.predict.search (a few simulations, the answer checked by two more);
 when the config does not fit, each suggested change (FSDP2 across more GPUs among them) is checked by the
-same predictor. Simulations are `primed` (same peaks as plain simulate, about half the time), and with 2+
-cores the max seq search runs in a second process beside the max batch one.
+same predictor; for QLoRA 4-bit, ZeRO-3 across more GPUs is suggested from the `components` estimate alone
+(DeepSpeed does not run on fake tensors; `zero3_more_gpus`). Simulations are `primed` (same peaks as plain
+simulate, about half the time), and with 2+ cores the max seq search runs in a second process beside the max
+batch one.
 """
 
 from __future__ import annotations
@@ -398,9 +400,9 @@ def simulated_suggestions(pred: Predictor, cfg: RunConfig) -> list[Suggestion]:
         out.append(Suggestion(" + ".join(t[0].split(" (")[0] for t in tries), [o for t in tries for o in t[1]],
                               pred.needed(c), pred.fits(c)))
     if training and cfg.parallel.strategy == "none":
-        more = more_gpus(pred, cfg)
-        if more is not None:
-            out.append(more)
+        for more in (more_gpus(pred, cfg), zero3_more_gpus(pred, cfg)):
+            if more is not None:
+                out.append(more)
     return out
 
 
@@ -418,17 +420,50 @@ def more_gpus(pred: Predictor, cfg: RunConfig, tries: int = 3) -> Suggestion | N
     if found is None:
         return None
     n = max(2, found[0])
-    for _ in range(tries):
+    for i in range(tries):
         try:
             c = with_parallel(cfg, strategy="fsdp2", world_size=n)
             needed = pred.needed(c)
         except (ConfigError, SimulationFailed):
             return None
-        if needed <= pred.usable:
+        if needed <= pred.usable or i == tries - 1:  # the last try's n is the one its figure is for
             break
         n *= 2
     return Suggestion(f"FSDP2 across {n} GPUs of this kind (per GPU)",
                       ["parallel.strategy=fsdp2", f"parallel.world_size={n}"], needed, needed <= pred.usable)
+
+
+def zero3_more_gpus(pred: Predictor, cfg: RunConfig) -> Suggestion | None:
+    """QLoRA 4-bit: ZeRO-3 across N GPUs of this kind beside FSDP2 (PEFT's two multi-GPU QLoRA recipes), N and the
+    figure from the `components` estimate alone: DeepSpeed does not run on fake tensors, so this one is not
+    simulated (no simulation is added to fit). Its total already holds components' CUDA context + allocator
+    slack; the context is taken off to compare it with the usable bytes, as `more_gpus` budgets min_gpus.
+    None outside qlora 4-bit, or where no world size is estimated to fit."""
+    from profiler.config import ConfigError
+    from profiler.formulas.min_gpus import min_gpus
+
+    if cfg.regime.label != "qlora4":
+        return None
+    extra: list[str] = []
+    if cfg.optimizer.name == "adamw_fused":  # Trainer's default; under DeepSpeed AdamW on its fp32 partitions, as the
+        cfg = with_changes(cfg, optimizer={"name": "adamw"})  # config allows it (same states; fused differs in temps)
+        extra = ["optimizer.name=adamw"]
+    try:
+        found = min_gpus(cfg, "components", "zero3", pred.usable + pred.allowance.context_bytes)
+    except (ConfigError, ValueError):
+        return None
+    if found is None:
+        return None
+    n, est = max(2, found[0]), found[1]
+    if n != found[0]:
+        from profiler.formulas import estimate
+        from profiler.formulas.min_gpus import with_parallel
+
+        est = estimate("components", with_parallel(cfg, strategy="zero3", world_size=n))
+    needed = est.total - pred.allowance.context_bytes
+    return Suggestion(f"ZeRO-3 across {n} GPUs of this kind (per GPU; estimated by components, not simulated: "
+                      f"DeepSpeed does not run on fake tensors)",
+                      ["parallel.strategy=zero3", f"parallel.world_size={n}", *extra], needed, needed <= pred.usable)
 
 
 def limit_suggestions(cfg: RunConfig, seq_sol: MaxSolution | None,

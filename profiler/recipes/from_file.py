@@ -385,6 +385,9 @@ def parse_accelerate(doc: dict, path: str) -> FromFile:
         for k in dc:
             if k not in ("zero_stage", "offload_optimizer_device", "offload_param_device"):
                 res.ignored[f"deepspeed_config.{k}"] = "not modelled"
+        if "zero3_init_flag" in dc:  # transformers modeling_utils.py get_init_context: zero.Init if not is_quantized
+            res.ignored["deepspeed_config.zero3_init_flag"] = ("not modelled (the whole model is built on every rank "
+                                                               "first); with QLoRA transformers never uses zero.Init")
     elif dt == "MULTI_GPU":
         res.put("distributed_type", "parallel.strategy", "ddp")
     elif dt != "NO":

@@ -14,9 +14,10 @@ from dataclasses import replace
 from profiler.config import RunConfig
 from profiler.formulas import Estimate, make_estimate, register
 from profiler.formulas.activations import KERNELS, LayerPlan, Shape, layer_bytes, norm_bytes, probed_bytes
-from profiler.formulas.arch import Arch, arch_of
+from profiler.formulas.arch import Arch, arch_of, hf_config_of
 from profiler.formulas.moe import layer_bytes_moe
 from profiler.formulas.params import DTYPE_BYTES, ParamPlan, lora_targets, param_plan
+from profiler.measure.batch import builds_packed_mask, geometry
 
 # ASSUMPTIONS, not measurements: guesses until calibration (profiler calibrate) replaces them; every CUDA
 # estimate says so in its notes (OVERHEAD_NOTE).
@@ -111,9 +112,12 @@ def _match(name: str, keys: tuple[str, ...]) -> bool:
 
 
 def shape_of(arch: Arch, cfg: RunConfig, b: int | None = None, s: int | None = None) -> Shape:
+    """The step's tensor geometry: b rows of s tokens as the model sees them (`train.packing: padding_free` puts
+    batch x seq tokens in one row: profiler.measure.batch.geometry)."""
+    rows, width = geometry(cfg.train.packing, b or cfg.train.batch_size, s or cfg.train.seq_len)
     return Shape(
-        b=b or cfg.train.batch_size,
-        s=s or cfg.train.seq_len,
+        b=rows,
+        s=width,
         h=arch.hidden,
         kv=arch.kv_dim,
         i=arch.intermediate,
@@ -261,6 +265,11 @@ def activations(
         if masked or arch.block.mask_always:
             layer_kernel = default_kernel(cfg, sh.c, arch, mask=True) if kernel_given is None else kernel
             plans[li] = replace(plans[li], mask=layer_kernel == "efficient" or masked, kernel=layer_kernel)
+    packed = packed_mask_bytes(cfg, arch, sh, b, s)
+    if packed:  # the block-diagonal mask reaches SDPA in every layer, as a sliding-window one does
+        for li, lp in enumerate(plans):
+            layer_kernel = default_kernel(cfg, sh.c, arch, mask=True) if kernel_given is None else kernel
+            plans[li] = replace(lp, mask=True, kernel=layer_kernel)
     per_layer = [layer_bytes(sh, lp, kernel, cfg.device) for lp in plans]
     per_layer = layer_bytes_moe(cfg, sh, plans, per_layer, kernel)  # MoE hook (formulas/moe.py); dense: as is
     bs, bsh = sh.b * sh.s, sh.b * sh.s * sh.h
@@ -270,7 +279,8 @@ def activations(
     tail = 0
     blk = arch.block
     if any_grad:
-        tail += 2 * sh.s * sh.head_dim * sh.a if blk.rope else 0  # RoPE cos/sin, shared by layers
+        rope_rows = sh.b if cfg.train.packing != "none" else 1  # cos/sin per row of the given position ids
+        tail += 2 * rope_rows * sh.s * sh.head_dim * sh.a if blk.rope else 0  # RoPE cos/sin, shared by layers
         if blk.norm_cost:
             tail += probed_bytes(blk.norm_cost, sh.a, bs, any_grad, out["final_norm"])
         else:
@@ -279,6 +289,9 @@ def activations(
         tail += 8 * bs * (2 if blk.learned_positions else 1) if out["embed"] else 0  # ids (+ position ids)
         tail += (bsh if cfg.device == "cuda" else sh.a * bsh) if blk.embed_dropout and out["embed"] else 0
     logits = (4 * bs * sh.vocab + 2 * 8 * bs) if any_grad else 0  # fp32 log_softmax output + labels
+    # the packed mask: a checkpointed layer keeps it as an input for its recompute (to the end of backward); without
+    # checkpointing only the forward holds it (SDPA saves its own additive copy per layer); the collator's tensors
+    tail += (packed if ckpt else 0) + batch_extra_bytes(cfg, bs)
     logits += autocast_head_copy(plan, cfg) if any_grad else 0  # freed with the logits, at the head's backward
     # tanh of the capped logits, in the head's output dtype: the autocast dtype under autocast (F.linear is
     # lower_precision_fp, so Gemma-2's `logits / cap`, tanh and `* cap` run in bf16 even on a QLoRA model's fp32
@@ -310,7 +323,29 @@ def activations(
         # are both alive at the end of backward (V x h each, the parameter's dtype)
         "tied_embed_grad": 2 * sh.vocab * sh.h * plan.param_itemsize if arch.tied and out["embed"] else 0,
         "kernel_index": KERNELS.index(kernel),
+        "packed_mask_forward": 0 if ckpt else packed,  # held by the decoder layers' forward only
     }
+
+
+def packed_mask_bytes(cfg: RunConfig, arch: Arch, sh: Shape, b: int | None = None, s: int | None = None) -> int:
+    """The boolean block-diagonal mask transformers builds for packed rows under sdpa (rows x 1 x s x s, 1 byte an
+    element: masking_utils `sdpa_mask`, `allow_is_causal_skip=False` for packed sequences), 0 where none is built
+    (profiler.measure.batch.builds_packed_mask) or where the kernel takes none: flash_attention_2 runs the varlen
+    kernel from the position ids (`flash_attention_mask` returns no mask); eager builds its float mask packed or not."""
+    impl = cfg.model.attn_implementation
+    impl = arch.default_attention if impl == "auto" else impl
+    use_cache = bool(getattr(hf_config_of(cfg).get_text_config(), "use_cache", True))
+    if impl != "sdpa" or not builds_packed_mask(cfg, use_cache, b, s):
+        return 0
+    return sh.b * sh.s * sh.s
+
+
+def batch_extra_bytes(cfg: RunConfig, tokens: int) -> int:
+    """What a packed batch holds beyond the ids (profiler.measure.batch.make_batch): position_ids and a labels copy
+    (int64), and TRL's padding-free seq_idx (int32)."""
+    if cfg.train.packing == "none" or cfg.regime.kind == "inference":
+        return 0
+    return 16 * tokens + (4 * tokens if cfg.train.packing == "padding_free" else 0)
 
 
 def autocast_head_copy(plan: ParamPlan, cfg: RunConfig) -> int:
@@ -452,10 +487,11 @@ def components_estimate(
          "temporaries": hidden_grads + max(act["recompute"], act["recompute_attention"] + act["attn_bwd"])},
         {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": bwd_end_tmp},
     )
+    mask_fwd = act["packed_mask_forward"]  # alive in the decoder layers only, freed before the loss
     forward = (  # the loss (logits and their fp32 copy), or the last layer's attention (s x s kernels)
         {"weights": W, "optimizer": Opt, "activations": A, "temporaries": fwd_tmp},
         {"weights": W, "optimizer": Opt, "activations": A - act["logits"] - act["mlp_last"],
-         "temporaries": act["attn_fwd"]},
+         "temporaries": act["attn_fwd"] + mask_fwd},
     )
     phases = {
         "forward": max(forward, key=lambda c: sum(c.values())),

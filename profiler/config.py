@@ -216,15 +216,17 @@ class TrainConfig(_Strict):
     # how a step's batch_size x seq_len tokens reach the model (profiler/measure/batch.py, docs/recipes.md):
     # none: one sequence per row; packed: batch_size rows of seq_len tokens, each row several sequences of doc_len
     # with position_ids restarting and no attention mask (transformers then builds a block-diagonal mask);
-    # padding_free: TRL's collator, all batch_size x seq_len tokens in one row, position_ids restarting
-    packing: Literal["none", "packed", "padding_free"] = "none"
+    # padding_free: TRL's collator, all batch_size x seq_len tokens in one row, position_ids restarting;
+    # packed_4d: packed rows with the collator's own 4-D block-diagonal float mask (LLaMA-Factory neat_packing)
+    packing: Literal["none", "packed", "padding_free", "packed_4d"] = "none"
     # packed / padding_free: tokens per packed sequence (your data's lengths); unset: seq_len (one per row / sample)
     doc_len: StrictInt | None = Field(None, ge=1, le=LIMITS["train.seq_len"][1])
 
     @model_validator(mode="after")
     def _doc_len_fits(self) -> TrainConfig:
         if self.doc_len is not None and self.packing == "none":
-            raise ValueError(f"train.doc_len: {self.doc_len} needs train.packing packed or padding_free; "
+            raise ValueError(f"train.doc_len: {self.doc_len} needs train.packing packed, padding_free or "
+                             "packed_4d; "
                              "allowed with packing none: unset")
         if self.doc_len is not None and self.doc_len > self.seq_len:
             raise ValueError(f"train.doc_len: {self.doc_len} is longer than train.seq_len {self.seq_len}; "

@@ -266,10 +266,11 @@ def activations(
             layer_kernel = default_kernel(cfg, sh.c, arch, mask=True) if kernel_given is None else kernel
             plans[li] = replace(plans[li], mask=layer_kernel == "efficient" or masked, kernel=layer_kernel)
     packed = packed_mask_bytes(cfg, arch, sh, b, s)
-    if packed:  # the block-diagonal mask reaches SDPA in every layer, as a sliding-window one does
+    four_d = cfg.train.packing == "packed_4d" and cfg.regime.kind != "inference"
+    if packed or four_d:  # the block-diagonal mask reaches SDPA in every layer, as a sliding-window one does
         for li, lp in enumerate(plans):
             layer_kernel = default_kernel(cfg, sh.c, arch, mask=True) if kernel_given is None else kernel
-            plans[li] = replace(lp, mask=True, kernel=layer_kernel)
+            plans[li] = replace(lp, mask=True, kernel=layer_kernel, mask_copy=not four_d)
     per_layer = [layer_bytes(sh, lp, kernel, cfg.device) for lp in plans]
     per_layer = layer_bytes_moe(cfg, sh, plans, per_layer, kernel)  # MoE hook (formulas/moe.py); dense: as is
     bs, bsh = sh.b * sh.s, sh.b * sh.s * sh.h
@@ -279,7 +280,7 @@ def activations(
     tail = 0
     blk = arch.block
     if any_grad:
-        rope_rows = sh.b if cfg.train.packing != "none" else 1  # cos/sin per row of the given position ids
+        rope_rows = sh.b if cfg.train.packing in ("packed", "padding_free") else 1  # cos/sin per row of given ids
         tail += 2 * rope_rows * sh.s * sh.head_dim * sh.a if blk.rope else 0  # RoPE cos/sin, shared by layers
         if blk.norm_cost:
             tail += probed_bytes(blk.norm_cost, sh.a, bs, any_grad, out["final_norm"])
@@ -291,7 +292,7 @@ def activations(
     logits = (4 * bs * sh.vocab + 2 * 8 * bs) if any_grad else 0  # fp32 log_softmax output + labels
     # the packed mask: a checkpointed layer keeps it as an input for its recompute (to the end of backward); without
     # checkpointing only the forward holds it (SDPA saves its own additive copy per layer); the collator's tensors
-    tail += (packed if ckpt else 0) + batch_extra_bytes(cfg, bs)
+    tail += packed if ckpt else 0
     logits += autocast_head_copy(plan, cfg) if any_grad else 0  # freed with the logits, at the head's backward
     # tanh of the capped logits, in the head's output dtype: the autocast dtype under autocast (F.linear is
     # lower_precision_fp, so Gemma-2's `logits / cap`, tanh and `* cap` run in bf16 even on a QLoRA model's fp32
@@ -324,6 +325,7 @@ def activations(
         "tied_embed_grad": 2 * sh.vocab * sh.h * plan.param_itemsize if arch.tied and out["embed"] else 0,
         "kernel_index": KERNELS.index(kernel),
         "packed_mask_forward": 0 if ckpt else packed,  # held by the decoder layers' forward only
+        "batch_resident": batch_extra_bytes(cfg, sh),  # held by the batch, in every phase
     }
 
 
@@ -340,12 +342,18 @@ def packed_mask_bytes(cfg: RunConfig, arch: Arch, sh: Shape, b: int | None = Non
     return sh.b * sh.s * sh.s
 
 
-def batch_extra_bytes(cfg: RunConfig, tokens: int) -> int:
-    """What a packed batch holds beyond the ids (profiler.measure.batch.make_batch): position_ids and a labels copy
-    (int64), and TRL's padding-free seq_idx (int32)."""
-    if cfg.train.packing == "none" or cfg.regime.kind == "inference":
+def batch_extra_bytes(cfg: RunConfig, sh: Shape) -> int:
+    """What a packed batch holds beyond the ids (profiler.measure.batch.make_batch), for the whole step: a labels copy
+    (int64), position_ids (int64) or packed_4d's rows x 1 x s x s float mask (the autocast dtype, else the model's),
+    and TRL's padding-free seq_idx (int32)."""
+    p = cfg.train.packing
+    if p == "none" or cfg.regime.kind == "inference":
         return 0
-    return 16 * tokens + (4 * tokens if cfg.train.packing == "padding_free" else 0)
+    tokens = sh.b * sh.s
+    if p == "packed_4d":
+        item = {"bf16": 2, "fp16": 2}.get(cfg.train.autocast) or DTYPE_BYTES[cfg.model.dtype]
+        return 8 * tokens + item * sh.b * sh.s * sh.s
+    return 16 * tokens + (4 * tokens if p == "padding_free" else 0)
 
 
 def autocast_head_copy(plan: ParamPlan, cfg: RunConfig) -> int:
@@ -493,10 +501,13 @@ def components_estimate(
         {"weights": W, "optimizer": Opt, "activations": A - act["logits"] - act["mlp_last"],
          "temporaries": act["attn_fwd"] + mask_fwd},
     )
+    for c in (*forward, *backward):  # a packed batch's own tensors (0 unpacked): alive in every phase
+        c["temporaries"] += act["batch_resident"]
     phases = {
         "forward": max(forward, key=lambda c: sum(c.values())),
         "backward": max(backward, key=lambda c: sum(c.values())),
-        "optimizer_step": {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": opt_tmp},
+        "optimizer_step": {"weights": W, "optimizer": Opt, "gradients": G,
+                           "temporaries": opt_tmp + act["batch_resident"]},
     }
     peak_phase = max(phases, key=lambda k: sum(phases[k].values()))
     comps = dict(phases[peak_phase])

@@ -8,7 +8,14 @@
   `cu_seq_lens_q/k` (int32, sequences + 1), `max_length_q/k` and `seq_idx` (int32, one per token). SFTTrainer turns it
   on for `padding_free: true` or for `packing: true` with `packing_strategy` bfd / bfd_split (sft_trainer.py:916).
 - packed: `batch_size` rows of `seq_len` tokens, each row several sequences with `position_ids` restarting and no
-  attention mask (axolotl's multipack rows and LLaMA-Factory's packed rows carry the same position_ids).
+  attention mask (axolotl's multipack rows carry such position_ids).
+- packed_4d: the same rows with the collator's own 4-D mask and no position ids: LLaMA-Factory `neat_packing` with
+  sdpa / eager (src/llamafactory/data/collator.py `SFTDataCollatorWith4DAttentionMask`, `prepare_4d_attention_mask`):
+  a (rows, 1, seq, seq) float mask, 0 within a sequence's causal block and the dtype's minimum elsewhere, built on
+  the host and moved to the device with the batch. transformers passes a 4-D mask through as is
+  (masking_utils `_preprocess_mask_arguments`: "If the mask is already 4D, simply return as-is"), so every layer's
+  SDPA reads that one tensor. Its dtype: LLaMA-Factory's compute dtype (bf16 / fp16 with mixed precision); here the
+  autocast dtype, else the model's (what SDPA accepts beside q).
 
 The sequences: `batch_size` samples of `seq_len` tokens each, cut into pieces of `train.doc_len` (your data's
 lengths; unset: one sequence per sample). A step always holds `batch_size x seq_len` tokens.
@@ -42,9 +49,10 @@ def layout(cfg: RunConfig) -> list[list[int]]:
     t = cfg.train
     if t.packing == "none":
         return [[t.seq_len]] * t.batch_size
+    # packed_4d: rows as packed (the 4-D mask carries the boundaries)
     doc = min(t.doc_len or t.seq_len, t.seq_len)
     sample = [doc] * (t.seq_len // doc) + ([t.seq_len % doc] if t.seq_len % doc else [])
-    return [sample] * t.batch_size if t.packing == "packed" else [sample * t.batch_size]
+    return [sample * t.batch_size] if t.packing == "padding_free" else [sample] * t.batch_size
 
 
 def geometry(packing: str, batch_size: int, seq_len: int) -> tuple[int, int]:
@@ -60,7 +68,7 @@ def builds_packed_mask(cfg: RunConfig, use_cache: bool, batch_size: int | None =
     `past_key_values` None: the model's `use_cache` off, as gradient checkpointing in training
     (utils/generic.py `merge_with_config_defaults`) and TRL's compute_loss (`use_cache=False`) set it)."""
     t = cfg.train
-    if t.packing == "none" or cfg.regime.kind == "inference":
+    if t.packing in ("none", "packed_4d") or cfg.regime.kind == "inference":
         return False
     b, s = batch_size or t.batch_size, seq_len or t.seq_len
     doc = min(t.doc_len or s, s)
@@ -101,6 +109,28 @@ def _sequence_index(cfg: RunConfig, width: int) -> torch.Tensor:
     return out[None]
 
 
+def mask_dtype(cfg: RunConfig) -> torch.dtype:
+    """The dtype of packed_4d's mask: the autocast dtype, else the model's."""
+    names = {"bf16": "bfloat16", "fp16": "float16"}
+    return getattr(torch, names.get(cfg.train.autocast, cfg.model.dtype))
+
+
+def block_mask(cfg: RunConfig) -> torch.Tensor:
+    """LLaMA-Factory's `prepare_4d_attention_mask` for rows of sequences of doc_len: (rows, 1, seq, seq), 0 where a
+    token may attend (same sequence, not later), the dtype's minimum elsewhere; one contiguous tensor on the device,
+    as the batch the Trainer moves there."""
+    t = cfg.train
+    doc = min(t.doc_len or t.seq_len, t.seq_len)
+    dtype = mask_dtype(cfg)
+    pos = torch.arange(t.seq_len, device=cfg.device)
+    seq = pos.div(doc, rounding_mode="floor")
+    allowed = (seq[:, None] == seq[None, :]) & (pos[None, :] <= pos[:, None])
+    del seq, pos
+    row = torch.where(allowed, torch.zeros((), dtype=dtype, device=cfg.device), torch.finfo(dtype).min)
+    del allowed
+    return row.expand(t.batch_size, 1, -1, -1).contiguous()
+
+
 def make_batch(cfg: RunConfig, vocab: int) -> dict:
     """The step's model inputs (keyword arguments of the forward, labels included) for `train.packing`."""
     device = cfg.device
@@ -108,6 +138,8 @@ def make_batch(cfg: RunConfig, vocab: int) -> dict:
     ids = torch.randint(0, vocab, (len(rows), sum(rows[0])), device=device)
     if cfg.train.packing == "none":
         return {"input_ids": ids, "labels": ids}
+    if cfg.train.packing == "packed_4d":
+        return {"input_ids": ids, "labels": ids.clone(), "attention_mask": block_mask(cfg)}
     pos = _positions(cfg, rows)
     batch = {"input_ids": ids, "labels": torch.where(pos == 0, -100, ids), "position_ids": pos}
     if cfg.train.packing == "padding_free":  # the varlen-kernel keys of TRL's collator (unused by sdpa / eager)

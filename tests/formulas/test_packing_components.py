@@ -25,7 +25,8 @@ def _stand_in(tmp_path_factory, name: str, layers: int = 2) -> str:
 
 def _pair(arch: str, train: dict, regime: str, recipe: str = "plain") -> tuple[int, int]:
     """(simulated steady peak, components' allocated prediction) of one config."""
-    base = {"model": {"arch": arch}, "device": "cuda", "recipe": recipe, "regime": {"kind": regime},
+    kind = {"kind": "qlora", "bits": 4} if regime == "qlora4" else {"kind": regime}
+    base = {"model": {"arch": arch}, "device": "cuda", "recipe": recipe, "regime": kind,
             "train": {"steps": 1, "warmup_steps": 1, "loss": "full", **train}}
     cfg = load_config(None, [], base=base)
     sim = simulate(cfg, primed=True)
@@ -53,9 +54,12 @@ def _check(arch: str, train: dict, regime: str, recipe: str = "plain", delta: bo
      "trl"),  # TRL passes use_cache=False: a mask without checkpointing, saved (additive) in every layer
     ({"batch_size": 2, "seq_len": 1024, "gradient_checkpointing": False, "packing": "packed", "doc_len": 256},
      "plain"),  # a cache: transformers skips the packing check, no mask (only the collator's tensors differ)
-], ids=["padding-free", "packed", "trl-no-ckpt", "cache-no-mask"])
+    ({"batch_size": 2, "seq_len": 1024, "gradient_checkpointing": False, "packing": "packed_4d", "doc_len": 256},
+     "plain"),  # the collator's float mask: one tensor all layers read, held for the whole step
+], ids=["padding-free", "packed", "trl-no-ckpt", "cache-no-mask", "packed-4d"])
 def test_tiny_packing_within_5_percent(train, recipe):
-    _check("tiny-llama", train, "full", recipe, delta=recipe == "trl" or train["gradient_checkpointing"])
+    masked = recipe == "trl" or train["gradient_checkpointing"] or train["packing"] == "packed_4d"
+    _check("tiny-llama", train, "full", recipe, delta=masked)
 
 
 @pytest.mark.parametrize("regime, train, recipe", [
@@ -63,6 +67,8 @@ def test_tiny_packing_within_5_percent(train, recipe):
               "doc_len": 1024}, "plain"),
     ("lora", {"batch_size": 4, "seq_len": 4096, "gradient_checkpointing": False, "packing": "packed",
               "doc_len": 1024}, "trl"),
-], ids=["lora-padding-free-ckpt", "lora-packed-trl"])
+    ("qlora4", {"batch_size": 2, "seq_len": 4096, "gradient_checkpointing": True, "packing": "packed_4d",
+                "doc_len": 1024, "autocast": "bf16"}, "plain"),
+], ids=["lora-padding-free-ckpt", "lora-packed-trl", "qlora-packed-4d"])
 def test_llama3_stand_in_packing_within_5_percent(tmp_path_factory, regime, train, recipe):
     _check(_stand_in(tmp_path_factory, "llama-3-8b"), train, regime, recipe)

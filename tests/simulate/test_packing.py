@@ -9,7 +9,7 @@ import torch
 from conftest import tiny
 
 from profiler.config import ConfigError, load_config
-from profiler.measure.batch import layout, make_batch
+from profiler.measure.batch import block_mask, layout, make_batch
 from profiler.measure.harness import run
 from profiler.simulate.backend import simulate
 
@@ -56,7 +56,8 @@ def test_packed_rows_and_unpacked_batch():
     ("train.packing=padding_free", "train.doc_len=16"),
     ("train.packing=packed", "train.doc_len=16", "train.autocast=bf16"),
     ("train.packing=padding_free", "recipe=trl", "train.loss=full"),  # TRL: use_cache=False, checkpointing
-], ids=["padding-free", "packed-bf16", "trl-padding-free"])
+    ("train.packing=packed_4d", "train.doc_len=16"),  # LLaMA-Factory neat_packing: the collator's 4-D mask
+], ids=["padding-free", "packed-bf16", "trl-padding-free", "packed-4d"])
 @pytest.mark.parametrize("checkpointing", [True, False], ids=["ckpt", "no-ckpt"])
 def test_simulate_reproduces_real_packed_run(overrides, checkpointing):
     cfg = tiny("full", "train.steps=1", f"train.gradient_checkpointing={str(checkpointing).lower()}", *overrides)
@@ -96,6 +97,20 @@ def test_packed_rows_get_transformers_block_diagonal_mask():
     assert masks and all(m is not None and m.dtype == torch.bool and m.shape == (2, 1, seq, seq) for m in masks)
     assert all(torch.equal(m[r, 0], expected) for m in masks for r in range(2))
     assert all(m is None for m in _masks_seen(tiny("full", *base, "train.doc_len=64")))
+
+
+def test_packed_4d_mask_is_llamafactory_block_diagonal():
+    """LLaMA-Factory prepare_4d_attention_mask: 0 where a token sees a key of its own sequence at or before it, the
+    dtype's minimum elsewhere; (rows, 1, seq, seq) in the autocast dtype (else the model's); no position ids."""
+    cfg = tiny("full", "train.batch_size=2", "train.seq_len=8", "train.packing=packed_4d", "train.doc_len=3",
+               "train.autocast=fp16")
+    mask = block_mask(cfg)
+    doc, pos = torch.arange(8) // 3, torch.arange(8)
+    allowed = (doc[:, None] == doc[None, :]) & (pos[None, :] <= pos[:, None])
+    assert (mask.shape, mask.dtype) == ((2, 1, 8, 8), torch.float16)
+    assert torch.equal(mask[1, 0] == 0, allowed)
+    assert torch.all(mask[0, 0][~allowed] == torch.finfo(torch.float16).min)
+    assert set(make_batch(cfg, vocab=10)) == {"input_ids", "labels", "attention_mask"}
 
 
 def test_mask_term_in_the_peak():

@@ -417,6 +417,10 @@ class RunConfig(_Strict):
             if not trl_available():
                 raise ValueError("train.loss: chunked runs TRL's fused LM head and needs trl (pip install "
                                  "'llm-memprof[trainer]'); allowed without trl: full")
+        if self.train.packing == "packed_4d" and self.model.attn_implementation == "flash_attention_2":
+            raise ValueError("train.packing: packed_4d is a collator's 4-D mask for sdpa / eager (flash_attention_2 "
+                             "takes none: LLaMA-Factory unpads instead); allowed with flash_attention_2: none, packed, "
+                             "padding_free")
         _check_parallel(self)
         return self
 

@@ -17,7 +17,7 @@ from profiler.formulas.activations import KERNELS, LayerPlan, Shape, layer_bytes
 from profiler.formulas.arch import Arch, arch_of, hf_config_of
 from profiler.formulas.moe import layer_bytes_moe
 from profiler.formulas.params import DTYPE_BYTES, ParamPlan, lora_targets, param_plan
-from profiler.measure.batch import builds_packed_mask, geometry
+from profiler.packing import builds_packed_mask, geometry
 
 # ASSUMPTIONS, not measurements: guesses until calibration (profiler calibrate) replaces them; every CUDA
 # estimate says so in its notes (OVERHEAD_NOTE).
@@ -113,7 +113,7 @@ def _match(name: str, keys: tuple[str, ...]) -> bool:
 
 def shape_of(arch: Arch, cfg: RunConfig, b: int | None = None, s: int | None = None) -> Shape:
     """The step's tensor geometry: b rows of s tokens as the model sees them (`train.packing: padding_free` puts
-    batch x seq tokens in one row: profiler.measure.batch.geometry)."""
+    batch x seq tokens in one row: profiler.packing.geometry)."""
     rows, width = geometry(cfg.train.packing, b or cfg.train.batch_size, s or cfg.train.seq_len)
     return Shape(
         b=rows,
@@ -332,7 +332,7 @@ def activations(
 def packed_mask_bytes(cfg: RunConfig, arch: Arch, sh: Shape, b: int | None = None, s: int | None = None) -> int:
     """The boolean block-diagonal mask transformers builds for packed rows under sdpa (rows x 1 x s x s, 1 byte an
     element: masking_utils `sdpa_mask`, `allow_is_causal_skip=False` for packed sequences), 0 where none is built
-    (profiler.measure.batch.builds_packed_mask) or where the kernel takes none: flash_attention_2 runs the varlen
+    (profiler.packing.builds_packed_mask) or where the kernel takes none: flash_attention_2 runs the varlen
     kernel from the position ids (`flash_attention_mask` returns no mask); eager builds its float mask packed or not."""
     impl = cfg.model.attn_implementation
     impl = arch.default_attention if impl == "auto" else impl

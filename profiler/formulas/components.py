@@ -336,8 +336,10 @@ def packed_mask_bytes(cfg: RunConfig, arch: Arch, sh: Shape, b: int | None = Non
     kernel from the position ids (`flash_attention_mask` returns no mask); eager builds its float mask packed or not."""
     impl = cfg.model.attn_implementation
     impl = arch.default_attention if impl == "auto" else impl
+    if cfg.train.packing not in ("packed", "padding_free") or impl != "sdpa":
+        return 0
     use_cache = bool(getattr(hf_config_of(cfg).get_text_config(), "use_cache", True))
-    if impl != "sdpa" or not builds_packed_mask(cfg, use_cache, b, s):
+    if not builds_packed_mask(cfg, use_cache, b, s):
         return 0
     return sh.b * sh.s * sh.s
 

@@ -291,7 +291,7 @@ def activations(
         tail += (bsh if cfg.device == "cuda" else sh.a * bsh) if blk.embed_dropout and out["embed"] else 0
     logits = (4 * bs * sh.vocab + 2 * 8 * bs) if any_grad else 0  # fp32 log_softmax output + labels
     # the packed mask: a checkpointed layer keeps it as an input for its recompute (to the end of backward); without
-    # checkpointing only the forward holds it (SDPA saves its own additive copy per layer); the collator's tensors
+    # checkpointing only the decoder layers' forward holds it (SDPA saves its own additive copy per layer)
     tail += packed if ckpt else 0
     logits += autocast_head_copy(plan, cfg) if any_grad else 0  # freed with the logits, at the head's backward
     # tanh of the capped logits, in the head's output dtype: the autocast dtype under autocast (F.linear is

@@ -217,6 +217,25 @@ class TrainConfig(_Strict):
     loss: Literal["full", "chunked", "liger"] = "full"
     max_grad_norm: float = Field(0.0, ge=0.0)  # > 0: clip_grad_norm_ before each optimizer step (Trainer: 1.0)
     grad_accum_steps: StrictInt = _bounded("train.grad_accum_steps", 1)  # micro-batches per optimizer step
+    # how a step's batch_size x seq_len tokens reach the model (profiler/measure/batch.py, docs/recipes.md):
+    # none: one sequence per row; packed: batch_size rows of seq_len tokens, each row several sequences of doc_len
+    # with position_ids restarting and no attention mask (transformers then builds a block-diagonal mask);
+    # padding_free: TRL's collator, all batch_size x seq_len tokens in one row, position_ids restarting;
+    # packed_4d: packed rows with the collator's own 4-D block-diagonal float mask (LLaMA-Factory neat_packing)
+    packing: Literal["none", "packed", "padding_free", "packed_4d"] = "none"
+    # packed / padding_free: tokens per packed sequence (your data's lengths); unset: seq_len (one per row / sample)
+    doc_len: StrictInt | None = Field(None, ge=1, le=LIMITS["train.seq_len"][1])
+
+    @model_validator(mode="after")
+    def _doc_len_fits(self) -> TrainConfig:
+        if self.doc_len is not None and self.packing == "none":
+            raise ValueError(f"train.doc_len: {self.doc_len} needs train.packing packed, padding_free or "
+                             "packed_4d; "
+                             "allowed with packing none: unset")
+        if self.doc_len is not None and self.doc_len > self.seq_len:
+            raise ValueError(f"train.doc_len: {self.doc_len} is longer than train.seq_len {self.seq_len}; "
+                             f"allowed: 1..{self.seq_len}")
+        return self
 
 
 class OffloadSettings(_Strict):
@@ -304,6 +323,7 @@ HASH_NEUTRAL = {"recipe": "plain", "regime.lora.dtype": "float32", "regime.quant
                 "regime.quantize_experts": False,
                 "train.use_reentrant": False, "train.loss": "full", "train.max_grad_norm": 0.0,
                 "train.grad_accum_steps": 1}
+HASH_NEUTRAL.update({"train.packing": "none", "train.doc_len": None})
 
 
 class RunConfig(_Strict):
@@ -416,6 +436,10 @@ class RunConfig(_Strict):
                 raise ValueError("train.loss: chunked runs TRL's fused LM head and needs trl (pip install "
                                  "'llm-memprof[trainer]'); allowed without trl: full")
         _check_liger(self)
+        if self.train.packing == "packed_4d" and self.model.attn_implementation == "flash_attention_2":
+            raise ValueError("train.packing: packed_4d is a collator's 4-D mask for sdpa / eager (flash_attention_2 "
+                             "takes none: LLaMA-Factory unpads instead); allowed with flash_attention_2: none, packed, "
+                             "padding_free")
         _check_parallel(self)
         return self
 
@@ -570,7 +594,7 @@ def not_applicable_keys(cfg: RunConfig) -> list[str]:
     if rg.kind != "inference":
         keys.append("regime.new_tokens")
     else:
-        keys += ["optimizer", "train.gradient_checkpointing"]
+        keys += ["optimizer", "train.gradient_checkpointing", "train.packing", "train.doc_len"]
     return [k for k in keys if _is_set(cfg, k)]
 
 

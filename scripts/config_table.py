@@ -79,6 +79,10 @@ NOTES: dict[str, tuple[str, str]] = {
                    "fused linear cross-entropy, no logits ([recipes](recipes.md))"),
     "train.max_grad_norm": ("(0: no clipping)", "> 0: `clip_grad_norm_` before each optimizer step"),
     "train.grad_accum_steps": ("", "micro-batches per optimizer step ([recipes](recipes.md))"),
+    "train.packing": ("", "padding_free: one row of batch·seq tokens; packed / packed_4d: block-diagonal mask "
+                          "(rows·seq² under sdpa; none with flash_attention_2) ([recipes](recipes.md))"),
+    "train.doc_len": ("1..seq_len, with packing (unset: seq_len)", "tokens per packed sequence: whether a row "
+                      "holds several (then the mask)"),
     "device": ("", ""),
     "seed": ("", ""),
     "output": ("path", "where the line is appended (a regular file or a new path)"),

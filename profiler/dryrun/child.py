@@ -152,7 +152,7 @@ def _enter_mode() -> None:
     _STATE.update(sim=sim, mode_cm=cm)
     from transformers import masking_utils
 
-    # the mode answers "one sequence per row" (the harness never packs); the script's batches may pack
+    # the mode answers from the harness's batch layout (train.packing); the script's batches carry real position ids
     masking_utils.find_packed_sequence_indices = _STATE["packed"]
 
 

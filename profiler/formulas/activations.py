@@ -83,6 +83,8 @@ class LayerPlan:
     gated: bool = True
     qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3): saves like a norm of q's and k's width
     mask: bool = False  # an explicit attention mask reaches SDPA (sliding window shorter than the sequence)
+    mask_copy: bool = True  # SDPA saves a copy of its own (a boolean mask made additive); False: it saves the
+    # caller's float mask itself, one tensor for every layer (a collator's 4-D mask: train.packing packed_4d)
     block: Block | None = None  # the layer as built (arch.py); None: a Llama-style block
     kernel: str | None = None  # this layer's attention kernel where it differs from the model's (Gemma-3)
 
@@ -117,7 +119,8 @@ def act_bytes(blk: Block | None, a: int, elements: int) -> int:
     return (per if per is not None else a) * elements
 
 
-def attention_bytes(sh: Shape, kernel: str, o_proj_saves: bool, mask: bool = False, kv_repeated: bool = True) -> int:
+def attention_bytes(sh: Shape, kernel: str, o_proj_saves: bool, mask: bool = False, kv_repeated: bool = True,
+                    mask_copy: bool = True) -> int:
     """q, k, v, output/probabilities saved by the attention kernel (and o_proj's input where distinct).
     With an explicit mask (sliding window), transformers repeats k/v to all heads for SDPA and the kernel
     saves the b x 1 x s x s mask (activation dtype) in every layer. SDPA's math kernel computes in fp32
@@ -130,7 +133,7 @@ def attention_bytes(sh: Shape, kernel: str, o_proj_saves: bool, mask: bool = Fal
         a = sh.sdpa
         s_lse = sh.s if kernel == "flash" else -(-sh.s // 32) * 32
         if mask:
-            return 4 * a * bsq + 4 * sh.b * sh.heads * s_lse + a * sh.b * sh.s * sh.s
+            return 4 * a * bsq + 4 * sh.b * sh.heads * s_lse + (a * sh.b * sh.s * sh.s if mask_copy else 0)
         return a * bsq + 2 * a * bsk + a * bsq + 4 * sh.b * sh.heads * s_lse
     probs = sh.b * sh.heads * sh.s * sh.s
     qkv = 3 * a * bsq  # k/v repeated to all heads (repeat_kv / GQA expansion)
@@ -202,7 +205,7 @@ def layer_bytes(sh: Shape, lp: LayerPlan, kernel: str, device: str) -> int:
             w = blk.qk_norm_width
             total += probed_bytes(blk.qk_norm_cost, a, bs * (sh.heads * sh.head_dim // w), True, nt)
             total += probed_bytes(blk.qk_norm_cost, a, bs * (sh.kv // w), True, nt)
-        total += attention_bytes(sh, kernel, tr, lp.mask, blk.sdpa_kv_heads is None)
+        total += attention_bytes(sh, kernel, tr, lp.mask, blk.sdpa_kv_heads is None, lp.mask_copy)
         if blk.fused_qkv and not blk.rope and kernel in ("flash", "efficient"):
             total += 2 * a * bs * sh.kv  # q is a view of the fused q|k|v output, which stays saved (GPT-2)
         if blk.attn_dropout > 0 and kernel == "math":  # dropout of the fp32 probabilities: mask + output
@@ -249,7 +252,7 @@ def _llama_layer_bytes(sh: Shape, lp: LayerPlan, kernel: str, device: str) -> in
         if lp.qk_norm:
             total += norm_bytes(sh, True, lp.norms_train, sh.heads * sh.head_dim, sh.heads)
             total += norm_bytes(sh, True, lp.norms_train, sh.kv, sh.kv // sh.head_dim)
-        total += attention_bytes(sh, kernel, tr, lp.mask)
+        total += attention_bytes(sh, kernel, tr, lp.mask, mask_copy=lp.mask_copy)
     total += lora_bytes(sh, lp.lora_o, sh.h, lp, device, 0 if grad_attn else lp.lora_o, sh.sdpa, True)
     grad_mlp = grad_attn or lp.lora_o > 0
     total += norm_bytes(sh, grad_mlp, lp.norms_train)  # post-attention norm

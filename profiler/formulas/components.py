@@ -14,11 +14,12 @@ from dataclasses import replace
 from profiler.config import RunConfig
 from profiler.formulas import Estimate, make_estimate, register
 from profiler.formulas.activations import KERNELS, LayerPlan, Shape, layer_bytes, norm_bytes, probed_bytes
-from profiler.formulas.arch import Arch, arch_of
+from profiler.formulas.arch import Arch, arch_of, hf_config_of
 from profiler.formulas.loss_buffers import LossBytes, LossInputs, chunked_bytes, liger_bytes
 from profiler.formulas.moe import forward_transient_moe, layer_bytes_moe
 from profiler.formulas.params import DTYPE_BYTES, ParamPlan, lora_targets, param_plan
 from profiler.formulas.zero_cast import kbit_fp32, zero_param_dtype
+from profiler.packing import builds_packed_mask, geometry
 
 # ASSUMPTIONS, not measurements: guesses until calibration (profiler calibrate) replaces them; every CUDA
 # estimate says so in its notes (OVERHEAD_NOTE).
@@ -113,9 +114,12 @@ def _match(name: str, keys: tuple[str, ...]) -> bool:
 
 
 def shape_of(arch: Arch, cfg: RunConfig, b: int | None = None, s: int | None = None) -> Shape:
+    """The step's tensor geometry: b rows of s tokens as the model sees them (`train.packing: padding_free` puts
+    batch x seq tokens in one row: profiler.packing.geometry)."""
+    rows, width = geometry(cfg.train.packing, b or cfg.train.batch_size, s or cfg.train.seq_len)
     return Shape(
-        b=b or cfg.train.batch_size,
-        s=s or cfg.train.seq_len,
+        b=rows,
+        s=width,
         h=arch.hidden,
         kv=arch.kv_dim,
         i=arch.intermediate,
@@ -265,6 +269,12 @@ def activations(
         if masked or arch.block.mask_always:
             layer_kernel = default_kernel(cfg, sh.c, arch, mask=True) if kernel_given is None else kernel
             plans[li] = replace(plans[li], mask=layer_kernel == "efficient" or masked, kernel=layer_kernel)
+    packed = packed_mask_bytes(cfg, arch, sh, b, s)
+    four_d = cfg.train.packing == "packed_4d" and cfg.regime.kind != "inference"
+    if packed or four_d:  # the block-diagonal mask reaches SDPA in every layer, as a sliding-window one does
+        for li, lp in enumerate(plans):
+            layer_kernel = default_kernel(cfg, sh.c, arch, mask=True) if kernel_given is None else kernel
+            plans[li] = replace(lp, mask=True, kernel=layer_kernel, mask_copy=not four_d)
     per_layer = [layer_bytes(sh, lp, kernel, cfg.device) for lp in plans]
     per_layer = layer_bytes_moe(cfg, sh, plans, per_layer, kernel)  # MoE hook (formulas/moe.py); dense: as is
     bs, bsh = sh.b * sh.s, sh.b * sh.s * sh.h
@@ -274,7 +284,8 @@ def activations(
     tail = 0
     blk = arch.block
     if any_grad:
-        tail += 2 * sh.s * sh.head_dim * sh.a if blk.rope else 0  # RoPE cos/sin, shared by layers
+        rope_rows = sh.b if cfg.train.packing in ("packed", "padding_free") else 1  # cos/sin per row of given ids
+        tail += 2 * rope_rows * sh.s * sh.head_dim * sh.a if blk.rope else 0  # RoPE cos/sin, shared by layers
         if blk.norm_cost:
             tail += probed_bytes(blk.norm_cost, sh.a, bs, any_grad, out["final_norm"])
         else:
@@ -283,6 +294,9 @@ def activations(
         tail += 8 * bs * (2 if blk.learned_positions else 1) if out["embed"] else 0  # ids (+ position ids)
         tail += (bsh if cfg.device == "cuda" else sh.a * bsh) if blk.embed_dropout and out["embed"] else 0
     logits = (4 * bs * sh.vocab + 2 * 8 * bs) if any_grad else 0  # fp32 log_softmax output + labels
+    # the packed mask: a checkpointed layer keeps it as an input for its recompute (to the end of backward); without
+    # checkpointing only the decoder layers' forward holds it (SDPA saves its own additive copy per layer)
+    tail += packed if ckpt else 0
     logits += autocast_head_copy(plan, cfg) if any_grad else 0  # freed with the logits, at the head's backward
     fused = loss_bytes(plan, cfg, sh, out)
     if fused is not None:  # chunked / liger: no logits; what the fused loss keeps for its backward instead
@@ -320,6 +334,8 @@ def activations(
         "kernel_index": KERNELS.index(kernel),
         "loss_forward": fused.forward if fused else None,
         "loss_backward": fused.backward if fused else None,
+        "packed_mask_forward": 0 if ckpt else packed,  # held by the decoder layers' forward only
+        "batch_resident": batch_extra_bytes(cfg, sh),  # held by the batch, in every phase
     }
 
 
@@ -401,6 +417,35 @@ def training_kv_cache(plan: ParamPlan, cfg: RunConfig, sh: Shape) -> int:
     windows = arch.block.windows or (arch.block.sliding_window,) * arch.layers
     full_layers = sum(1 for w in windows if not w)
     return 2 * full_layers * sh.b * sh.s * sh.kv * max(sh.a, sh.ac)
+
+
+def packed_mask_bytes(cfg: RunConfig, arch: Arch, sh: Shape, b: int | None = None, s: int | None = None) -> int:
+    """The boolean block-diagonal mask transformers builds for packed rows under sdpa (rows x 1 x s x s, 1 byte an
+    element: masking_utils `sdpa_mask`, `allow_is_causal_skip=False` for packed sequences), 0 where none is built
+    (profiler.packing.builds_packed_mask) or where the kernel takes none: flash_attention_2 runs the varlen
+    kernel from the position ids (`flash_attention_mask` returns no mask); eager builds its float mask packed or not."""
+    impl = cfg.model.attn_implementation
+    impl = arch.default_attention if impl == "auto" else impl
+    if cfg.train.packing not in ("packed", "padding_free") or impl != "sdpa":
+        return 0
+    use_cache = bool(getattr(hf_config_of(cfg).get_text_config(), "use_cache", True))
+    if not builds_packed_mask(cfg, use_cache, b, s):
+        return 0
+    return sh.b * sh.s * sh.s
+
+
+def batch_extra_bytes(cfg: RunConfig, sh: Shape) -> int:
+    """What a packed batch holds beyond the ids (profiler.measure.batch.make_batch), for the whole step: a labels copy
+    (int64), position_ids (int64) or packed_4d's rows x 1 x s x s float mask (the autocast dtype, else the model's),
+    and TRL's padding-free seq_idx (int32)."""
+    p = cfg.train.packing
+    if p == "none" or cfg.regime.kind == "inference":
+        return 0
+    tokens = sh.b * sh.s
+    if p == "packed_4d":
+        item = {"bf16": 2, "fp16": 2}.get(cfg.train.autocast) or DTYPE_BYTES[cfg.model.dtype]
+        return 8 * tokens + item * sh.b * sh.s * sh.s
+    return 16 * tokens + (4 * tokens if p == "padding_free" else 0)
 
 
 def autocast_head_copy(plan: ParamPlan, cfg: RunConfig) -> int:
@@ -548,17 +593,21 @@ def components_estimate(
          "temporaries": hidden_grads + max(recompute_tmp, act["recompute_attention"] + act["attn_bwd"])},
         {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": bwd_end_tmp},
     )
+    mask_fwd = act["packed_mask_forward"]  # alive in the decoder layers only, freed before the loss
     forward = (  # the loss (logits and their fp32 copy), or the last layer's attention (s x s kernels), or the
         # last layer's LoRA down projection (its unsaved input casts)
         {"weights": W, "optimizer": Opt, "activations": A, "temporaries": fwd_tmp + kv},
         {"weights": W, "optimizer": Opt, "activations": A - act["logits"] - act["mlp_last"],
-         "temporaries": max(act["attn_fwd"], act["experts_fwd"]) + kv},
-        {"weights": W, "optimizer": Opt, "activations": A - act["logits"], "temporaries": lora_tmp + kv},
+         "temporaries": max(act["attn_fwd"], act["experts_fwd"]) + kv + mask_fwd},
+        {"weights": W, "optimizer": Opt, "activations": A - act["logits"], "temporaries": lora_tmp + kv + mask_fwd},
     )
+    for c in (*forward, *backward):  # a packed batch's own tensors (0 unpacked): alive in every phase
+        c["temporaries"] += act["batch_resident"]
     phases = {
         "forward": max(forward, key=lambda c: sum(c.values())),
         "backward": max(backward, key=lambda c: sum(c.values())),
-        "optimizer_step": {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": opt_tmp},
+        "optimizer_step": {"weights": W, "optimizer": Opt, "gradients": G,
+                           "temporaries": opt_tmp + act["batch_resident"]},
     }
     peak_phase = max(phases, key=lambda k: sum(phases[k].values()))
     comps = dict(phases[peak_phase])

@@ -21,6 +21,7 @@ import torch
 
 from profiler.allocator.conf import AllocatorConf, conf_from
 from profiler.config import DEFAULT_CPU_BUDGET_FRACTION, ConfigError, RunConfig, default_cpu_budget, parse_bytes
+from profiler.measure.batch import make_batch
 from profiler.measure.env import collect_env
 from profiler.measure.liger_flce import add_liger_loss
 from profiler.measure.loading import LoadedModel, load_model, prepare_source, resolve_hf_config
@@ -385,7 +386,7 @@ def _load(live: _Live, cfg: RunConfig, fake: FakeBackend | None, cuda: bool, tra
             if tracker is not None:
                 tracker.attach(live.model, live.optimizer)
         vocab = live.loaded.hf_config.get_text_config().vocab_size
-        live.batch = torch.randint(0, vocab, (cfg.train.batch_size, cfg.train.seq_len), device=cfg.device)
+        live.batch = make_batch(cfg, vocab)  # train.packing: as the stack's collator builds it
     return time.perf_counter() - t0
 
 
@@ -414,7 +415,7 @@ def _steps(live: _Live, cfg: RunConfig, meter: PhaseMeter, record: dict, step_se
         if training:
             _train_step(live.model, live.optimizer, live.batch, cfg, meter, step, warm, fake)
         else:
-            _inference_step(live.model, live.batch, cfg, meter, step, warm)
+            _inference_step(live.model, live.batch["input_ids"], cfg, meter, step, warm)
         if not warm:
             step_seconds.append(time.perf_counter() - t_step)
         if on_step:

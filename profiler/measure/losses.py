@@ -35,11 +35,16 @@ def accelerate_amp(cfg: RunConfig) -> bool:
     return cfg.recipe != "plain" and cfg.train.autocast != "none"
 
 
-def forward_loss(model, batch: torch.Tensor, cfg: RunConfig, autocast) -> torch.Tensor:
-    """One forward to the loss; every other output dropped, as Trainer.compute_loss does."""
+def forward_loss(model, batch: dict, cfg: RunConfig, autocast) -> torch.Tensor:
+    """One forward to the loss on the step's inputs (profiler.measure.batch: input_ids, labels and, packed, the
+    collator's position_ids); every other output dropped, as Trainer.compute_loss does. Under recipe trl with packing,
+    `use_cache=False` as SFTTrainer.compute_loss passes it (trl/trainer/sft_trainer.py:1564): with a cache transformers
+    skips its packed-sequence check and builds no block-diagonal mask (masking_utils `_preprocess_mask_arguments`)."""
     kwargs = {"fused_lm_head": True} if cfg.train.loss == "chunked" else {}
+    if cfg.recipe == "trl" and cfg.train.packing != "none":
+        kwargs["use_cache"] = False
     with autocast:
-        out = model(input_ids=batch, labels=batch, **kwargs)
+        out = model(**batch, **kwargs)
     if accelerate_amp(cfg):
         from accelerate.utils.operations import convert_to_fp32
 

@@ -243,6 +243,9 @@ def with_changes(cfg: RunConfig, **sections: dict) -> RunConfig:
     data = user_data(cfg)
     for sec, upd in sections.items():
         data[sec] = {**data.get(sec, {}), **upd}
+    train = data.get("train", {})
+    if train.get("doc_len") and train["doc_len"] > train.get("seq_len", cfg.train.seq_len):
+        train["doc_len"] = train.get("seq_len", cfg.train.seq_len)  # a shorter seq searched: one sequence a sample
     return RunConfig.model_validate(data)
 
 

@@ -148,8 +148,6 @@ def _liger(res: FromFile, their: str, on: Any, flce: bool = True, why_not: str =
 
 # HF TrainingArguments / SFTConfig fields that change memory, with the fields that we read elsewhere
 _HF_NOT_MODELLED = {
-    "packing": "packing changes the attention mask and position ids (not modelled: the batch is seq_len tokens a row)",
-    "padding_free": "padding-free batches (not modelled: the batch is seq_len tokens a row)",
     "torch_compile": "torch.compile is not modelled", "activation_offloading": "activation offloading is not modelled",
     "fsdp": "give the accelerate config with --from instead", "fsdp_config": "give the accelerate config with --from",
     "deepspeed": "give the DeepSpeed JSON with --from instead",
@@ -199,6 +197,7 @@ def _hf(doc: dict, path: str, fmt: str) -> FromFile:
     else:  # transformers/trainer.py:1494 apply_liger_kernel(model, liger_kernel_config): every kernel on by default
         _liger(res, "use_liger_kernel", take("use_liger_kernel"), flce=lkc.get("fused_linear_cross_entropy", True),
                why_not="liger_kernel_config sets fused_linear_cross_entropy false: the model's own loss runs")
+    _hf_packing(res, take("packing"), take("packing_strategy"), take("padding_free"), fmt)
     mik = take("model_init_kwargs")
     if isinstance(mik, dict) and mik.get("dtype", mik.get("torch_dtype")) in ("bfloat16", "float16", "float32"):
         res.put("model_init_kwargs.dtype", "model.dtype", mik.get("dtype", mik.get("torch_dtype")))
@@ -208,6 +207,28 @@ def _hf(doc: dict, path: str, fmt: str) -> FromFile:
     res.unread = sorted(k for k in doc if k not in read_keys and k not in res.ignored)
     return res
 
+
+
+DOC_LEN_HINT = ("the lengths of your packed sequences are your data's: set train.doc_len=N (tokens a sequence; "
+                "unset: one sequence per seq_len tokens)")
+
+
+def _hf_packing(res: FromFile, packing: Any, strategy: Any, padding_free: Any, fmt: str) -> None:
+    """TRL's packing / padding_free (trl/trainer/sft_trainer.py:916: padding-free for `padding_free`, or for `packing`
+    with strategy bfd / bfd_split, the default; sft_config.py `packing_strategy = "bfd"`). `wrapped` packing without
+    padding_free: full rows of max_length with an all-ones attention mask, the unpacked batch."""
+    strategy = strategy or "bfd"
+    if padding_free or (packing and strategy in ("bfd", "bfd_split")):
+        their = "padding_free" if padding_free else f"packing/packing_strategy={strategy}"
+        res.put(their, "train.packing", "padding_free")
+        res.ignored["(sequence lengths)"] = DOC_LEN_HINT
+        if padding_free and not packing:
+            res.ignored["padding_free"] = ("without packing each sample keeps its length: train.seq_len is "
+                                           "max_length, an upper bound; set it to your samples' typical length")
+    elif packing:
+        res.put(f"packing/packing_strategy={strategy}", "train.packing", "none")  # rows of max_length, no mask
+    if fmt == "trainer" and (packing or padding_free):
+        res.ignored["packing"] = "packing / padding_free are SFTConfig fields: read as TRL's collator uses them"
 
 
 def _finish(res: FromFile, doc: dict, seen: set[str], unmodelled: dict[str, str]) -> FromFile:
@@ -275,14 +296,26 @@ def parse_axolotl(doc: dict, path: str) -> FromFile:
         res.put("gradient_checkpointing_kwargs.use_reentrant", "train.use_reentrant", bool(kw["use_reentrant"]))
     _precision(res, "bf16", take("bf16"), "fp16", take("fp16"))
     _optim(res, "optimizer", take("optimizer"))
-    if take("flash_attention"):
+    flash = bool(take("flash_attention"))
+    if flash:
         res.put("flash_attention", "model.attn_implementation", "flash_attention_2")
     _liger(res, "liger_fused_linear_cross_entropy", take("liger_fused_linear_cross_entropy"))  # axolotl LigerPlugin
+    if take("sample_packing"):
+        # axolotl core/trainers/base.py `_create_multipack_sampler`: with flash attention (multipack_real_batches off)
+        # one bin of micro_batch_size x sequence_len tokens a step, the attention mask dropped
+        # (sample_packing_drop_attention_mask), position ids restarting: padding-free; without it micro_batch_size
+        # rows of sequence_len, whose collator mask (sequence numbers) transformers reads as a padding mask
+        res.put("sample_packing" + ("/flash_attention" if flash else ""), "train.packing",
+                "padding_free" if flash else "packed")
+        res.ignored["(sequence lengths)"] = DOC_LEN_HINT
+        if not flash:
+            res.ignored["sample_packing"] = ("without flash attention axolotl keeps its attention mask of sequence "
+                                             "numbers: transformers builds a (rows, 1, seq, seq) causal + padding "
+                                             "mask where a row has padding, the size of the packed mask modelled")
     return _finish(res, doc, seen, {
                    **{k: LIGER_LAYER_KERNELS for k in ("liger_rms_norm", "liger_glu_activation", "liger_rope",
                                                        "liger_layer_norm")},
                    "liger_cross_entropy": "Liger's cross-entropy on full logits (no fused head): not modelled",
-                   "sample_packing": "sample packing is not modelled (the batch is sequence_len tokens a row)",
                    "pad_to_sequence_len": "every row is sequence_len tokens already",
                    "deepspeed": "give the DeepSpeed JSON with --from instead",
                    "fsdp": "give the accelerate config with --from", "fsdp_config": "FSDP settings are not read here",
@@ -336,16 +369,25 @@ def parse_llamafactory(doc: dict, path: str) -> FromFile:
     seen.add("use_reentrant_gc")
     _precision(res, "bf16", take("bf16"), "fp16", take("fp16"))
     _optim(res, "optim", take("optim"))
-    if take("flash_attn") == "fa2":
+    fa2 = take("flash_attn") == "fa2"
+    if fa2:
         res.put("flash_attn", "model.attn_implementation", "flash_attention_2")
     # model/loader.py: apply_liger_kernel(..., require_logits=(stage not in ["pt", "sft"])); with logits required it
     # passes fused_linear_cross_entropy=False (model/model_utils/liger_kernel.py)
     stage = take("stage") or "sft"
     _liger(res, "enable_liger_kernel", take("enable_liger_kernel"), flce=stage in ("pt", "sft"),
            why_not=f"stage {stage} needs logits: LLaMA-Factory turns Liger's fused cross-entropy off")
+    packing, neat = take("packing"), take("neat_packing")
+    if neat:  # data/collator.py SFTDataCollatorWith4DAttentionMask(block_diag_attn=neat_packing)
+        # sdpa / eager: prepare_4d_attention_mask, a (rows, 1, seq, seq) float mask from the collator; fa2: no mask,
+        # the packed rows unpadded and read by the varlen kernel from their position ids
+        res.put("neat_packing" + ("/flash_attn" if fa2 else ""), "train.packing", "packed" if fa2 else "packed_4d")
+        res.ignored["(sequence lengths)"] = DOC_LEN_HINT
+    elif packing:  # rows of cutoff_len with an all-ones attention mask: sequences attend across (no block mask)
+        res.put("packing", "train.packing", "none")
     return _finish(res, doc, seen, {
-                   "deepspeed": "give the DeepSpeed JSON with --from instead", "packing": "packing is not modelled",
-                   "neat_packing": "packing is not modelled", "upcast_layernorm": "fp32 norms are not modelled here",
+                   "deepspeed": "give the DeepSpeed JSON with --from instead",
+                   "upcast_layernorm": "fp32 norms are not modelled here",
                    "use_unsloth": "unsloth is not modelled",
                    "use_unsloth_gc": "unsloth is not modelled"})
 

@@ -16,8 +16,8 @@ What a `device: cuda` config simulates, and how:
 - bitsandbytes layers become stand-ins with identical storage and transient buffers (profiler.simulate.fake_bnb).
 - Autocast (train.autocast bf16/fp16) casts by CUDA's op lists, not CPU's (profiler.simulate.cuda_autocast);
   SDPA's inputs are cast before its kernel is chosen.
-- Masks: only those the real run builds (`unpacked_sequence_indices`: transformers takes fake tensors for
-  tracing and would build a packed-sequence mask with checkpointing).
+- Masks: only those the real run builds (`packed_sequence_indices`: transformers takes fake tensors for
+  tracing and would build a packed-sequence mask with checkpointing; the answer comes from `train.packing`).
 - bitsandbytes' 8-bit optimizers run their own step (its registered fake kernel); the one value they read
   off a tensor (the quantization map, built by `.tolist()`) gets a placeholder (`_bnb_dynamic_map`).
 Where an op cannot run on fake tensors (data-dependent control flow, `.item()`, ops without a meta
@@ -42,6 +42,7 @@ from torch._subclasses.fake_tensor import (
 )
 
 from profiler.config import RunConfig, architecture_only
+from profiler.measure.batch import packed_rows
 from profiler.measure.harness import run
 from profiler.measure.loading import (
     DTYPES,
@@ -102,20 +103,29 @@ class CpuSdpa:
         return self.native(query, key, value, *args, **kwargs)
 
 
-def unpacked_sequence_indices(position_ids: torch.Tensor) -> None:
+def packed_sequence_indices(flash: bool = False):
     """transformers.masking_utils.find_packed_sequence_indices as the real run answers it for the harness's
     batches. transformers treats a fake tensor as tracing (utils/import_utils.py `is_tracing`), so under
     FakeTensorMode the function skips its `(packed_sequence_mask[:, -1] == 0).all()` check and returns the
-    indices: the model then builds a 4-D mask that the real run does not (with no cache, i.e. with gradient
-    checkpointing), and SDPA gets a mask. The harness never packs (it passes no position_ids: they are
-    transformers' own arange, one sequence per row), so the check is True there and the answer None. The same
-    tensors are allocated (diff, cumsum, the comparison) as in the real run; only the answer is given."""
-    first_dummy_value = position_ids[:, :1] - 1
-    position_diff = torch.diff(position_ids, prepend=first_dummy_value, dim=-1)
-    packed_sequence_mask = (position_diff != 1).cumsum(-1)
-    unpacked = (packed_sequence_mask[:, -1] == 0).all()  # True for arange positions; not read (no values)
-    del unpacked
-    return None
+    indices: the model would then build a 4-D mask whatever the batch. Here the same tensors are allocated (diff,
+    cumsum, the comparison) and the answer is the real run's, from the layout behind the position ids
+    (profiler.measure.batch `packed_rows`, `train.packing`): the indices when some row holds more than one sequence,
+    else None. The model's own arange position ids (train.packing none) have no layout: one sequence per row, None.
+    `flash` (a flash_attention_2 model simulated on the SDPA stand-in): None always, as flash_attention_mask builds
+    no mask from the indices (the varlen kernel reads the position ids instead)."""
+
+    def find_packed_sequence_indices(position_ids: torch.Tensor) -> torch.Tensor | None:
+        first_dummy_value = position_ids[:, :1] - 1
+        position_diff = torch.diff(position_ids, prepend=first_dummy_value, dim=-1)
+        packed_sequence_mask = (position_diff != 1).cumsum(-1)
+        unpacked = (packed_sequence_mask[:, -1] == 0).all()  # the real run's check; not read (no values)
+        del unpacked
+        rows = packed_rows(position_ids)
+        if flash or rows is None or all(len(r) == 1 for r in rows):
+            return None
+        return packed_sequence_mask
+
+    return find_packed_sequence_indices
 
 
 def _bnb_dynamic_map(native):
@@ -235,6 +245,7 @@ class Simulation:
         self.arch = gpu_arch
         self.fake_mode = _Mode(allow_non_fake_inputs=True)
         self.sdpa: CudaSdpa | CpuSdpa | None = None
+        self.flash_standin = False  # set by simulate(): a flash_attention_2 model runs on the SDPA stand-in
 
     @contextmanager
     def mode(self) -> Iterator[None]:
@@ -254,7 +265,7 @@ class Simulation:
         patches: list[tuple[object, str, object]] = [
             (torch.nn.functional, "scaled_dot_product_attention", self.sdpa),
             (torch.utils, "swap_tensors", swap_fake),
-            (masking_utils, "find_packed_sequence_indices", unpacked_sequence_indices),
+            (masking_utils, "find_packed_sequence_indices", packed_sequence_indices(self.flash_standin)),
         ]
         bnb_functional = sys.modules.get("bitsandbytes.functional")  # imported before the mode when used
         if bnb_functional is not None:
@@ -343,6 +354,8 @@ def simulate(cfg: RunConfig, on_step=None, *, primed: bool = False, recorder=Non
     without it the run is unchanged."""
     target = cfg.device
     sim = Simulation(target, cfg.gpu_arch)
+    impl = resolve_attn_implementation(cfg.model, resolve_hf_config(cfg.model))
+    sim.flash_standin = impl == "flash_attention_2"  # its packed batches get no mask (flash_attention_mask)
     # The harness places the batch and autocast on cfg.device; fake tensors here are CPU tensors.
     # A fake step is deterministic: after the first measured step, more steps repeat it exactly.
     train = cfg.train.model_copy(update={"steps": 1})
@@ -363,7 +376,6 @@ def simulate(cfg: RunConfig, on_step=None, *, primed: bool = False, recorder=Non
     record["simulated_steps"] = cfg.train.warmup_steps + 1
     record["config"] = cfg.model_dump(mode="json")
     record["config_hash"] = cfg.config_hash()
-    impl = resolve_attn_implementation(cfg.model, resolve_hf_config(cfg.model))
     if impl == "flash_attention_2":
         record["attention_kernel"] = "flash_attention_2"
     elif impl == "sdpa":

@@ -81,6 +81,9 @@ FIELDS = [
     ("deepspeed", "zero_optimization.stage", 2, "parallel.strategy"),
     ("deepspeed", "zero_optimization.offload_optimizer.device", "none", "parallel.offload.optimizer"),
     ("deepspeed", "fp16.enabled", True, "model.dtype"),
+    ("trl", "padding_free", True, "train.packing"), ("trl", "packing", True, "train.packing"),
+    ("axolotl", "sample_packing", False, "train.packing"),
+    ("llamafactory", "neat_packing", True, "train.packing"),
 ]
 
 
@@ -130,10 +133,47 @@ def test_each_mapped_field_changes_the_config(fmt, field, value, ours):
     assert _get(before, ours) != _get(after, ours)
 
 
-def test_an_unmodelled_optimizer_and_packing_are_listed_as_ignored_with_why():
+def test_an_unmodelled_optimizer_is_listed_as_ignored_with_why():
     res = from_file.read(EXAMPLES / "axolotl_llama3_qlora.yml")
-    assert "paged_adamw_32bit" in res.ignored["optimizer"] and "packing" in res.ignored["sample_packing"]
+    assert "paged_adamw_32bit" in res.ignored["optimizer"]
     assert "optimizer.name" not in res.keys
+    # sample packing with flash attention: one bin of micro_batch_size x sequence_len, position ids (padding-free)
+    assert res.keys["train.packing"] == "padding_free" and "train.doc_len" in res.ignored["(sequence lengths)"]
+
+
+def _parsed(fmt: str, **fields):
+    doc = {**_doc(fmt), **fields}
+    return PARSERS[fmt](doc, "x")
+
+
+@pytest.mark.parametrize("fields, packing", [
+    ({"packing": True}, "padding_free"),  # packing_strategy bfd (the default): padding-free (sft_trainer.py:916)
+    ({"packing": True, "packing_strategy": "bfd_split"}, "padding_free"),
+    ({"packing": True, "packing_strategy": "wrapped"}, "none"),  # full rows, all-ones mask: the unpacked batch
+    ({"packing": True, "packing_strategy": "wrapped", "padding_free": True}, "padding_free"),
+    ({"padding_free": True}, "padding_free"),
+    ({"packing": False, "padding_free": False}, None),
+])
+def test_trl_packing_and_padding_free(fields, packing):
+    res = _parsed("trl", **fields)
+    assert res.keys.get("train.packing") == packing
+    assert "packing" not in res.ignored and ("padding_free" in res.ignored) == (fields == {"padding_free": True})
+
+
+@pytest.mark.parametrize("fmt, fields, packing, attn", [
+    ("axolotl", {"sample_packing": True, "flash_attention": True}, "padding_free", "flash_attention_2"),
+    ("axolotl", {"sample_packing": True, "flash_attention": False}, "packed", None),
+    ("llamafactory", {"packing": True, "neat_packing": False}, "none", None),  # rows of cutoff_len, cross-attention
+    ("llamafactory", {"neat_packing": True}, "packed_4d", None),  # the collator's 4-D mask (sdpa / eager)
+    ("llamafactory", {"neat_packing": True, "flash_attn": "fa2"}, "packed", "flash_attention_2"),
+])
+def test_axolotl_and_llamafactory_packing(fmt, fields, packing, attn):
+    res = _parsed(fmt, **fields)
+    assert res.keys["train.packing"] == packing
+    assert res.keys.get("model.attn_implementation") == attn
+    assert not {"sample_packing", "packing", "neat_packing"} & set(res.unread)
+    cfg = _config(fmt, {**_doc(fmt), **fields})  # and it validates into a config
+    assert cfg.train.packing == packing
 
 
 def test_a_file_in_no_known_format_is_one_line(tmp_path, capsys):

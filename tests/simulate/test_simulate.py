@@ -45,7 +45,7 @@ def test_cpu_target_reproduces_real_cpu_run_exactly():
                          ids=["checkpointing", "autocast-bf16", "both"])
 def test_cpu_target_reproduces_real_cpu_run_under_user_settings(regime, settings):
     """Byte for byte with checkpointing and bf16 autocast too (transformers builds no packed-sequence mask
-    under simulate any more: profiler.simulate.backend.unpacked_sequence_indices)."""
+    under simulate any more: profiler.simulate.backend.packed_sequence_indices)."""
     cfg = tiny(regime, "train.steps=1", *settings)
     real, fake = run(cfg), simulate(cfg)
     assert (fake["status"], real["status"]) == ("ok", "ok"), fake["error"]

@@ -24,6 +24,7 @@ holds it, as in TRL's single-stream path (`unpack_tensor_single_stream`).
 
 from __future__ import annotations
 
+import weakref
 from contextlib import nullcontext
 
 import torch
@@ -54,7 +55,7 @@ class MirrorOffload(saved_tensors_hooks):
     def _reset(self) -> None:
         self.tracker: dict[int, tuple] = {}  # id -> (tensor, False) kept, or (meta, True) on the host
         self.fwd_stash: dict[int, torch.Tensor] = {}
-        self.storage_to_id: dict[tuple, int] = {}
+        self.storage_to_id: dict[tuple, tuple] = {}  # key -> (id, weakref to the storage)
         self.tensor_id = 0
         self.first_node = None
 
@@ -74,9 +75,12 @@ class MirrorOffload(saved_tensors_hooks):
     def _pack(self, t: torch.Tensor) -> int:
         self.tensor_id += 1
         tid = self.tensor_id
-        key = (_storage_id(t) + t.storage_offset(), t.dtype)  # _get_unique_tensor_key
-        if self.use_streams and key in self.storage_to_id:
-            self.storage_to_id[key] = tid
+        # _get_unique_tensor_key: (data_ptr + storage_offset, dtype); a fake tensor has no data_ptr, so the storage,
+        # matched only while it is alive (an address a freed storage had is not the same storage)
+        storage = t.untyped_storage()
+        key = (storage._cdata, t.storage_offset(), t.dtype)
+        if self.use_streams and key in self.storage_to_id and self.storage_to_id[key][1]() is storage:
+            self.storage_to_id[key] = (tid, weakref.ref(storage))
             return self._keep(tid, t)
         if (t.element_size() * t.nelement() < self.min_bytes or isinstance(t, torch.nn.Parameter)
                 or _storage_id(t) in self.param_storages):
@@ -87,7 +91,7 @@ class MirrorOffload(saved_tensors_hooks):
         if self.use_streams:
             for old in [i for i in self.fwd_stash if i <= tid - self.max_stash]:
                 del self.fwd_stash[old]
-                self.storage_to_id = {k: v for k, v in self.storage_to_id.items() if v != old}
+                self.storage_to_id = {k: v for k, v in self.storage_to_id.items() if v[0] != old}
         nbytes = t.untyped_storage().nbytes() if broadcast else t.element_size() * t.nelement()
         self.tracker[tid] = ((t.shape, t.stride(), t.storage_offset(), t.dtype, nbytes, broadcast), True)
         self.host_bytes += nbytes
@@ -95,7 +99,7 @@ class MirrorOffload(saved_tensors_hooks):
         self.host_peak = max(self.host_peak, self.host_bytes)
         if self.use_streams:
             self.fwd_stash[tid] = t.detach()
-            self.storage_to_id[key] = tid
+            self.storage_to_id[key] = (tid, weakref.ref(storage))
         return tid
 
     def _unpack(self, tid: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import tiny
+from conftest import gpu, tiny
 
 from profiler.config import ConfigError, RunConfig
 from profiler.measure.act_offload import MirrorOffload, offload_context
@@ -138,6 +138,21 @@ def test_simulate_moves_offloaded_activations_off_the_gpu(which, tmp_path):
     assert act_off - act_on >= 0.3 * host, (act_off, act_on, host)
     assert _breakdown(on, "forward")["peak_allocated_bytes"] < _breakdown(off, "forward")["peak_allocated_bytes"]
     assert "activation_offload" not in off
+
+
+@gpu
+@pytest.mark.gpu
+def test_real_cuda_run_enters_trls_manager_and_lowers_the_forward_activations():
+    """GPU sibling of test_simulate_moves_offloaded_activations_off_the_gpu: TRL's own OffloadActivations (streams,
+    pinned memory) in a real CUDA run; the forward-end activations drop, never below the head's input."""
+    from profiler.measure.harness import run
+
+    recs = [run(tiny("full", "device=cuda", "train.steps=1", f"train.activation_offloading={on}"))
+            for on in ("false", "true")]
+    assert [r["status"] for r in recs] == ["ok", "ok"], [r["error"] for r in recs]
+    off, on = (_breakdown(r, "forward")["breakdown"]["activations"] for r in recs)
+    assert on < off
+    assert on >= 2 * 64 * json.loads((MODELS / "tiny-llama.json").read_text())["hidden_size"] * 2
 
 
 @pytest.mark.parametrize("override, field", [

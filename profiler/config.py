@@ -225,6 +225,9 @@ class TrainConfig(_Strict):
     packing: Literal["none", "packed", "padding_free", "packed_4d"] = "none"
     # packed / padding_free: tokens per packed sequence (your data's lengths); unset: seq_len (one per row / sample)
     doc_len: StrictInt | None = Field(None, ge=1, le=LIMITS["train.seq_len"][1])
+    # TRL's SFTConfig.activation_offloading: saved activations go to (pinned) host memory in the forward and come
+    # back in the backward (trl/models/activation_offloading.py; profiler/measure/act_offload.py)
+    activation_offloading: bool = False
 
     @model_validator(mode="after")
     def _doc_len_fits(self) -> TrainConfig:
@@ -323,7 +326,7 @@ HASH_NEUTRAL = {"recipe": "plain", "regime.lora.dtype": "float32", "regime.quant
                 "regime.quantize_experts": False,
                 "train.use_reentrant": False, "train.loss": "full", "train.max_grad_norm": 0.0,
                 "train.grad_accum_steps": 1}
-HASH_NEUTRAL.update({"train.packing": "none", "train.doc_len": None})
+HASH_NEUTRAL.update({"train.packing": "none", "train.doc_len": None, "train.activation_offloading": False})
 
 
 class RunConfig(_Strict):
@@ -436,6 +439,7 @@ class RunConfig(_Strict):
                 raise ValueError("train.loss: chunked runs TRL's fused LM head and needs trl (pip install "
                                  "'llm-memprof[trainer]'); allowed without trl: full")
         _check_liger(self)
+        _check_activation_offloading(self)
         if self.train.packing == "packed_4d" and self.model.attn_implementation == "flash_attention_2":
             raise ValueError("train.packing: packed_4d is a collator's 4-D mask for sdpa / eager (flash_attention_2 "
                              "takes none: LLaMA-Factory unpads instead); allowed with flash_attention_2: none, packed, "
@@ -658,6 +662,20 @@ def _check_liger(cfg: RunConfig) -> None:
     if mt and mt not in LIGER_MODEL_TYPES:
         raise ValueError(f"train.loss: liger: liger-kernel {LIGER_VERSION} has no patch for model type {mt!r} "
                          "(MODEL_TYPE_TO_APPLY_LIGER_FN, profiler/liger.py); allowed for this model: full, chunked")
+
+
+def _check_activation_offloading(cfg: RunConfig) -> None:
+    """`train.activation_offloading: true` only where TRL applies it: training (SFTTrainer.training_step wraps
+    forward + backward, trl/trainer/sft_trainer.py:1690-1693) on an accelerator (OffloadActivations moves only
+    tensors on `torch.accelerator.current_accelerator()`, and cannot be built without one)."""
+    if not cfg.train.activation_offloading:
+        return
+    if cfg.regime.kind == "inference":
+        raise ValueError("train.activation_offloading: true offloads the tensors autograd saves for backward, a "
+                         "training step's; allowed with regime.kind inference: false")
+    if cfg.device != "cuda":
+        raise ValueError(f"train.activation_offloading: true moves activations from the GPU to the host; allowed "
+                         f"with device {cfg.device}: false")
 
 
 def _check_parallel(cfg: RunConfig) -> None:

@@ -83,6 +83,8 @@ NOTES: dict[str, tuple[str, str]] = {
                           "(rows·seq² under sdpa; none with flash_attention_2) ([recipes](recipes.md))"),
     "train.doc_len": ("1..seq_len, with packing (unset: seq_len)", "tokens per packed sequence: whether a row "
                       "holds several (then the mask)"),
+    "train.activation_offloading": ("(training, device cuda)", "TRL's `activation_offloading`: saved activations to "
+                                    "the host in the forward, back in the backward ([recipes](recipes.md))"),
     "device": ("", ""),
     "seed": ("", ""),
     "output": ("path", "where the line is appended (a regular file or a new path)"),

@@ -336,7 +336,23 @@ def activations(
         "loss_backward": fused.backward if fused else None,
         "packed_mask_forward": 0 if ckpt else packed,  # held by the decoder layers' forward only
         "batch_resident": batch_extra_bytes(cfg, sh),  # held by the batch, in every phase
+        "layer_last": per_layer[-1] if per_layer else 0,
+        "shared_inputs": 2 * sh.a * bsh * arch.layers,  # offloading: q/k/v's and gate/up's input, kept once each
     }
+
+
+def offloaded_activations(act: dict[str, int]) -> int:
+    """`train.activation_offloading` (TRL OffloadActivations, profiler/measure/act_offload.py): the saved bytes that
+    are on the host, not the GPU, at the end of the forward. Kept on the GPU: the tail (the head's input, which
+    runs under NoOpManager, and the final norm's saves, still in the forward stash of the last <= 5 packed tensors),
+    the loss's saved log-probabilities (the last packed: in the stash until the first backward node), and in every
+    layer one copy of an input several projections save (q/k/v, gate/up: a storage still in the stash is not
+    offloaded again, `pack_tensor`'s deduplication). Everything else the layers save goes to the host.
+    Under gradient checkpointing (non-reentrant) the checkpoint's own saved-tensor hooks are the innermost ones in
+    each layer and its inputs are held by the checkpoint frame: nothing of the layers is offloaded (0)."""
+    if act["recompute"]:
+        return 0
+    return max(0, act["layers"] - act["shared_inputs"])
 
 
 def loss_bytes(plan: ParamPlan, cfg: RunConfig, sh: Shape, out: dict[str, bool]) -> LossBytes | None:
@@ -574,6 +590,9 @@ def components_estimate(
     Opt, opt_tmp = optimizer_bytes(plan, cfg)
     act = activations(cfg, b, s, kernel)
     A = act["layers"] + act["tail"] + act["logits"]
+    host = offloaded_activations(act) if cfg.train.activation_offloading else 0
+    A -= host  # on the host from the forward until backward brings each layer's back
+    back = act["layer_last"] if host else 0  # the last layer's activations, brought back for its backward
     sh = shape_of(plan.arch, cfg, b, s)
     bsv = sh.b * sh.s * sh.vocab
     fwd_tmp = sh.a * bsv + (4 * bsv if sh.a < 4 else 0)  # logits + their fp32 upcast during the loss
@@ -589,7 +608,7 @@ def components_estimate(
     backward = (  # its start (activations, loss gradients), the last layer's backward once the loss
         # gradients are freed (checkpointing: its recompute too), and its end (gradients): the largest is the peak
         {"weights": W, "optimizer": Opt, "activations": A, "temporaries": bwd_start_tmp},
-        {"weights": W, "optimizer": Opt, "activations": A - act["logits"] - act["mlp_last"],
+        {"weights": W, "optimizer": Opt, "activations": A - act["logits"] - act["mlp_last"] + back,
          "temporaries": hidden_grads + max(recompute_tmp, act["recompute_attention"] + act["attn_bwd"])},
         {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": bwd_end_tmp},
     )
@@ -627,8 +646,13 @@ def components_estimate(
         "activations_logits": act["logits"],
         "optimizer_temporaries": opt_tmp,
     }
+    if host:
+        details["activations_offloaded_host"] = host
     kern = KERNELS[act["kernel_index"]]
     notes = f"peak in {peak_phase}; attention kernel {kern}" + _overhead_note(cfg)
+    if host:
+        notes += (f"; activation offloading: {host / 2**30:.2f} GiB of saved activations on the host (TRL "
+                  "OffloadActivations; stash and deduplicated inputs kept)")
     gap = not_modelled_note(plan.arch)
     return make_estimate("components", comps, SOURCE, f"{gap}; {notes}" if gap else notes, details=details)
 

@@ -21,6 +21,7 @@ import torch
 
 from profiler.allocator.conf import AllocatorConf, conf_from
 from profiler.config import DEFAULT_CPU_BUDGET_FRACTION, ConfigError, RunConfig, default_cpu_budget, parse_bytes
+from profiler.measure.act_offload import offload_context
 from profiler.measure.batch import make_batch
 from profiler.measure.env import collect_env
 from profiler.measure.liger_flce import add_liger_loss
@@ -339,13 +340,13 @@ class _Live:
     them (device memory); created per run() call and never kept beyond it. _load writes here, not into
     locals, so that a traceback of an error in the load phase pins nothing."""
 
-    __slots__ = ("loaded", "model", "optimizer", "batch")
+    __slots__ = ("loaded", "model", "optimizer", "batch", "offload")
 
     def __init__(self) -> None:
         self.drop()
 
     def drop(self) -> None:
-        self.loaded = self.model = self.optimizer = self.batch = None
+        self.loaded = self.model = self.optimizer = self.batch = self.offload = None
 
 
 def _enter_modes(modes: ExitStack, cfg: RunConfig, fake: FakeBackend | None, tracker: TensorTracker | None,
@@ -387,6 +388,8 @@ def _load(live: _Live, cfg: RunConfig, fake: FakeBackend | None, cuda: bool, tra
                 tracker.attach(live.model, live.optimizer)
         vocab = live.loaded.hf_config.get_text_config().vocab_size
         live.batch = make_batch(cfg, vocab)  # train.packing: as the stack's collator builds it
+        # train.activation_offloading: built once, as SFTTrainer.__init__ does (profiler/measure/act_offload.py)
+        live.offload = offload_context(live.model, training and cfg.train.activation_offloading, fake is not None)
     return time.perf_counter() - t0
 
 
@@ -413,13 +416,17 @@ def _steps(live: _Live, cfg: RunConfig, meter: PhaseMeter, record: dict, step_se
         warm = step < cfg.train.warmup_steps
         t_step = time.perf_counter()
         if training:
-            _train_step(live.model, live.optimizer, live.batch, cfg, meter, step, warm, fake)
+            _train_step(live.model, live.optimizer, live.batch, cfg, meter, step, warm, fake, live.offload)
         else:
             _inference_step(live.model, live.batch["input_ids"], cfg, meter, step, warm)
         if not warm:
             step_seconds.append(time.perf_counter() - t_step)
         if on_step:
             on_step(step + 1, steps_total)
+    host_peak = getattr(live.offload, "host_peak", None)  # MirrorOffload (simulated): the host copies' bytes
+    if host_peak is not None:
+        record["activation_offload"] = {"host_peak_bytes": host_peak, "source": "simulated (MirrorOffload of "
+                                        "trl 1.16 OffloadActivations): host memory, not counted on the GPU"}
 
 
 def _record_oom(record: dict, exc: BaseException, meter: PhaseMeter, default_budget: bool, cuda: bool) -> None:
@@ -526,27 +533,32 @@ def _prime(model, optimizer, tracker: TensorTracker | None) -> None:
 
 
 def _train_step(model, optimizer, batch, cfg: RunConfig, meter: PhaseMeter, step: int, warm: bool,
-                fake: bool = False) -> None:
+                fake: bool = False, offload=None) -> None:
     """One optimizer step. With train.grad_accum_steps K > 1 the first K-1 micro-batches (forward + backward into
     the gradients the last one adds to) run in phase `accumulate`; a fake run does one of them, since every
     micro-batch after the first starts from the same state. train.max_grad_norm > 0 clips the gradients in the
-    optimizer phase, before the step, as Trainer does (transformers/trainer.py:1930; torch clip_grad_norm_)."""
+    optimizer phase, before the step, as Trainer does (transformers/trainer.py:1930; torch clip_grad_norm_).
+    `offload` (train.activation_offloading) is entered around each micro-batch's forward + backward, as
+    SFTTrainer.training_step does (trl/trainer/sft_trainer.py:1690-1693)."""
+    offload = offload if offload is not None else nullcontext()
     backward = getattr(optimizer, "backward", None) or torch.Tensor.backward  # DeepSpeed's engine: engine.backward
     k = cfg.train.grad_accum_steps
     early = min(k - 1, 1) if fake else k - 1
     if early:
         with meter.phase("accumulate", step, warm):
             for _ in range(early):
-                loss = forward_loss(model, batch, cfg, _autocast(cfg))
-                backward(loss / k)
-                del loss
-    with meter.phase("forward", step, warm):
-        loss = forward_loss(model, batch, cfg, _autocast(cfg))  # outputs (logits) dropped as HF Trainer does
-        if k > 1:
-            loss = loss / k
-    with meter.phase("backward", step, warm):
-        backward(loss)
-        del loss
+                with offload:
+                    loss = forward_loss(model, batch, cfg, _autocast(cfg))
+                    backward(loss / k)
+                    del loss
+    with offload:
+        with meter.phase("forward", step, warm):
+            loss = forward_loss(model, batch, cfg, _autocast(cfg))  # outputs (logits) dropped as HF Trainer does
+            if k > 1:
+                loss = loss / k
+        with meter.phase("backward", step, warm):
+            backward(loss)
+            del loss
     with meter.phase("optimizer_step", step, warm):
         if cfg.train.max_grad_norm > 0 and not cfg.parallel.strategy.startswith("zero"):  # DeepSpeed clips itself
             torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.train.max_grad_norm)

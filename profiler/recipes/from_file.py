@@ -148,7 +148,8 @@ def _liger(res: FromFile, their: str, on: Any, flce: bool = True, why_not: str =
 
 # HF TrainingArguments / SFTConfig fields that change memory, with the fields that we read elsewhere
 _HF_NOT_MODELLED = {
-    "torch_compile": "torch.compile is not modelled", "activation_offloading": "activation offloading is not modelled",
+    "torch_compile": "torch.compile is not modelled",
+    "activation_offloading": "an SFTConfig field (TRL's OffloadActivations); transformers' Trainer has none",
     "fsdp": "give the accelerate config with --from instead", "fsdp_config": "give the accelerate config with --from",
     "deepspeed": "give the DeepSpeed JSON with --from instead",
     "label_smoothing_factor": "label smoothing makes TRL compute full logits (not modelled)",
@@ -198,6 +199,8 @@ def _hf(doc: dict, path: str, fmt: str) -> FromFile:
         _liger(res, "use_liger_kernel", take("use_liger_kernel"), flce=lkc.get("fused_linear_cross_entropy", True),
                why_not="liger_kernel_config sets fused_linear_cross_entropy false: the model's own loss runs")
     _hf_packing(res, take("packing"), take("packing_strategy"), take("padding_free"), fmt)
+    if fmt == "trl" and (v := take("activation_offloading")) is not None:  # sft_trainer.py:1190-1193, 1690-1693
+        res.put("activation_offloading", "train.activation_offloading", bool(v))
     mik = take("model_init_kwargs")
     if isinstance(mik, dict) and mik.get("dtype", mik.get("torch_dtype")) in ("bfloat16", "float16", "float32"):
         res.put("model_init_kwargs.dtype", "model.dtype", mik.get("dtype", mik.get("torch_dtype")))

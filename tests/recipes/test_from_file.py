@@ -252,3 +252,17 @@ def test_axolotl_quantize_moe_experts_maps_to_regime_quantize_experts():
     with pytest.raises(from_file.FromFileError, match=r"^--from: lora_target_linear: true is refused by axolotl "
                                                       r"with quantize_moe_experts: true; allowed: "):
         PARSERS["axolotl"](dict(doc, lora_target_linear=True), "x")
+
+
+def test_trl_activation_offloading_maps_to_the_train_key():
+    """SFTConfig.activation_offloading: SFTTrainer enters TRL's OffloadActivations (sft_trainer.py:1190-1193); a
+    TrainingArguments file has no such field, so there it is listed as ignored with why."""
+    res = _parsed("trl", activation_offloading=True)
+    assert res.keys["train.activation_offloading"] is True and "activation_offloading" not in res.ignored
+    assert _config("trl", {**_doc("trl"), "activation_offloading": True}).train.activation_offloading is True
+    assert _parsed("trl").keys["train.activation_offloading"] is False  # the shipped example says false
+    trainer = {k: v for k, v in _doc("trl").items() if k not in ("max_length", "packing", "dataset_text_field")}
+    trainer["activation_offloading"] = True
+    res = PARSERS[detect(trainer)](trainer, "x")
+    assert res.format == "trainer" and "train.activation_offloading" not in res.keys
+    assert "SFTConfig" in res.ignored["activation_offloading"]

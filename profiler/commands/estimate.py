@@ -156,18 +156,9 @@ def _from_file_base(args: argparse.Namespace) -> dict | None:
         if args.config is None:
             raise ConfigError("config: missing; allowed: a run config YAML, or --from FILE with model.arch=...")
         return None
-    from profiler.recipes.from_file import FromFileError, read
+    from profiler.recipes.from_file import cli_base
 
-    try:
-        parsed = read(args.from_file)
-    except FromFileError as exc:
-        raise ConfigError(str(exc)) from None
-    for line in parsed.lines():
-        print(line, file=sys.stderr)
-    base = parsed.data()
-    if parsed.model and args.config is None and not any(o.startswith("model.") for o in args.overrides):
-        base["model"] = {**base.get("model", {}), "hub": parsed.model}
-    return base
+    return cli_base(args.from_file, args.config, args.overrides)
 
 
 def main(args: argparse.Namespace) -> int:

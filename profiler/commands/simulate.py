@@ -76,17 +76,9 @@ def main(args: argparse.Namespace) -> int:
         if args.config and "=" in args.config and not Path(args.config).exists():  # `--from F key=value ...`
             args.overrides, args.config = [args.config, *args.overrides], None
         if getattr(args, "from_file", None):
-            from profiler.recipes.from_file import FromFileError, read
+            from profiler.recipes.from_file import cli_base
 
-            try:
-                parsed = read(args.from_file)
-            except FromFileError as exc:
-                raise ConfigError(str(exc)) from None
-            for line in parsed.lines():
-                print(line, file=sys.stderr)
-            base = parsed.data()
-            if parsed.model and args.config is None and not any(o.startswith("model.") for o in args.overrides):
-                base["model"] = {**base.get("model", {}), "hub": parsed.model}
+            base = cli_base(args.from_file, args.config, args.overrides)
         elif args.config is None:
             raise ConfigError("CONFIG: required (a run config YAML), unless --from gives a starting point")
         cfg = load_config(args.config, args.overrides, base=base, recipe=getattr(args, "recipe", None))

@@ -67,6 +67,26 @@ class FromFile:
         return out
 
 
+def cli_base(path: str | Path, config: str | None, overrides: list[str]) -> dict:
+    """The --from file's keys as a command's base config (`simulate`, `estimate`, `fit`): its mapped and ignored lines
+    go to stderr, and the model it names (a Hub id) becomes model.hub unless the command gives a config or a model.*
+    override. ConfigError (one line) for a file that cannot be read or mapped."""
+    import sys
+
+    from profiler.config import ConfigError
+
+    try:
+        parsed = read(path)
+    except FromFileError as exc:
+        raise ConfigError(str(exc)) from None
+    for line in parsed.lines():
+        print(line, file=sys.stderr)
+    base = parsed.data()
+    if parsed.model and config is None and not any(o.startswith("model.") for o in overrides):
+        base["model"] = {**base.get("model", {}), "hub": parsed.model}
+    return base
+
+
 def read(path: str | Path) -> FromFile:
     """Detect the format of `path` and map it."""
     p = Path(path)

@@ -49,8 +49,13 @@ def test_mirror_packs_as_trl_on_a_tiny_llama_forward(streams):
     trl = _trl_manager(model, streams)
     ours = offload_context(twin, enabled=True, fake=True)
     ours.use_streams = streams
-    results = []
+    results, alive = [], []
     for mgr, m in ((trl, model), (ours, twin)):
+        # every tensor the hooks see stays alive until the comparison: TRL keys its dedup map by address, so a freed
+        # storage's address reused by a later tensor would make TRL keep that tensor, depending on the heap's state
+        # (seen in a long pytest process); with no address reused both managers dedup only true repeats
+        pack = mgr.pack_hook
+        mgr.pack_hook = lambda t, pack=pack: (alive.append(t), pack(t))[1]
         mgr.__enter__()
         try:
             m(input_ids=ids, labels=ids)

@@ -91,6 +91,17 @@ Each with the library source it follows and a test in tests/formulas/test_compon
 - **Falcon's math kernel in inference** (components.py `math_attention_inference`): torch
   `_scaled_dot_product_attention_math` (its aten ops traced on CPU under no_grad) holds two fp32 s x s tensors
   at the mask add and the softmax: falcon-7b/inference/none/s512/b1 -7.8 → -0.3 %.
+- **FSDP2's backward moment** (sharding.py `_fsdp2_layer_reduce`, found in the second session of the sweep from
+  simulate's live tensors at the peak): `FSDPParamGroup.pre_backward` unshards the running layer and
+  `_backward_prefetch` all-gathers the previous one; `foreach_reduce` allocates the reduce-scatter input for the
+  layer's *gradients* only and keeps it until the next layer's reduce. So LoRA holds 2 layer-sized buffers (its
+  reduce-scatter input is adapter-sized), full fine-tuning 3; components assumed 4 for every regime, and counted a
+  frozen head's gradient under freeze. With MoE LoRA under FSDP2 mixed precision, W + B A is formed in param_dtype
+  (moe.py). On the 692 FSDP2 points swept by then: 183 → 78 beyond 5 %; e.g.
+  mixtral-8x7b/lora/fsdp2-8-mp/s512/b4/ckpt/ac-none/balanced +60.6 → -8.0 %, falcon-7b/freeze/fsdp2-8/s512/b1
+  +45.8 → -1.2 %. Five points got worse: the old over-count had hidden an under-count of the LoRA +
+  checkpointing recompute of the last layer (mistral-7b/lora/fsdp2-8/s2048/b4/ckpt/ac-none -0.4 → -16.0 %; the
+  same gap shows without FSDP2: mistral-7b/lora/none/s2048/b4/ckpt/ac-none), not analysed further yet.
 """
 RESUME = ("nice -n 19 python scripts/grid_consistency.py --full --order 0 --shard {i}/{n} "
           "--json results/consistency/full_standins.{i}of{n}.jsonl")

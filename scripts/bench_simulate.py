@@ -12,7 +12,7 @@ Targets (issues): 70B <= 20 s and <= 4 GiB RSS; 7B <= 5 s; 70B FSDP2 x 8 <= 60 s
 call alone. `--sharding` prints, per model and world size, the simulated steady-state per-rank peak and the
 `components` per-rank allocated total (its CUDA overhead left out: simulate has none) with the error.
 `--fit` times `fit` with max batch and max seq on Llama-3-8B QLoRA (target <= 60 s on an idle 2-core machine): wall,
-and CPU seconds (fit's own and its max seq process's) in all and per simulation, with CPU / processes as the
+and CPU seconds (fit's own and its second process's) in all and per simulation, with CPU / processes as the
 estimate of an idle machine's wall time (the machine may be shared); `--fit-bisect` also
 checks fit's max batch against a bisection over plain simulate runs. `--replay` times the caching-allocator
 replay (profiler.allocator, inside simulate) against the rest of simulate, both in the same process, on Llama-2-7B
@@ -99,7 +99,7 @@ def _pinned(cores: int):
 
 def _run_fit(args: list[str], pin) -> tuple[subprocess.CompletedProcess, float, float]:
     """One `fit` process: its result, wall seconds, and user + sys CPU seconds of it and its waited children
-    (os.wait4's rusage; fit's max seq process is the forkserver's child, not fit's: fit reports its CPU in
+    (os.wait4's rusage; fit's second process is the forkserver's child, not fit's: fit reports its CPU in
     the JSON's cpu_seconds, which the caller prefers)."""
     import tempfile
 
@@ -133,7 +133,7 @@ def bench_fit(cores: int, bisect: bool, serial: bool = False, recipe: str | None
             return 1
         one = json.loads(proc.stdout)
         res = res or one
-        cpu = max(one.get("cpu_seconds") or 0.0, rusage_cpu)  # fit's own count has its max seq process
+        cpu = max(one.get("cpu_seconds") or 0.0, rusage_cpu)  # fit's own count has its second process
         if not extra:
             print(f"  recipe {one.get('recipe')}: {one['verdict']}")
             print(f"  max batch {one['max_batch']['value']} ({one['max_batch']['checked']})")

@@ -46,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="calibration table (default results/calibration/<gpu-slug>.csv where it exists)")
     parser.add_argument("--no-search", action="store_true", help="verdict only: skip max batch / max seq")
     parser.add_argument("--serial", action="store_true",
-                        help="one process: by default, with 2+ cores and a 1B+ model, the max seq search runs in "
-                        "a second process beside the max batch one (same answer, less wall time)")
+                        help="one process: by default, with 2+ cores and a 1B+ model, a second process simulates half "
+                        "of each round of the max batch / max seq searches (same answer, less wall time)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--all", action="store_true", help="every named estimator's total beside the verdict")
     parser.add_argument("--picture", metavar="FILE.png", help="also draw the verdict: the breakdown against the "

@@ -12,8 +12,8 @@ Max batch / max seq come from profiler.predict.search (a few simulations, the an
 when the config does not fit, each suggested change (FSDP2 across more GPUs among them) is checked by the
 same predictor; for QLoRA 4-bit, ZeRO-3 across more GPUs is suggested from the `components` estimate alone
 (DeepSpeed does not run on fake tensors; `zero3_more_gpus`). Simulations are `primed` (same peaks as plain
-simulate, about half the time), and with 2+ cores the max seq search runs in a second process beside the max
-batch one.
+simulate, about half the time). With 2+ cores a second process (SimWorker) takes half of each round: the verdict
+beside the longest sequence the model allows, then both ends of the answer's check pair.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from profiler.categories import pick_unit
 from profiler.config import RunConfig
 from profiler.formulas.components import ALLOCATOR_SLACK, CUDA_CONTEXT_BYTES
 from profiler.predict.gpus import Gpu
-from profiler.predict.search import MaxSolution, solve_max
+from profiler.predict.search import MaxSolution, solve_steps
 
 BATCH_CAP = 4096
 GIB = 2**30
@@ -147,7 +147,7 @@ class FitResult:
     suggestions: list[Suggestion] = field(default_factory=list)
     estimators: dict[str, int] = field(default_factory=dict)  # --all: every named estimator's total
     simulations: int = 0
-    processes: int = 1  # 2 where the max seq search ran in a second process
+    processes: int = 1  # 2 where a second process simulated half of each round (SimWorker)
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -193,11 +193,45 @@ class FitResult:
 class Predictor:
     """simulate(cfg) with memoised results per config hash, and the allowance on top."""
 
-    def __init__(self, allowance: Allowance, usable: int):
+    def __init__(self, allowance: Allowance, usable: int, worker: SimWorker | None = None):
         self.allowance = allowance
         self.usable = usable
         self.records: dict[str, dict] = {}
         self.count_work: str | None = None  # config hash whose simulation also counts FLOPs/bytes (profiler.timing)
+        self.worker = worker  # a second process that simulates half of what `evaluate` is given
+
+    def evaluate(self, cfgs: list[RunConfig]) -> None:
+        """Simulate every config not simulated yet: with a worker, every second one there while this process runs
+        the others (the one whose work is counted stays here); where the worker died, its share runs here."""
+        todo = list({c.config_hash(): c for c in cfgs if c.config_hash() not in self.records}.values())
+        todo.sort(key=lambda c: c.config_hash() != self.count_work)
+        if self.worker is None or len(todo) < 2 or not self.worker.alive:
+            for c in todo:
+                self.record(c)
+            return
+        there = todo[1::2]
+        self.worker.send(there)
+        try:
+            for c in todo[0::2]:
+                self.record(c)
+        except BaseException:  # its answers would be read as the next call's: the worker is done
+            self.worker.stop()
+            raise
+        failure: Exception | None = None
+        for c in there:  # every answer read, so the next call starts in step
+            try:
+                rec = self.worker.receive()
+            except Exception as exc:
+                failure = failure or exc
+                continue
+            if rec is None:  # the worker is gone: the rest of its share runs here
+                self.record(c)
+            elif rec["status"] != "ok":
+                failure = failure or SimulationFailed(f"simulate: {rec['status']}: {rec.get('error')}")
+            else:
+                self.records[c.config_hash()] = rec
+        if failure is not None:
+            raise failure
 
     def record(self, cfg: RunConfig) -> dict:
         key = cfg.config_hash()
@@ -261,29 +295,104 @@ def position_limit(cfg: RunConfig) -> int | None:
 
 def max_batch(pred: Predictor, cfg: RunConfig, cap: int = BATCH_CAP) -> MaxSolution:
     """Largest train.batch_size at this seq under the predictor."""
-    def need(b: int) -> int:
-        return pred.needed(with_changes(cfg, train={"batch_size": b}))
-
-    return solve_max(need, pred.usable, probes=(1, 2), cap=cap, degree=1, field_name="batch_size")
+    return _drive(pred, {"batch": (_batch_steps(pred, cfg, cap=cap), _batch_cfg(cfg))})["batch"]
 
 
 def max_seq(pred: Predictor, cfg: RunConfig, cap: int | None = None) -> MaxSolution:
     """Largest train.seq_len at this batch; quadratic where attention keeps s x s probabilities."""
-    cap = cap or position_limit(cfg) or 1 << 17
+    return _drive(pred, {"seq": (_seq_steps(pred, cfg, cap=cap), _seq_cfg(cfg))})["seq"]
+
+
+def _batch_cfg(cfg: RunConfig) -> Callable[[int], RunConfig]:
+    return lambda b: with_changes(cfg, train={"batch_size": b})
+
+
+def _seq_cfg(cfg: RunConfig) -> Callable[[int], RunConfig]:
+    return lambda s: with_changes(cfg, train={"seq_len": s})
+
+
+def _seq_cap(cfg: RunConfig, cap: int | None = None) -> int:
+    return cap or position_limit(cfg) or 1 << 17
+
+
+def _quadratic(pred: Predictor, cfg: RunConfig) -> bool:
+    """Whether the attention kernel the simulation at cfg picked keeps s x s probabilities (math, eager)."""
+    kernel = str(pred.record(cfg).get("attention_kernel") or "")
+    return any(k in kernel for k in ("math", "eager"))
+
+
+def _batch_steps(pred: Predictor, cfg: RunConfig, cap: int = BATCH_CAP, start: int | None = None,
+                 model: str | None = None, together: bool = False):
+    """The max batch search: probes at 1 and 2, or only the config's own batch (the verdict) where `start`
+    guesses from elsewhere."""
+    probes = (1, 2) if start is None else (cfg.train.batch_size,)
+    return solve_steps(pred.usable, probes, cap, 1, "batch_size", start=start, model=model, together=together)
+
+
+def _seq_steps(pred: Predictor, cfg: RunConfig, cap: int | None = None, known: dict[int, int] | None = None,
+               together: bool = False):
+    """The max seq search. Probes at s and 2s (s/2 too where quadratic); fit's plan has simulated the verdict and
+    the longest sequence the model allows first (`known`), then the line through those two is the first guess,
+    and where the longest fits that one simulation is the answer."""
+    cap = _seq_cap(cfg, cap)
     s = cfg.train.seq_len
     # the kernel the simulation at seq s used (it is the search's probe at s too); the optimizer does not choose
     # it: an adamw copy, as simulated here before, cost one more simulation under trl's adamw_fused
-    kernel = str(pred.record(with_changes(cfg, train={"seq_len": s})).get("attention_kernel") or "")
-    quadratic = any(k in kernel for k in ("math", "eager"))
-    probes = tuple(p for p in ((s // 2, s, 2 * s) if quadratic else (s, 2 * s)) if 1 <= p <= cap)
-    if len(probes) < (3 if quadratic else 2):
-        probes = tuple(sorted({max(1, s // 4), max(1, s // 2), min(s, cap)}))
+    quadratic = _quadratic(pred, with_changes(cfg, train={"seq_len": s}))
+    if known and not quadratic:
+        probes: tuple[int, ...] = (s,)
+    else:
+        probes = tuple(p for p in ((s // 2, s, 2 * s) if quadratic else (s, 2 * s)) if 1 <= p <= cap)
+        if len(probes) < (3 if quadratic else 2):
+            probes = tuple(sorted({max(1, s // 4), max(1, s // 2), min(s, cap)}))
+    return solve_steps(pred.usable, probes, cap, 2 if quadratic else 1, "seq_len", known=known, together=together)
 
-    def need(v: int) -> int:
-        return pred.needed(with_changes(cfg, train={"seq_len": v}))
 
-    return solve_max(need, pred.usable, probes=probes, cap=cap, degree=2 if quadratic else 1,
-                     field_name="seq_len")
+def _drive(pred: Predictor, searches: dict[str, tuple]) -> dict[str, MaxSolution]:
+    """Run searches side by side: each round, every point any of them asks for is simulated in one
+    `pred.evaluate` (two processes where the predictor has a worker), then each goes on with its answers."""
+    asks: dict[str, list[int]] = {}
+    done: dict[str, MaxSolution] = {}
+
+    def advance(name: str, sent: dict[int, int] | None) -> None:
+        steps = searches[name][0]
+        try:
+            asks[name] = next(steps) if sent is None else steps.send(sent)
+        except StopIteration as stop:
+            asks.pop(name, None)
+            done[name] = stop.value
+
+    for name in searches:
+        advance(name, None)
+    while asks:
+        pred.evaluate([searches[n][1](v) for n, vs in asks.items() for v in vs])
+        for name, vs in list(asks.items()):
+            advance(name, {v: pred.needed(searches[name][1](v)) for v in vs})
+    return done
+
+
+def fit_searches(pred: Predictor, cfg: RunConfig, together: bool = False) -> tuple[MaxSolution, MaxSolution]:
+    """fit's max batch and max seq, side by side. The verdict (simulated already) and the longest sequence the
+    model allows are the first round: where that one fits, it is the max seq. Where attention is linear in seq,
+    the line through the two (bytes per token) gives the batch search its first guess, so both searches go
+    straight to checking a pair; the probe polynomials stay for quadratic attention and where nothing fits."""
+    s, b = cfg.train.seq_len, cfg.train.batch_size
+    cap = _seq_cap(cfg)
+    at_seq = _seq_cfg(cfg)
+    fits = pred.fits(cfg)
+    known: dict[int, int] = {}
+    start, model = None, None
+    if fits and cap > s:
+        pred.evaluate([at_seq(cap)])
+        known = {s: pred.needed(cfg), cap: pred.needed(at_seq(cap))}
+        per_token = (known[cap] - known[s]) / (b * (cap - s))
+        if not _quadratic(pred, cfg) and per_token > 0:
+            start = max(b + 1, min(BATCH_CAP, b + int((pred.usable - known[s]) // (per_token * s))))
+            model = f"affine in tokens (line through seq {s} and {cap} at batch {b})"
+    found = _drive(pred, {"batch": (_batch_steps(pred, cfg, start=start, model=model, together=together),
+                                    _batch_cfg(cfg)),
+                          "seq": (_seq_steps(pred, cfg, cap=cap, known=known or None, together=together), at_seq)})
+    return found["batch"], found["seq"]
 
 
 PARALLEL_MIN_PARAMS = 1e9  # below this a simulation takes about a second: a second process (~3 s to start) loses
@@ -311,10 +420,11 @@ def cpu_seconds() -> float:
     return time.process_time()
 
 
-def _seq_search_child(conn, cfg_data: dict, allowance: Allowance, usable: int, alive=None) -> None:
-    """The second process: max_seq with its own Predictor (same allowance and usable bytes); sends
-    ("ok", MaxSolution, config hashes simulated) or ("error", the exception). It ends itself when `alive`'s
-    write end closes: `fit` exited, even by kill -TERM / -KILL, so it never simulates on as an orphan."""
+def _sim_worker(conn, alive=None) -> None:
+    """The second process: simulates each config it is sent, in order, and sends back (record, CPU seconds so
+    far); an exception goes back as the record's place (the parent raises it as its own). It ends on None, on
+    EOF, and when `alive`'s write end closes: `fit` exited, even by kill -TERM / -KILL, so it never simulates
+    on as an orphan."""
     import signal
 
     if alive is not None:
@@ -322,62 +432,75 @@ def _seq_search_child(conn, cfg_data: dict, allowance: Allowance, usable: int, a
 
         watch(alive)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends this process
-    try:
-        from profiler.measure.quiet import quiet_libraries
+    from profiler.measure.quiet import quiet_libraries
+    from profiler.simulate.backend import simulate  # imported while the parent builds its first simulation
 
-        quiet_libraries()
-        pred = Predictor(allowance, usable)
-        sol = max_seq(pred, RunConfig.model_validate(cfg_data))
-        conn.send(("ok", sol, set(pred.records), cpu_seconds()))
-    except Exception as exc:  # SimulationFailed, ConfigError: answers the parent raises as its own
-        exc.__traceback__ = None
-        conn.send(("error", exc, None, cpu_seconds()))
-    finally:
-        conn.close()
+    quiet_libraries()
+    while True:
+        try:
+            data = conn.recv()
+        except (EOFError, OSError):
+            return
+        if data is None:
+            return
+        try:
+            conn.send((simulate(RunConfig.model_validate(data), primed=True), cpu_seconds()))
+        except Exception as exc:  # ConfigError and the like: answers the parent raises as its own
+            exc.__traceback__ = None
+            conn.send((exc, cpu_seconds()))
 
 
-class SeqSearch:
-    """max_seq running in a second process beside the max batch search (forkserver: forking a process that
-    has torch loaded can deadlock). `result()` waits for it; `stop()` ends it early (the fit failed)."""
+class SimWorker:
+    """A second process that simulates what `Predictor.evaluate` sends it (forkserver: forking a process that has
+    torch loaded can deadlock). Started first, so its imports overlap the verdict's simulation here."""
 
-    def __init__(self, cfg: RunConfig, allowance: Allowance, usable: int):
+    def __init__(self):
         import multiprocessing
 
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")  # Windows: spawn
-        self._recv, send = ctx.Pipe(duplex=False)
+        self._conn, theirs = ctx.Pipe()
         alive, self._alive = ctx.Pipe(duplex=False)  # only this process holds the write end: EOF = it is gone
-        self._proc = ctx.Process(target=_seq_search_child, args=(send, cfg.model_dump(), allowance, usable, alive),
-                                 daemon=True, name="fit-max-seq")
+        self._proc = ctx.Process(target=_sim_worker, args=(theirs, alive), daemon=True, name="fit-worker")
         self._proc.start()
-        self.cpu_seconds = 0.0  # the second process's CPU, once it has answered
-        send.close()
+        theirs.close()
         alive.close()
+        self.cpu_seconds = 0.0  # the worker's CPU, as of its last answer
+        self.alive = True
 
-    def result(self, pred: Predictor, cfg: RunConfig) -> tuple[MaxSolution, set[str]]:
-        """The answer; where the process died without one, the search runs here instead."""
+    def send(self, cfgs: list[RunConfig]) -> None:
         try:
-            status, value, hashes, self.cpu_seconds = self._recv.recv()
+            for c in cfgs:
+                self._conn.send(c.model_dump())
+        except OSError:
+            self.alive = False
+
+    def receive(self) -> dict | None:
+        """The next record; None where the worker died (the caller simulates that config itself)."""
+        if not self.alive:
+            return None
+        try:
+            value, self.cpu_seconds = self._conn.recv()
         except (EOFError, OSError):
-            return max_seq(pred, cfg), set()
-        finally:
-            self.stop()
-        if status == "error":
+            self.alive = False
+            return None
+        if isinstance(value, Exception):
             raise value
-        return value, hashes
+        return value
 
     def stop(self) -> None:
+        self.alive = False
         if self._proc.is_alive():
             self._proc.terminate()
         self._proc.join()
-        self._recv.close()
+        self._conn.close()
         self._alive.close()
 
 
 def simulated_suggestions(pred: Predictor, cfg: RunConfig) -> list[Suggestion]:
     """Changes that might make a config fit, each simulated: gradient checkpointing, QLoRA 4-bit, an 8-bit
-    optimizer, and all of them together when none fits alone (they need no max solution: `fit` runs them
-    while the second process searches the max seq)."""
+    optimizer, and all of them together when none fits alone (they need no max solution; with a worker, two
+    are simulated at once)."""
     training = cfg.regime.kind != "inference"
     tries: list[tuple[str, list[str], dict]] = []
     if training and not cfg.train.gradient_checkpointing:
@@ -391,6 +514,7 @@ def simulated_suggestions(pred: Predictor, cfg: RunConfig) -> list[Suggestion]:
                       ["optimizer.name=adamw_8bit"],
                       {"optimizer": {"name": "adamw_8bit"}}))
     out = []
+    pred.evaluate([with_changes(cfg, **changes) for _, _, changes in tries])  # two at once with a worker
     for label, overrides, changes in tries:
         c = with_changes(cfg, **changes)
         out.append(Suggestion(label, overrides, pred.needed(c), pred.fits(c)))
@@ -486,68 +610,66 @@ def predict_fit(cfg: RunConfig, gpu: Gpu, *, model_name: str | None = None, mode
                 auto_batch: bool = False, calibration: str | None = None, search: bool = True,
                 all_estimators: bool = False, progress: Callable[[str], None] | None = None,
                 workers: int | None = None, count_work: bool = False) -> FitResult:
-    """The whole answer for one config on one GPU (see the module docstring). `workers`: 2 runs the max seq
-    search in a second process beside the max batch one (None: `default_workers`); the answer is the same.
-    `count_work`: the verdict's simulation also counts FLOPs and bytes per phase (FitResult.work, for the time
-    estimate of profiler.timing)."""
+    """The whole answer for one config on one GPU (see the module docstring). `workers`: 2 simulates in a second
+    process too, two points of each round of the searches at once (None: `default_workers`); the answer is the
+    same. `count_work`: the verdict's simulation also counts FLOPs and bytes per phase (FitResult.work, for the
+    time estimate of profiler.timing)."""
     t0 = time.perf_counter()
     say = progress or (lambda _msg: None)
-    from profiler.measure.quiet import quiet_libraries
-
-    quiet_libraries()
-    allowance = calibrated_allowance(cfg, gpu, calibration)
-    pred = Predictor(allowance, gpu.total_bytes - allowance.context_bytes)
-    if pred.usable <= 0:
-        from profiler.config import ConfigError
-
-        raise ConfigError(f"--gpu-memory: {gpu.name} ({gpu.total_bytes / 2**20:.1f} MiB) is not more than the CUDA "
-                          f"context alone ({allowance.context_bytes / 2**20:.0f} MiB, {allowance.kind}); allowed: "
-                          f"a size above it")
-    batch_sol = None
-    if auto_batch:
-        say("solving for the largest batch")
-        batch_sol = max_batch(pred, cfg)
-        cfg = with_changes(cfg, train={"batch_size": max(1, batch_sol.value)})
-    if count_work:
-        key = cfg.config_hash()
-        pred.count_work = key
-        pred.records.pop(key, None)  # simulated during the batch search without counting: once more, counting
-    seq_job, extra_hashes = None, set()
-    if search and not auto_batch and (workers if workers is not None else default_workers(cfg)) > 1:
-        say("solving for the longest sequence in a second process")
-        seq_job = SeqSearch(cfg, allowance, pred.usable)
+    worker = None
+    if search and (workers if workers is not None else default_workers(cfg)) > 1:
+        worker = SimWorker()  # first: its imports overlap everything up to the verdict's simulation
     try:
-        return _answer(cfg, gpu, pred, allowance, seq_job, extra_hashes, batch_sol, t0, say, model_name,
-                       model_source, search, all_estimators)
+        from profiler.measure.quiet import quiet_libraries
+
+        quiet_libraries()
+        allowance = calibrated_allowance(cfg, gpu, calibration)
+        pred = Predictor(allowance, gpu.total_bytes - allowance.context_bytes, worker)
+        if pred.usable <= 0:
+            from profiler.config import ConfigError
+
+            raise ConfigError(f"--gpu-memory: {gpu.name} ({gpu.total_bytes / 2**20:.1f} MiB) is not more than the "
+                              f"CUDA context alone ({allowance.context_bytes / 2**20:.0f} MiB, {allowance.kind}); "
+                              f"allowed: a size above it")
+        batch_sol = None
+        if auto_batch:
+            say("solving for the largest batch")
+            batch_sol = _drive(pred, {"batch": (_batch_steps(pred, cfg, together=worker is not None),
+                                                _batch_cfg(cfg))})["batch"]
+            cfg = with_changes(cfg, train={"batch_size": max(1, batch_sol.value)})
+        if count_work:
+            key = cfg.config_hash()
+            pred.count_work = key
+            pred.records.pop(key, None)  # simulated during the batch search without counting: once more, counting
+        return _answer(cfg, gpu, pred, allowance, batch_sol, t0, say, model_name, model_source, search,
+                       all_estimators)
     finally:
-        if seq_job is not None:
-            seq_job.stop()
+        if worker is not None:
+            worker.stop()
 
 
-def _answer(cfg: RunConfig, gpu: Gpu, pred: Predictor, allowance: Allowance, seq_job: SeqSearch | None,
-            extra_hashes: set[str], batch_sol: MaxSolution | None, t0: float, say: Callable[[str], None],
-            model_name: str | None, model_source: str, search: bool, all_estimators: bool) -> FitResult:
+def _answer(cfg: RunConfig, gpu: Gpu, pred: Predictor, allowance: Allowance, batch_sol: MaxSolution | None,
+            t0: float, say: Callable[[str], None], model_name: str | None, model_source: str, search: bool,
+            all_estimators: bool) -> FitResult:
     """predict_fit after the set-up: the verdict, the searches, the suggestions."""
-    say(f"simulating batch {cfg.train.batch_size} x seq {cfg.train.seq_len}")
+    together = pred.worker is not None
+    say(f"simulating batch {cfg.train.batch_size} x seq {cfg.train.seq_len}"
+        + (" (and the longest sequence in a second process)" if together and search and batch_sol is None else ""))
+    cap = _seq_cap(cfg) if search and batch_sol is None else 0
+    pred.evaluate([cfg] + ([_seq_cfg(cfg)(cap)] if together and cap > cfg.train.seq_len else []))
     rec = pred.record(cfg)
     peak, reserved = pred.peaks(cfg)
     top = max((p for p in rec["phases"] if p.get("step") is not None or p["phase"] == "load"),
               key=lambda p: p["peak_allocated_bytes"])
     fits = pred.fits(cfg)
     seq_sol = None
+    tips = [] if fits else simulated_suggestions(pred, cfg)
     if search:
+        say("solving for the largest batch and the longest sequence")
         if batch_sol is None:
-            say("solving for the largest batch")
-            batch_sol = max_batch(pred, cfg)
-    tips = [] if fits else simulated_suggestions(pred, cfg)  # while the second process searches
-    if search:
-        if seq_job is not None:
-            say("waiting for the longest sequence (second process)")
-            seq_sol, seq_hashes = seq_job.result(pred, cfg)
-            extra_hashes |= seq_hashes
+            batch_sol, seq_sol = fit_searches(pred, cfg, together)
         else:
-            say("solving for the longest sequence")
-            seq_sol = max_seq(pred, cfg)
+            seq_sol = _drive(pred, {"seq": (_seq_steps(pred, cfg, together=together), _seq_cfg(cfg))})["seq"]
     tips += [] if fits else limit_suggestions(cfg, seq_sol, batch_sol)
     notes = []
     ests: dict[str, int] = {}
@@ -556,6 +678,7 @@ def _answer(cfg: RunConfig, gpu: Gpu, pred: Predictor, allowance: Allowance, seq
 
         ests = {e.estimator: e.total for e in estimate_all(cfg)}
     t = cfg.train
+    worker = pred.worker
     return FitResult(
         model=model_name or cfg.model.name, model_source=model_source, regime=cfg.regime.label,
         optimizer=cfg.optimizer.name, batch_size=t.batch_size, seq_len=t.seq_len,
@@ -566,10 +689,10 @@ def _answer(cfg: RunConfig, gpu: Gpu, pred: Predictor, allowance: Allowance, seq
         breakdown=dict(top.get("breakdown") or {}), peak_phase=f"{top['phase']}"
         + (f" (step {top['step']})" if top.get("step") is not None else ""),
         attention_kernel=rec.get("attention_kernel"), max_batch=batch_sol, max_seq=seq_sol, suggestions=tips,
-        estimators=ests, simulations=len(set(pred.records) | extra_hashes), processes=2 if seq_job else 1,
+        estimators=ests, simulations=len(pred.records), processes=2 if worker is not None else 1,
         seconds=time.perf_counter() - t0, config=cfg.model_dump(mode="json"), notes=notes,
         work=_work(rec) if pred.count_work else None,
-        cpu_seconds=cpu_seconds() + (seq_job.cpu_seconds if seq_job is not None else 0.0))
+        cpu_seconds=cpu_seconds() + (worker.cpu_seconds if worker is not None else 0.0))
 
 
 def _work(rec: dict) -> dict | None:

@@ -11,7 +11,7 @@ says which simulations checked it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,32 +74,47 @@ def _bracket(memo: dict[int, int], limit: int) -> tuple[int, int | None]:
     return max(v for v in memo if memo[v] <= limit), (min(over) if over else None)
 
 
-def solve_max(need: Callable[[int], int], limit: int, probes: tuple[int, ...], cap: int, degree: int = 1,
-              field_name: str = "batch_size", known: dict[int, int] | None = None, max_steps: int = 20
-              ) -> MaxSolution:
-    """Largest v in [1, cap] with need(v) <= limit, assuming need grows with v.
+Asks = list[int]  # values a search needs next: evaluated together (a second worker may take half)
 
-    `need(v)` runs one simulation (results are memoised; `known` seeds them); `probes` are the points the
-    polynomial of `degree` is fitted through."""
+
+def solve_steps(limit: int, probes: tuple[int, ...], cap: int, degree: int = 1, field_name: str = "batch_size",
+                known: dict[int, int] | None = None, max_steps: int = 20, start: int | None = None,
+                model: str | None = None, together: bool = False) -> Generator[Asks, dict[int, int], MaxSolution]:
+    """solve_max as a generator, so a driver can run two searches side by side and simulate the points they ask
+    for in two processes: it yields the values it needs next and is sent {value: needed bytes} for them.
+
+    `start`: a first guess from elsewhere (fit's token line through the verdict and the longest sequence), which
+    replaces the probe polynomial; `model` names it. `together`: ask for the probes at once, and for the
+    answer's check pair (guess, guess + 1) at once, instead of one after the other (the second only where the
+    first fits). The answer is the same either way; together may simulate one point more, in parallel."""
     memo: dict[int, int] = dict(known or {})
 
-    def at(v: int) -> int:
-        if v not in memo:
-            memo[v] = need(v)
-        return memo[v]
+    def ask(values: list[int]) -> Generator[Asks, dict[int, int], None]:
+        todo = [v for v in dict.fromkeys(values) if v not in memo]
+        if todo:
+            memo.update((yield todo))
 
-    model = f"{'affine' if degree == 1 else 'quadratic'} in {'batch' if field_name == 'batch_size' else 'seq'}"
-    sol = MaxSolution(field_name, 0, False, cap, model, None, memo, limit)
-    for p in sorted(p for p in probes if 1 <= p <= cap):
-        if at(p) > limit:  # a larger probe would be over too: the bracket starts here
-            break
-    if not any(m <= limit for m in memo.values()) and at(1) > limit:  # 1 is simulated only when no probe fits
-        return sol
-    # the polynomial through the degree + 1 largest points that fit and the smallest that does not
-    fit_pts = sorted(v for v in memo if memo[v] <= limit)[-(degree + 1):]
-    over = sorted(v for v in memo if memo[v] > limit)[:1]
-    pts = {v: memo[v] for v in (fit_pts + over)[-(degree + 1):]} if over else {v: memo[v] for v in fit_pts}
-    guess: int | None = _poly_max(pts, degree, limit, cap) if len(pts) > 1 else 1
+    poly = f"{'affine' if degree == 1 else 'quadratic'} in {'batch' if field_name == 'batch_size' else 'seq'}"
+    sol = MaxSolution(field_name, 0, False, cap, model or poly, None, memo, limit)
+    ordered = sorted(p for p in probes if 1 <= p <= cap)
+    if together:
+        yield from ask(ordered)
+    else:
+        for p in ordered:
+            yield from ask([p])
+            if memo[p] > limit:  # a larger probe would be over too: the bracket starts here
+                break
+    if not any(m <= limit for m in memo.values()):  # 1 is simulated only when no probe fits
+        yield from ask([1])
+        if memo[1] > limit:
+            return sol
+    guess = start
+    if guess is None:
+        # the polynomial through the degree + 1 largest points that fit and the smallest that does not
+        fit_pts = sorted(v for v in memo if memo[v] <= limit)[-(degree + 1):]
+        over = sorted(v for v in memo if memo[v] > limit)[:1]
+        pts = {v: memo[v] for v in (fit_pts + over)[-(degree + 1):]} if over else {v: memo[v] for v in fit_pts}
+        guess = _poly_max(pts, degree, limit, cap) if len(pts) > 1 else 1
     sol.guess = guess
     weight = {"lo": 1.0, "hi": 1.0}  # Illinois: an end kept twice in a row counts half in the next secant
     kept: str | None = None
@@ -114,9 +129,10 @@ def solve_max(need: Callable[[int], int], limit: int, probes: tuple[int, ...], c
         top = hi if hi is not None else cap + 1
         if guess is None or not lo < guess < top:  # no usable model point: double, or halve the bracket
             guess = min(cap, lo * 2) if hi is None else (lo + hi) // 2
-        fits = at(guess) <= limit
-        if fits and guess + 1 < top:  # the model says guess is the answer: check the pair (answer + 1 over)
-            at(guess + 1)
+        pair = guess + 1 < top  # the model says guess is the answer: check the pair (answer + 1 over)
+        yield from ask([guess, guess + 1] if together and pair else [guess])
+        if memo[guess] <= limit and pair:
+            yield from ask([guess + 1])
         new_lo, new_hi = _bracket(memo, limit)
         stay = None if (new_lo != lo) == (new_hi != hi) else ("hi" if new_lo != lo else "lo")
         for end in ("lo", "hi"):
@@ -126,7 +142,8 @@ def solve_max(need: Callable[[int], int], limit: int, probes: tuple[int, ...], c
         if hi is None:  # every point fits: extrapolate the secant through the two largest
             xs = sorted(memo)[-2:]
             slope = (memo[xs[1]] - memo[xs[0]]) / (xs[1] - xs[0]) if len(xs) == 2 else 0
-            guess = lo + int((limit - memo[lo]) // slope) if slope > 0 else None
+            # at least lo + 1: a line that says lo + 1 is over is checked there, not by doubling lo
+            guess = lo + max(1, int((limit - memo[lo]) // slope)) if slope > 0 else None
         elif hi > lo + 1:  # regula falsi inside the bracket (Illinois-weighted)
             f_lo, f_hi = (memo[lo] - limit) * weight["lo"], (memo[hi] - limit) * weight["hi"]
             guess = lo + int(-f_lo / (f_hi - f_lo) * (hi - lo)) if f_hi > f_lo else (lo + hi) // 2
@@ -134,3 +151,23 @@ def solve_max(need: Callable[[int], int], limit: int, probes: tuple[int, ...], c
     fits_all = [v for v in memo if memo[v] <= limit]
     sol.value = max(fits_all)
     return sol
+
+
+def run_steps(steps: Generator[Asks, dict[int, int], MaxSolution], need: Callable[[int], int]) -> MaxSolution:
+    """Drive one search, one need(v) after the other."""
+    try:
+        asks = next(steps)
+        while True:
+            asks = steps.send({v: need(v) for v in asks})
+    except StopIteration as done:
+        return done.value
+
+
+def solve_max(need: Callable[[int], int], limit: int, probes: tuple[int, ...], cap: int, degree: int = 1,
+              field_name: str = "batch_size", known: dict[int, int] | None = None, max_steps: int = 20
+              ) -> MaxSolution:
+    """Largest v in [1, cap] with need(v) <= limit, assuming need grows with v.
+
+    `need(v)` runs one simulation (results are memoised; `known` seeds them); `probes` are the points the
+    polynomial of `degree` is fitted through."""
+    return run_steps(solve_steps(limit, probes, cap, degree, field_name, known, max_steps), need)

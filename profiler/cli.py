@@ -59,6 +59,7 @@ def parse(argv: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
+    as_program = argv is None  # the process is this command (not a caller's Python, e.g. a test)
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -78,5 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.main(args) or 0)
     except KeyboardInterrupt:  # Ctrl-C: one line and the shell's code, no traceback
+        if as_program:  # stopping already: a second Ctrl-C must not turn exit 130 into death by SIGINT while
+            import signal  # Python shuts down (the default handler is back by then)
+
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(f"interrupted: {name} stopped", file=sys.stderr)
         return 130

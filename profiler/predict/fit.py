@@ -322,11 +322,12 @@ def _quadratic(pred: Predictor, cfg: RunConfig) -> bool:
 
 
 def _batch_steps(pred: Predictor, cfg: RunConfig, cap: int = BATCH_CAP, start: int | None = None,
-                 model: str | None = None, together: bool = False):
+                 model: str | None = None, together: bool = False, known: dict[int, int] | None = None):
     """The max batch search: probes at 1 and 2, or only the config's own batch (the verdict) where `start`
-    guesses from elsewhere."""
+    guesses from elsewhere; `known`: points simulated already (the verdict)."""
     probes = (1, 2) if start is None else (cfg.train.batch_size,)
-    return solve_steps(pred.usable, probes, cap, 1, "batch_size", start=start, model=model, together=together)
+    return solve_steps(pred.usable, probes, cap, 1, "batch_size", known=known, start=start, model=model,
+                       together=together)
 
 
 def _seq_steps(pred: Predictor, cfg: RunConfig, cap: int | None = None, known: dict[int, int] | None = None,
@@ -339,7 +340,7 @@ def _seq_steps(pred: Predictor, cfg: RunConfig, cap: int | None = None, known: d
     # the kernel the simulation at seq s used (it is the search's probe at s too); the optimizer does not choose
     # it: an adamw copy, as simulated here before, cost one more simulation under trl's adamw_fused
     quadratic = _quadratic(pred, with_changes(cfg, train={"seq_len": s}))
-    if known and not quadratic:
+    if known and cap in known and cap > s and not quadratic:  # fit's first round: the line through s and cap
         probes: tuple[int, ...] = (s,)
     else:
         probes = tuple(p for p in ((s // 2, s, 2 * s) if quadratic else (s, 2 * s)) if 1 <= p <= cap)
@@ -380,7 +381,7 @@ def fit_searches(pred: Predictor, cfg: RunConfig, together: bool = False) -> tup
     cap = _seq_cap(cfg)
     at_seq = _seq_cfg(cfg)
     fits = pred.fits(cfg)
-    known: dict[int, int] = {}
+    known: dict[int, int] = {s: pred.needed(cfg)}  # the verdict: a point of both searches
     start, model = None, None
     if fits and cap > s:
         pred.evaluate([at_seq(cap)])
@@ -389,9 +390,9 @@ def fit_searches(pred: Predictor, cfg: RunConfig, together: bool = False) -> tup
         if not _quadratic(pred, cfg) and per_token > 0:
             start = max(b + 1, min(BATCH_CAP, b + int((pred.usable - known[s]) // (per_token * s))))
             model = f"affine in tokens (line through seq {s} and {cap} at batch {b})"
-    found = _drive(pred, {"batch": (_batch_steps(pred, cfg, start=start, model=model, together=together),
-                                    _batch_cfg(cfg)),
-                          "seq": (_seq_steps(pred, cfg, cap=cap, known=known or None, together=together), at_seq)})
+    found = _drive(pred, {"batch": (_batch_steps(pred, cfg, start=start, model=model, together=together,
+                                                 known={b: known[s]}), _batch_cfg(cfg)),
+                          "seq": (_seq_steps(pred, cfg, cap=cap, known=known, together=together), at_seq)})
     return found["batch"], found["seq"]
 
 

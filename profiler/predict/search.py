@@ -68,10 +68,19 @@ def _poly_max(points: dict[int, int], degree: int, limit: int, cap: int) -> int:
     return lo
 
 
-def _bracket(memo: dict[int, int], limit: int) -> tuple[int, int | None]:
-    """Largest evaluated value that fits, smallest that does not (None when every one fits)."""
+def _fitting(memo: dict[int, int], limit: int) -> list[int]:
+    """Evaluated values that fit and lie below every evaluated value that does not. Memory is not always monotone
+    (the replayed reserve packs into 2 MiB / 20 MiB segments, kernels round seq up): a value that fits above one
+    that does not is not trusted, so the answer is always an edge below the first known miss."""
     over = [v for v in memo if memo[v] > limit]
-    return max(v for v in memo if memo[v] <= limit), (min(over) if over else None)
+    hi = min(over) if over else None
+    return sorted(v for v in memo if memo[v] <= limit and (hi is None or v < hi))
+
+
+def _bracket(memo: dict[int, int], limit: int) -> tuple[int, int | None]:
+    """Largest trusted value that fits (`_fitting`), smallest that does not (None when every one fits)."""
+    over = [v for v in memo if memo[v] > limit]
+    return _fitting(memo, limit)[-1], (min(over) if over else None)
 
 
 Asks = list[int]  # values a search needs next: evaluated together (a second worker may take half)
@@ -97,21 +106,22 @@ def solve_steps(limit: int, probes: tuple[int, ...], cap: int, degree: int = 1, 
     poly = f"{'affine' if degree == 1 else 'quadratic'} in {'batch' if field_name == 'batch_size' else 'seq'}"
     sol = MaxSolution(field_name, 0, False, cap, model or poly, None, memo, limit)
     ordered = sorted(p for p in probes if 1 <= p <= cap)
-    if together:
-        yield from ask(ordered)
+    if together:  # a probe above a known point over the limit could only be over too: not asked for
+        over_known = min((v for v in memo if memo[v] > limit), default=None)
+        yield from ask([p for p in ordered if over_known is None or p <= over_known])
     else:
         for p in ordered:
             yield from ask([p])
             if memo[p] > limit:  # a larger probe would be over too: the bracket starts here
                 break
-    if not any(m <= limit for m in memo.values()):  # 1 is simulated only when no probe fits
+    if not _fitting(memo, limit):  # 1 is simulated only when no probe (below any miss) fits
         yield from ask([1])
         if memo[1] > limit:
             return sol
     guess = start
     if guess is None:
         # the polynomial through the degree + 1 largest points that fit and the smallest that does not
-        fit_pts = sorted(v for v in memo if memo[v] <= limit)[-(degree + 1):]
+        fit_pts = _fitting(memo, limit)[-(degree + 1):]
         over = sorted(v for v in memo if memo[v] > limit)[:1]
         pts = {v: memo[v] for v in (fit_pts + over)[-(degree + 1):]} if over else {v: memo[v] for v in fit_pts}
         guess = _poly_max(pts, degree, limit, cap) if len(pts) > 1 else 1
@@ -148,8 +158,7 @@ def solve_steps(limit: int, probes: tuple[int, ...], cap: int, degree: int = 1, 
             f_lo, f_hi = (memo[lo] - limit) * weight["lo"], (memo[hi] - limit) * weight["hi"]
             guess = lo + int(-f_lo / (f_hi - f_lo) * (hi - lo)) if f_hi > f_lo else (lo + hi) // 2
             guess = max(lo + 1, min(guess, hi - 1))
-    fits_all = [v for v in memo if memo[v] <= limit]
-    sol.value = max(fits_all)
+    sol.value = _bracket(memo, limit)[0]
     return sol
 
 

@@ -83,9 +83,11 @@ def test_together_asks_for_the_same_answers_in_no_more_rounds():
     assert set(alone.asked) <= set(both.asked)
 
 
-def test_a_verdict_that_does_not_fit_skips_the_longest_sequence():
+@pytest.mark.parametrize("together", [False, True])
+def test_a_verdict_that_does_not_fit_skips_the_longest_sequence_and_every_probe_above_it(together):
     pred = Analytic(linear, usable=5_100)
     pred.record(tiny())
-    batch, seq = fit_searches(pred, tiny())
+    batch, seq = fit_searches(pred, tiny(), together)
     assert (1, CAP) not in pred.asked
+    assert (2, 64) not in pred.asked and (1, 128) not in pred.asked  # over at (1, 64): larger can only be over
     assert batch.value == 0 and seq.value == brute(lambda s: linear(1, s), 5_100, CAP)

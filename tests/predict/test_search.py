@@ -66,3 +66,25 @@ def test_probes_stop_at_the_first_over_the_limit():
     need, calls = counting(lambda s: 10 * s)
     sol = solve_max(need, 15_000, probes=(2048, 4096), cap=1 << 16)
     assert sol.value == 1500 and 4096 not in calls
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("together", [False, True])
+def test_memory_that_is_not_monotone_still_gives_an_edge_below_every_miss(seed, together):
+    """A segment-packed reserve can fit at v + 2 and not at v + 1. Whatever the search meets, the answer is an
+    edge (it fits, answer + 1 does not) with no simulated miss below it, reached within the step limit."""
+    import random
+
+    from profiler.predict.search import run_steps, solve_steps
+
+    rng = random.Random(seed)
+    bumps = {v for v in range(2, 300) if rng.random() < 0.08}  # values whose need jumps over the limit
+
+    def need(v):
+        return 10**9 if v in bumps else 1000 + 37 * v
+
+    limit = 1000 + 37 * 250
+    sol = run_steps(solve_steps(limit, (1, 2), 1000, together=together), need)
+    assert sol.value >= 1 and need(sol.value) <= limit < need(sol.value + 1)
+    assert sol.value + 1 in sol.needed and "checked" in sol.check_text(1, "B")
+    assert all(n <= limit for v, n in sol.needed.items() if v < sol.value)

@@ -16,7 +16,13 @@ from profiler.formulas import Estimate, make_estimate, register
 from profiler.formulas.activations import KERNELS, LayerPlan, Shape, layer_bytes, norm_bytes, probed_bytes
 from profiler.formulas.arch import Arch, arch_of, hf_config_of
 from profiler.formulas.loss_buffers import LossBytes, LossInputs, chunked_bytes, liger_bytes
-from profiler.formulas.moe import forward_transient_moe, layer_bytes_moe
+from profiler.formulas.moe import (
+    backward_transient_moe,
+    forward_transient_moe,
+    inference_layer_moe,
+    layer_bytes_moe,
+    moe_shape,
+)
 from profiler.formulas.params import DTYPE_BYTES, ParamPlan, lora_targets, param_plan
 from profiler.formulas.zero_cast import kbit_fp32, zero_param_dtype
 from profiler.packing import builds_packed_mask, geometry
@@ -327,6 +333,7 @@ def activations(
         "mlp_last": (per_layer[-1] - attn_half[-1]) if per_layer and not ckpt else 0,
         "attn_fwd": probs * (worst[1] if ckpt else worst[0]),
         "experts_fwd": forward_transient_moe(cfg),  # MoE, quantized experts under checkpointing; else 0
+        "experts_bwd": backward_transient_moe(cfg, sh.b * sh.s),  # MoE: grouped_mm's backward outputs; dense 0
         "attn_bwd": probs * worst[2],
         # a trained tied embedding: its gradient from the embedding lookup and the sum with the head's gradient
         # are both alive at the end of backward (V x h each, the parameter's dtype)
@@ -523,7 +530,11 @@ def inference_bytes(
     sh = shape_of(arch, cfg, b, s)
     n = cfg.regime.new_tokens
     kv_per_token = 2 * arch.layers * sh.kv * sh.a * sh.b
-    layer_tmp = (3 if arch.gated_mlp else 2) * sh.a * sh.b * sh.s * sh.i + 2 * sh.a * sh.b * sh.s * sh.h
+    mlp_tmp = (3 if arch.gated_mlp else 2) * sh.a * sh.b * sh.s * sh.i
+    moe_tmp = inference_layer_moe(cfg, sh.b * sh.s, sh.a)  # routed rows (formulas/moe.py); None: dense
+    if moe_tmp is not None:  # dense MLP layers beside the MoE ones (mlp_only_layers) hold less than an MoE layer
+        mlp_tmp = max(moe_tmp, mlp_tmp if moe_shape(cfg).layers < arch.layers else 0)
+    layer_tmp = mlp_tmp + 2 * sh.a * sh.b * sh.s * sh.h
     # logits; with tanh soft-capping (Gemma-2) `logits / cap`, tanh and `* cap` each make a new b x s x V
     # tensor while the previous one is alive: two at a time
     logits = sh.a * sh.b * sh.s * sh.vocab * (2 if arch.block.final_softcap else 1)
@@ -605,6 +616,9 @@ def components_estimate(
         is not None else 0  # counted under the fused losses, where the loss no longer hides the layers' transients
     kv = training_kv_cache(plan, cfg, sh)
     recompute_tmp = act["recompute"] + (lora_tmp if act["recompute"] else 0)
+    # an MoE layer's experts backward (formulas/moe.py backward_transient_moe): with checkpointing on top of the
+    # recomputed layer's saves; without, on top of every layer's (the last layer's MLP saves are still alive)
+    recompute_tmp += act["experts_bwd"] if act["recompute"] else 0
     backward = (  # its start (activations, loss gradients), the last layer's backward once the loss
         # gradients are freed (checkpointing: its recompute too), and its end (gradients): the largest is the peak
         {"weights": W, "optimizer": Opt, "activations": A, "temporaries": bwd_start_tmp},
@@ -612,6 +626,12 @@ def components_estimate(
          "temporaries": hidden_grads + max(recompute_tmp, act["recompute_attention"] + act["attn_bwd"])},
         {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": bwd_end_tmp},
     )
+    if act["experts_bwd"] and not act["recompute"]:  # without checkpointing the last layer's backward starts in its
+        # MoE experts, every layer's saves alive but the loss's (formulas/moe.py backward_transient_moe), before its
+        # MLP saves are freed for the attention half: the larger of the two is that moment
+        experts = {"weights": W, "optimizer": Opt, "activations": A - act["logits"] + back,
+                   "temporaries": hidden_grads + act["experts_bwd"]}
+        backward = (backward[0], max(backward[1], experts, key=lambda c: sum(c.values())), backward[2])
     mask_fwd = act["packed_mask_forward"]  # alive in the decoder layers only, freed before the loss
     forward = (  # the loss (logits and their fp32 copy), or the last layer's attention (s x s kernels), or the
         # last layer's LoRA down projection (its unsaved input casts)

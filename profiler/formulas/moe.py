@@ -156,16 +156,17 @@ def backward_transient_moe(cfg: RunConfig, tokens: int) -> int:
     (S, H), S = tokens x top_k rows, by the routing weights and `_grouped_mm` casts its input to the weight dtype
     (`input.to(weight.dtype)`). That `mul`'s backward frees the saved `proj_out` (counted in
     `routed_activation_bytes`) and returns its gradient of the same shape: no net change. torch's grouped_mm
-    backward then returns the gradient of its input (S, I) and, where the weight operand requires grad, of the weight: under LoRA on
-    down_proj that operand is peft's ParamWrapper W + B A (peft tuners/lora/layer.py ParamWrapper, `baddbmm` of the
-    whole expert stack), so the gradient is a full (E, H, I) stack in the weight dtype, alive until `baddbmm`'s
-    backward has reduced it to the B and A gradients. A frozen stack (attention-only targets, quantized experts)
-    has no weight gradient; under full training it is the parameter's `.grad` (gradients, not this transient).
-    The gate_up_proj backward that follows holds less: down's W + B A copy (E H I), its input (S, I) and act(gate)
-    and up (2 x (S, I)) are freed by then, and its own extras are (E, 2I, H), (S, 2I) and (S, H).
+    backward then returns the gradient of its input (S, I) and, where the weight operand requires grad, of the
+    weight: under LoRA on down_proj that operand is peft's ParamWrapper W + B A (peft tuners/lora/layer.py
+    `_LoraFactorsProxy.forward`, one `baddbmm` of the whole expert stack), so the gradient is a full (E, H, I)
+    stack in the weight dtype, alive until `baddbmm`'s backward has reduced it to the B and A gradients. A frozen
+    stack (attention-only targets, quantized experts) has no weight gradient; under full training it is the
+    parameter's `.grad` (gradients, not this transient). The gate_up_proj backward that follows holds less (by
+    count): down's W + B A copy (E H I), its input (S, I), act(gate) and up (2 x (S, I)) are freed by then, and its
+    own extras are (E, 2I, H), (S, 2I) and (S, H).
     Checked on the mixtral-8x7b stand-in (scripts/grid_consistency.py) with the tensor tracker: at the backward
     peak the live `_grouped_mm` backward outputs are exactly (E, H, I) + (S, I), beside the (S, H) `mul` gradient
-    (batch 4 x seq 2048 and 8192, LoRA all-linear, with and without checkpointing)."""
+    (LoRA all-linear with checkpointing, batch 4 x seq 2048 and 8192)."""
     m = moe_shape(cfg) if cfg.regime.kind != "inference" else None
     if m is None:
         return 0

@@ -616,9 +616,6 @@ def components_estimate(
         is not None else 0  # counted under the fused losses, where the loss no longer hides the layers' transients
     kv = training_kv_cache(plan, cfg, sh)
     recompute_tmp = act["recompute"] + (lora_tmp if act["recompute"] else 0)
-    # an MoE layer's experts backward (formulas/moe.py backward_transient_moe): with checkpointing on top of the
-    # recomputed layer's saves; without, on top of every layer's (the last layer's MLP saves are still alive)
-    recompute_tmp += act["experts_bwd"] if act["recompute"] else 0
     backward = (  # its start (activations, loss gradients), the last layer's backward once the loss
         # gradients are freed (checkpointing: its recompute too), and its end (gradients): the largest is the peak
         {"weights": W, "optimizer": Opt, "activations": A, "temporaries": bwd_start_tmp},
@@ -626,12 +623,11 @@ def components_estimate(
          "temporaries": hidden_grads + max(recompute_tmp, act["recompute_attention"] + act["attn_bwd"])},
         {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": bwd_end_tmp},
     )
-    if act["experts_bwd"] and not act["recompute"]:  # without checkpointing the last layer's backward starts in its
-        # MoE experts, every layer's saves alive but the loss's (formulas/moe.py backward_transient_moe), before its
-        # MLP saves are freed for the attention half: the larger of the two is that moment
-        experts = {"weights": W, "optimizer": Opt, "activations": A - act["logits"] + back,
-                   "temporaries": hidden_grads + act["experts_bwd"]}
-        backward = (backward[0], max(backward[1], experts, key=lambda c: sum(c.values())), backward[2])
+    # an MoE model: the last layer's backward starts in its experts (formulas/moe.py backward_transient_moe), on top
+    # of the recomputed layer's saves under checkpointing, else of every layer's saves but the loss's (its MLP saves
+    # are freed only later, for the attention half: backward_last_layer); sharding.py gives it its own comm
+    experts = {"weights": W, "optimizer": Opt, "activations": A - act["logits"] + back,
+               "temporaries": hidden_grads + recompute_tmp + act["experts_bwd"]} if act["experts_bwd"] else None
     mask_fwd = act["packed_mask_forward"]  # alive in the decoder layers only, freed before the loss
     forward = (  # the loss (logits and their fp32 copy), or the last layer's attention (s x s kernels), or the
         # last layer's LoRA down projection (its unsaved input casts)
@@ -640,11 +636,11 @@ def components_estimate(
          "temporaries": max(act["attn_fwd"], act["experts_fwd"]) + kv + mask_fwd},
         {"weights": W, "optimizer": Opt, "activations": A - act["logits"], "temporaries": lora_tmp + kv + mask_fwd},
     )
-    for c in (*forward, *backward):  # a packed batch's own tensors (0 unpacked): alive in every phase
+    for c in (*forward, *backward, *filter(None, [experts])):  # a packed batch's own tensors: every phase
         c["temporaries"] += act["batch_resident"]
     phases = {
         "forward": max(forward, key=lambda c: sum(c.values())),
-        "backward": max(backward, key=lambda c: sum(c.values())),
+        "backward": max((*backward, *filter(None, [experts])), key=lambda c: sum(c.values())),
         "optimizer_step": {"weights": W, "optimizer": Opt, "gradients": G,
                            "temporaries": opt_tmp + act["batch_resident"]},
     }
@@ -655,6 +651,7 @@ def components_estimate(
     details |= {f"{ph}:{c}": v for ph, cs in phases.items() for c, v in cs.items()}  # phase:component
     details |= {f"backward_{e}:{c}": v for e, cs in zip(("start", "last_layer", "end"), backward, strict=True)
                 for c, v in cs.items()}
+    details |= {f"backward_experts:{c}": v for c, v in (experts or {}).items()}
     details |= {f"forward_{e}:{c}": v for e, cs in zip(("loss", "last_layer", "last_lora"), forward, strict=True)
                 for c, v in cs.items()}
     details |= {

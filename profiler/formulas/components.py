@@ -333,7 +333,8 @@ def activations(
         "mlp_last": (per_layer[-1] - attn_half[-1]) if per_layer and not ckpt else 0,
         "attn_fwd": probs * (worst[1] if ckpt else worst[0]),
         "experts_fwd": forward_transient_moe(cfg),  # MoE, quantized experts under checkpointing; else 0
-        "experts_bwd": backward_transient_moe(cfg, sh.b * sh.s),  # MoE: grouped_mm's backward outputs; dense 0
+        # MoE: grouped_mm's backward outputs in the last layer (the first in backward order); dense 0
+        "experts_bwd": backward_transient_moe(cfg, sh.b * sh.s, bool(plans) and plans[-1].linears_train),
         "attn_bwd": probs * worst[2],
         # a trained tied embedding: its gradient from the embedding lookup and the sum with the head's gradient
         # are both alive at the end of backward (V x h each, the parameter's dtype)

@@ -148,7 +148,7 @@ def expert_weight_bytes(cfg: RunConfig) -> int:
     return 4 if kbit_fp32(cfg) else {"float32": 4}.get(cfg.model.dtype, 2)
 
 
-def backward_transient_moe(cfg: RunConfig, tokens: int) -> int:
+def backward_transient_moe(cfg: RunConfig, tokens: int, weights_train: bool = False) -> int:
     """components hook: what one MoE layer holds during its experts' backward beyond what it saved and the hidden
     gradients, at its largest moment, the backward of the down projection's grouped_mm (the first one reached).
 
@@ -160,10 +160,11 @@ def backward_transient_moe(cfg: RunConfig, tokens: int) -> int:
     weight: under LoRA on down_proj that operand is peft's ParamWrapper W + B A (peft tuners/lora/layer.py
     `_LoraFactorsProxy.forward`, one `baddbmm` of the whole expert stack), so the gradient is a full (E, H, I)
     stack in the weight dtype, alive until `baddbmm`'s backward has reduced it to the B and A gradients. A frozen
-    stack (attention-only targets, quantized experts) has no weight gradient; under full training it is the
-    parameter's `.grad` (gradients, not this transient). The gate_up_proj backward that follows holds less (by
-    count): down's W + B A copy (E H I), its input (S, I), act(gate) and up (2 x (S, I)) are freed by then, and its
-    own extras are (E, 2I, H), (S, 2I) and (S, H).
+    stack (attention-only targets, quantized experts) has no weight gradient; where the expert weights themselves
+    train (`weights_train`: full, or a trainable last layer under freeze) it is the parameter's new `.grad`, the
+    same (E, H, I) bytes, alive from here on (the step's gradients count it at the end of backward). The
+    gate_up_proj backward that follows holds less (by count): down's W + B A copy (E H I), its input (S, I),
+    act(gate) and up (2 x (S, I)) are freed by then, and its own extras are (E, 2I, H), (S, 2I) and (S, H).
     Checked on the mixtral-8x7b stand-in (scripts/grid_consistency.py) with the tensor tracker: at the backward
     peak the live `_grouped_mm` backward outputs are exactly (E, H, I) + (S, I), beside the (S, H) `mul` gradient
     (LoRA all-linear with checkpointing, batch 4 x seq 2048 and 8192)."""
@@ -171,7 +172,7 @@ def backward_transient_moe(cfg: RunConfig, tokens: int) -> int:
     if m is None:
         return 0
     s, wb = tokens * m.top_k, expert_weight_bytes(cfg)
-    down_trains = cfg.regime.kind in ("lora", "qlora") and adapted_parts(cfg)[2]
+    down_trains = weights_train or (cfg.regime.kind in ("lora", "qlora") and adapted_parts(cfg)[2])
     return wb * (s * m.intermediate + down_trains * m.experts * m.hidden * m.intermediate)
 
 

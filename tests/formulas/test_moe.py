@@ -167,8 +167,9 @@ def test_mixtral_stand_in_components_within_5_percent_of_simulate(point, before)
 
 
 def test_moe_backward_transient_is_the_down_projections_gradients():
-    """backward_transient_moe on Mixtral-8x7B, 4096 tokens: grouped_mm's input gradient (S, I) always, and the
-    (E, H, I) gradient of ParamWrapper's W + B A only where LoRA adapts down_proj; nothing at inference."""
+    """backward_transient_moe on Mixtral-8x7B, 4096 tokens: grouped_mm's input gradient (S, I) always, and an
+    (E, H, I) weight gradient only where LoRA adapts down_proj (ParamWrapper's W + B A) or the experts train;
+    nothing at inference."""
     from profiler.formulas.moe import backward_transient_moe
 
     def cfg(regime):
@@ -179,4 +180,6 @@ def test_moe_backward_transient_is_the_down_projections_gradients():
     attention_only = {"kind": "lora", "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}}
     assert backward_transient_moe(cfg(attention_only), 4096) == 2 * s * i
     assert backward_transient_moe(cfg({"kind": "full"}), 4096) == 2 * s * i
+    # expert weights that train themselves (full, a trainable last layer under freeze): their new .grad, same bytes
+    assert backward_transient_moe(cfg({"kind": "full"}), 4096, weights_train=True) == 2 * (s * i + e * h * i)
     assert backward_transient_moe(cfg({"kind": "inference"}), 4096) == 0

@@ -183,7 +183,7 @@ def page(rows: list[dict], total: int, shards: int, recomputed: bool, commit: st
         "worst with LoRA / freeze on the MoE stand-ins, whose frozen root and experts dominate), not analysed "
         f"here. The other {len(diff) - len(fsdp)}: "
         + ", ".join(f"{k} {v}" for k, v in diff[~diff.index.isin(fsdp.index)]["regime"].value_counts().items())
-        + " (by regime); MoE LoRA/QLoRA 5-9 % low is the `moe-low` cause.")
+        + " (by regime); MoE LoRA/QLoRA 5-9 % low was the experts backward, modelled since (docs/moe.md).")
     out = [
         "# components vs simulate: the full grid (2-layer stand-ins)",
         "",

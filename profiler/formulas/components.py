@@ -16,7 +16,13 @@ from profiler.formulas import Estimate, make_estimate, register
 from profiler.formulas.activations import KERNELS, LayerPlan, Shape, layer_bytes, norm_bytes, probed_bytes
 from profiler.formulas.arch import Arch, arch_of, hf_config_of
 from profiler.formulas.loss_buffers import LossBytes, LossInputs, chunked_bytes, liger_bytes
-from profiler.formulas.moe import forward_transient_moe, layer_bytes_moe
+from profiler.formulas.moe import (
+    backward_transient_moe,
+    forward_transient_moe,
+    inference_layer_moe,
+    layer_bytes_moe,
+    moe_shape,
+)
 from profiler.formulas.params import DTYPE_BYTES, ParamPlan, lora_targets, param_plan
 from profiler.formulas.zero_cast import kbit_fp32, zero_param_dtype
 from profiler.packing import builds_packed_mask, geometry
@@ -327,6 +333,8 @@ def activations(
         "mlp_last": (per_layer[-1] - attn_half[-1]) if per_layer and not ckpt else 0,
         "attn_fwd": probs * (worst[1] if ckpt else worst[0]),
         "experts_fwd": forward_transient_moe(cfg),  # MoE, quantized experts under checkpointing; else 0
+        # MoE: grouped_mm's backward outputs in the last layer (the first in backward order); dense 0
+        "experts_bwd": backward_transient_moe(cfg, sh.b * sh.s, bool(plans) and plans[-1].linears_train),
         "attn_bwd": probs * worst[2],
         # a trained tied embedding: its gradient from the embedding lookup and the sum with the head's gradient
         # are both alive at the end of backward (V x h each, the parameter's dtype)
@@ -523,7 +531,11 @@ def inference_bytes(
     sh = shape_of(arch, cfg, b, s)
     n = cfg.regime.new_tokens
     kv_per_token = 2 * arch.layers * sh.kv * sh.a * sh.b
-    layer_tmp = (3 if arch.gated_mlp else 2) * sh.a * sh.b * sh.s * sh.i + 2 * sh.a * sh.b * sh.s * sh.h
+    mlp_tmp = (3 if arch.gated_mlp else 2) * sh.a * sh.b * sh.s * sh.i
+    moe_tmp = inference_layer_moe(cfg, sh.b * sh.s, sh.a)  # routed rows (formulas/moe.py); None: dense
+    if moe_tmp is not None:  # dense MLP layers beside the MoE ones (mlp_only_layers) hold less than an MoE layer
+        mlp_tmp = max(moe_tmp, mlp_tmp if moe_shape(cfg).layers < arch.layers else 0)
+    layer_tmp = mlp_tmp + 2 * sh.a * sh.b * sh.s * sh.h
     # logits; with tanh soft-capping (Gemma-2) `logits / cap`, tanh and `* cap` each make a new b x s x V
     # tensor while the previous one is alive: two at a time
     logits = sh.a * sh.b * sh.s * sh.vocab * (2 if arch.block.final_softcap else 1)
@@ -612,6 +624,11 @@ def components_estimate(
          "temporaries": hidden_grads + max(recompute_tmp, act["recompute_attention"] + act["attn_bwd"])},
         {"weights": W, "optimizer": Opt, "gradients": G, "temporaries": bwd_end_tmp},
     )
+    # an MoE model: the last layer's backward starts in its experts (formulas/moe.py backward_transient_moe), on top
+    # of the recomputed layer's saves under checkpointing, else of every layer's saves but the loss's (its MLP saves
+    # are freed only later, for the attention half: backward_last_layer); sharding.py gives it its own comm
+    experts = {"weights": W, "optimizer": Opt, "activations": A - act["logits"] + back,
+               "temporaries": hidden_grads + recompute_tmp + act["experts_bwd"]} if act["experts_bwd"] else None
     mask_fwd = act["packed_mask_forward"]  # alive in the decoder layers only, freed before the loss
     forward = (  # the loss (logits and their fp32 copy), or the last layer's attention (s x s kernels), or the
         # last layer's LoRA down projection (its unsaved input casts)
@@ -620,11 +637,11 @@ def components_estimate(
          "temporaries": max(act["attn_fwd"], act["experts_fwd"]) + kv + mask_fwd},
         {"weights": W, "optimizer": Opt, "activations": A - act["logits"], "temporaries": lora_tmp + kv + mask_fwd},
     )
-    for c in (*forward, *backward):  # a packed batch's own tensors (0 unpacked): alive in every phase
+    for c in (*forward, *backward, *filter(None, [experts])):  # a packed batch's own tensors: every phase
         c["temporaries"] += act["batch_resident"]
     phases = {
         "forward": max(forward, key=lambda c: sum(c.values())),
-        "backward": max(backward, key=lambda c: sum(c.values())),
+        "backward": max((*backward, *filter(None, [experts])), key=lambda c: sum(c.values())),
         "optimizer_step": {"weights": W, "optimizer": Opt, "gradients": G,
                            "temporaries": opt_tmp + act["batch_resident"]},
     }
@@ -635,6 +652,7 @@ def components_estimate(
     details |= {f"{ph}:{c}": v for ph, cs in phases.items() for c, v in cs.items()}  # phase:component
     details |= {f"backward_{e}:{c}": v for e, cs in zip(("start", "last_layer", "end"), backward, strict=True)
                 for c, v in cs.items()}
+    details |= {f"backward_experts:{c}": v for c, v in (experts or {}).items()}
     details |= {f"forward_{e}:{c}": v for e, cs in zip(("loss", "last_layer", "last_lora"), forward, strict=True)
                 for c, v in cs.items()}
     details |= {

@@ -139,6 +139,57 @@ def add_lora_tensors(plan, cfg: RunConfig, by_dtype: dict[str, int]) -> None:
         plan.adapter_numel += per_layer
 
 
+def expert_weight_bytes(cfg: RunConfig) -> int:
+    """Bytes of an element of the expert stack grouped_mm multiplies: the model dtype (fp32 after
+    prepare_model_for_kbit_training); under FSDP2 mixed precision with LoRA the experts are all-gathered and computed
+    in param_dtype (_fsdp_param.py init_dtype_attrs), so W + B A is formed in it."""
+    if cfg.parallel.param_dtype and cfg.regime.kind == "lora":
+        return {"float32": 4}.get(cfg.parallel.param_dtype, 2)
+    return 4 if kbit_fp32(cfg) else {"float32": 4}.get(cfg.model.dtype, 2)
+
+
+def backward_transient_moe(cfg: RunConfig, tokens: int, weights_train: bool = False) -> int:
+    """components hook: what one MoE layer holds during its experts' backward beyond what it saved and the hidden
+    gradients, at its largest moment, the backward of the down projection's grouped_mm (the first one reached).
+
+    transformers 5.23 integrations/moe.py `grouped_mm_experts_forward` multiplies the down output `proj_out`
+    (S, H), S = tokens x top_k rows, by the routing weights and `_grouped_mm` casts its input to the weight dtype
+    (`input.to(weight.dtype)`). That `mul`'s backward frees the saved `proj_out` (counted in
+    `routed_activation_bytes`) and returns its gradient of the same shape: no net change. torch's grouped_mm
+    backward then returns the gradient of its input (S, I) and, where the weight operand requires grad, of the
+    weight: under LoRA on down_proj that operand is peft's ParamWrapper W + B A (peft tuners/lora/layer.py
+    `_LoraFactorsProxy.forward`, one `baddbmm` of the whole expert stack), so the gradient is a full (E, H, I)
+    stack in the weight dtype, alive until `baddbmm`'s backward has reduced it to the B and A gradients. A frozen
+    stack (attention-only targets, quantized experts) has no weight gradient; where the expert weights themselves
+    train (`weights_train`: full, or a trainable last layer under freeze) it is the parameter's new `.grad`, the
+    same (E, H, I) bytes, alive from here on (the step's gradients count it at the end of backward). The
+    gate_up_proj backward that follows holds less (by count): down's W + B A copy (E H I), its input (S, I),
+    act(gate) and up (2 x (S, I)) are freed by then, and its own extras are (E, 2I, H), (S, 2I) and (S, H).
+    Checked on the mixtral-8x7b stand-in (scripts/grid_consistency.py) with the tensor tracker: at the backward
+    peak the live `_grouped_mm` backward outputs are exactly (E, H, I) + (S, I), beside the (S, H) `mul` gradient
+    (LoRA all-linear with checkpointing, batch 4 x seq 2048 and 8192)."""
+    m = moe_shape(cfg) if cfg.regime.kind != "inference" else None
+    if m is None:
+        return 0
+    s, wb = tokens * m.top_k, expert_weight_bytes(cfg)
+    down_trains = weights_train or (cfg.regime.kind in ("lora", "qlora") and adapted_parts(cfg)[2])
+    return wb * (s * m.intermediate + down_trains * m.experts * m.hidden * m.intermediate)
+
+
+def inference_layer_moe(cfg: RunConfig, tokens: int, a: int) -> int | None:
+    """components.inference_bytes hook: what an MoE layer's MLP holds at once in a no-grad forward (None: dense).
+    transformers 5.23 integrations/moe.py `grouped_mm_experts_forward`: the gathered input
+    `selected_hidden_states_g` (S, H) stays referenced through the function, the up projection `proj_out`
+    (S, 2I) is alive while `_apply_gate` (act(gate) * up over its chunk views) makes act(gate) (S, I) and the
+    product (S, I): 4 x (S, I) + (S, H) with S = tokens x top_k, whatever the routing (grouped_mm covers all
+    experts through offsets). A dense MLP of the same tokens holds 3 x (T, I) (components.inference_bytes)."""
+    m = moe_shape(cfg)
+    if m is None:
+        return None
+    s = tokens * m.top_k
+    return a * (4 * s * m.intermediate + s * m.hidden)
+
+
 def layer_bytes_moe(cfg: RunConfig, sh, plans: list, per_layer: list[int], kernel: str) -> list[int]:
     """components.activations hook: each MoE layer's dense-MLP terms (activations.layer_bytes with the MLP's
     intermediate) replaced by the routed ones and, under LoRA on the experts, ParamWrapper's saved W + B A."""
@@ -152,10 +203,7 @@ def layer_bytes_moe(cfg: RunConfig, sh, plans: list, per_layer: list[int], kerne
     rg = cfg.regime
     parts = adapted_parts(cfg) if rg.kind in ("lora", "qlora") else (False, False, False)
     lora_experts = any(parts[1:])
-    weight_bytes = 4 if kbit_fp32(cfg) else {"float32": 4}.get(cfg.model.dtype, 2)
-    if cfg.parallel.param_dtype and rg.kind == "lora":  # FSDP2 mixed precision: the experts are all-gathered
-        # and computed in param_dtype (_fsdp_param.py init_dtype_attrs), so W + B A is formed in it
-        weight_bytes = {"float32": 4}.get(cfg.parallel.param_dtype, 2)
+    weight_bytes = expert_weight_bytes(cfg)
     merged = merged_copy_bytes(m, weight_bytes, rg.lora.r, lora_experts, False) // m.layers
     # quantize_experts: the dequantized stack (quant_state.dtype = the model dtype) that grouped_mm saves
     dequant = dequantized_copy_bytes(m, {"float32": 4}.get(cfg.model.dtype, 2)) if rg.quantize_experts else 0

@@ -171,9 +171,15 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
     if zero3_qlora:  # at the loss and as backward begins the 16-bit head is gathered, beside a 4-bit layer
         for ph in ("forward", "backward_start"):
             comm[ph] = max(comm[ph], head + layer + (bucket if ph != "forward" else 0))
+    # an MoE model without checkpointing: the last layer's experts backward (components, backward_experts), the first
+    # layer in backward order, so no later layer's reduce-scatter input is alive yet (_fsdp2_layer_reduce)
+    experts = "backward_experts:weights" in est.details
+    if experts:
+        comm["backward_experts"] = {"fsdp2": outside + FSDP2_BACKWARD_LAYERS * layer + (head if head_grad else 0),
+                                    "zero3": ZERO3_LAYERS * layer + bucket}.get(s, comm["backward_last_layer"])
     host = 0
     phases: dict[str, dict[str, int]] = {}
-    for ph in FSDP2_MOMENTS if s == "fsdp2" else PHASES:
+    for ph in (*(FSDP2_MOMENTS if s == "fsdp2" else PHASES), *(["backward_experts"] if experts else [])):
         parts = {c: v for c, v in est.details.items() if c.startswith(ph + ":")}
         comps = {k.split(":", 1)[1]: v for k, v in parts.items()}
         for c, d in div.items():
@@ -207,6 +213,8 @@ def shard(cfg: RunConfig, est: Estimate, plan: ParamPlan, overhead) -> Estimate:
         # the last layer's backward too: with s x s attention (math / eager kernels) at long sequences its
         # transients are the step's peak, on every rank as in one process
         moments = [phases.pop(k) for k in ("backward_start", "backward_last_layer", "backward_end")]
+    if experts:
+        moments.append(phases.pop("backward_experts"))
     phases["backward"] = max(moments, key=lambda c: sum(c.values()))
     if s == "fsdp2" and cfg.parallel_init == "full":  # every rank builds the whole model, then fully_shard splits it
         # (peft makes the adapters in float32, autocast_adapter_dtype; a 16-bit regime.lora.dtype is TRL's cast after)

@@ -617,21 +617,21 @@ def predict_fit(cfg: RunConfig, gpu: Gpu, *, model_name: str | None = None, mode
     time estimate of profiler.timing)."""
     t0 = time.perf_counter()
     say = progress or (lambda _msg: None)
+    from profiler.measure.quiet import quiet_libraries
+
+    quiet_libraries()
+    allowance = calibrated_allowance(cfg, gpu, calibration)
+    if gpu.total_bytes <= allowance.context_bytes:  # refused before any process starts
+        from profiler.config import ConfigError
+
+        raise ConfigError(f"--gpu-memory: {gpu.name} ({gpu.total_bytes / 2**20:.1f} MiB) is not more than the "
+                          f"CUDA context alone ({allowance.context_bytes / 2**20:.0f} MiB, {allowance.kind}); "
+                          f"allowed: a size above it")
     worker = None
     if search and (workers if workers is not None else default_workers(cfg)) > 1:
-        worker = SimWorker()  # first: its imports overlap everything up to the verdict's simulation
+        worker = SimWorker()  # before the verdict: its imports overlap the verdict's simulation
     try:
-        from profiler.measure.quiet import quiet_libraries
-
-        quiet_libraries()
-        allowance = calibrated_allowance(cfg, gpu, calibration)
         pred = Predictor(allowance, gpu.total_bytes - allowance.context_bytes, worker)
-        if pred.usable <= 0:
-            from profiler.config import ConfigError
-
-            raise ConfigError(f"--gpu-memory: {gpu.name} ({gpu.total_bytes / 2**20:.1f} MiB) is not more than the "
-                              f"CUDA context alone ({allowance.context_bytes / 2**20:.0f} MiB, {allowance.kind}); "
-                              f"allowed: a size above it")
         batch_sol = None
         if auto_batch:
             say("solving for the largest batch")

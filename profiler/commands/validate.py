@@ -25,8 +25,8 @@ DEFAULT_BASELINE = REPO_ROOT / "validation" / "baseline.json"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subset", choices=["fast"], help="fast: the CI rows (a few single simulations)")
     parser.add_argument("--only", metavar="TAG", help="rows with this tag: a source group (torchtitan, answerai, "
-                        "peft-docs, ms-swift, axolotl), a stack, current/old, single/multi, dense/moe, expressible, "
-                        "or a row id")
+                        "peft-docs, ms-swift, axolotl, peft-bench), a stack, current/old, single/multi, dense/moe, "
+                        "expressible, or a row id")
     parser.add_argument("--out", metavar="DIR", help=f"where the CSV, PNG and JSON go (default {DEFAULT_OUT})")
     parser.add_argument("--rows", metavar="FILE", help="rows file (default validation/published.yaml in a checkout)")
     parser.add_argument("--baseline", metavar="FILE", help=f"baseline for --subset (default {DEFAULT_BASELINE})")

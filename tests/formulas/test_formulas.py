@@ -236,6 +236,8 @@ PUBLISHED_PARAMS = {  # parameter counts published on each model's Hub card / sa
     "phi-4": 14_659_507_200, "olmo-2-7b": 7_298_617_344, "pythia-6.9b": 6_857_302_016,
     "falcon-7b": 6_921_720_704, "qwen3-8b": 8_190_735_360, "smollm2-1.7b": 1_711_376_384,
     "yi-34b": 34_388_917_248, "qwen2.5-14b": 14_770_033_664, "qwen2.5-72b": 72_706_203_648,
+    # llama-3.2-3b: the full fine-tune's num_trainable_params in PEFT's MetaMathQA results (tied head counted once)
+    "llama-3.2-3b": 3_212_749_824,
 }
 
 

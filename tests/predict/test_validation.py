@@ -38,6 +38,7 @@ def test_rows_take_gpu_arch_from_their_gpu(tmp_path):
         {"id": "on-h100", "source": "tiny", "value": 1.0, "gpu": "H100"},
         {"id": "on-a800", "source": "tiny", "value": 1.0, "gpu": "A800"},
         {"id": "on-l40s", "source": "tiny", "value": 1.0, "gpu": "l40s"},
+        {"id": "on-a40", "source": "tiny", "value": 1.0, "gpu": "a40"},
         {"id": "no-gpu", "source": "tiny", "value": 1.0, "gpu": None},
         {"id": "pinned", "source": "tiny", "value": 1.0, "config": {"gpu_arch": "sm89"}},
     ])
@@ -48,8 +49,9 @@ def test_rows_take_gpu_arch_from_their_gpu(tmp_path):
     # no known compute capability: the row says so, and the sm80 rules (gpu_arch auto) are used
     arch, how = by["on-a800"].gpu_arch()
     assert arch == "auto" and "A800: not a GPU preset, compute capability unknown" in how
-    arch, how = by["on-l40s"].gpu_arch()
-    assert arch == "auto" and "l40s: no cited compute capability" in how
+    assert by["on-l40s"].run_config().gpu_arch == "sm89"  # Ada (PEFT's method-comparison rows)
+    arch, how = by["on-a40"].gpu_arch()
+    assert arch == "auto" and "a40: no cited compute capability" in how
     arch, how = by["no-gpu"].gpu_arch()
     assert arch == "auto" and "GPU not stated" in how
     assert by["no-gpu"].run_config().gpu_arch == "auto"

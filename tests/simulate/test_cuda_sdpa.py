@@ -105,6 +105,6 @@ def test_fit_sets_gpu_arch_from_the_preset():
                               overrides=[])
     assert gpu_by_name("h100").arch == "sm90" and gpu_by_name("rtx4090").arch == "sm89"
     assert build_config(args, "tiny-llama", gpu_by_name("h100")).gpu_arch == "sm90"
-    assert build_config(args, "tiny-llama", gpu_by_name("l40s")).gpu_arch == "auto"  # cc not cited: sm80 rules
+    assert build_config(args, "tiny-llama", gpu_by_name("a40")).gpu_arch == "auto"  # cc not cited: sm80 rules
     args.overrides = ["gpu_arch=sm80"]
     assert build_config(args, "tiny-llama", gpu_by_name("h100")).gpu_arch == "sm80"  # an override wins

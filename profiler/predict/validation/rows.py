@@ -32,7 +32,7 @@ class Row(BaseModel):
 
     id: str
     source: str
-    group: str  # source group: torchtitan, answerai, peft-docs, ms-swift, axolotl, ...
+    group: str  # source group: torchtitan, answerai, peft-docs, ms-swift, axolotl, peft-bench, ...
     ref: dict[str, str]  # repo + path + commit, or url
     stack: str  # torchtitan, custom, trl, trainer (recipes: the lead wires trl/trainer to the `recipe` key)
     era: Literal["current", "old"]  # current: a 2025-2026 stack
